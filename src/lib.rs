@@ -1,0 +1,21 @@
+//! tokengate: a transparent PostgreSQL wire-protocol proxy that protects customer data.
+//!
+//! The tree mirrors the architecture (see README "Architecture"):
+//! - [`wire`]: the PostgreSQL wire codec (framing and the few messages we inspect).
+//! - [`session`]: the per-connection state machine (startup, auth relay, relay pumps, cancel).
+//! - [`net`]: sockets and TLS for both legs (client termination, upstream sslmode).
+//! - [`server`]: the listener, accept loop, readiness and graceful shutdown.
+//! - [`admin`]: the HTTP admin endpoint (/metrics, /healthz, /readyz).
+//! - [`observe`]: metrics and logging setup.
+//! - [`protect`]: pure token (FF1) and mask transforms, and keys.
+//! - [`policy`]: the YAML policy model, validation, composition and hot reload.
+//! - [`config`]: the serve configuration (file, env, flags).
+//! - [`errors`]: the catalogue of user-facing error codes (TG001...).
+//! - [`embedded_pg`]: a throwaway PostgreSQL for `tokengate demo` and the tests.
+//! - [`cli`]: the command-line interface.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod observe;
+pub mod policy;
+pub mod protect;

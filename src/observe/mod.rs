@@ -1,0 +1,2 @@
+//! Observability: the Prometheus metrics registry and logging setup.
+pub mod metrics;

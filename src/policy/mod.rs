@@ -1,0 +1,2 @@
+//! The policy model: YAML parsing with locations, validation, composition per role, and
+//! hot reload.
