@@ -15,7 +15,15 @@
 //! - [`cli`]: the command-line interface.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
+pub mod config;
+pub mod embedded_pg;
+pub mod errors;
+pub mod net;
 pub mod observe;
 pub mod policy;
 pub mod protect;
+pub mod server;
+pub mod session;
+pub mod wire;

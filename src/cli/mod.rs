@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod serve;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tokengate",
@@ -16,6 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Relay clients to the upstream PostgreSQL, applying the policy.
+    Serve(Box<serve::ServeArgs>),
     /// Print the version.
     Version,
 }
@@ -23,6 +27,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(*args),
         Command::Version => {
             println!("tokengate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

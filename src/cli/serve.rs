@@ -1,0 +1,179 @@
+//! `tokengate serve`: flags and env vars, merged over the config file.
+use crate::config::{self, ConfigError, FileConfig, ServeConfig, TlsFiles, Upstream};
+use crate::observe::logging::{self, LogFormat};
+use crate::server::RunningServer;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// YAML config file; flags and TOKENGATE_* env vars override its values.
+    #[arg(long, env = "TOKENGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address clients connect to [default: 127.0.0.1:6432].
+    #[arg(long, env = "TOKENGATE_LISTEN")]
+    pub listen: Option<String>,
+    /// Upstream PostgreSQL, e.g. postgres://db:5432?sslmode=verify-full&sslrootcert=ca.pem
+    #[arg(long, env = "TOKENGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// PEM certificate chain for client-leg TLS.
+    #[arg(long, env = "TOKENGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for client-leg TLS.
+    #[arg(long, env = "TOKENGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9187]; "off" disables it.
+    #[arg(long, env = "TOKENGATE_ADMIN")]
+    pub admin: Option<String>,
+    /// Policy file. Without one, tokengate is a pure relay.
+    #[arg(long, env = "TOKENGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Key file for tokens.
+    #[arg(long, env = "TOKENGATE_KEYS")]
+    pub keys: Option<PathBuf>,
+    /// Largest client message accepted, in bytes [default: 67108864].
+    #[arg(long, env = "TOKENGATE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Seconds a client has to finish startup and authentication [default: 30].
+    #[arg(long, env = "TOKENGATE_STARTUP_TIMEOUT")]
+    pub startup_timeout: Option<u64>,
+    /// Seconds to wait for an upstream connection [default: 5].
+    #[arg(long, env = "TOKENGATE_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<u64>,
+    /// Seconds sessions may drain after SIGTERM/SIGINT before they are closed [default: 30].
+    #[arg(long, env = "TOKENGATE_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<u64>,
+    /// Let replication connections through (they bypass policies).
+    #[arg(long, env = "TOKENGATE_ALLOW_REPLICATION")]
+    pub allow_replication: bool,
+    /// Log format.
+    #[arg(long, env = "TOKENGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// Resolves flags/env over the file over defaults.
+    pub fn resolve(self) -> Result<(ServeConfig, LogFormat), ConfigError> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| config::DEFAULT_LISTEN.to_string());
+        let upstream = self
+            .upstream
+            .or(file.upstream)
+            .ok_or(ConfigError::Invalid {
+                field: "upstream",
+                reason: "required (--upstream, TOKENGATE_UPSTREAM or upstream: in the config file)"
+                    .into(),
+            })?;
+        let admin = self
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string());
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "tls",
+                    reason: "--tls-cert and --tls-key go together".into(),
+                });
+            }
+        };
+        let log_format = match (self.log_format, file.log_format) {
+            (Some(f), _) => f,
+            (None, Some(s)) => s.parse().map_err(|reason| ConfigError::Invalid {
+                field: "log_format",
+                reason,
+            })?,
+            (None, None) => LogFormat::Text,
+        };
+        let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_secs(flag.or(file).unwrap_or(default))
+        };
+        let config = ServeConfig {
+            listen: config::parse_addr("listen", &listen)?,
+            upstream: Upstream::parse(&upstream)?,
+            tls,
+            admin: if admin == "off" {
+                None
+            } else {
+                Some(config::parse_addr("admin", &admin)?)
+            },
+            policy: self.policy.or(file.policy),
+            keys: self.keys.or(file.keys),
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(config::DEFAULT_MAX_MESSAGE_BYTES),
+            startup_timeout: secs(self.startup_timeout, file.startup_timeout_secs, 30),
+            connect_timeout: secs(self.connect_timeout, file.connect_timeout_secs, 5),
+            drain_timeout: secs(self.drain_timeout, file.drain_timeout_secs, 30),
+            allow_replication: self.allow_replication || file.allow_replication.unwrap_or(false),
+        };
+        Ok((config, log_format))
+    }
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let (config, log_format) = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tokengate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match RunningServer::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tokengate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(admin) = server.admin_addr {
+            tracing::info!(%admin, "admin endpoint: /metrics /healthz /readyz");
+        }
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM or SIGINT.
+pub async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the only way out is being killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

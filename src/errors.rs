@@ -1,0 +1,125 @@
+//! The catalogue of errors tokengate reports to clients. Each code has a stable id (`TG001`),
+//! an SQLSTATE and a hint. `docs/errors.md` documents the same list; a test keeps them in step.
+use crate::wire::backend::{ErrorFields, Severity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    UpstreamUnavailable,
+    UpstreamLost,
+    MalformedMessage,
+    MessageTooLarge,
+    StartupTimeout,
+    ReplicationRefused,
+    ShuttingDown,
+    UnsupportedProtocol,
+    ChannelBindingUnavailable,
+}
+
+impl Code {
+    pub const ALL: [Code; 9] = [
+        Code::UpstreamUnavailable,
+        Code::UpstreamLost,
+        Code::MalformedMessage,
+        Code::MessageTooLarge,
+        Code::StartupTimeout,
+        Code::ReplicationRefused,
+        Code::ShuttingDown,
+        Code::UnsupportedProtocol,
+        Code::ChannelBindingUnavailable,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Code::UpstreamUnavailable => "TG001",
+            Code::UpstreamLost => "TG002",
+            Code::MalformedMessage => "TG003",
+            Code::MessageTooLarge => "TG004",
+            Code::StartupTimeout => "TG005",
+            Code::ReplicationRefused => "TG006",
+            Code::ShuttingDown => "TG007",
+            Code::UnsupportedProtocol => "TG008",
+            Code::ChannelBindingUnavailable => "TG009",
+        }
+    }
+
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            Code::UpstreamUnavailable => "08001",
+            Code::UpstreamLost => "08006",
+            Code::MalformedMessage | Code::MessageTooLarge | Code::StartupTimeout => "08P01",
+            Code::ReplicationRefused => "42501",
+            Code::ShuttingDown => "57P01",
+            Code::UnsupportedProtocol => "0A000",
+            Code::ChannelBindingUnavailable => "28000",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        Severity::Fatal
+    }
+
+    pub fn hint(self) -> &'static str {
+        match self {
+            Code::UpstreamUnavailable => {
+                "Check that the upstream PostgreSQL is running and reachable from tokengate, and its sslmode settings; /readyz shows upstream health."
+            }
+            Code::UpstreamLost => {
+                "The upstream server closed the connection or became unreachable; reconnect when it is back."
+            }
+            Code::MalformedMessage => {
+                "The client sent bytes that are not a valid PostgreSQL protocol message; check the driver."
+            }
+            Code::MessageTooLarge => {
+                "Send smaller messages (e.g. split large COPY or Bind payloads) or raise max_message_bytes."
+            }
+            Code::StartupTimeout => {
+                "The connection did not complete startup and authentication in time; raise startup_timeout_secs if clients are slow."
+            }
+            Code::ReplicationRefused => {
+                "Replication connections bypass tokengate's policies; set allow_replication: true only if that is intended."
+            }
+            Code::ShuttingDown => "tokengate is shutting down; reconnect to another replica.",
+            Code::UnsupportedProtocol => {
+                "tokengate speaks protocol 3.x; upgrade the client driver."
+            }
+            Code::ChannelBindingUnavailable => {
+                "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."
+            }
+        }
+    }
+
+    /// Builds the ErrorResponse fields: the message starts with the code so users can look it up.
+    pub fn error(self, message: impl std::fmt::Display) -> ErrorFields {
+        ErrorFields {
+            severity: self.severity(),
+            sqlstate: self.sqlstate(),
+            message: format!("tokengate {}: {message}", self.id()),
+            detail: None,
+            hint: Some(self.hint().to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_documented() {
+        let doc = include_str!("../docs/errors.md");
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.id()), "duplicate id {}", code.id());
+            let row = format!("| {} | {} |", code.id(), code.sqlstate());
+            assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
+        }
+    }
+
+    #[test]
+    fn error_message_names_the_code() {
+        let e = Code::UpstreamUnavailable.error("could not connect to upstream 127.0.0.1:1");
+        assert_eq!(e.sqlstate, "08001");
+        assert!(e.message.starts_with("tokengate TG001: could not connect"));
+        assert!(e.hint.is_some());
+    }
+}

@@ -1,0 +1,121 @@
+//! Sockets and TLS for both legs. [`Conn`] is a client or upstream connection that may be TLS;
+//! its halves let the two relay pumps read and write independently.
+pub mod tls;
+pub mod upstream;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A connection on either leg.
+pub enum Conn {
+    Plain(TcpStream),
+    /// Client leg, TLS terminated by tokengate.
+    ServerTls(Box<ServerTls>),
+    /// Upstream leg, TLS originated by tokengate.
+    ClientTls(Box<ClientTls>),
+}
+
+impl Conn {
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Conn::Plain(_))
+    }
+
+    /// Splits into halves. Plain TCP splits without a lock; TLS needs tokio's locked split.
+    pub fn into_split(self) -> (ConnRead, ConnWrite) {
+        match self {
+            Conn::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ConnRead::Plain(r), ConnWrite::Plain(w))
+            }
+            Conn::ServerTls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ConnRead::ServerTls(r), ConnWrite::ServerTls(w))
+            }
+            Conn::ClientTls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ConnRead::ClientTls(r), ConnWrite::ClientTls(w))
+            }
+        }
+    }
+}
+
+pub enum ConnRead {
+    Plain(OwnedReadHalf),
+    ServerTls(tokio::io::ReadHalf<ServerTls>),
+    ClientTls(tokio::io::ReadHalf<ClientTls>),
+}
+
+pub enum ConnWrite {
+    Plain(OwnedWriteHalf),
+    ServerTls(tokio::io::WriteHalf<ServerTls>),
+    ClientTls(tokio::io::WriteHalf<ClientTls>),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Self::Plain($s) => $e,
+            Self::ServerTls($s) => $e,
+            Self::ClientTls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl AsyncRead for ConnRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ConnWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}

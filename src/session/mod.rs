@@ -1,0 +1,185 @@
+//! One client connection, as a state machine:
+//!
+//! ```text
+//! Negotiating ──SSLRequest/GSSENCRequest/direct TLS──▶ Negotiating
+//!     │ CancelRequest ──▶ (forward to upstream, close)
+//!     ▼ StartupMessage
+//! Authenticating (relay auth exchange, swap BackendKeyData) ──ErrorResponse──▶ closed
+//!     ▼ ReadyForQuery
+//! Relaying (two pumps: client→upstream and upstream→client) ──Terminate/EOF/error──▶ closed
+//! ```
+//!
+//! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
+//! cancel keys to upstream ones.
+pub mod cancel;
+pub mod relay;
+pub mod startup;
+
+use crate::config::ServeConfig;
+use crate::net::upstream::Connector;
+use crate::observe::metrics::{DirectionLabel, Metrics, OutcomeLabel};
+use cancel::CancelRegistry;
+use prometheus_client::metrics::counter::Counter;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// State shared by every session of one server.
+pub struct Context {
+    pub config: ServeConfig,
+    pub connector: Connector,
+    pub client_tls: Option<TlsAcceptor>,
+    pub metrics: Metrics,
+    pub bytes_from_client: Counter,
+    pub bytes_from_upstream: Counter,
+    pub cancels: CancelRegistry,
+    pub health: Health,
+    /// Becomes `true` when the drain period is over and open sessions must close.
+    pub force_close: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(
+        config: ServeConfig,
+        connector: Connector,
+        client_tls: Option<TlsAcceptor>,
+        metrics: Metrics,
+        force_close: watch::Receiver<bool>,
+    ) -> Self {
+        let dir = |d: &str| {
+            metrics
+                .bytes_total
+                .get_or_create(&DirectionLabel {
+                    direction: d.to_string(),
+                })
+                .clone()
+        };
+        // Every outcome series exists from the start, so dashboards and alerts see zeros.
+        for outcome in Outcome::ALL {
+            let _ = metrics.connections_total.get_or_create(&OutcomeLabel {
+                outcome: outcome.label().to_string(),
+            });
+        }
+        Context {
+            bytes_from_client: dir("client_to_upstream"),
+            bytes_from_upstream: dir("upstream_to_client"),
+            config,
+            connector,
+            client_tls,
+            metrics,
+            cancels: CancelRegistry::default(),
+            health: Health::default(),
+            force_close,
+        }
+    }
+}
+
+/// What /readyz reports.
+#[derive(Debug)]
+pub struct Health {
+    upstream_up: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            upstream_up: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    pub fn set_upstream_up(&self, up: bool) {
+        self.upstream_up.store(up, Ordering::Relaxed);
+    }
+    pub fn upstream_up(&self) -> bool {
+        self.upstream_up.load(Ordering::Relaxed)
+    }
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// How a connection ended; the `outcome` label of `tokengate_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The session ran and ended normally (Terminate or the client closing).
+    Completed,
+    /// A CancelRequest connection.
+    Cancel,
+    /// The client closed before completing startup.
+    ClientGone,
+    ProtocolError,
+    StartupTimeout,
+    TlsError,
+    /// Upstream unreachable, TLS refused, or lost mid-session.
+    UpstreamError,
+    /// The upstream rejected the startup or authentication (e.g. a wrong password).
+    AuthFailed,
+    /// tokengate refused the connection (replication, protocol version).
+    Refused,
+    Shutdown,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Completed,
+        Outcome::Cancel,
+        Outcome::ClientGone,
+        Outcome::ProtocolError,
+        Outcome::StartupTimeout,
+        Outcome::TlsError,
+        Outcome::UpstreamError,
+        Outcome::AuthFailed,
+        Outcome::Refused,
+        Outcome::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Cancel => "cancel_request",
+            Outcome::ClientGone => "client_gone",
+            Outcome::ProtocolError => "protocol_error",
+            Outcome::StartupTimeout => "startup_timeout",
+            Outcome::TlsError => "tls_error",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::AuthFailed => "auth_failed",
+            Outcome::Refused => "refused",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Serves one accepted TCP connection to the end and records its outcome.
+pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    ctx.metrics.connections_active.inc();
+    let outcome = match startup::handshake(&ctx, tcp, peer).await {
+        Ok(established) => {
+            let pid = established.info.client_key_pid;
+            let outcome = relay::run(&ctx, established).await;
+            if let Some(pid) = pid {
+                ctx.cancels.unregister(pid);
+            }
+            outcome
+        }
+        Err(outcome) => outcome,
+    };
+    tracing::debug!(%peer, outcome = outcome.label(), "connection closed");
+    ctx.metrics.connections_active.dec();
+    ctx.metrics
+        .connections_total
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.label().to_string(),
+        })
+        .inc();
+}

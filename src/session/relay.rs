@@ -1,0 +1,575 @@
+//! The Relaying state: two pumps in one task, client→upstream and upstream→client.
+//!
+//! Each pump reads into a buffer, walks the frames, and writes them on. A frame whose handler
+//! needs only its tag streams through as the bytes that arrived, even before it is complete,
+//! so a 100 MB DataRow costs no buffering. A frame whose handler needs the body is buffered
+//! whole and may be replaced; only then is output copied into an owned buffer (lazily, from
+//! the first replacement on). The two pumps run concurrently in one task (no cross-thread
+//! wake-ups) and share the little state they need through an uncontended mutex.
+use super::startup::Established;
+use super::{Context, Outcome};
+use crate::errors::Code;
+use crate::net::{ConnRead, ConnWrite};
+use crate::wire::WireError;
+use crate::wire::backend::{self, ErrorFields};
+use crate::wire::frame::peek_header;
+use crate::wire::frontend;
+use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Read granularity: large enough that a bulk read takes few syscalls, small enough that
+/// thousands of idle sessions stay cheap.
+const READ_CHUNK: usize = 32 * 1024;
+/// Upstream frames are trusted more than client ones, but a frame we must buffer whole is still
+/// bounded by PostgreSQL's own 1 GiB limit.
+const MAX_UPSTREAM_FRAME: usize = (1 << 30) + 1024;
+/// How long a closing session waits for the other pump to flush.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Bound on queued statement timers (a misbehaving client cannot grow it).
+const MAX_PENDING_TIMERS: usize = 4096;
+
+/// What a handler decides for one whole frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    /// Send the handler's scratch bytes instead of the frame.
+    Replace,
+    Drop,
+}
+
+/// What a handler needs to see of a frame, decided from its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Forward the bytes as they arrive.
+    Stream,
+    /// Buffer the whole frame and call [`FrameHandler::on_frame`].
+    Body,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("unexpected message type 0x{0:02x}")]
+    UnknownTag(u8),
+}
+
+/// The per-direction protocol logic plugged into a [`Pump`].
+pub trait FrameHandler {
+    fn on_header(&mut self, tag: u8) -> Result<Need, RelayError>;
+    fn on_frame(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> Result<Action, RelayError>;
+}
+
+/// The result of processing the buffered input.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    /// Write the first `n` buffered bytes unchanged.
+    Direct(usize),
+    /// Write `owned`, then drop the first `n` buffered bytes.
+    Owned(usize),
+}
+
+/// One direction of a session: framing plus buffers, generic over the handler.
+pub struct Pump<H> {
+    pub buf: BytesMut,
+    owned: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Bytes of a streamed frame still to forward.
+    stream_remaining: usize,
+    max_frame: usize,
+    pub handler: H,
+}
+
+impl<H: FrameHandler> Pump<H> {
+    pub fn new(handler: H, initial: BytesMut, max_frame: usize) -> Self {
+        let mut buf = initial;
+        buf.reserve(READ_CHUNK);
+        Pump {
+            buf,
+            owned: Vec::new(),
+            scratch: Vec::new(),
+            stream_remaining: 0,
+            max_frame,
+            handler,
+        }
+    }
+
+    /// Walks the buffered frames, deciding each, until the buffer holds no complete unit.
+    fn process(&mut self) -> Result<Output, RelayError> {
+        let input = &self.buf[..];
+        let mut pos = 0;
+        // Set once a frame is replaced or dropped: from then on output goes to `owned`, and
+        // `copied` marks how much of `input` has been accounted for there.
+        let mut copied: Option<usize> = None;
+        loop {
+            if self.stream_remaining > 0 {
+                let n = self.stream_remaining.min(input.len() - pos);
+                pos += n;
+                self.stream_remaining -= n;
+                if self.stream_remaining > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(header) = peek_header(&input[pos..], self.max_frame)? else {
+                break;
+            };
+            match self.handler.on_header(header.tag)? {
+                Need::Stream => self.stream_remaining = header.frame_len,
+                Need::Body => {
+                    if input.len() - pos < header.frame_len {
+                        break;
+                    }
+                    let frame = &input[pos..pos + header.frame_len];
+                    self.scratch.clear();
+                    let action = self.handler.on_frame(frame, &mut self.scratch)?;
+                    if action != Action::Forward {
+                        let from = copied.unwrap_or(0);
+                        if copied.is_none() {
+                            self.owned.clear();
+                        }
+                        self.owned.extend_from_slice(&input[from..pos]);
+                        if action == Action::Replace {
+                            self.owned.extend_from_slice(&self.scratch);
+                        }
+                        copied = Some(pos + header.frame_len);
+                    }
+                    pos += header.frame_len;
+                }
+            }
+        }
+        Ok(match copied {
+            None => Output::Direct(pos),
+            Some(from) => {
+                self.owned.extend_from_slice(&input[from..pos]);
+                Output::Owned(pos)
+            }
+        })
+    }
+
+    /// Processes what is buffered and writes the result. Returns bytes written.
+    async fn flush_to(
+        &mut self,
+        wr: &mut ConnWrite,
+    ) -> Result<Result<usize, std::io::Error>, RelayError> {
+        let out = self.process()?;
+        let written = match out {
+            Output::Direct(0) => return Ok(Ok(0)),
+            Output::Direct(n) => {
+                let r = wr.write_all(&self.buf[..n]).await;
+                self.buf.advance(n);
+                r.map(|_| n)
+            }
+            Output::Owned(n) => {
+                let r = wr.write_all(&self.owned).await;
+                self.buf.advance(n);
+                r.map(|_| self.owned.len())
+            }
+        };
+        Ok(written)
+    }
+
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+    }
+}
+
+/// State the two pumps share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Start times of requests awaiting their ReadyForQuery (Query, Sync, FunctionCall).
+    pending: VecDeque<Instant>,
+    client_terminated: bool,
+}
+
+/// Client → upstream: validates framing, counts statements, starts statement timers.
+pub struct ClientHandler<'a> {
+    ctx: &'a Context,
+    shared: &'a Mutex<Shared>,
+    terminated: bool,
+}
+
+impl FrameHandler for ClientHandler<'_> {
+    fn on_header(&mut self, tag: u8) -> Result<Need, RelayError> {
+        match tag {
+            frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
+                if tag == frontend::QUERY {
+                    self.ctx.metrics.statements_total.inc();
+                }
+                let mut s = lock(self.shared);
+                if s.pending.len() >= MAX_PENDING_TIMERS {
+                    s.pending.pop_front();
+                }
+                s.pending.push_back(Instant::now());
+            }
+            frontend::EXECUTE => {
+                self.ctx.metrics.statements_total.inc();
+            }
+            frontend::TERMINATE => {
+                self.terminated = true;
+                lock(self.shared).client_terminated = true;
+            }
+            t if frontend::is_known_tag(t) => {}
+            t => return Err(RelayError::UnknownTag(t)),
+        }
+        Ok(Need::Stream)
+    }
+
+    fn on_frame(&mut self, _frame: &[u8], _scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
+        Ok(Action::Forward)
+    }
+}
+
+/// Upstream → client: stops statement timers, remembers whether the server's last word was an
+/// error (so a close after a FATAL is not reported twice).
+pub struct UpstreamHandler<'a> {
+    ctx: &'a Context,
+    shared: &'a Mutex<Shared>,
+    last_tag: u8,
+}
+
+impl FrameHandler for UpstreamHandler<'_> {
+    fn on_header(&mut self, tag: u8) -> Result<Need, RelayError> {
+        self.last_tag = tag;
+        if tag == backend::READY_FOR_QUERY {
+            let started = lock(self.shared).pending.pop_front();
+            if let Some(t) = started {
+                self.ctx
+                    .metrics
+                    .statement_duration_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(Need::Stream)
+    }
+
+    fn on_frame(&mut self, _frame: &[u8], _scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
+        Ok(Action::Forward)
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    // The pumps never panic while holding the lock; recover the data if one ever did.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum ClientEnd {
+    Terminated,
+    Eof,
+    UpstreamWriteFailed,
+    Protocol(ErrorFields),
+}
+
+enum UpstreamEnd {
+    /// The upstream closed; its last message was (or was not) an ErrorResponse.
+    Eof {
+        after_error: bool,
+    },
+    ClientWriteFailed,
+    Stopped,
+}
+
+/// Relays until either side ends, then closes both.
+pub async fn run(ctx: &Context, est: Established) -> Outcome {
+    let Established {
+        info,
+        client,
+        client_buf,
+        upstream,
+        upstream_buf,
+    } = est;
+    let (client_rd, client_wr) = client.into_split();
+    let (upstream_rd, upstream_wr) = upstream.into_split();
+    let shared = Mutex::new(Shared::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<ErrorFields>();
+
+    let client_side = client_pump(ctx, &shared, client_rd, upstream_wr, client_buf);
+    let upstream_side = upstream_pump(ctx, &shared, upstream_rd, client_wr, upstream_buf, stop_rx);
+    tokio::pin!(client_side, upstream_side);
+
+    tokio::select! {
+        (end, mut upstream_wr) = &mut client_side => {
+            match end {
+                ClientEnd::Terminated => {
+                    // Let the server see the Terminate and close; the upstream pump then ends.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut upstream_side).await;
+                    Outcome::Completed
+                }
+                ClientEnd::Eof => {
+                    // Say goodbye for the client so the server logs no unexpected EOF.
+                    let _ = upstream_wr.write_all(&[frontend::TERMINATE, 0, 0, 0, 4]).await;
+                    Outcome::Completed
+                }
+                ClientEnd::UpstreamWriteFailed => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut upstream_side).await;
+                    Outcome::UpstreamError
+                }
+                ClientEnd::Protocol(error) => {
+                    tracing::warn!(peer = %info.peer, user = %info.user, error = %error.message, "closing session on protocol error");
+                    let _ = stop_tx.send(error);
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut upstream_side).await;
+                    let _ = upstream_wr.write_all(&[frontend::TERMINATE, 0, 0, 0, 4]).await;
+                    Outcome::ProtocolError
+                }
+            }
+        }
+        end = &mut upstream_side => match end {
+            UpstreamEnd::Eof { after_error: true } | UpstreamEnd::ClientWriteFailed => Outcome::Completed,
+            UpstreamEnd::Eof { after_error: false } => Outcome::UpstreamError,
+            UpstreamEnd::Stopped => Outcome::Shutdown,
+        },
+    }
+}
+
+async fn client_pump(
+    ctx: &Context,
+    shared: &Mutex<Shared>,
+    mut rd: ConnRead,
+    mut wr: ConnWrite,
+    initial: BytesMut,
+) -> (ClientEnd, ConnWrite) {
+    let handler = ClientHandler {
+        ctx,
+        shared,
+        terminated: false,
+    };
+    let mut pump = Pump::new(handler, initial, ctx.config.max_message_bytes);
+    loop {
+        match pump.flush_to(&mut wr).await {
+            Err(e) => return (ClientEnd::Protocol(protocol_error(&e)), wr),
+            Ok(Err(_)) => return (ClientEnd::UpstreamWriteFailed, wr),
+            Ok(Ok(_)) => {}
+        }
+        if pump.handler.terminated {
+            let _ = wr.flush().await;
+            return (ClientEnd::Terminated, wr);
+        }
+        pump.make_room();
+        match rd.read_buf(&mut pump.buf).await {
+            Ok(0) | Err(_) => return (ClientEnd::Eof, wr),
+            Ok(n) => {
+                ctx.bytes_from_client.inc_by(n as u64);
+            }
+        }
+    }
+}
+
+fn protocol_error(e: &RelayError) -> ErrorFields {
+    match e {
+        RelayError::Wire(WireError::TooLarge { len, max }) => Code::MessageTooLarge.error(format!(
+            "client message of {len} bytes exceeds max_message_bytes ({max})"
+        )),
+        other => Code::MalformedMessage.error(other),
+    }
+}
+
+async fn upstream_pump(
+    ctx: &Context,
+    shared: &Mutex<Shared>,
+    mut rd: ConnRead,
+    mut wr: ConnWrite,
+    initial: BytesMut,
+    mut stop: tokio::sync::oneshot::Receiver<ErrorFields>,
+) -> UpstreamEnd {
+    let handler = UpstreamHandler {
+        ctx,
+        shared,
+        last_tag: 0,
+    };
+    let mut pump = Pump::new(handler, initial, MAX_UPSTREAM_FRAME);
+    let mut force_close = ctx.force_close.clone();
+    let mut stop_open = true;
+    let mut force_open = true;
+    loop {
+        match pump.flush_to(&mut wr).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return UpstreamEnd::ClientWriteFailed,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream sent a malformed message");
+                ctx.metrics.upstream_errors_total.inc();
+                let e = Code::UpstreamLost.error(format!(
+                    "upstream {} sent a malformed message",
+                    ctx.connector.address()
+                ));
+                write_error(&mut wr, &e).await;
+                return UpstreamEnd::Eof { after_error: false };
+            }
+        }
+        pump.make_room();
+        tokio::select! {
+            biased;
+            r = &mut stop, if stop_open => {
+                stop_open = false;
+                if let Ok(error) = r {
+                    write_error(&mut wr, &error).await;
+                    return UpstreamEnd::ClientWriteFailed;
+                }
+            }
+            r = force_close.changed(), if force_open => {
+                match r {
+                    Ok(()) if *force_close.borrow() => {
+                        let e = Code::ShuttingDown.error("the drain period ended");
+                        write_error(&mut wr, &e).await;
+                        return UpstreamEnd::Stopped;
+                    }
+                    Ok(()) => {}
+                    Err(_) => force_open = false,
+                }
+            }
+            r = rd.read_buf(&mut pump.buf) => match r {
+                Ok(0) | Err(_) => {
+                    let after_error = pump.handler.last_tag == backend::ERROR_RESPONSE
+                        || lock(shared).client_terminated;
+                    if !after_error {
+                        ctx.metrics.upstream_errors_total.inc();
+                        ctx.health.set_upstream_up(false);
+                        let e = Code::UpstreamLost.error(format!(
+                            "lost the connection to upstream {}",
+                            ctx.connector.address()
+                        ));
+                        write_error(&mut wr, &e).await;
+                    }
+                    return UpstreamEnd::Eof { after_error };
+                }
+                Ok(n) => {
+                    ctx.bytes_from_upstream.inc_by(n as u64);
+                }
+            },
+        }
+    }
+}
+
+async fn write_error(wr: &mut ConnWrite, e: &ErrorFields) {
+    let _ = wr.write_all(&e.encode()).await;
+    let _ = wr.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replaces every 'D' frame with "D" + uppercase body; forwards others.
+    struct Upper;
+    impl FrameHandler for Upper {
+        fn on_header(&mut self, tag: u8) -> Result<Need, RelayError> {
+            Ok(if tag == b'D' {
+                Need::Body
+            } else {
+                Need::Stream
+            })
+        }
+        fn on_frame(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
+            if frame[5..] == *b"drop" {
+                return Ok(Action::Drop);
+            }
+            scratch.extend_from_slice(&frame[..5]);
+            scratch.extend(frame[5..].iter().map(|b| b.to_ascii_uppercase()));
+            Ok(Action::Replace)
+        }
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn run_all(pump: &mut Pump<Upper>) -> Vec<u8> {
+        let mut out = Vec::new();
+        match pump.process().unwrap() {
+            Output::Direct(n) => {
+                out.extend_from_slice(&pump.buf[..n]);
+                pump.buf.advance(n);
+            }
+            Output::Owned(n) => {
+                out.extend_from_slice(&pump.owned);
+                pump.buf.advance(n);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn untouched_frames_are_forwarded_without_copy() {
+        let input = [frame(b'C', b"SELECT 1\0"), frame(b'Z', b"I")].concat();
+        let mut pump = Pump::new(Upper, BytesMut::from(&input[..]), 1 << 20);
+        assert_eq!(pump.process().unwrap(), Output::Direct(input.len()));
+    }
+
+    #[test]
+    fn replaced_and_dropped_frames_keep_order() {
+        let input = [
+            frame(b'T', b"desc"),
+            frame(b'D', b"abc"),
+            frame(b'D', b"drop"),
+            frame(b'C', b"done"),
+        ]
+        .concat();
+        let mut pump = Pump::new(Upper, BytesMut::from(&input[..]), 1 << 20);
+        let out = run_all(&mut pump);
+        let expected = [
+            frame(b'T', b"desc"),
+            frame(b'D', b"ABC"),
+            frame(b'C', b"done"),
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert!(pump.buf.is_empty());
+    }
+
+    #[test]
+    fn streamed_frames_pass_before_they_are_complete() {
+        let big = frame(b'd', &[7u8; 1000]);
+        let mut pump = Pump::new(Upper, BytesMut::from(&big[..300]), 64);
+        // Bigger than max_frame would be an error only for a Body frame; streamed frames are
+        // bounded by max_frame too, so use a bigger limit here.
+        assert!(pump.process().is_err());
+        let mut pump = Pump::new(Upper, BytesMut::from(&big[..300]), 1 << 20);
+        assert_eq!(run_all(&mut pump), big[..300]);
+        pump.buf.extend_from_slice(&big[300..]);
+        assert_eq!(run_all(&mut pump), big[300..]);
+        assert_eq!(pump.stream_remaining, 0);
+    }
+
+    #[test]
+    fn body_frames_wait_until_whole() {
+        let d = frame(b'D', b"hello");
+        let mut pump = Pump::new(Upper, BytesMut::from(&d[..7]), 1 << 20);
+        assert_eq!(pump.process().unwrap(), Output::Direct(0));
+        pump.buf.extend_from_slice(&d[7..]);
+        assert_eq!(run_all(&mut pump), frame(b'D', b"HELLO"));
+    }
+
+    #[test]
+    fn split_at_every_byte_gives_the_same_output() {
+        let input = [
+            frame(b'T', b"desc"),
+            frame(b'D', b"abc"),
+            frame(b'C', b"x"),
+            frame(b'D', b"zz"),
+        ]
+        .concat();
+        let mut whole = Pump::new(Upper, BytesMut::from(&input[..]), 1 << 20);
+        let expected = run_all(&mut whole);
+        for cut in 0..input.len() {
+            let mut pump = Pump::new(Upper, BytesMut::from(&input[..cut]), 1 << 20);
+            let mut out = run_all(&mut pump);
+            pump.buf.extend_from_slice(&input[cut..]);
+            out.extend(run_all(&mut pump));
+            assert_eq!(out, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_length_is_an_error() {
+        let mut pump = Pump::new(Upper, BytesMut::from(&b"Q\0\0\0\x02"[..]), 1 << 20);
+        assert!(pump.process().is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real PostgreSQL (started by the harness), real tokengate, real clients
+//! (tokio-postgres, psql, and a raw protocol client for message-level checks). Each test
+//! compares what arrives through tokengate with what arrives directly.
+mod harness;
+
+mod auth;
+mod cancel;
+mod faults;
+mod messages;
+mod psql;
+mod queries;
+mod tls;
