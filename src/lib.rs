@@ -11,6 +11,7 @@
 //! - [`policy`]: the YAML policy model, validation, composition and hot reload.
 //! - [`config`]: the serve configuration (file, env, flags).
 //! - [`errors`]: the catalogue of user-facing error codes (TG001...).
+//! - [`demo`]: `tokengate demo`, a throwaway CRM behind tokengate.
 //! - [`embedded_pg`]: a throwaway PostgreSQL for `tokengate demo` and the tests.
 //! - [`cli`]: the command-line interface.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod embedded_pg;
 pub mod errors;
 pub mod net;

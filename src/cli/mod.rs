@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod demo;
 pub mod serve;
 
 #[derive(Parser, Debug)]
@@ -20,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Relay clients to the upstream PostgreSQL, applying the policy.
     Serve(Box<serve::ServeArgs>),
+    /// Start a throwaway PostgreSQL with sample customer data and tokengate in front of it.
+    Demo(demo::DemoArgs),
     /// Print the version.
     Version,
 }
@@ -28,6 +31,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Demo(args) => demo::run(args),
         Command::Version => {
             println!("tokengate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -1,0 +1,48 @@
+//! `tokengate demo`.
+use crate::demo;
+use crate::observe::logging::{self, LogFormat};
+use clap::Args;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where tokengate listens.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub listen: std::net::SocketAddr,
+    /// Admin endpoint (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub admin: std::net::SocketAddr,
+    /// Number of customers to generate.
+    #[arg(long, default_value_t = 1000)]
+    pub customers: usize,
+}
+
+pub fn run(args: DemoArgs) -> ExitCode {
+    logging::init(LogFormat::Text);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let demo = match demo::start(args.listen, Some(args.admin), args.customers).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("tokengate demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo::banner(&demo));
+        super::serve::wait_for_shutdown_signal().await;
+        eprintln!("stopping the demo and removing its database...");
+        let demo::Demo { server, pg } = demo;
+        server.shutdown().await;
+        tokio::task::spawn_blocking(move || pg.stop()).await.ok();
+        ExitCode::SUCCESS
+    })
+}

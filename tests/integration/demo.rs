@@ -1,0 +1,59 @@
+//! `tokengate demo` end to end: the CRM loads and every demo role can query it through tokengate.
+use std::net::SocketAddr;
+use tokengate::demo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_crm_to_every_role() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let d = demo::start(any, Some(any), 50).await.expect("demo starts");
+    let banner = demo::banner(&d);
+    let port = d.server.addr.port();
+    for &(role, password) in demo::ROLES {
+        let line = format!("PGPASSWORD={password} psql -h 127.0.0.1 -p {port} -U {role} -d crm");
+        assert!(banner.contains(&line), "banner lacks {line}:\n{banner}");
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user(role)
+            .password(password)
+            .dbname(demo::DATABASE);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM customers)::int, (SELECT count(*) FROM payments)::int, \
+                 (SELECT count(*) FROM visits)::int, (SELECT email FROM customers WHERE id = 1)",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                row.get::<_, i32>(0),
+                row.get::<_, i32>(1),
+                row.get::<_, i32>(2)
+            ),
+            (50, 100, 25)
+        );
+        assert!(row.get::<_, String>(3).contains('@'));
+    }
+    let cards = {
+        let c = d.pg.connect_admin(demo::DATABASE).await.unwrap();
+        c.query("SELECT card_number FROM payments", &[])
+            .await
+            .unwrap()
+    };
+    assert!(
+        cards
+            .iter()
+            .all(|r| demo::data::luhn_valid(&r.get::<_, String>(0)))
+    );
+    let root = d.pg.socket_dir().to_path_buf();
+    let demo::Demo { server, pg } = d;
+    server.shutdown().await;
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+    assert!(!root.exists(), "the throwaway database is removed");
+}
