@@ -1,0 +1,179 @@
+//! Relay benchmark: pgbench -S (simple, extended, prepared; -c 8 -j 2) and a 1,000,000-row
+//! SELECT, each run directly against PostgreSQL and through a `tokengate serve` process,
+//! interleaved, several rounds. Reports TPS ratios and tokengate's CPU per transaction and per
+//! row, read from /proc/PID/stat (utime + stime), as medians over the rounds.
+//!
+//! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000).
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// CPU seconds (user + system) used so far by `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+struct PgBench {
+    tps: f64,
+    transactions: f64,
+}
+
+fn pgbench(pg: &EmbeddedPostgres, port: u16, mode: &str, seconds: u64) -> PgBench {
+    let out = Command::new(pg.bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-S", "-n"])
+        .args(["-M", mode, "-c", "8", "-j", "2", "-T", &seconds.to_string(), "bench"])
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .expect("run pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pgbench failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    let grab = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|r| r.trim().split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
+    };
+    PgBench {
+        tps: grab("tps ="),
+        transactions: grab("number of transactions actually processed:"),
+    }
+}
+
+/// Reads every row of `bulk` with psql into /dev/null; returns wall seconds.
+fn bulk_read(pg: &EmbeddedPostgres, port: u16) -> f64 {
+    let start = Instant::now();
+    let out = Command::new(pg.bindir().join("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "bench"])
+        .args(["-c", "SELECT * FROM bulk", "-o", "/dev/null"])
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    start.elapsed().as_secs_f64()
+}
+
+fn start_tokengate(pg_port: u16) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin", "off"])
+        .args(["--upstream", &format!("postgres://127.0.0.1:{pg_port}?sslmode=disable")])
+        .env("TOKENGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start tokengate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tokengate did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let rounds = env_or("ROUNDS", 5) as usize;
+    let seconds = env_or("SECONDS", 5);
+    let scale = env_or("SCALE", 10);
+    let rows = env_or("ROWS", 1_000_000);
+    let pg = EmbeddedPostgres::start(&PgOptions {
+        superuser_password: "bench-pw".into(),
+        settings: vec![("shared_buffers".into(), "256MB".into())],
+        ..PgOptions::default()
+    })
+    .expect("start PostgreSQL");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        pg.execute("postgres", "CREATE DATABASE bench").await.unwrap();
+        pg.execute(
+            "bench",
+            &format!(
+                "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS a, 'customer-' || g AS b,
+                   now() AS c, g * 1.5 AS d FROM generate_series(1, {rows}) g; VACUUM ANALYZE bulk;"
+            ),
+        )
+        .await
+        .unwrap();
+    });
+    let init = Command::new(pg.bindir().join("pgbench"))
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres", "bench"])
+        .env("PGPASSWORD", pg.superuser_password())
+        .output()
+        .expect("pgbench -i");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let (mut tg, tg_port) = start_tokengate(pg.port());
+    let pid = tg.id();
+    println!("tokengate relay benchmark: {rounds} rounds x {seconds}s, pgbench scale {scale}, {rows} rows; tokengate pid {pid}");
+
+    let modes = ["simple", "extended", "prepared"];
+    let mut tps_ratio: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut bulk_ratio = Vec::new();
+    let mut ns_per_row = Vec::new();
+    for round in 1..=rounds {
+        for (i, mode) in modes.iter().enumerate() {
+            let direct = pgbench(&pg, pg.port(), mode, seconds);
+            let before = cpu_seconds(pid);
+            let via = pgbench(&pg, tg_port, mode, seconds);
+            let cpu = cpu_seconds(pid) - before;
+            tps_ratio[i].push(via.tps / direct.tps);
+            cpu_us[i].push(cpu / via.transactions * 1e6);
+            println!(
+                "round {round} {mode:>8}: direct {:>8.0} tps, via tokengate {:>8.0} tps (ratio {:.3}), tokengate CPU {:.1} us/txn",
+                direct.tps, via.tps, via.tps / direct.tps, cpu / via.transactions * 1e6
+            );
+        }
+        let direct = bulk_read(&pg, pg.port());
+        let before = cpu_seconds(pid);
+        let via = bulk_read(&pg, tg_port);
+        let cpu = cpu_seconds(pid) - before;
+        bulk_ratio.push(direct / via);
+        ns_per_row.push(cpu / rows as f64 * 1e9);
+        println!(
+            "round {round}     bulk: direct {direct:.2}s, via tokengate {via:.2}s (rows/s ratio {:.3}), tokengate CPU {:.0} ns/row",
+            direct / via,
+            cpu / rows as f64 * 1e9
+        );
+    }
+    let _ = tg.kill();
+    let _ = tg.wait();
+    println!("\nMedians over {rounds} rounds:\n");
+    println!("| workload | throughput via tokengate / direct | tokengate CPU |");
+    println!("|---|---|---|");
+    for (i, mode) in modes.iter().enumerate() {
+        println!(
+            "| pgbench -S -M {mode} -c 8 -j 2 | {:.3} | {:.1} µs/txn |",
+            median(tps_ratio[i].clone()),
+            median(cpu_us[i].clone())
+        );
+    }
+    println!(
+        "| SELECT * of {rows} rows (psql) | {:.3} | {:.0} ns/row |",
+        median(bulk_ratio),
+        median(ns_per_row)
+    );
+}
