@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod protect;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tokengate",
@@ -18,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// Print the version.
     Version,
+    /// Write a new key file (mode 0600).
+    Keygen(protect::KeygenArgs),
+    /// Tokenize values (or reveal tokens with --reveal).
+    Token(protect::TokenArgs),
+    /// Mask values.
+    Mask(protect::MaskArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -27,5 +35,8 @@ pub fn main() -> ExitCode {
             println!("tokengate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Keygen(args) => protect::keygen(args),
+        Command::Token(args) => protect::token(args),
+        Command::Mask(args) => protect::mask(args),
     }
 }

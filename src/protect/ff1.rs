@@ -143,17 +143,44 @@ where
     /// without converting to numerals: the integer form used by cycle walking. `None` when `len`
     /// is outside the fixed-width path (see [`Self::int_len_supported`]) or `x >= radix^len`.
     pub fn encrypt_int(&self, x: u128, len: usize) -> Option<u128> {
-        let params = self.cached_params(len)?;
-        let (a, b) = split_int(x, params)?;
-        let (a, b) = self.rounds_encrypt(params, a, b);
-        Some(a as u128 * params.modulus_v as u128 + b as u128)
+        self.crypt_int(None, x, len, Direction::Encrypt)
     }
 
     /// Inverse of [`Self::encrypt_int`].
     pub fn decrypt_int(&self, x: u128, len: usize) -> Option<u128> {
-        let params = self.cached_params(len)?;
+        self.crypt_int(None, x, len, Direction::Decrypt)
+    }
+
+    /// [`Self::encrypt_int`] under another tweak (a few extra AES calls).
+    pub fn encrypt_int_with_tweak(&self, tweak: &[u8], x: u128, len: usize) -> Option<u128> {
+        self.crypt_int(Some(tweak), x, len, Direction::Encrypt)
+    }
+
+    /// [`Self::decrypt_int`] under another tweak.
+    pub fn decrypt_int_with_tweak(&self, tweak: &[u8], x: u128, len: usize) -> Option<u128> {
+        self.crypt_int(Some(tweak), x, len, Direction::Decrypt)
+    }
+
+    fn crypt_int(
+        &self,
+        tweak: Option<&[u8]>,
+        x: u128,
+        len: usize,
+        direction: Direction,
+    ) -> Option<u128> {
+        let computed;
+        let params = match tweak {
+            None => self.cached_params(len)?,
+            Some(t) => {
+                computed = self.params(t, len)?;
+                &computed
+            }
+        };
         let (a, b) = split_int(x, params)?;
-        let (a, b) = self.rounds_decrypt(params, a, b);
+        let (a, b) = match direction {
+            Direction::Encrypt => self.rounds_encrypt(params, a, b),
+            Direction::Decrypt => self.rounds_decrypt(params, a, b),
+        };
         Some(a as u128 * params.modulus_v as u128 + b as u128)
     }
 
@@ -437,7 +464,10 @@ mod tests {
     ];
 
     /// NIST SP 800-38G FF1 samples 1-9 (FF1samples.pdf): (sample, radix, tweak, pt, ct).
-    fn nist_samples() -> Vec<(u8, u32, &'static [u8], &'static [u8], Vec<u8>)> {
+    /// (sample number, radix, tweak, plaintext, ciphertext).
+    type Sample = (u8, u32, &'static [u8], &'static [u8], Vec<u8>);
+
+    fn nist_samples() -> Vec<Sample> {
         vec![
             (1, 10, &[], PT_10, vec![2, 4, 3, 3, 4, 7, 7, 4, 8, 4]),
             (
