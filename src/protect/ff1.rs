@@ -553,10 +553,10 @@ mod tests {
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
     ];
 
-    /// NIST SP 800-38G FF1 samples 1-9 (FF1samples.pdf): (sample, radix, tweak, pt, ct).
     /// (sample number, radix, tweak, plaintext, ciphertext).
     type Sample = (u8, u32, &'static [u8], &'static [u8], Vec<u8>);
 
+    /// NIST SP 800-38G FF1 samples 1-9 (FF1samples.pdf).
     fn nist_samples() -> Vec<Sample> {
         vec![
             (1, 10, &[], PT_10, vec![2, 4, 3, 3, 4, 7, 7, 4, 8, 4]),

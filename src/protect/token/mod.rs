@@ -277,25 +277,18 @@ impl Tokenizer {
             heap = vec![0u8; count];
             &mut heap
         };
-        for (slot, c) in numerals
-            .iter_mut()
-            .zip(bytes.iter().filter(|c| c.is_ascii_digit()))
-        {
-            *slot = c - b'0';
-        }
+        gather_digits(bytes, numerals);
+        self.ff1_digits(numerals, direction)?;
+        scatter_digits(numerals, bytes);
+        Ok(())
+    }
+
+    fn ff1_digits(&self, numerals: &mut [u8], direction: Direction) -> Result<(), Refusal> {
         match direction {
             Direction::Tokenize => self.ff1.encrypt(numerals),
             Direction::Reveal => self.ff1.decrypt(numerals),
         }
-        .map_err(|e| Refusal::Error(e.into()))?;
-        for (c, digit) in bytes
-            .iter_mut()
-            .filter(|c| c.is_ascii_digit())
-            .zip(numerals.iter())
-        {
-            *c = b'0' + digit;
-        }
-        Ok(())
+        .map_err(|e| Refusal::Error(e.into()))
     }
 
     /// Card numbers: FF1 over the leading digits, then one "adjuster" digit (the last digit that
@@ -316,18 +309,9 @@ impl Tokenizer {
         let encrypted = digits - kept - 1;
         check_domain(10u128.checked_pow(encrypted as u32))?;
         let mut numerals = [0u8; 64];
-        for (slot, c) in numerals
-            .iter_mut()
-            .zip(bytes.iter().filter(|c| c.is_ascii_digit()))
-        {
-            *slot = c - b'0';
-        }
+        gather_digits(bytes, &mut numerals);
         let residue = luhn_residue(&numerals[..digits]);
-        match direction {
-            Direction::Tokenize => self.ff1.encrypt(&mut numerals[..encrypted]),
-            Direction::Reveal => self.ff1.decrypt(&mut numerals[..encrypted]),
-        }
-        .map_err(|e| Refusal::Error(e.into()))?;
+        self.ff1_digits(&mut numerals[..encrypted], direction)?;
         // Solve for the adjuster digit that restores the residue.
         let adjuster = encrypted;
         let doubled = (digits - 1 - adjuster) % 2 == 1;
@@ -337,13 +321,7 @@ impl Tokenizer {
         numerals[adjuster] = (0..10)
             .find(|&d| luhn_contribution(d, doubled) == wanted)
             .unwrap_or(0);
-        for (c, digit) in bytes
-            .iter_mut()
-            .filter(|c| c.is_ascii_digit())
-            .zip(numerals.iter())
-        {
-            *c = b'0' + digit;
-        }
+        scatter_digits(&numerals, bytes);
         Ok(())
     }
 
@@ -558,6 +536,22 @@ impl Tokenizer {
                 domain,
             }),
         }
+    }
+}
+
+/// Copies the values of the ASCII digits of `bytes`, in order, into `numerals`.
+fn gather_digits(bytes: &[u8], numerals: &mut [u8]) {
+    let digits = bytes.iter().filter(|c| c.is_ascii_digit());
+    for (slot, c) in numerals.iter_mut().zip(digits) {
+        *slot = c - b'0';
+    }
+}
+
+/// Writes `numerals` back over the ASCII digits of `bytes`, in order.
+fn scatter_digits(numerals: &[u8], bytes: &mut [u8]) {
+    let digits = bytes.iter_mut().filter(|c| c.is_ascii_digit());
+    for (c, digit) in digits.zip(numerals) {
+        *c = b'0' + digit;
     }
 }
 
