@@ -272,3 +272,11 @@ proptest! {
         prop_assert_eq!(reveal(&t, &tok), digits);
     }
 }
+
+#[test]
+fn debug_output_redacts_key_material() {
+    let debug = format!("{:?}", tokenizer("digits", "ssn"));
+    assert!(debug.contains("[redacted]"));
+    // The test key is 32 bytes of 42; a leaked schedule or key would print runs of numbers.
+    assert!(!debug.contains("42, 42"));
+}
