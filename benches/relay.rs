@@ -113,11 +113,12 @@ fn main() {
             "bench",
             &format!(
                 "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS a, 'customer-' || g AS b,
-                   now() AS c, g * 1.5 AS d FROM generate_series(1, {rows}) g; VACUUM ANALYZE bulk;"
+                   now() AS c, g * 1.5 AS d FROM generate_series(1, {rows}) g"
             ),
         )
         .await
         .unwrap();
+        pg.execute("bench", "VACUUM ANALYZE bulk").await.unwrap();
     });
     let init = Command::new(pg.bindir().join("pgbench"))
         .args(["-i", "-q", "-s", &scale.to_string(), "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres", "bench"])

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 pub mod demo;
+pub mod protect;
 pub mod serve;
 
 #[derive(Parser, Debug)]
@@ -25,6 +26,12 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print the version.
     Version,
+    /// Write a new key file (mode 0600).
+    Keygen(protect::KeygenArgs),
+    /// Tokenize values (or reveal tokens with --reveal).
+    Token(protect::TokenArgs),
+    /// Mask values.
+    Mask(protect::MaskArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -36,5 +43,8 @@ pub fn main() -> ExitCode {
             println!("tokengate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Keygen(args) => protect::keygen(args),
+        Command::Token(args) => protect::token(args),
+        Command::Mask(args) => protect::mask(args),
     }
 }

@@ -1,0 +1,148 @@
+//! End-to-end checks of `tokengate keygen`, `token` and `mask` through the built binary.
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn tokengate(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .env_remove("TOKENGATE_KEYS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout_lines(output: &Output) -> Vec<String> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn keygen(dir: &Path) -> String {
+    let path = dir.join("keys.json");
+    let output = tokengate(&["keygen", "--out", path.to_str().unwrap()], None);
+    assert!(output.status.success(), "{output:?}");
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn keygen_writes_mode_0600_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = keygen(dir.path());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let again = tokengate(&["keygen", "--out", &path], None);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let forced = tokengate(&["keygen", "--out", &path, "--force"], None);
+    assert!(forced.status.success());
+}
+
+#[test]
+fn token_and_reveal_round_trip_from_args_and_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(dir.path());
+    let base = [
+        "token",
+        "--keys",
+        keys.as_str(),
+        "--label",
+        "ssn",
+        "--format",
+        "digits",
+    ];
+    let values = ["123-45-6789", "987-65-4321"];
+    let tokens = tokengate(&[&base[..], &values[..]].concat(), None);
+    assert!(tokens.status.success(), "{tokens:?}");
+    let tokens = stdout_lines(&tokens);
+    assert_eq!(tokens.len(), 2);
+    for (token, value) in tokens.iter().zip(values) {
+        assert_ne!(token, value);
+        assert_eq!(token.len(), value.len());
+        assert_eq!(&token[3..4], "-");
+    }
+    // Stdin mode gives the same tokens; --reveal gives the values back.
+    let from_stdin = tokengate(&base, Some("123-45-6789\n987-65-4321\n"));
+    assert_eq!(stdout_lines(&from_stdin), tokens);
+    let revealed = tokengate(
+        &[
+            &base[..],
+            &["--reveal"],
+            &[tokens[0].as_str(), tokens[1].as_str()],
+        ]
+        .concat(),
+        None,
+    );
+    assert_eq!(stdout_lines(&revealed), values);
+}
+
+#[test]
+fn bad_value_exits_1_naming_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(dir.path());
+    let output = tokengate(
+        &[
+            "token", "--keys", &keys, "--label", "pin", "--format", "digits", "12345678", "1234",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("value 2"), "{stderr}");
+    assert!(
+        !stderr.contains("1234"),
+        "the value itself is never printed: {stderr}"
+    );
+}
+
+#[test]
+fn mask_from_args_and_stdin() {
+    let output = tokengate(&["mask", "--mask", "***-**-####", "123-45-6789"], None);
+    assert!(output.status.success());
+    assert_eq!(stdout_lines(&output), ["***-**-6789"]);
+    let output = tokengate(&["mask", "--mask", "email"], Some("john@example.com\n"));
+    assert_eq!(stdout_lines(&output), ["j***@example.com"]);
+    let output = tokengate(&["mask", "--mask", "bogus"], None);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn missing_or_open_key_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    let output = tokengate(
+        &[
+            "token",
+            "--keys",
+            missing.to_str().unwrap(),
+            "--label",
+            "l",
+            "--format",
+            "digits",
+            "1234567",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.json"));
+
+    let keys = keygen(dir.path());
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = tokengate(
+        &[
+            "token", "--keys", &keys, "--label", "l", "--format", "digits", "1234567",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("chmod 600"));
+}
