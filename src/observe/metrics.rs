@@ -50,13 +50,10 @@ impl Metrics {
             connections_total: Family::default(),
             bytes_total: Family::default(),
             statements_total: Counter::default(),
-            statement_duration_seconds: Histogram::new(
-                [
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0,
-                ]
-                .into_iter(),
-            ),
+            statement_duration_seconds: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
             upstream_errors_total: Counter::default(),
             build_info: Family::default(),
             policy_reloads_total: Family::default(),

@@ -32,6 +32,45 @@ impl Pos {
 pub struct Node {
     pub value: Value,
     pub pos: Pos,
+    /// Byte range in the source, when the parser knows it; used to tell `null` from empty.
+    bytes: Option<(usize, usize)>,
+}
+
+impl Node {
+    fn from_spanned(spanned: Spanned<Value>) -> Node {
+        let span = spanned.referenced.span();
+        let bytes = match (span.byte_offset(), span.byte_len()) {
+            (Some(o), Some(l)) => usize::try_from(o).ok().zip(usize::try_from(l).ok()),
+            _ => None,
+        };
+        Node {
+            pos: Pos::from_location(&spanned.referenced),
+            value: spanned.value,
+            bytes,
+        }
+    }
+
+    /// In a policy, a written `null` is always the word (the `null` action, the `null`
+    /// mask), while an empty value is a mistake. YAML reads both as null, so put the word
+    /// back where the source spells it.
+    fn restore_null_words(&mut self, text: &str) {
+        match &mut self.value {
+            Value::Null => {
+                let written = self
+                    .bytes
+                    .and_then(|(o, l)| text.get(o..o.checked_add(l)?))
+                    .unwrap_or("");
+                if matches!(written, "null" | "Null" | "NULL") {
+                    self.value = Value::Str("null".to_string());
+                }
+            }
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.restore_null_words(text)),
+            Value::Map(entries) => entries
+                .iter_mut()
+                .for_each(|(_, n)| n.restore_null_words(text)),
+            _ => {}
+        }
+    }
 }
 
 /// A mapping key with its position.
@@ -86,13 +125,15 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         return Ok(Node {
             value: Value::Null,
             pos: Pos { line: 1, column: 1 },
+            bytes: None,
         });
     }
     match serde_saphyr::from_str_with_options::<Spanned<Value>>(text, options) {
-        Ok(spanned) => Ok(Node {
-            pos: Pos::from_location(&spanned.referenced),
-            value: spanned.value,
-        }),
+        Ok(spanned) => {
+            let mut root = Node::from_spanned(spanned);
+            root.restore_null_words(text);
+            Ok(root)
+        }
         Err(err) => Err(SyntaxError {
             pos: err.location().map(|l| Pos::from_location(&l)),
             message: first_line(&err.to_string()),
@@ -156,10 +197,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element::<Spanned<Value>>()? {
-            items.push(Node {
-                pos: Pos::from_location(&item.referenced),
-                value: item.value,
-            });
+            items.push(Node::from_spanned(item));
         }
         Ok(Value::Seq(items))
     }
@@ -172,10 +210,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
                     name: key.value.0,
                     pos: Pos::from_location(&key.referenced),
                 },
-                Node {
-                    pos: Pos::from_location(&value.referenced),
-                    value: value.value,
-                },
+                Node::from_spanned(value),
             ));
         }
         Ok(Value::Map(entries))
@@ -237,13 +272,25 @@ mod tests {
         assert_eq!(top[0].0.name, "version");
         assert_eq!(top[0].0.pos, Pos { line: 1, column: 1 });
         assert_eq!(top[0].1.value, Value::Int(1));
-        assert_eq!(top[0].1.pos, Pos { line: 1, column: 10 });
+        assert_eq!(
+            top[0].1.pos,
+            Pos {
+                line: 1,
+                column: 10
+            }
+        );
         let roles = map(&top[1].1);
         assert_eq!(roles[0].0.name, "support");
         assert_eq!(roles[0].0.pos, Pos { line: 3, column: 3 });
         let rule = map(&roles[0].1);
         assert_eq!(rule[0].0.name, "pii");
-        assert_eq!(rule[0].0.pos, Pos { line: 3, column: 14 });
+        assert_eq!(
+            rule[0].0.pos,
+            Pos {
+                line: 3,
+                column: 14
+            }
+        );
         assert_eq!(rule[0].1.value, Value::Str("mask".into()));
     }
 
@@ -260,8 +307,21 @@ mod tests {
     fn duplicate_keys_are_kept_for_validation_to_report() {
         let doc = parse("a: 1\nb: 2\na: 3\n").unwrap();
         let top = map(&doc);
-        let names: Vec<_> = top.iter().map(|(k, _)| (k.name.as_str(), k.pos.line)).collect();
+        let names: Vec<_> = top
+            .iter()
+            .map(|(k, _)| (k.name.as_str(), k.pos.line))
+            .collect();
         assert_eq!(names, vec![("a", 1), ("b", 2), ("a", 3)]);
+    }
+
+    #[test]
+    fn written_null_is_the_word_and_empty_stays_null() {
+        let doc = parse("a: null\nb:\nc: ~\nd: NULL\n").unwrap();
+        let top = map(&doc);
+        assert_eq!(top[0].1.value, Value::Str("null".into()));
+        assert_eq!(top[1].1.value, Value::Null);
+        assert_eq!(top[2].1.value, Value::Null);
+        assert_eq!(top[3].1.value, Value::Str("null".into()));
     }
 
     #[test]

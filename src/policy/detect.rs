@@ -1,0 +1,1 @@
+//! Detectors (filled in later).

@@ -1,0 +1,3 @@
+//! Hot reload (filled in next).
+pub struct PolicyStore;
+pub struct WatchHandle;
