@@ -24,7 +24,7 @@ pub use error::{Diagnostic, PolicyError};
 pub use explain::{Clause, ColumnUse, Explanation, OutputColumn, SourceColumn, explain};
 pub use formats::{MaskSpec, TokenFormat};
 pub use model::{Action, AuditLevel, Class, ColumnName, Policy, StatementKind};
-pub use store::{PolicyStore, WatchHandle};
+pub use store::{PolicyStore, WatchError, WatchHandle};
 
 impl Policy {
     /// Parses and validates policy text; `source` names the file in messages.
@@ -34,12 +34,7 @@ impl Policy {
 
     /// Reads, parses and validates a policy file.
     pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Policy::from_yaml(&text, &shown)
+        store::read_and_build(path).map(|(policy, _text)| policy)
     }
 }
 
