@@ -249,6 +249,9 @@ pub fn kind_from_name(column: &str) -> Option<Kind> {
     }
 }
 
+/// A detector over one sampled value.
+type ValueDetector = fn(&str) -> bool;
+
 /// The kind most sampled values match, with (matches, non-empty samples), when at least
 /// half of at least 3 non-empty samples match.
 pub fn kind_from_values<S: AsRef<str>>(values: &[S]) -> Option<(Kind, usize, usize)> {
@@ -262,7 +265,7 @@ pub fn kind_from_values<S: AsRef<str>>(values: &[S]) -> Option<(Kind, usize, usi
         return None;
     }
     // Most specific first: a card number is also digits, an SSN also looks phone-ish.
-    let detectors: [(Kind, fn(&str) -> bool); 7] = [
+    let detectors: [(Kind, ValueDetector); 7] = [
         (Kind::Email, looks_like_email),
         (Kind::Card, looks_like_card),
         (Kind::Iban, looks_like_iban),
