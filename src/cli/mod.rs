@@ -1,6 +1,8 @@
 //! The command-line interface. Thin: each subcommand's flags live in a file of this module
 //! and call into the module that owns the work.
 use clap::{Parser, Subcommand};
+
+pub mod policy;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -18,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Print the version.
     Version,
+    /// Check a policy file, or explain what a role gets.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -27,5 +32,6 @@ pub fn main() -> ExitCode {
             println!("tokengate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Policy(command) => policy::run(command),
     }
 }
