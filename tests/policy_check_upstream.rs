@@ -84,6 +84,17 @@ impl Drop for TempPg {
     }
 }
 
+/// Runs the tokengate binary; returns its exit code and stdout.
+fn tokengate(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -163,17 +174,8 @@ async fn check_and_explain_against_a_live_database() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["policy", "check", path_str(&policy), "--upstream", &url])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, out) = tokengate(&["policy", "check", path_str(&policy), "--upstream", &url]);
+    assert_eq!(code, Some(1), "{out}");
     let expect = [
         "column public.customers.fax does not exist in the database",
         "  public.customers.full_name: person_name   # looks like person names (50/50 sampled values)",
@@ -183,15 +185,12 @@ async fn check_and_explain_against_a_live_database() {
         "  public.\"Odd Table\".\"Contact\": email   # looks like email addresses (3/3 sampled values)",
     ];
     for line in expect {
-        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
-    assert!(!stdout.contains("public.customers.city"), "{stdout}");
-    assert!(
-        !stdout.contains("public.customers.email:"),
-        "labelled: {stdout}"
-    );
+    assert!(!out.contains("public.customers.city"), "{out}");
+    assert!(!out.contains("public.customers.email:"), "labelled: {out}");
 
-    // A policy matching the database exactly is clean.
+    // Once the database matches the policy, check is clean.
     let clean = dir.path().join("clean.yaml");
     std::fs::write(
         &clean,
@@ -203,57 +202,44 @@ async fn check_and_explain_against_a_live_database() {
         .unwrap();
     tokio::spawn(conn);
     client
-        .batch_execute("DROP TABLE public.customers, public.\"Odd Table\"; UPDATE public.payments SET card_number = 'n/a'")
+        .batch_execute(
+            "DROP TABLE public.customers, public.\"Odd Table\"; \
+             UPDATE public.payments SET card_number = 'n/a'",
+        )
         .await
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["policy", "check", path_str(&clean), "--upstream", &url])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (code, out) = tokengate(&["policy", "check", path_str(&clean), "--upstream", &url]);
     // card_number's name still suggests cards even though the values don't.
     assert!(
-        stdout.contains("public.payments.card_number: card   # name suggests"),
-        "{stdout}"
+        out.contains("public.payments.card_number: card   # name suggests"),
+        "{out}"
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(code, Some(1));
     client
         .batch_execute("ALTER TABLE public.payments RENAME card_number TO reference")
         .await
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["policy", "check", path_str(&clean), "--upstream", &url])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (code, out) = tokengate(&["policy", "check", path_str(&clean), "--upstream", &url]);
+    assert_eq!(code, Some(0), "{out}");
 
     // explain resolves bob -> team -> analysts through pg_auth_members.
-    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args([
-            "policy",
-            "explain",
-            "--policy",
-            path_str(&policy),
-            "--role",
-            "bob",
-            "--upstream",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (code, out) = tokengate(&[
+        "policy",
+        "explain",
+        "--policy",
+        path_str(&policy),
+        "--role",
+        "bob",
+        "--upstream",
+        &url,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
     assert!(
-        stdout.contains("role:       bob (groups: analysts, team)"),
-        "{stdout}"
+        out.contains("role:       bob (groups: analysts, team)"),
+        "{out}"
     );
     assert!(
-        stdout.contains("row limit:  10 (roles.analysts.row_limit (policy.yaml:10))"),
-        "{stdout}"
+        out.contains("row limit:  10 (roles.analysts.row_limit (policy.yaml:10))"),
+        "{out}"
     );
 }

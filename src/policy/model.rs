@@ -6,6 +6,23 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+/// `FromStr` and `Display` for the keyword enums, through their `ALL` and `as_str`.
+macro_rules! keyword_impls {
+    ($t:ty) => {
+        impl FromStr for $t {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                <$t>::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// What kind of data a label is. A fixed set, so a typo (`pi`) is an error instead of a
 /// new class that no role mentions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,18 +50,7 @@ impl Class {
     }
 }
 
-impl FromStr for Class {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Class::ALL.into_iter().find(|c| c.as_str() == s).ok_or(())
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+keyword_impls!(Class);
 
 /// What a role gets for a column, ordered from least to most hiding so that composition
 /// is `max`.
@@ -76,18 +82,7 @@ impl Action {
     }
 }
 
-impl FromStr for Action {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Action::ALL.into_iter().find(|a| a.as_str() == s).ok_or(())
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+keyword_impls!(Action);
 
 /// The statement kinds a role rule can allow or deny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,21 +128,7 @@ impl StatementKind {
     }
 }
 
-impl FromStr for StatementKind {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        StatementKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or(())
-    }
-}
-
-impl fmt::Display for StatementKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+keyword_impls!(StatementKind);
 
 /// A set of statement kinds as a bit set: composition is a bitwise AND.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
