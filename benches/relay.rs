@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// CPU seconds (user + system) used so far by `pid`.
@@ -34,7 +37,11 @@ fn clock_ticks_per_second() -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct PgBench {
@@ -44,13 +51,37 @@ struct PgBench {
 
 fn pgbench(pg: &EmbeddedPostgres, port: u16, mode: &str, seconds: u64) -> PgBench {
     let out = Command::new(pg.bindir().join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-S", "-n"])
-        .args(["-M", mode, "-c", "8", "-j", "2", "-T", &seconds.to_string(), "bench"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-S",
+            "-n",
+        ])
+        .args([
+            "-M",
+            mode,
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "bench",
+        ])
         .env("PGPASSWORD", pg.superuser_password())
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let grab = |prefix: &str| -> f64 {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(prefix))
@@ -68,20 +99,48 @@ fn pgbench(pg: &EmbeddedPostgres, port: u16, mode: &str, seconds: u64) -> PgBenc
 fn bulk_read(pg: &EmbeddedPostgres, port: u16) -> f64 {
     let start = Instant::now();
     let out = Command::new(pg.bindir().join("psql"))
-        .args(["-X", "-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "bench"])
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+        ])
         .args(["-c", "SELECT * FROM bulk", "-o", "/dev/null"])
         .env("PGPASSWORD", pg.superuser_password())
         .output()
         .expect("run psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     start.elapsed().as_secs_f64()
 }
 
 fn start_tokengate(pg_port: u16) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin", "off"])
-        .args(["--upstream", &format!("postgres://127.0.0.1:{pg_port}?sslmode=disable")])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            "off",
+        ])
+        .args([
+            "--upstream",
+            &format!("postgres://127.0.0.1:{pg_port}?sslmode=disable"),
+        ])
         .env("TOKENGATE_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -106,9 +165,14 @@ fn main() {
         ..PgOptions::default()
     })
     .expect("start PostgreSQL");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        pg.execute("postgres", "CREATE DATABASE bench").await.unwrap();
+        pg.execute("postgres", "CREATE DATABASE bench")
+            .await
+            .unwrap();
         pg.execute(
             "bench",
             &format!(
@@ -121,14 +185,32 @@ fn main() {
         pg.execute("bench", "VACUUM ANALYZE bulk").await.unwrap();
     });
     let init = Command::new(pg.bindir().join("pgbench"))
-        .args(["-i", "-q", "-s", &scale.to_string(), "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres", "bench"])
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            &scale.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "bench",
+        ])
         .env("PGPASSWORD", pg.superuser_password())
         .output()
         .expect("pgbench -i");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let (mut tg, tg_port) = start_tokengate(pg.port());
     let pid = tg.id();
-    println!("tokengate relay benchmark: {rounds} rounds x {seconds}s, pgbench scale {scale}, {rows} rows; tokengate pid {pid}");
+    println!(
+        "tokengate relay benchmark: {rounds} rounds x {seconds}s, pgbench scale {scale}, {rows} rows; tokengate pid {pid}"
+    );
 
     let modes = ["simple", "extended", "prepared"];
     let mut tps_ratio: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
@@ -145,7 +227,10 @@ fn main() {
             cpu_us[i].push(cpu / via.transactions * 1e6);
             println!(
                 "round {round} {mode:>8}: direct {:>8.0} tps, via tokengate {:>8.0} tps (ratio {:.3}), tokengate CPU {:.1} us/txn",
-                direct.tps, via.tps, via.tps / direct.tps, cpu / via.transactions * 1e6
+                direct.tps,
+                via.tps,
+                via.tps / direct.tps,
+                cpu / via.transactions * 1e6
             );
         }
         let direct = bulk_read(&pg, pg.port());

@@ -1,6 +1,8 @@
 //! The command-line interface. Thin: each subcommand's flags live in a file of this module
 //! and call into the module that owns the work.
 use clap::{Parser, Subcommand};
+
+pub mod policy;
 use std::process::ExitCode;
 
 pub mod demo;
@@ -32,6 +34,9 @@ pub enum Command {
     Token(protect::TokenArgs),
     /// Mask values.
     Mask(protect::MaskArgs),
+    /// Check a policy file, or explain what a role gets.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -46,5 +51,6 @@ pub fn main() -> ExitCode {
         Command::Keygen(args) => protect::keygen(args),
         Command::Token(args) => protect::token(args),
         Command::Mask(args) => protect::mask(args),
+        Command::Policy(command) => policy::run(command),
     }
 }

@@ -1,0 +1,358 @@
+//! `tokengate policy check` and `tokengate policy explain`: flags, database look-ups and
+//! printing. The decisions themselves come from [`crate::policy`].
+use crate::policy::detect::{CatalogColumn, is_text_type, lint_catalog, quote_ident};
+use crate::policy::model::StatementKind;
+use crate::policy::{Action, Policy, RoleView};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// How many values `check --upstream` samples per text column.
+const SAMPLE_ROWS: i64 = 50;
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate a policy file (every error, with file:line:column); with --upstream, also
+    /// report labelled columns that don't exist and unlabelled columns that look sensitive.
+    Check(CheckArgs),
+    /// Show what a role gets: every labelled column's decision and the rule behind it.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The policy file.
+    pub file: PathBuf,
+    /// A PostgreSQL URL to check the policy against (e.g. postgres://user@host/db).
+    #[arg(long, env = "TOKENGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The policy file.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The login role.
+    #[arg(long)]
+    pub role: String,
+    /// Groups the role belongs to, comma-separated (transitively).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// Look the role's group memberships up in this database instead of --groups.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// A SQL statement (per-statement analysis comes with the SQL analyser).
+    pub sql: Option<String>,
+}
+
+pub fn run(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Check(args) => check(args),
+        PolicyCommand::Explain(args) => explain(args),
+    }
+}
+
+fn load_or_print(file: &std::path::Path) -> Option<Policy> {
+    match Policy::load(file) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let Some(policy) = load_or_print(&args.file) else {
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "{}: valid ({} labels, {} columns, {} roles)",
+        args.file.display(),
+        policy.labels().len(),
+        policy.columns().len(),
+        policy.roles().len()
+    );
+    let Some(url) = args.upstream else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let catalog = match rt.block_on(fetch_catalog(&url)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot read the catalog from the upstream: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = lint_catalog(&policy, &catalog);
+    if findings.is_empty() {
+        println!("upstream: {} columns checked, no findings", catalog.len());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "upstream: {} columns checked, {} finding(s); suggested additions under columns:",
+        catalog.len(),
+        findings.len()
+    );
+    for f in &findings {
+        println!("{}", f.render());
+    }
+    ExitCode::FAILURE
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Every user column, with up to [`SAMPLE_ROWS`] non-null values of the text-like ones.
+async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, tokio_postgres::Error> {
+    let client = connect(url).await?;
+    let rows = client
+        .query(
+            "SELECT c.table_schema::text, c.table_name::text, c.column_name::text, c.data_type::text
+               FROM information_schema.columns c
+               JOIN information_schema.tables t
+                 ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+              WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
+                AND c.table_schema NOT LIKE 'pg\\_toast%'
+                AND t.table_type IN ('BASE TABLE', 'VIEW')
+              ORDER BY 1, 2, c.ordinal_position",
+            &[],
+        )
+        .await?;
+    let mut catalog = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut col = CatalogColumn {
+            schema: row.try_get(0)?,
+            table: row.try_get(1)?,
+            column: row.try_get(2)?,
+            data_type: row.try_get(3)?,
+            samples: Vec::new(),
+        };
+        if is_text_type(&col.data_type) {
+            // Identifiers always quoted: names come from the catalog, not from the user.
+            let sql = format!(
+                "SELECT {c}::text FROM {s}.{t} WHERE {c} IS NOT NULL LIMIT {SAMPLE_ROWS}",
+                c = quote_ident(&col.column),
+                s = quote_ident(&col.schema),
+                t = quote_ident(&col.table),
+            );
+            match client.query(sql.as_str(), &[]).await {
+                Ok(sample_rows) => {
+                    col.samples = sample_rows
+                        .iter()
+                        .filter_map(|r| r.try_get::<_, String>(0).ok())
+                        .collect();
+                }
+                // No SELECT privilege on one table should not stop the whole check.
+                Err(e) => eprintln!(
+                    "warning: cannot sample {}.{}.{}: {e}",
+                    col.schema, col.table, col.column
+                ),
+            }
+        }
+        catalog.push(col);
+    }
+    Ok(catalog)
+}
+
+/// The groups `role` belongs to, directly or through other groups.
+async fn fetch_groups(url: &str, role: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let client = connect(url).await?;
+    let rows = client
+        .query(
+            "WITH RECURSIVE m(roleid) AS (
+                 SELECT oid FROM pg_roles WHERE rolname = $1
+               UNION
+                 SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.roleid)
+             SELECT r.rolname::text FROM m JOIN pg_roles r ON r.oid = m.roleid
+              WHERE r.rolname <> $1 ORDER BY 1",
+            &[&role],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+fn explain(args: ExplainArgs) -> ExitCode {
+    let Some(policy) = load_or_print(&args.policy) else {
+        return ExitCode::FAILURE;
+    };
+    let mut groups = args.groups.clone();
+    if let Some(url) = &args.upstream {
+        let Some(rt) = runtime() else {
+            return ExitCode::FAILURE;
+        };
+        match rt.block_on(fetch_groups(url, &args.role)) {
+            Ok(found) => groups.extend(found),
+            Err(e) => {
+                eprintln!("cannot read group memberships from the upstream: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    groups.retain(|g| !g.is_empty());
+    let view = policy.for_role(&args.role, &groups);
+    if let Some(sql) = &args.sql {
+        println!("statement: {sql}");
+        println!(
+            "note: per-statement analysis (output columns and their uses) is not available yet; \
+             showing the role's decision for every labelled column instead.\n"
+        );
+    }
+    print!("{}", role_table(&policy, &args.role, &groups, &view));
+    ExitCode::SUCCESS
+}
+
+/// The role's decisions as text: header lines, then one row per labelled column.
+pub fn role_table(policy: &Policy, role: &str, groups: &[String], view: &RoleView) -> String {
+    let mut out = String::new();
+    let groups_text = if groups.is_empty() {
+        "none".to_string()
+    } else {
+        groups.join(", ")
+    };
+    let matched = if view.matched_rules().is_empty() {
+        "none (every labelled column is denied)".to_string()
+    } else {
+        view.matched_rules().join(", ")
+    };
+    out.push_str(&format!("policy:     {}\n", policy.source()));
+    out.push_str(&format!("role:       {role} (groups: {groups_text})\n"));
+    out.push_str(&format!("rules:      {matched}\n"));
+    out.push_str(&format!(
+        "enforce:    {} ({})\n",
+        if view.enforce() {
+            "yes"
+        } else {
+            "no, monitor-only"
+        },
+        view.enforce_rule()
+    ));
+    out.push_str(&format!(
+        "row limit:  {}\n",
+        view.row_limit_rule()
+            .map(|l| format!("{} ({})", l.rows, l.rule))
+            .unwrap_or_else(|| "none".into())
+    ));
+    let denied: Vec<String> = StatementKind::ALL
+        .into_iter()
+        .filter_map(|k| view.statement_rule(k).map(|r| format!("{k} ({r})")))
+        .collect();
+    out.push_str(&format!(
+        "statements: {}\n",
+        if denied.is_empty() {
+            "all allowed".to_string()
+        } else {
+            format!("denied: {}", denied.join(", "))
+        }
+    ));
+    out.push_str(&format!(
+        "fully clear: {}\n\n",
+        if view.fully_clear() {
+            "yes (SQL analysis can be skipped)"
+        } else {
+            "no"
+        }
+    ));
+
+    let mut rows: Vec<[String; 6]> = view
+        .columns()
+        .map(|d| {
+            let how = match d.action {
+                Action::Token => d.token.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                Action::Mask => d.mask.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                _ => String::new(),
+            };
+            let filter = if d.may_filter { "yes" } else { "no" };
+            [
+                d.column.to_string(),
+                format!("{} ({})", d.label, d.class),
+                d.action.to_string(),
+                how,
+                filter.to_string(),
+                d.rule.to_string(),
+            ]
+        })
+        .collect();
+    rows.sort();
+    let header = ["COLUMN", "LABEL", "ACTION", "FORMAT", "FILTER", "RULE"].map(String::from);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no labelled columns)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_table_lists_every_labelled_column_with_its_rule() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.yaml");
+        let policy = Policy::load(&path).unwrap();
+        let view = policy.for_role("auditor", &[]);
+        let table = role_table(&policy, "auditor", &[], &view);
+        assert!(
+            table.contains("row limit:  1000 (roles.auditor.row_limit (demo.yaml:"),
+            "{table}"
+        );
+        assert!(
+            table.contains("denied: insert (roles.auditor.statements"),
+            "{table}"
+        );
+        assert!(table.contains("copy (roles.auditor.statements"), "{table}");
+        let email = table
+            .lines()
+            .find(|l| l.starts_with("public.customers.email"))
+            .unwrap();
+        assert!(email.contains("token"), "{email}");
+        assert!(
+            email.contains("roles.auditor.default (demo.yaml:"),
+            "{email}"
+        );
+        assert_eq!(
+            table.lines().filter(|l| l.starts_with("public.")).count(),
+            8
+        );
+    }
+}

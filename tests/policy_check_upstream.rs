@@ -1,0 +1,245 @@
+//! `tokengate policy check --upstream` and `policy explain --upstream` against a real,
+//! throwaway PostgreSQL 15.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+// TODO(lead): switch to embedded_pg
+/// A PostgreSQL server in a temp dir, run as the `postgres` OS user; stopped on drop, even
+/// when the test panics.
+struct TempPg {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl TempPg {
+    fn start() -> TempPg {
+        let dir = tempfile::tempdir().unwrap();
+        run("chown", &["-R", "postgres:postgres", path_str(dir.path())]);
+        let data = dir.path().join("data");
+        as_postgres(
+            "initdb",
+            &[
+                "-D",
+                path_str(&data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {}",
+            path_str(dir.path())
+        );
+        let log = dir.path().join("server.log");
+        let pg = TempPg { dir, port };
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-o",
+                &options,
+                "-l",
+                path_str(&log),
+                "-w",
+                "start",
+            ],
+        );
+        pg
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(PG_BIN).join("pg_ctl"))
+            .args([
+                "-D",
+                path_str(&self.data()),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .status();
+    }
+}
+
+/// Runs the tokengate binary; returns its exit code and stdout.
+fn tokengate(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), format!("{stdout}{stderr}"))
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd).args(args).status().unwrap();
+    assert!(status.success(), "{cmd} {args:?} failed");
+}
+
+fn as_postgres(tool: &str, args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(Path::new(PG_BIN).join(tool))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn setup_schema(url: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            r#"
+            CREATE TABLE public.customers (
+                id serial PRIMARY KEY, full_name text, email text, phone text, ssn text,
+                birth_date date, city text, created_at timestamptz DEFAULT now());
+            CREATE TABLE public.payments (
+                id serial PRIMARY KEY, customer_id int, card_number text, amount numeric,
+                paid_at timestamptz DEFAULT now());
+            CREATE TABLE public."Odd Table" ("Contact" text);
+            INSERT INTO public.customers (full_name, email, phone, ssn, birth_date, city)
+            SELECT 'Ada Lovelace', 'ada' || g || '@example.com', '+1 555 013 ' || (1000 + g),
+                   '123-45-' || (6000 + g), DATE '1980-01-01' + g, 'Paris'
+              FROM generate_series(1, 60) g;
+            INSERT INTO public.payments (customer_id, card_number, amount)
+            SELECT g, '4111111111111111', 10 FROM generate_series(1, 20) g;
+            INSERT INTO public."Odd Table" VALUES ('x1@example.org'), ('x2@example.org'), ('x3@example.org');
+            CREATE ROLE analysts NOLOGIN;
+            CREATE ROLE team NOLOGIN;
+            CREATE ROLE bob LOGIN;
+            GRANT team TO bob;
+            GRANT analysts TO team;
+            "#,
+        )
+        .await
+        .unwrap();
+}
+
+const POLICY: &str = r#"version: 1
+labels:
+  email: { class: pii, token: email }
+  ssn:   { class: pii, token: digits, mask: "***-**-####" }
+columns:
+  public.customers.email: email
+  public.customers.ssn: ssn
+  public.customers.fax: email
+roles:
+  analysts: { pii: token, row_limit: 10 }
+  "*": { default: deny }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_explain_against_a_live_database() {
+    let pg = TempPg::start();
+    let url = pg.url("postgres");
+    setup_schema(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+
+    let (code, out) = tokengate(&["policy", "check", path_str(&policy), "--upstream", &url]);
+    assert_eq!(code, Some(1), "{out}");
+    let expect = [
+        "column public.customers.fax does not exist in the database",
+        "  public.customers.full_name: person_name   # looks like person names (50/50 sampled values)",
+        "  public.customers.phone: phone   # looks like phone numbers (50/50 sampled values)",
+        "  public.customers.birth_date: birth_date   # name suggests birth dates",
+        "  public.payments.card_number: card   # looks like card numbers (Luhn-valid) (20/20 sampled values)",
+        "  public.\"Odd Table\".\"Contact\": email   # looks like email addresses (3/3 sampled values)",
+    ];
+    for line in expect {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("public.customers.city"), "{out}");
+    assert!(!out.contains("public.customers.email:"), "labelled: {out}");
+
+    // Once the database matches the policy, check is clean.
+    let clean = dir.path().join("clean.yaml");
+    std::fs::write(
+        &clean,
+        "version: 1\nlabels:\n  x: { class: pii }\ncolumns:\n  public.payments.amount: x\n",
+    )
+    .unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "DROP TABLE public.customers, public.\"Odd Table\"; \
+             UPDATE public.payments SET card_number = 'n/a'",
+        )
+        .await
+        .unwrap();
+    let (code, out) = tokengate(&["policy", "check", path_str(&clean), "--upstream", &url]);
+    // card_number's name still suggests cards even though the values don't.
+    assert!(
+        out.contains("public.payments.card_number: card   # name suggests"),
+        "{out}"
+    );
+    assert_eq!(code, Some(1));
+    client
+        .batch_execute("ALTER TABLE public.payments RENAME card_number TO reference")
+        .await
+        .unwrap();
+    let (code, out) = tokengate(&["policy", "check", path_str(&clean), "--upstream", &url]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // explain resolves bob -> team -> analysts through pg_auth_members.
+    let (code, out) = tokengate(&[
+        "policy",
+        "explain",
+        "--policy",
+        path_str(&policy),
+        "--role",
+        "bob",
+        "--upstream",
+        &url,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("role:       bob (groups: analysts, team)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("row limit:  10 (roles.analysts.row_limit (policy.yaml:10))"),
+        "{out}"
+    );
+}

@@ -1,0 +1,136 @@
+//! Every example policy in policies/ validates and decides what its comments promise.
+use std::path::Path;
+use tokengate::policy::{Action, Policy, StatementKind};
+
+fn load(name: &str) -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies")
+        .join(name);
+    match Policy::load(&path) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn action(p: &Policy, role: &str, groups: &[&str], column: &str) -> Action {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    p.for_role(role, &groups)
+        .column(column)
+        .unwrap_or_else(|| panic!("{column} is not labelled"))
+        .action
+}
+
+#[test]
+fn demo_policy() {
+    let p = load("demo.yaml");
+    assert_eq!(p.columns().len(), 8);
+    assert!(p.for_role("app_admin", &[]).fully_clear());
+    assert_eq!(
+        action(&p, "support", &[], "public.customers.ssn"),
+        Action::Mask
+    );
+    assert_eq!(
+        action(&p, "support", &[], "public.visits.notes"),
+        Action::Deny
+    );
+    assert_eq!(
+        action(&p, "analyst", &[], "public.payments.card_number"),
+        Action::Token
+    );
+    let analyst = p.for_role("analyst", &[]);
+    assert!(analyst.may_filter_on("email"));
+    assert!(!analyst.may_filter_on("ssn"));
+    let auditor = p.for_role("auditor", &[]);
+    assert_eq!(auditor.row_limit(), Some(1000));
+    assert!(!auditor.statement_allowed(StatementKind::Copy));
+    assert!(auditor.statement_allowed(StatementKind::Select));
+    assert_eq!(
+        action(&p, "auditor", &[], "public.customers.email"),
+        Action::Token
+    );
+    assert_eq!(
+        action(&p, "mallory", &[], "public.customers.email"),
+        Action::Deny
+    );
+    let birth = p.for_role("support", &[]);
+    let birth = birth.column("public.customers.birth_date").unwrap();
+    assert_eq!(birth.mask.as_ref().unwrap().as_str(), "null");
+}
+
+#[test]
+fn pci_policy() {
+    let p = load("pci.yaml");
+    assert_eq!(
+        action(&p, "payment_service", &[], "billing.cards.pan"),
+        Action::Clear
+    );
+    assert_eq!(
+        action(&p, "payment_service", &[], "billing.cards.cvv"),
+        Action::Deny
+    );
+    assert_eq!(
+        action(&p, "ann", &["fraud_analysts"], "billing.transactions.pan"),
+        Action::Token
+    );
+    // Both groups: mask beats token, and the stricter statement rules apply.
+    let both = p.for_role("ann", &["fraud_analysts".into(), "customer_support".into()]);
+    assert_eq!(
+        both.column("billing.cards.pan").unwrap().action,
+        Action::Mask
+    );
+    assert!(!both.statement_allowed(StatementKind::Update));
+    assert_eq!(both.row_limit(), Some(10000));
+}
+
+#[test]
+fn hipaa_policy() {
+    let p = load("hipaa.yaml");
+    assert_eq!(
+        action(&p, "dr_who", &["clinicians"], "clinic.encounters.notes"),
+        Action::Clear
+    );
+    assert_eq!(
+        action(&p, "bill", &["billing"], "clinic.encounters.icd10"),
+        Action::Mask
+    );
+    assert_eq!(
+        action(&p, "bill", &["billing"], "clinic.encounters.notes"),
+        Action::Deny
+    );
+    assert_eq!(
+        action(&p, "r", &["research"], "clinic.encounters.icd10"),
+        Action::Token
+    );
+    assert!(!p.for_role("bi", &["bi_pilot".into()]).enforce());
+    // A pilot who is also in research is enforced: monitor-only needs every rule to say so.
+    assert!(
+        p.for_role("bi", &["bi_pilot".into(), "research".into()])
+            .enforce()
+    );
+}
+
+#[test]
+fn gdpr_policy() {
+    let p = load("gdpr.yaml");
+    assert_eq!(
+        action(&p, "a", &["analytics"], "app.users.email"),
+        Action::Token
+    );
+    assert_eq!(
+        action(&p, "a", &["analytics"], "app.payouts.iban"),
+        Action::Deny
+    );
+    assert!(
+        p.for_role("a", &["analytics".into()])
+            .may_filter_on("postcode")
+    );
+    assert_eq!(
+        action(&p, "m", &["marketing"], "app.users.email"),
+        Action::Mask
+    );
+    assert_eq!(
+        action(&p, "m", &["marketing"], "app.users.postcode"),
+        Action::Deny
+    );
+    assert!(p.for_role("dpo", &[]).fully_clear());
+}
