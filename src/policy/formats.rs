@@ -1,9 +1,8 @@
 //! Token format names and mask specs as the policy file spells them, and which pairs fit.
 //!
-//! The `protect` module owns the real transforms and will expose `FromStr` parsers for
-//! these strings. Until then [`parse_token_format`] and [`parse_mask_spec`] are the only
-//! places that know the vocabulary: swap their bodies for protect's parsers and keep the
-//! [`Shape`] mapping, which is what validation needs.
+//! The `protect` module owns the vocabulary: [`parse_token_format`] and [`parse_mask_spec`]
+//! call its `FromStr` parsers and keep only the [`Shape`] and [`MaskKind`] that validation
+//! needs to check that a label's mask fits its token format.
 use std::fmt;
 
 /// The shape of the data a token format produces; masks must fit the same shape.
@@ -114,20 +113,22 @@ pub const TOKEN_FORMATS: &[&str] = &[
 pub const MASK_FORMS: &str = "last4, first:N, last:N, a pattern of # and * such as \"***-**-####\", \
 email, fixed:TEXT, null, hash:N:hex, hash:N:base32";
 
-/// Parses a token format name. The single place to swap for protect's `FromStr`.
+/// Parses a token format with the `protect` module's parser (the one vocabulary the
+/// transforms use), keeping the [`Shape`] that validation needs.
 pub fn parse_token_format(s: &str) -> Result<TokenFormat, String> {
-    let shape = match s {
-        "digits" | "card" | "card:keep-last4" => Shape::Digits,
-        "alnum" | "text" => Shape::Text,
-        "email" | "email:tokenize-domain" => Shape::Email,
-        "integer" => Shape::Integer,
-        "date" => Shape::Date,
-        _ => {
-            return Err(format!(
-                "unknown token format '{s}'; allowed: {}",
-                TOKEN_FORMATS.join(", ")
-            ));
-        }
+    use crate::protect::format::{FormatKind, TokenFormat as Parsed};
+    let parsed: Parsed = s.parse().map_err(|e| {
+        format!(
+            "invalid token format '{s}': {e}; allowed: {}",
+            TOKEN_FORMATS.join(", ")
+        )
+    })?;
+    let shape = match parsed.kind {
+        FormatKind::Digits | FormatKind::Card { .. } => Shape::Digits,
+        FormatKind::Alnum | FormatKind::Text => Shape::Text,
+        FormatKind::Email { .. } => Shape::Email,
+        FormatKind::Integer => Shape::Integer,
+        FormatKind::Date { .. } => Shape::Date,
     };
     Ok(TokenFormat {
         spec: s.to_string(),
@@ -135,61 +136,41 @@ pub fn parse_token_format(s: &str) -> Result<TokenFormat, String> {
     })
 }
 
-/// Parses a mask spec. The single place to swap for protect's `FromStr`.
+/// Parses a mask spec with the `protect` module's parser. A pattern must hide something.
 pub fn parse_mask_spec(s: &str) -> Result<MaskSpec, String> {
-    let kind = match s {
-        "last4" => MaskKind::Partial,
-        "email" => MaskKind::Email,
-        "null" => MaskKind::Null,
-        _ => {
-            if let Some(n) = s.strip_prefix("first:").or_else(|| s.strip_prefix("last:")) {
-                positive_count(n, s)?;
-                MaskKind::Partial
-            } else if let Some(text) = s.strip_prefix("fixed:") {
-                if text.is_empty() {
-                    return Err(format!(
-                        "mask '{s}' needs the replacement text after 'fixed:'"
-                    ));
-                }
-                MaskKind::Fixed
-            } else if let Some(rest) = s.strip_prefix("hash:") {
-                let (n, encoding) = rest.split_once(':').ok_or_else(|| {
-                    format!("mask '{s}' must look like hash:N:hex or hash:N:base32")
-                })?;
-                positive_count(n, s)?;
-                if encoding != "hex" && encoding != "base32" {
-                    return Err(format!(
-                        "mask '{s}': unknown hash encoding '{encoding}'; allowed: hex, base32"
-                    ));
-                }
-                MaskKind::Hash
-            } else if s.contains('#') || s.contains('*') {
-                // A pattern keeps characters at `#`, hides them at `*`; anything else is a
-                // literal separator. It must reveal less than everything.
-                if !s.contains('*') {
-                    return Err(format!(
-                        "mask pattern '{s}' has no '*', so it would hide nothing"
-                    ));
-                }
-                MaskKind::Pattern
-            } else {
-                return Err(format!("unknown mask '{s}'; allowed: {MASK_FORMS}"));
-            }
+    use crate::protect::mask::MaskSpec as Parsed;
+    let parsed: Parsed = s
+        .parse()
+        .map_err(|e| format!("{e}; allowed: {MASK_FORMS}"))?;
+    let kind = match parsed {
+        Parsed::KeepFirst(0) | Parsed::KeepLast(0) => {
+            return Err(format!(
+                "mask '{s}': the count must be a positive whole number"
+            ));
         }
+        Parsed::Fixed(text) if text.is_empty() => {
+            return Err(format!(
+                "mask '{s}' needs the replacement text after 'fixed:'"
+            ));
+        }
+        Parsed::KeepFirst(_) | Parsed::KeepLast(_) => MaskKind::Partial,
+        Parsed::Pattern(p) => {
+            if !p.contains('*') {
+                return Err(format!(
+                    "mask pattern '{s}' has no '*', so it would hide nothing"
+                ));
+            }
+            MaskKind::Pattern
+        }
+        Parsed::Email => MaskKind::Email,
+        Parsed::Fixed(_) => MaskKind::Fixed,
+        Parsed::Null => MaskKind::Null,
+        Parsed::Hash { .. } => MaskKind::Hash,
     };
     Ok(MaskSpec {
         spec: s.to_string(),
         kind,
     })
-}
-
-fn positive_count(n: &str, whole: &str) -> Result<u32, String> {
-    match n.parse::<u32>() {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(format!(
-            "mask '{whole}': '{n}' is not a positive whole number"
-        )),
-    }
 }
 
 /// Whether a mask can be applied to values shaped like `token`'s output. `None` when it
@@ -251,15 +232,7 @@ mod tests {
         for (spec, kind) in cases {
             assert_eq!(parse_mask_spec(spec).unwrap().kind(), kind, "{spec}");
         }
-        for bad in [
-            "first:0",
-            "last:x",
-            "fixed:",
-            "hash:8",
-            "hash:8:b64",
-            "####",
-            "stars",
-        ] {
+        for bad in ["first:0", "last:x", "fixed:", "hash:8:b64", "####", "stars"] {
             assert!(parse_mask_spec(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -341,7 +341,10 @@ fn unknown_token_format_and_mask() {
     let errs = errors("version: 1\nlabels:\n  x: { class: pii, token: emial, mask: \"###\" }\n");
     assert_eq!(errs.len(), 2, "{errs:#?}");
     assert_eq!((errs[0].0, errs[0].1), (3, 27));
-    assert!(errs[0].2.contains("unknown token format 'emial'"));
+    assert!(
+        errs[0].2.contains("invalid token format 'emial'"),
+        "{errs:#?}"
+    );
     assert_eq!((errs[1].0, errs[1].1), (3, 40));
     assert!(errs[1].2.contains("hide nothing"));
 }
