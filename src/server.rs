@@ -5,6 +5,8 @@ use crate::config::ServeConfig;
 use crate::net::tls;
 use crate::net::upstream::Connector;
 use crate::observe::metrics::Metrics;
+use crate::policy::store::PolicyStore;
+use crate::protect::KeyRing;
 use crate::session::{self, Context};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -23,6 +25,12 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Keys(#[from] crate::protect::KeyError),
+    #[error(transparent)]
+    Watch(#[from] crate::policy::store::WatchError),
 }
 
 /// How often the upstream is probed for /readyz.
@@ -36,6 +44,8 @@ pub struct RunningServer {
     pub registry: Arc<Registry>,
     stop_accepting: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Reloads the policy on SIGHUP and file changes while the server runs.
+    _policy_watch: Option<crate::policy::store::WatchHandle>,
 }
 
 impl RunningServer {
@@ -43,6 +53,16 @@ impl RunningServer {
     pub async fn start(config: ServeConfig) -> Result<RunningServer, ServerError> {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
+        // A bad policy or key file stops startup with its own message (file:line:column for
+        // policies); nothing is served half-configured.
+        let policy = match &config.policy {
+            Some(path) => Some(PolicyStore::load(path, metrics.clone())?),
+            None => None,
+        };
+        let keys = match &config.keys {
+            Some(path) => Some(Arc::new(KeyRing::load(path)?)),
+            None => None,
+        };
         let client_tls = match &config.tls {
             Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
                 &files.cert,
@@ -75,8 +95,24 @@ impl RunningServer {
         let drain = config.drain_timeout;
         let admin_listen = config.admin;
         let context = Arc::new(Context::new(
-            config, connector, client_tls, metrics, force_rx,
+            config,
+            connector,
+            client_tls,
+            metrics,
+            force_rx,
+            policy.clone(),
+            keys,
         ));
+        let policy_watch = match &policy {
+            Some(store) => {
+                tracing::info!(path = %store.path().display(), generation = store.generation(), "policy loaded");
+                Some(store.spawn_watchers()?)
+            }
+            None => {
+                tracing::info!("no policy: relaying without protection");
+                None
+            }
+        };
         let registry = Arc::new(registry);
 
         let admin_addr = match admin_listen {
@@ -103,6 +139,7 @@ impl RunningServer {
             registry,
             stop_accepting: stop_tx,
             task,
+            _policy_watch: policy_watch,
         })
     }
 

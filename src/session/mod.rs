@@ -18,6 +18,8 @@ pub mod startup;
 use crate::config::ServeConfig;
 use crate::net::upstream::Connector;
 use crate::observe::metrics::{DirectionLabel, Metrics, OutcomeLabel};
+use crate::policy::store::PolicyStore;
+use crate::protect::KeyRing;
 use cancel::CancelRegistry;
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
@@ -39,6 +41,9 @@ pub struct Context {
     pub health: Health,
     /// Becomes `true` when the drain period is over and open sessions must close.
     pub force_close: watch::Receiver<bool>,
+    /// The policy in force (reloaded atomically); `None` relays without protection.
+    pub policy: Option<PolicyStore>,
+    pub keys: Option<Arc<KeyRing>>,
 }
 
 impl Context {
@@ -48,6 +53,8 @@ impl Context {
         client_tls: Option<TlsAcceptor>,
         metrics: Metrics,
         force_close: watch::Receiver<bool>,
+        policy: Option<PolicyStore>,
+        keys: Option<Arc<KeyRing>>,
     ) -> Self {
         let dir = |d: &str| {
             metrics
@@ -73,6 +80,8 @@ impl Context {
             cancels: CancelRegistry::default(),
             health: Health::default(),
             force_close,
+            policy,
+            keys,
         }
     }
 }

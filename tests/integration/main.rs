@@ -8,6 +8,7 @@ mod cancel;
 mod demo;
 mod faults;
 mod messages;
+mod policy;
 mod psql;
 mod queries;
 mod tls;
