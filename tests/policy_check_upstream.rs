@@ -1,87 +1,21 @@
 //! `tokengate policy check --upstream` and `policy explain --upstream` against a real,
 //! throwaway PostgreSQL 15.
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::Command;
+use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-// TODO(lead): switch to embedded_pg
-/// A PostgreSQL server in a temp dir, run as the `postgres` OS user; stopped on drop, even
-/// when the test panics.
-struct TempPg {
-    dir: tempfile::TempDir,
-    port: u16,
+/// The shared throwaway PostgreSQL (removed on drop), trusting the `postgres` user on
+/// loopback so URLs need no password.
+fn start_pg() -> EmbeddedPostgres {
+    EmbeddedPostgres::start(&PgOptions {
+        superuser_password: "unused".into(),
+        hba: vec!["host all postgres 127.0.0.1/32 trust".into()],
+        ..PgOptions::default()
+    })
+    .expect("start PostgreSQL")
 }
 
-impl TempPg {
-    fn start() -> TempPg {
-        let dir = tempfile::tempdir().unwrap();
-        run("chown", &["-R", "postgres:postgres", path_str(dir.path())]);
-        let data = dir.path().join("data");
-        as_postgres(
-            "initdb",
-            &[
-                "-D",
-                path_str(&data),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {}",
-            path_str(dir.path())
-        );
-        let log = dir.path().join("server.log");
-        let pg = TempPg { dir, port };
-        as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&data),
-                "-o",
-                &options,
-                "-l",
-                path_str(&log),
-                "-w",
-                "start",
-            ],
-        );
-        pg
-    }
-
-    fn url(&self, user: &str) -> String {
-        format!("postgres://{user}@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-impl Drop for TempPg {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Path::new(PG_BIN).join("pg_ctl"))
-            .args([
-                "-D",
-                path_str(&self.data()),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .status();
-    }
+fn url(pg: &EmbeddedPostgres, user: &str) -> String {
+    format!("postgres://{user}@127.0.0.1:{}/postgres", pg.port())
 }
 
 /// Runs the tokengate binary; returns its exit code and stdout.
@@ -93,30 +27,6 @@ fn tokengate(args: &[&str]) -> (Option<i32>, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     (out.status.code(), format!("{stdout}{stderr}"))
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let status = Command::new(cmd).args(args).status().unwrap();
-    assert!(status.success(), "{cmd} {args:?} failed");
-}
-
-fn as_postgres(tool: &str, args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(Path::new(PG_BIN).join(tool))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{tool} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn setup_schema(url: &str) {
@@ -167,14 +77,20 @@ roles:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_and_explain_against_a_live_database() {
-    let pg = TempPg::start();
-    let url = pg.url("postgres");
+    let pg = start_pg();
+    let url = url(&pg, "postgres");
     setup_schema(&url).await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
 
-    let (code, out) = tokengate(&["policy", "check", path_str(&policy), "--upstream", &url]);
+    let (code, out) = tokengate(&[
+        "policy",
+        "check",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &url,
+    ]);
     assert_eq!(code, Some(1), "{out}");
     let expect = [
         "column public.customers.fax does not exist in the database",
@@ -208,7 +124,13 @@ async fn check_and_explain_against_a_live_database() {
         )
         .await
         .unwrap();
-    let (code, out) = tokengate(&["policy", "check", path_str(&clean), "--upstream", &url]);
+    let (code, out) = tokengate(&[
+        "policy",
+        "check",
+        clean.to_str().unwrap(),
+        "--upstream",
+        &url,
+    ]);
     // card_number's name still suggests cards even though the values don't.
     assert!(
         out.contains("public.payments.card_number: card   # name suggests"),
@@ -219,7 +141,13 @@ async fn check_and_explain_against_a_live_database() {
         .batch_execute("ALTER TABLE public.payments RENAME card_number TO reference")
         .await
         .unwrap();
-    let (code, out) = tokengate(&["policy", "check", path_str(&clean), "--upstream", &url]);
+    let (code, out) = tokengate(&[
+        "policy",
+        "check",
+        clean.to_str().unwrap(),
+        "--upstream",
+        &url,
+    ]);
     assert_eq!(code, Some(0), "{out}");
 
     // explain resolves bob -> team -> analysts through pg_auth_members.
@@ -227,7 +155,7 @@ async fn check_and_explain_against_a_live_database() {
         "policy",
         "explain",
         "--policy",
-        path_str(&policy),
+        policy.to_str().unwrap(),
         "--role",
         "bob",
         "--upstream",
