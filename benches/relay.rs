@@ -3,6 +3,9 @@
 //! interleaved, several rounds. Reports TPS ratios and tokengate's CPU per transaction and per
 //! row, read from /proc/PID/stat (utime + stime), as medians over the rounds.
 //!
+//! When `pgbouncer` is on PATH (Debian's package), PgBouncer in session mode runs as a third
+//! contender in the same rounds, so tokengate's CPU cost has a same-machine, same-run baseline.
+//!
 //! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000).
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -153,6 +156,51 @@ fn start_tokengate(pg_port: u16) -> (Child, u16) {
     (child, port)
 }
 
+/// Starts PgBouncer (session pooling, like tokengate's one upstream connection per client)
+/// in front of `pg`, as the PostgreSQL OS user because PgBouncer refuses to run as root.
+fn start_pgbouncer(pg: &EmbeddedPostgres) -> Option<(Child, u16)> {
+    use std::os::unix::process::CommandExt;
+    let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let dir = pg.socket_dir();
+    std::fs::write(
+        dir.join("userlist.txt"),
+        format!("\"postgres\" \"{}\"\n", pg.superuser_password()),
+    )
+    .ok()?;
+    let ini = format!(
+        "[databases]\nbench = host=127.0.0.1 port={} dbname=bench\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+         listen_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\npool_mode = session\n\
+         max_client_conn = 200\ndefault_pool_size = 50\nlogfile = {}\n",
+        pg.port(),
+        dir.join("userlist.txt").display(),
+        dir.join("pgbouncer.log").display()
+    );
+    std::fs::write(dir.join("pgbouncer.ini"), ini).ok()?;
+    let mut cmd = Command::new(binary);
+    cmd.arg(dir.join("pgbouncer.ini"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Ok(Some((uid, gid))) = tokengate::embedded_pg::server_identity() {
+        cmd.uid(uid).gid(gid);
+    }
+    let child = cmd.spawn().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((child, port))
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let rounds = env_or("ROUNDS", 5) as usize;
@@ -208,9 +256,16 @@ fn main() {
     );
     let (mut tg, tg_port) = start_tokengate(pg.port());
     let pid = tg.id();
+    let mut bouncer = start_pgbouncer(&pg);
     println!(
         "tokengate relay benchmark: {rounds} rounds x {seconds}s, pgbench scale {scale}, {rows} rows; tokengate pid {pid}"
     );
+    match &bouncer {
+        Some((b, port)) => println!("PgBouncer baseline: pid {} on port {port}", b.id()),
+        None => println!("PgBouncer not found: no baseline (apt-get install pgbouncer)"),
+    }
+    let mut bouncer_us: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut bouncer_ns_per_row = Vec::new();
 
     let modes = ["simple", "extended", "prepared"];
     let mut tps_ratio: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
@@ -232,6 +287,17 @@ fn main() {
                 via.tps / direct.tps,
                 cpu / via.transactions * 1e6
             );
+            if let Some((b, port)) = &bouncer {
+                let before = cpu_seconds(b.id());
+                let run = pgbench(&pg, *port, mode, seconds);
+                let cpu = cpu_seconds(b.id()) - before;
+                bouncer_us[i].push(cpu / run.transactions * 1e6);
+                println!(
+                    "round {round} {mode:>8}: via PgBouncer {:>8.0} tps, PgBouncer CPU {:.1} us/txn",
+                    run.tps,
+                    cpu / run.transactions * 1e6
+                );
+            }
         }
         let direct = bulk_read(&pg, pg.port());
         let before = cpu_seconds(pid);
@@ -239,6 +305,11 @@ fn main() {
         let cpu = cpu_seconds(pid) - before;
         bulk_ratio.push(direct / via);
         ns_per_row.push(cpu / rows as f64 * 1e9);
+        if let Some((b, port)) = &bouncer {
+            let before = cpu_seconds(b.id());
+            bulk_read(&pg, *port);
+            bouncer_ns_per_row.push((cpu_seconds(b.id()) - before) / rows as f64 * 1e9);
+        }
         println!(
             "round {round}     bulk: direct {direct:.2}s, via tokengate {via:.2}s (rows/s ratio {:.3}), tokengate CPU {:.0} ns/row",
             direct / via,
@@ -247,19 +318,34 @@ fn main() {
     }
     let _ = tg.kill();
     let _ = tg.wait();
+    if let Some((b, _)) = &mut bouncer {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let baseline = |v: &Vec<f64>, unit: &str| {
+        if v.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!("{:.1} {unit}", median(v.clone()))
+        }
+    };
     println!("\nMedians over {rounds} rounds:\n");
-    println!("| workload | throughput via tokengate / direct | tokengate CPU |");
-    println!("|---|---|---|");
+    println!(
+        "| workload | throughput via tokengate / direct | tokengate CPU | PgBouncer 1.18 CPU (same run) |"
+    );
+    println!("|---|---|---|---|");
     for (i, mode) in modes.iter().enumerate() {
         println!(
-            "| pgbench -S -M {mode} -c 8 -j 2 | {:.3} | {:.1} µs/txn |",
+            "| pgbench -S -M {mode} -c 8 -j 2 | {:.3} | {:.1} µs/txn | {} |",
             median(tps_ratio[i].clone()),
-            median(cpu_us[i].clone())
+            median(cpu_us[i].clone()),
+            baseline(&bouncer_us[i], "µs/txn")
         );
     }
     println!(
-        "| SELECT * of {rows} rows (psql) | {:.3} | {:.0} ns/row |",
+        "| SELECT * of {rows} rows (psql) | {:.3} | {:.0} ns/row | {} |",
         median(bulk_ratio),
-        median(ns_per_row)
+        median(ns_per_row),
+        baseline(&bouncer_ns_per_row, "ns/row")
     );
 }

@@ -125,6 +125,7 @@ pub struct FileConfig {
     pub drain_timeout_secs: Option<u64>,
     pub allow_replication: Option<bool>,
     pub log_format: Option<String>,
+    pub workers: Option<usize>,
 }
 
 impl FileConfig {
@@ -154,6 +155,8 @@ pub struct ServeConfig {
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub allow_replication: bool,
+    /// Worker threads, each with its own listener (SO_REUSEPORT); 0 = one per core.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +186,7 @@ impl ServeConfig {
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             allow_replication: false,
+            workers: 0,
         }
     }
 }

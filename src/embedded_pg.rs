@@ -104,8 +104,9 @@ pub fn find_bindir() -> Result<PathBuf, EmbeddedPgError> {
         .ok_or(EmbeddedPgError::NoBinaries)
 }
 
-/// The uid/gid to run PostgreSQL as: ourselves, or `postgres` when we are root.
-fn server_identity() -> Result<Option<(u32, u32)>, EmbeddedPgError> {
+/// The uid/gid to run PostgreSQL (and tools that refuse root, like PgBouncer) as: ourselves,
+/// or `postgres` when we are root.
+pub fn server_identity() -> Result<Option<(u32, u32)>, EmbeddedPgError> {
     let me = std::fs::metadata("/proc/self").map_err(io("reading /proc/self"))?;
     if me.uid() != 0 {
         return Ok(None);

@@ -9,6 +9,7 @@
 //! - [`observe`]: metrics and logging setup.
 //! - [`protect`]: pure token (FF1) and mask transforms, and keys.
 //! - [`policy`]: the YAML policy model, validation, composition and hot reload.
+//! - [`catalog`]: the catalog cache (OIDs to column names, `*` expansion, views, roles).
 //! - [`config`]: the serve configuration (file, env, flags).
 //! - [`errors`]: the catalogue of user-facing error codes (TG001...).
 //! - [`demo`]: `tokengate demo`, a throwaway CRM behind tokengate.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Let replication connections through (they bypass policies).
     #[arg(long, env = "TOKENGATE_ALLOW_REPLICATION")]
     pub allow_replication: bool,
+    /// Worker threads, each with its own listener [default: one per core].
+    #[arg(long, env = "TOKENGATE_WORKERS")]
+    pub workers: Option<usize>,
     /// Log format.
     #[arg(long, env = "TOKENGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -119,6 +122,7 @@ impl ServeArgs {
             connect_timeout: secs(self.connect_timeout, file.connect_timeout_secs, 5),
             drain_timeout: secs(self.drain_timeout, file.drain_timeout_secs, 30),
             allow_replication: self.allow_replication || file.allow_replication.unwrap_or(false),
+            workers: self.workers.or(file.workers).unwrap_or(0),
         };
         Ok((config, log_format))
     }

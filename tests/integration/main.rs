@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod cancel;
+mod catalog;
 mod demo;
 mod faults;
 mod messages;

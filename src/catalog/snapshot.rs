@@ -1,0 +1,187 @@
+//! An immutable picture of one database's catalog, built from rows. Pure: no I/O.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    Table,
+    View,
+    MaterializedView,
+    /// Partitioned and foreign tables, sequences' relatives: read like tables.
+    Other,
+}
+
+impl RelationKind {
+    /// From `pg_class.relkind`.
+    pub fn from_relkind(c: u8) -> Self {
+        match c {
+            b'r' | b'p' => RelationKind::Table,
+            b'v' => RelationKind::View,
+            b'm' => RelationKind::MaterializedView,
+            _ => RelationKind::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub attnum: i16,
+    pub name: String,
+    pub type_oid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub kind: RelationKind,
+    /// Visible columns in attnum order.
+    pub columns: Vec<Column>,
+    /// `pg_get_viewdef` for views and materialized views.
+    pub definition: Option<String>,
+}
+
+impl Relation {
+    /// `schema.table.column`, the spelling policies use.
+    pub fn qualified(&self, column: &str) -> String {
+        format!("{}.{}.{}", self.schema, self.name, column)
+    }
+
+    pub fn column(&self, attnum: i16) -> Option<&Column> {
+        self.columns.iter().find(|c| c.attnum == attnum)
+    }
+}
+
+/// One database's catalog plus the cluster's role memberships.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    by_name: HashMap<(String, String), Arc<Relation>>,
+    by_oid: HashMap<u32, Arc<Relation>>,
+    groups: HashMap<String, Vec<String>>,
+}
+
+/// Schemas searched for an unqualified name, in order. tokengate does not follow a session's
+/// own `search_path`: a name it cannot resolve here is unknown, and unknown fails closed.
+pub const SEARCH_PATH: &[&str] = &["pg_catalog", "public"];
+
+impl Snapshot {
+    /// Builds a snapshot. `memberships` are (member, group) pairs, already transitive.
+    pub fn build(
+        generation: u64,
+        relations: Vec<Relation>,
+        memberships: Vec<(String, String)>,
+    ) -> Self {
+        let mut s = Snapshot {
+            generation,
+            ..Snapshot::default()
+        };
+        for r in relations {
+            let r = Arc::new(r);
+            s.by_oid.insert(r.oid, r.clone());
+            s.by_name.insert((r.schema.clone(), r.name.clone()), r);
+        }
+        for (member, group) in memberships {
+            let groups = s.groups.entry(member).or_default();
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        s
+    }
+
+    /// A relation by schema (or the search path) and name, in catalog spelling.
+    pub fn relation(&self, schema: Option<&str>, name: &str) -> Option<&Arc<Relation>> {
+        match schema {
+            Some(schema) => self.by_name.get(&(schema.to_string(), name.to_string())),
+            None => SEARCH_PATH
+                .iter()
+                .find_map(|s| self.by_name.get(&(s.to_string(), name.to_string()))),
+        }
+    }
+
+    /// The column RowDescription names by `(table_oid, attnum)`: its qualified name and type.
+    pub fn column_by_oid(&self, table_oid: u32, attnum: i16) -> Option<(String, u32)> {
+        let r = self.by_oid.get(&table_oid)?;
+        let c = r.column(attnum)?;
+        Some((r.qualified(&c.name), c.type_oid))
+    }
+
+    /// The type of `schema.table.column`, if known.
+    pub fn column_type(&self, qualified: &str) -> Option<u32> {
+        let mut parts = qualified.splitn(3, '.');
+        let (schema, table, column) = (parts.next()?, parts.next()?, parts.next()?);
+        let r = self.relation(Some(schema), table)?;
+        r.columns
+            .iter()
+            .find(|c| c.name == column)
+            .map(|c| c.type_oid)
+    }
+
+    /// Every group `role` belongs to, directly or through other groups.
+    pub fn groups_of(&self, role: &str) -> &[String] {
+        self.groups.get(role).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn relations(&self) -> impl Iterator<Item = &Arc<Relation>> {
+        self.by_oid.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customers() -> Relation {
+        Relation {
+            oid: 16400,
+            schema: "public".into(),
+            name: "customers".into(),
+            kind: RelationKind::Table,
+            columns: vec![
+                Column {
+                    attnum: 1,
+                    name: "id".into(),
+                    type_oid: 23,
+                },
+                Column {
+                    attnum: 2,
+                    name: "email".into(),
+                    type_oid: 25,
+                },
+            ],
+            definition: None,
+        }
+    }
+
+    #[test]
+    fn resolves_by_oid_and_name() {
+        let s = Snapshot::build(3, vec![customers()], vec![]);
+        assert_eq!(
+            s.column_by_oid(16400, 2),
+            Some(("public.customers.email".into(), 25))
+        );
+        assert_eq!(s.column_by_oid(16400, 9), None);
+        assert_eq!(s.column_by_oid(1, 1), None);
+        assert_eq!(s.relation(None, "customers").unwrap().oid, 16400);
+        assert!(s.relation(Some("other"), "customers").is_none());
+        assert_eq!(s.column_type("public.customers.id"), Some(23));
+        assert_eq!(s.generation, 3);
+    }
+
+    #[test]
+    fn memberships_are_deduplicated() {
+        let s = Snapshot::build(
+            1,
+            vec![],
+            vec![
+                ("bob".into(), "team".into()),
+                ("bob".into(), "analysts".into()),
+                ("bob".into(), "team".into()),
+            ],
+        );
+        assert_eq!(s.groups_of("bob"), ["team", "analysts"]);
+        assert!(s.groups_of("alice").is_empty());
+    }
+}
