@@ -517,6 +517,35 @@ fn writes_from_queries() {
 }
 
 #[test]
+fn values_and_array_subqueries_carry_sources() {
+    let a = one("INSERT INTO notes_copy VALUES (1, (SELECT ssn FROM customers LIMIT 1))");
+    proven(&a);
+    assert!(a.writes.contains(&pt("ssn")));
+    let a = one("SELECT ARRAY(SELECT email FROM customers)");
+    proven(&a);
+    assert_eq!(output(&a, 0), [dv("email", "array")]);
+}
+
+#[test]
+fn value_channels_through_predicates_are_uses() {
+    // Timing, error and row-count oracles all go through a condition: reported as uses.
+    for sql in [
+        "SELECT pg_sleep(CASE WHEN ssn LIKE '1%' THEN 1 ELSE 0 END) FROM customers",
+        "SELECT 1 / (CASE WHEN ssn LIKE '1%' THEN 0 ELSE 1 END) FROM customers",
+        "SELECT id FROM customers GROUP BY ROLLUP (ssn)",
+        "SELECT string_agg(full_name, ',' ORDER BY ssn) FROM customers",
+    ] {
+        let a = one(sql);
+        proven(&a);
+        assert!(
+            a.uses.iter().any(|u| u.column == col("ssn")),
+            "{sql}: {:?}",
+            a.uses
+        );
+    }
+}
+
+#[test]
 fn merge_writes_and_uses() {
     let a = one("MERGE INTO notes_copy n USING customers c ON n.id = c.id \
          WHEN MATCHED THEN UPDATE SET txt = c.email \
