@@ -30,4 +30,5 @@ pub mod policy;
 pub mod protect;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod wire;

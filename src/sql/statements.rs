@@ -1,0 +1,632 @@
+//! Statement-level analysis: kinds, DML targets and writes, COPY, cursors, PREPARE, EXPLAIN.
+//!
+//! Query lineage itself lives in [`super::lineage`]; this module decides, per statement, which
+//! query produces the result rows, which values are stored somewhere, and what the statement
+//! is for the policy.
+
+use super::catalog::{Catalog, fold};
+use super::lineage::{Analyzer, Col, extend_unique, split_name};
+use super::types::{Clause, OutputColumn, ProblemKind, Source, StatementAnalysis, StatementKind};
+use sqlparser::ast::{
+    Assignment, AssignmentTarget, CopySource, CopyTarget, Expr, FromTable, ObjectName, OnInsert,
+    Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Value, Visit,
+    Visitor,
+};
+use std::ops::ControlFlow;
+
+/// Analyses one parsed statement.
+pub(crate) fn analyze_statement(statement: &Statement, catalog: &dyn Catalog) -> StatementAnalysis {
+    let mut analyzer = Analyzer::new(catalog);
+    let mut analysis = StatementAnalysis::new(StatementKind::Other);
+    let kind = dispatch(statement, &mut analyzer, &mut analysis);
+    analysis.kind = kind;
+    analysis.is_ddl = analysis.is_ddl || kind == StatementKind::Ddl;
+    analysis.uses = analyzer.uses;
+    analysis.writes = analyzer.writes;
+    analysis.write_targets = analyzer.write_targets;
+    analysis.problems = analyzer.problems;
+    analysis.parameters = max_parameter(statement);
+    analysis
+}
+
+fn outputs(cols: Vec<Col>) -> Vec<OutputColumn> {
+    cols.into_iter()
+        .map(|c| OutputColumn {
+            name: c.name,
+            sources: c.sources,
+        })
+        .collect()
+}
+
+fn dispatch(
+    statement: &Statement,
+    analyzer: &mut Analyzer,
+    analysis: &mut StatementAnalysis,
+) -> StatementKind {
+    match statement {
+        Statement::Query(query) => {
+            let cols = analyzer.top_query(query);
+            match select_into_target(query) {
+                Some(target) => {
+                    // SELECT INTO creates a table from the rows: a write, not a result.
+                    let sources: Vec<Source> = cols.into_iter().flat_map(|c| c.sources).collect();
+                    extend_unique(&mut analyzer.writes, sources);
+                    analyzer.write_targets.push(target);
+                    StatementKind::Ddl
+                }
+                None => {
+                    analysis.outputs = outputs(cols);
+                    StatementKind::Select
+                }
+            }
+        }
+        Statement::Insert(insert) => {
+            insert_statement(insert, analyzer, analysis);
+            StatementKind::Insert
+        }
+        Statement::Update(update) => {
+            let mut scope_tables: Vec<TableWithJoins> = vec![update.table.clone()];
+            if let Some(from) = &update.from {
+                match from {
+                    sqlparser::ast::UpdateTableFromKind::BeforeSet(tables)
+                    | sqlparser::ast::UpdateTableFromKind::AfterSet(tables) => {
+                        scope_tables.extend(tables.iter().cloned())
+                    }
+                }
+            }
+            target_of(&update.table.relation, analyzer);
+            let returning = dml_scope(
+                analyzer,
+                &scope_tables,
+                &update.assignments,
+                update.selection.as_ref(),
+                update.returning.as_deref(),
+            );
+            analysis.outputs = returning;
+            StatementKind::Update
+        }
+        Statement::Delete(delete) => {
+            let mut tables: Vec<TableWithJoins> = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t.clone(),
+            };
+            for table in &tables {
+                target_of(&table.relation, analyzer);
+            }
+            if let Some(using) = &delete.using {
+                tables.extend(using.iter().cloned());
+            }
+            analysis.outputs = dml_scope(
+                analyzer,
+                &tables,
+                &[],
+                delete.selection.as_ref(),
+                delete.returning.as_deref(),
+            );
+            StatementKind::Delete
+        }
+        Statement::Merge(merge) => {
+            merge_statement(merge, analyzer);
+            StatementKind::Merge
+        }
+        Statement::Copy {
+            source, to, target, ..
+        } => {
+            copy_statement(source, *to, target, analyzer, analysis);
+            StatementKind::Copy
+        }
+        Statement::Declare { stmts } => {
+            let mut kind = StatementKind::Utility;
+            for declare in stmts {
+                if let Some(query) = &declare.for_query {
+                    analysis.name = declare.names.first().map(fold);
+                    analysis.outputs = outputs(analyzer.top_query(query));
+                    analysis.inner_kind = Some(StatementKind::Select);
+                    kind = StatementKind::DeclareCursor;
+                }
+            }
+            kind
+        }
+        Statement::Fetch { name, .. } => {
+            analysis.name = Some(fold(name));
+            StatementKind::Fetch
+        }
+        Statement::Close { cursor } => {
+            if let sqlparser::ast::CloseCursor::Specific { name } = cursor {
+                analysis.name = Some(fold(name));
+            }
+            StatementKind::Utility
+        }
+        Statement::Prepare {
+            name, statement, ..
+        } => {
+            let inner = analyze_statement(statement, analyzer_catalog(analyzer));
+            analyzer.absorb(&inner);
+            analysis.name = Some(fold(name));
+            analysis.inner_kind = Some(inner.kind);
+            analysis.outputs = inner.outputs;
+            analysis.is_ddl = inner.is_ddl;
+            StatementKind::Prepare
+        }
+        Statement::Execute {
+            name, parameters, ..
+        } => {
+            analysis.name = name.as_ref().map(|n| split_name(n).1);
+            let scope_free = analyzer_catalog(analyzer);
+            let mut args = Analyzer::new(scope_free);
+            for parameter in parameters {
+                let _ = args.expr_top(parameter);
+            }
+            for problem in args.problems {
+                analyzer.problem(problem.kind, problem.message);
+            }
+            StatementKind::Execute
+        }
+        Statement::Deallocate { name, .. } => {
+            analysis.name = Some(fold(name));
+            StatementKind::Utility
+        }
+        Statement::Explain { statement, .. } => {
+            // EXPLAIN returns a plan, not data; but ANALYZE executes the statement and its row
+            // counts and filter statistics leak, so the inner outputs count as uses.
+            let inner = analyze_statement(statement, analyzer_catalog(analyzer));
+            analyzer.absorb(&inner);
+            let sources: Vec<Source> = inner
+                .outputs
+                .iter()
+                .flat_map(|o| o.sources.clone())
+                .collect();
+            for source in sources {
+                let used = super::types::Use {
+                    column: source.column,
+                    clause: Clause::Explain,
+                };
+                if !analyzer.uses.contains(&used) {
+                    analyzer.uses.push(used);
+                }
+            }
+            analysis.inner_kind = Some(inner.kind);
+            analysis.outputs = vec![OutputColumn {
+                name: "QUERY PLAN".into(),
+                sources: Vec::new(),
+            }];
+            StatementKind::Explain
+        }
+        Statement::Call(function) => {
+            analyzer.problem(
+                ProblemKind::ProceduralCode,
+                format!(
+                    "CALL {} runs a procedure the analyser cannot see",
+                    function.name
+                ),
+            );
+            StatementKind::Call
+        }
+        Statement::CreateTable(create) => {
+            if let Some(query) = &create.query {
+                let cols = analyzer.top_query(query);
+                let sources: Vec<Source> = cols.into_iter().flat_map(|c| c.sources).collect();
+                extend_unique(&mut analyzer.writes, sources);
+                analyzer.write_targets.push(create.name.to_string());
+            }
+            StatementKind::Ddl
+        }
+        Statement::CreateView(view) => {
+            let cols = analyzer.top_query(&view.query);
+            if view.materialized {
+                // A materialized view stores the rows now.
+                let sources: Vec<Source> = cols.into_iter().flat_map(|c| c.sources).collect();
+                extend_unique(&mut analyzer.writes, sources);
+                analyzer.write_targets.push(view.name.to_string());
+            }
+            StatementKind::Ddl
+        }
+        Statement::Case(_)
+        | Statement::If(_)
+        | Statement::While(_)
+        | Statement::Raise(_)
+        | Statement::Return(_) => {
+            analyzer.problem(ProblemKind::ProceduralCode, "procedural statement");
+            StatementKind::Other
+        }
+        other => classify_by_keyword(&other.to_string(), analyzer),
+    }
+}
+
+/// Lets nested statements (PREPARE, EXPLAIN) reuse the catalog.
+fn analyzer_catalog<'c>(analyzer: &Analyzer<'c>) -> &'c dyn Catalog {
+    analyzer.catalog()
+}
+
+/// Kind of a statement we do not model, from its leading keyword.
+pub(crate) fn classify_by_keyword(sql: &str, analyzer: &mut Analyzer) -> StatementKind {
+    let keyword = sql
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    match keyword_kind(&keyword) {
+        Some(kind) => kind,
+        None => {
+            analyzer.problem(
+                ProblemKind::Unsupported,
+                format!("{keyword} statements are not analysed"),
+            );
+            StatementKind::Other
+        }
+    }
+}
+
+/// Statement kind from the first keyword, for statements without a dedicated rule (and for
+/// statements sqlparser cannot parse).
+pub(crate) fn keyword_kind(keyword: &str) -> Option<StatementKind> {
+    Some(match keyword {
+        "CREATE" | "ALTER" | "DROP" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX" | "CLUSTER"
+        | "REFRESH" | "SECURITY" | "IMPORT" | "RENAME" => StatementKind::Ddl,
+        "SET" | "RESET" | "SHOW" | "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT"
+        | "SAVEPOINT" | "RELEASE" | "LISTEN" | "UNLISTEN" | "NOTIFY" | "DISCARD" | "DEALLOCATE"
+        | "CLOSE" | "LOCK" | "VACUUM" | "ANALYZE" | "CHECKPOINT" | "LOAD" | "USE" | "PREPARE" => {
+            StatementKind::Utility
+        }
+        "TRUNCATE" => StatementKind::Other,
+        "SELECT" | "WITH" | "VALUES" | "TABLE" => StatementKind::Select,
+        "INSERT" => StatementKind::Insert,
+        "UPDATE" => StatementKind::Update,
+        "DELETE" => StatementKind::Delete,
+        "MERGE" => StatementKind::Merge,
+        "COPY" => StatementKind::Copy,
+        "EXPLAIN" => StatementKind::Explain,
+        "DECLARE" => StatementKind::DeclareCursor,
+        "FETCH" | "MOVE" => StatementKind::Fetch,
+        "EXECUTE" => StatementKind::Execute,
+        "CALL" => StatementKind::Call,
+        _ => return None,
+    })
+}
+
+fn select_into_target(query: &Query) -> Option<String> {
+    match query.body.as_ref() {
+        SetExpr::Select(select) => select.into.as_ref().map(|into| {
+            into.targets
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        _ => None,
+    }
+}
+
+fn target_of(factor: &TableFactor, analyzer: &mut Analyzer) {
+    if let TableFactor::Table { name, .. } = factor {
+        analyzer.write_targets.push(relation_key(name, analyzer));
+    }
+}
+
+/// `schema.table` for a written relation, as the catalog resolves it.
+fn relation_key(name: &ObjectName, analyzer: &Analyzer) -> String {
+    let (schema, table) = split_name(name);
+    match analyzer.catalog().relation(schema.as_deref(), &table) {
+        Some(relation) => format!("{}.{}", relation.schema, relation.name),
+        None => name.to_string(),
+    }
+}
+
+/// UPDATE and DELETE: the target plus FROM/USING tables form one scope for SET values
+/// (writes), WHERE (uses) and RETURNING (outputs).
+fn dml_scope(
+    analyzer: &mut Analyzer,
+    tables: &[TableWithJoins],
+    assignments: &[Assignment],
+    selection: Option<&Expr>,
+    returning: Option<&[SelectItem]>,
+) -> Vec<OutputColumn> {
+    let mut select = empty_select();
+    select.from = tables.to_vec();
+    select.selection = selection.cloned();
+    // Assignment values are evaluated as extra select items so they share the scope; their
+    // sources are writes, never results.
+    let assignment_count = assignments.len();
+    select.projection = assignments
+        .iter()
+        .map(|a| SelectItem::UnnamedExpr(a.value.clone()))
+        .collect();
+    select
+        .projection
+        .extend(returning.unwrap_or(&[]).iter().cloned());
+    let query = query_of(select);
+    let cols = analyzer.top_query(&query);
+    let (written, returned) = cols.split_at(assignment_count.min(cols.len()));
+    for col in written {
+        extend_unique(&mut analyzer.writes, col.sources.clone());
+    }
+    outputs(returned.to_vec())
+}
+
+fn insert_statement(
+    insert: &sqlparser::ast::Insert,
+    analyzer: &mut Analyzer,
+    analysis: &mut StatementAnalysis,
+) {
+    let table_name = match &insert.table {
+        TableObject::TableName(name) => name.clone(),
+        other => {
+            analyzer.problem(ProblemKind::Unsupported, format!("INSERT INTO {other}"));
+            return;
+        }
+    };
+    analyzer
+        .write_targets
+        .push(relation_key(&table_name, analyzer));
+    if let Some(source) = &insert.source {
+        let cols = analyzer.top_query(source);
+        let sources: Vec<Source> = cols.into_iter().flat_map(|c| c.sources).collect();
+        extend_unique(&mut analyzer.writes, sources);
+    }
+    // The target, aliased as written (and as `excluded` for ON CONFLICT), is the scope of
+    // ON CONFLICT DO UPDATE and RETURNING.
+    let alias = insert.table_alias.as_ref().map(|a| a.alias.clone());
+    let relation = TableFactor::Table {
+        name: table_name.clone(),
+        alias: alias.map(|name| sqlparser::ast::TableAlias {
+            explicit: true,
+            name,
+            columns: Vec::new(),
+            at: None,
+        }),
+        args: None,
+        with_hints: Vec::new(),
+        version: None,
+        with_ordinality: false,
+        partitions: Vec::new(),
+        json_path: None,
+        sample: None,
+        index_hints: Vec::new(),
+    };
+    let mut tables = vec![TableWithJoins {
+        relation,
+        joins: Vec::new(),
+    }];
+    let (assignments, selection) = match &insert.on {
+        Some(OnInsert::OnConflict(conflict)) => match &conflict.action {
+            sqlparser::ast::OnConflictAction::DoUpdate(update) => {
+                // `excluded` carries the proposed row: the values just written.
+                tables.push(TableWithJoins {
+                    relation: TableFactor::Table {
+                        name: table_name.clone(),
+                        alias: Some(sqlparser::ast::TableAlias {
+                            explicit: true,
+                            name: sqlparser::ast::Ident::new("excluded"),
+                            columns: Vec::new(),
+                            at: None,
+                        }),
+                        args: None,
+                        with_hints: Vec::new(),
+                        version: None,
+                        with_ordinality: false,
+                        partitions: Vec::new(),
+                        json_path: None,
+                        sample: None,
+                        index_hints: Vec::new(),
+                    },
+                    joins: Vec::new(),
+                });
+                (update.assignments.clone(), update.selection.clone())
+            }
+            sqlparser::ast::OnConflictAction::DoNothing => (Vec::new(), None),
+        },
+        Some(OnInsert::DuplicateKeyUpdate(assignments)) => (assignments.clone(), None),
+        Some(other) => {
+            analyzer.problem(ProblemKind::Unsupported, format!("INSERT ...{other}"));
+            (Vec::new(), None)
+        }
+        None => (Vec::new(), None),
+    };
+    if !insert.assignments.is_empty() {
+        analyzer.problem(ProblemKind::Unsupported, "INSERT ... SET");
+    }
+    if assignments.is_empty() && selection.is_none() && insert.returning.is_none() {
+        return;
+    }
+    // With ON CONFLICT, the target and `excluded` both resolve unqualified names; PostgreSQL
+    // requires qualification there, so ambiguity problems cannot arise from valid SQL.
+    let returning = dml_scope(
+        analyzer,
+        &tables[..1],
+        &[],
+        None,
+        insert.returning.as_deref(),
+    );
+    if !assignments.is_empty() || selection.is_some() {
+        let _ = dml_scope(analyzer, &tables, &assignments, selection.as_ref(), None);
+    }
+    analysis.outputs = returning;
+}
+
+fn merge_statement(merge: &sqlparser::ast::Merge, analyzer: &mut Analyzer) {
+    target_of(&merge.table, analyzer);
+    let tables = vec![
+        TableWithJoins {
+            relation: merge.table.clone(),
+            joins: Vec::new(),
+        },
+        TableWithJoins {
+            relation: merge.source.clone(),
+            joins: Vec::new(),
+        },
+    ];
+    // MERGE's ON is a join condition; WHEN predicates are conditions; SET and INSERT values
+    // are writes. All are evaluated over target + source.
+    let mut conditions: Vec<Expr> = vec![(*merge.on).clone()];
+    let mut written: Vec<Expr> = Vec::new();
+    for clause in &merge.clauses {
+        conditions.extend(clause.predicate.iter().cloned());
+        match &clause.action {
+            sqlparser::ast::MergeAction::Update(update) => {
+                if let sqlparser::ast::MergeUpdateKind::Set(assignments) = &update.kind {
+                    written.extend(assignments.iter().map(|a| a.value.clone()));
+                }
+                conditions.extend(update.update_predicate.iter().cloned());
+                conditions.extend(update.delete_predicate.iter().cloned());
+            }
+            sqlparser::ast::MergeAction::Insert(insert) => {
+                if let sqlparser::ast::MergeInsertKind::Values(values) = &insert.kind {
+                    written.extend(values.rows.iter().flat_map(|r| r.iter().cloned()));
+                }
+                conditions.extend(insert.insert_predicate.iter().cloned());
+            }
+            _ => {}
+        }
+    }
+    let assignments: Vec<Assignment> = written
+        .into_iter()
+        .map(|value| Assignment {
+            target: AssignmentTarget::ColumnName(ObjectName::from(vec![])),
+            value,
+        })
+        .collect();
+    let mut condition = None;
+    for expr in conditions {
+        condition = Some(match condition {
+            None => expr,
+            Some(left) => Expr::BinaryOp {
+                left: Box::new(left),
+                op: sqlparser::ast::BinaryOperator::And,
+                right: Box::new(Nested(expr)),
+            },
+        });
+    }
+    let before = analyzer.uses.len();
+    let _ = dml_scope(analyzer, &tables, &assignments, condition.as_ref(), None);
+    // The ON condition decides which rows match: a join use, like every MERGE condition.
+    for used in &mut analyzer.uses[before..] {
+        if used.clause == Clause::Where {
+            used.clause = Clause::JoinOn;
+        }
+    }
+}
+
+#[allow(non_snake_case)]
+fn Nested(expr: Expr) -> Expr {
+    Expr::Nested(Box::new(expr))
+}
+
+fn copy_statement(
+    source: &CopySource,
+    to: bool,
+    target: &CopyTarget,
+    analyzer: &mut Analyzer,
+    analysis: &mut StatementAnalysis,
+) {
+    match source {
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            if !to {
+                // COPY FROM: data comes from the client, no result rows.
+                analyzer
+                    .write_targets
+                    .push(relation_key(table_name, analyzer));
+                return;
+            }
+            let mut select = empty_select();
+            select.projection = if columns.is_empty() {
+                vec![SelectItem::Wildcard(
+                    sqlparser::ast::WildcardAdditionalOptions::default(),
+                )]
+            } else {
+                columns
+                    .iter()
+                    .map(|c| SelectItem::UnnamedExpr(Expr::Identifier(c.clone())))
+                    .collect()
+            };
+            select.from = vec![TableWithJoins {
+                relation: TableFactor::Table {
+                    name: table_name.clone(),
+                    alias: None,
+                    args: None,
+                    with_hints: Vec::new(),
+                    version: None,
+                    with_ordinality: false,
+                    partitions: Vec::new(),
+                    json_path: None,
+                    sample: None,
+                    index_hints: Vec::new(),
+                },
+                joins: Vec::new(),
+            }];
+            analysis.outputs = outputs(analyzer.top_query(&query_of(select)));
+        }
+        CopySource::Query(query) => {
+            analysis.outputs = outputs(analyzer.top_query(query));
+        }
+    }
+    match target {
+        CopyTarget::File { .. } | CopyTarget::Program { .. } => {
+            analyzer.problem(
+                ProblemKind::ServerSideCopy,
+                "COPY TO a server file or program: the proxy never sees the rows to protect them",
+            );
+            let sources: Vec<Source> = analysis.outputs.drain(..).flat_map(|o| o.sources).collect();
+            extend_unique(&mut analyzer.writes, sources);
+        }
+        CopyTarget::Stdout | CopyTarget::Stdin => {}
+    }
+}
+
+fn empty_select() -> sqlparser::ast::Select {
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    // Parsing a constant is the least fragile way to build sqlparser's large Select struct.
+    match sqlparser::parser::Parser::parse_sql(&dialect, "SELECT 1")
+        .ok()
+        .and_then(|mut s| s.pop())
+    {
+        Some(Statement::Query(query)) => match *query.body {
+            SetExpr::Select(select) => {
+                let mut select = *select;
+                select.projection.clear();
+                select
+            }
+            _ => unreachable_select(),
+        },
+        _ => unreachable_select(),
+    }
+}
+
+fn unreachable_select() -> sqlparser::ast::Select {
+    unreachable!("sqlparser parses the constant \"SELECT 1\"")
+}
+
+fn query_of(select: sqlparser::ast::Select) -> Query {
+    Query {
+        with: None,
+        body: Box::new(SetExpr::Select(Box::new(select))),
+        order_by: None,
+        limit_clause: None,
+        fetch: None,
+        locks: Vec::new(),
+        for_clause: None,
+        settings: None,
+        format_clause: None,
+        pipe_operators: Vec::new(),
+    }
+}
+
+/// The highest `$n` placeholder in a statement.
+fn max_parameter(statement: &Statement) -> usize {
+    struct Placeholders(usize);
+    impl Visitor for Placeholders {
+        type Break = ();
+        fn pre_visit_value(&mut self, value: &sqlparser::ast::ValueWithSpan) -> ControlFlow<()> {
+            if let Value::Placeholder(text) = &value.value
+                && let Some(n) = text.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            {
+                self.0 = self.0.max(n);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut placeholders = Placeholders(0);
+    let _ = statement.visit(&mut placeholders);
+    placeholders.0
+}
