@@ -126,6 +126,9 @@ pub struct FileConfig {
     pub allow_replication: Option<bool>,
     pub log_format: Option<String>,
     pub workers: Option<usize>,
+    pub catalog_user: Option<String>,
+    pub catalog_password: Option<String>,
+    pub catalog_ttl_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -157,6 +160,11 @@ pub struct ServeConfig {
     pub allow_replication: bool,
     /// Worker threads, each with its own listener (SO_REUSEPORT); 0 = one per core.
     pub workers: usize,
+    /// The service role tokengate reads the upstream's catalog as (needed with a policy).
+    pub catalog_user: Option<String>,
+    pub catalog_password: Option<String>,
+    /// How long a catalog snapshot is trusted without DDL before it is reloaded.
+    pub catalog_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +195,9 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(30),
             allow_replication: false,
             workers: 0,
+            catalog_user: None,
+            catalog_password: None,
+            catalog_ttl: Duration::from_secs(60),
         }
     }
 }

@@ -51,6 +51,15 @@ pub struct ServeArgs {
     /// Worker threads, each with its own listener [default: one per core].
     #[arg(long, env = "TOKENGATE_WORKERS")]
     pub workers: Option<usize>,
+    /// Service role tokengate reads the upstream catalog as (required with --policy).
+    #[arg(long, env = "TOKENGATE_CATALOG_USER")]
+    pub catalog_user: Option<String>,
+    /// Its password (prefer the env var to the flag).
+    #[arg(long, env = "TOKENGATE_CATALOG_PASSWORD", hide_env_values = true)]
+    pub catalog_password: Option<String>,
+    /// Seconds a catalog snapshot is used before it is reloaded [default: 60].
+    #[arg(long, env = "TOKENGATE_CATALOG_TTL")]
+    pub catalog_ttl: Option<u64>,
     /// Log format.
     #[arg(long, env = "TOKENGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -123,6 +132,9 @@ impl ServeArgs {
             drain_timeout: secs(self.drain_timeout, file.drain_timeout_secs, 30),
             allow_replication: self.allow_replication || file.allow_replication.unwrap_or(false),
             workers: self.workers.or(file.workers).unwrap_or(0),
+            catalog_user: self.catalog_user.or(file.catalog_user),
+            catalog_password: self.catalog_password.or(file.catalog_password),
+            catalog_ttl: secs(self.catalog_ttl, file.catalog_ttl_secs, 60),
         };
         Ok((config, log_format))
     }
