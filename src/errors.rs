@@ -13,10 +13,21 @@ pub enum Code {
     ShuttingDown,
     UnsupportedProtocol,
     ChannelBindingUnavailable,
+    Unproven,
+    StatementKindDenied,
+    FilterDenied,
+    WriteDenied,
+    ColumnDenied,
+    DerivedDenied,
+    AmbiguousColumn,
+    RowLimit,
+    UnsupportedValue,
+    LineageMismatch,
+    CatalogUnavailable,
 }
 
 impl Code {
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 20] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -26,6 +37,17 @@ impl Code {
         Code::ShuttingDown,
         Code::UnsupportedProtocol,
         Code::ChannelBindingUnavailable,
+        Code::Unproven,
+        Code::StatementKindDenied,
+        Code::FilterDenied,
+        Code::WriteDenied,
+        Code::ColumnDenied,
+        Code::DerivedDenied,
+        Code::AmbiguousColumn,
+        Code::RowLimit,
+        Code::UnsupportedValue,
+        Code::LineageMismatch,
+        Code::CatalogUnavailable,
     ];
 
     pub fn id(self) -> &'static str {
@@ -39,6 +61,17 @@ impl Code {
             Code::ShuttingDown => "TG007",
             Code::UnsupportedProtocol => "TG008",
             Code::ChannelBindingUnavailable => "TG009",
+            Code::Unproven => "TG101",
+            Code::StatementKindDenied => "TG102",
+            Code::FilterDenied => "TG103",
+            Code::WriteDenied => "TG104",
+            Code::ColumnDenied => "TG105",
+            Code::DerivedDenied => "TG106",
+            Code::AmbiguousColumn => "TG107",
+            Code::RowLimit => "TG108",
+            Code::UnsupportedValue => "TG109",
+            Code::LineageMismatch => "TG110",
+            Code::CatalogUnavailable => "TG111",
         }
     }
 
@@ -51,11 +84,27 @@ impl Code {
             Code::ShuttingDown => "57P01",
             Code::UnsupportedProtocol => "0A000",
             Code::ChannelBindingUnavailable => "28000",
+            Code::Unproven
+            | Code::StatementKindDenied
+            | Code::FilterDenied
+            | Code::WriteDenied
+            | Code::ColumnDenied
+            | Code::DerivedDenied
+            | Code::AmbiguousColumn
+            | Code::RowLimit
+            | Code::UnsupportedValue
+            | Code::LineageMismatch
+            | Code::CatalogUnavailable => "42501",
         }
     }
 
+    /// Connection problems end the session; policy refusals (TG1xx) keep it usable.
     pub fn severity(self) -> Severity {
-        Severity::Fatal
+        if self.id().starts_with("TG1") {
+            Severity::Error
+        } else {
+            Severity::Fatal
+        }
     }
 
     pub fn hint(self) -> &'static str {
@@ -81,6 +130,33 @@ impl Code {
             Code::ShuttingDown => "tokengate is shutting down; reconnect to another replica.",
             Code::UnsupportedProtocol => {
                 "tokengate speaks protocol 3.x; upgrade the client driver."
+            }
+            Code::Unproven => {
+                "Rewrite the statement with plain column references to known tables, or ask for the role's policy to allow it."
+            }
+            Code::StatementKindDenied => "See the role's `statements:` rule in the policy.",
+            Code::FilterDenied => {
+                "Filter on unprotected columns, or add the label to the role's `filter_on` list."
+            }
+            Code::WriteDenied => {
+                "Copy unprotected columns only, or run it as a role that sees the values in clear."
+            }
+            Code::ColumnDenied => "Remove the column from the select list.",
+            Code::DerivedDenied => {
+                "Select the column itself (it is then tokenized or masked) or drop the expression."
+            }
+            Code::AmbiguousColumn => "Return the columns separately.",
+            Code::RowLimit => {
+                "Add a LIMIT or a narrower WHERE clause, or ask for a higher row_limit."
+            }
+            Code::UnsupportedValue => {
+                "Select the column in text format, cast in a view the policy labels, or use a supported type."
+            }
+            Code::LineageMismatch => {
+                "Report the statement; select protected columns by plain reference."
+            }
+            Code::CatalogUnavailable => {
+                "Check catalog_user/catalog_password and the upstream; fully trusted roles are not affected."
             }
             Code::ChannelBindingUnavailable => {
                 "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."

@@ -185,3 +185,28 @@ mod tests {
         assert!(s.groups_of("alice").is_empty());
     }
 }
+
+/// The SQL analyser resolves relations against the live catalog.
+impl crate::sql::Catalog for Snapshot {
+    fn relation(&self, schema: Option<&str>, name: &str) -> Option<crate::sql::Relation> {
+        let r = Snapshot::relation(self, schema, name)?;
+        let kind = match (r.kind, &r.definition) {
+            (RelationKind::View, Some(d)) => crate::sql::RelationKind::View {
+                definition: d.clone(),
+            },
+            (RelationKind::MaterializedView, Some(d)) => {
+                crate::sql::RelationKind::MaterializedView {
+                    definition: d.clone(),
+                }
+            }
+            (RelationKind::Table, _) => crate::sql::RelationKind::Table,
+            _ => crate::sql::RelationKind::Other,
+        };
+        Some(crate::sql::Relation {
+            schema: r.schema.clone(),
+            name: r.name.clone(),
+            columns: r.columns.iter().map(|c| c.name.clone()).collect(),
+            kind,
+        })
+    }
+}

@@ -12,6 +12,7 @@
 //! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
 //! cancel keys to upstream ones.
 pub mod cancel;
+pub mod enforce;
 pub mod relay;
 pub mod startup;
 

@@ -1,0 +1,477 @@
+//! Read-path decisions: from a statement's analysis and the role's view of the policy to a plan
+//! (which result columns to rewrite, how) or a refusal. Pure: no I/O; the relay applies plans.
+//!
+//! Fail closed: a statement that cannot be proven safe for a restricted role is refused.
+use crate::catalog::Snapshot;
+use crate::errors::Code;
+use crate::policy::{Action, ColumnDecision, RoleView, StatementKind as PolicyKind};
+use crate::sql::{Clause, StatementAnalysis, StatementKind};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a statement is refused: the catalogue code and a message naming the column and rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `tokengate_refusals_total{reason}` label.
+    pub fn reason(&self) -> &'static str {
+        match self.code {
+            Code::Unproven => "unproven",
+            Code::StatementKindDenied => "statement_kind",
+            Code::FilterDenied => "filter",
+            Code::WriteDenied => "write",
+            Code::ColumnDenied => "column_denied",
+            Code::DerivedDenied => "derived",
+            Code::AmbiguousColumn => "ambiguous",
+            Code::RowLimit => "row_limit",
+            Code::UnsupportedValue => "unsupported_value",
+            Code::LineageMismatch => "lineage_mismatch",
+            Code::CatalogUnavailable => "catalog_unavailable",
+            _ => "other",
+        }
+    }
+}
+
+/// A protected result column: its position and the decision that applies to it.
+#[derive(Debug, Clone)]
+pub struct ProtectedColumn {
+    pub index: usize,
+    pub decision: ColumnDecision,
+    /// The source column's type from the catalog (0 if unknown).
+    pub type_oid: u32,
+}
+
+/// How to rewrite one result: which columns, and the row limit.
+#[derive(Debug, Clone, Default)]
+pub struct ResultPlan {
+    pub width: usize,
+    pub protected: Vec<ProtectedColumn>,
+    pub row_limit: Option<(u64, String)>,
+    /// For COPY ... TO: CopyData lines are CSV rather than COPY text format.
+    pub csv: bool,
+}
+
+impl ResultPlan {
+    pub fn is_clear(&self) -> bool {
+        self.protected.is_empty() && self.row_limit.is_none()
+    }
+
+    pub fn protected_at(&self, index: usize) -> Option<&ProtectedColumn> {
+        self.protected.iter().find(|p| p.index == index)
+    }
+}
+
+/// The decision for one statement.
+#[derive(Debug, Clone, Default)]
+pub struct StatementPlan {
+    /// How to rewrite its result rows (None: nothing to rewrite). For DECLARE and PREPARE,
+    /// which return no rows themselves, the plan FETCH / EXECUTE of that name will use.
+    pub result: Option<Arc<ResultPlan>>,
+    /// DECLARE name CURSOR / PREPARE name: the plan FETCH / EXECUTE will use.
+    pub names: Option<(StatementKind, String)>,
+    pub is_ddl: bool,
+}
+
+/// Cursor and SQL-level prepared statement plans a session has declared, by name.
+#[derive(Debug, Default)]
+pub struct NamedPlans {
+    pub cursors: HashMap<String, Option<Arc<ResultPlan>>>,
+    pub prepared: HashMap<String, Option<Arc<ResultPlan>>>,
+}
+
+fn policy_kind(kind: StatementKind, inner: Option<StatementKind>) -> PolicyKind {
+    match kind {
+        StatementKind::Select | StatementKind::DeclareCursor | StatementKind::Fetch => {
+            PolicyKind::Select
+        }
+        StatementKind::Insert => PolicyKind::Insert,
+        StatementKind::Update | StatementKind::Merge => PolicyKind::Update,
+        StatementKind::Delete => PolicyKind::Delete,
+        StatementKind::Copy => PolicyKind::Copy,
+        StatementKind::Ddl => PolicyKind::Ddl,
+        // PREPARE x AS INSERT ... is judged by what it prepares.
+        StatementKind::Prepare => inner.map_or(PolicyKind::Utility, |k| policy_kind(k, None)),
+        _ => PolicyKind::Utility,
+    }
+}
+
+fn is_protected(d: &ColumnDecision) -> bool {
+    d.action != Action::Clear
+}
+
+/// Decides one statement for a restricted role.
+pub fn plan_statement(
+    a: &StatementAnalysis,
+    view: &RoleView,
+    catalog: &Snapshot,
+    named: &NamedPlans,
+) -> Result<StatementPlan, Refusal> {
+    if let Some(p) = a.problems.first() {
+        return Err(Refusal::new(Code::Unproven, p.message.clone()));
+    }
+    let kind = policy_kind(a.kind, a.inner_kind);
+    if !view.statement_allowed(kind) {
+        let rule = view
+            .statement_rule(kind)
+            .unwrap_or("the role's statements rule");
+        return Err(Refusal::new(
+            Code::StatementKindDenied,
+            format!("{kind:?} statements are not allowed for this role ({rule})").to_lowercase(),
+        ));
+    }
+    for u in &a.uses {
+        if let Some(d) = view.column(&u.column)
+            && is_protected(d)
+            && (d.action == Action::Deny || !d.may_filter)
+        {
+            return Err(Refusal::new(
+                Code::FilterDenied,
+                format!(
+                    "protected column {} is used in {} ({})",
+                    u.column,
+                    clause_name(u.clause),
+                    d.filter_rule
+                ),
+            ));
+        }
+    }
+    for w in &a.writes {
+        if let Some(d) = view.column(&w.column)
+            && is_protected(d)
+        {
+            return Err(Refusal::new(
+                Code::WriteDenied,
+                format!(
+                    "protected column {} would be copied into {} ({})",
+                    w.column,
+                    a.write_targets.join(", "),
+                    d.rule
+                ),
+            ));
+        }
+    }
+    let result = match a.kind {
+        StatementKind::Fetch => named_result(&named.cursors, a.name.as_deref(), "cursor")?,
+        StatementKind::Execute => {
+            named_result(&named.prepared, a.name.as_deref(), "prepared statement")?
+        }
+        _ => result_plan(a, view, catalog)?,
+    };
+    let names = match a.kind {
+        StatementKind::DeclareCursor | StatementKind::Prepare => {
+            a.name.clone().map(|n| (a.kind, n))
+        }
+        _ => None,
+    };
+    Ok(StatementPlan {
+        result,
+        names,
+        is_ddl: a.is_ddl,
+    })
+}
+
+fn named_result(
+    map: &HashMap<String, Option<Arc<ResultPlan>>>,
+    name: Option<&str>,
+    what: &str,
+) -> Result<Option<Arc<ResultPlan>>, Refusal> {
+    // Unknown names may have been declared before tokengate could see them (or not at all):
+    // without a plan, rows cannot be proven safe.
+    let name = name.unwrap_or_default();
+    map.get(name).cloned().ok_or_else(|| {
+        Refusal::new(
+            Code::Unproven,
+            format!("{what} {name:?} was not declared through tokengate in this session"),
+        )
+    })
+}
+
+/// The rewrite plan for a statement's outputs.
+fn result_plan(
+    a: &StatementAnalysis,
+    view: &RoleView,
+    catalog: &Snapshot,
+) -> Result<Option<Arc<ResultPlan>>, Refusal> {
+    let mut plan = ResultPlan {
+        width: a.outputs.len(),
+        protected: Vec::new(),
+        row_limit: view.row_limit_rule().map(|l| (l.rows, l.rule.to_string())),
+    };
+    for (index, out) in a.outputs.iter().enumerate() {
+        let mut chosen: Option<(&ColumnDecision, &str)> = None;
+        for s in &out.sources {
+            let Some(d) = view.column(&s.column) else {
+                continue;
+            };
+            if !is_protected(d) {
+                continue;
+            }
+            if d.action == Action::Deny {
+                return Err(Refusal::new(
+                    Code::ColumnDenied,
+                    format!(
+                        "column {} may not be returned to this role ({})",
+                        s.column, d.rule
+                    ),
+                ));
+            }
+            if !s.passthrough {
+                let via = s.via.as_deref().unwrap_or("an expression");
+                return Err(Refusal::new(
+                    Code::DerivedDenied,
+                    format!(
+                        "result column {:?} is computed from protected column {} via {via} ({})",
+                        out.name, s.column, d.rule
+                    ),
+                ));
+            }
+            match chosen {
+                None => chosen = Some((d, &s.column)),
+                Some((c, _)) if c.label == d.label && c.action == d.action => {}
+                Some((c, col)) => {
+                    return Err(Refusal::new(
+                        Code::AmbiguousColumn,
+                        format!(
+                            "result column {:?} mixes {col} ({} {:?}) and {} ({} {:?})",
+                            out.name, c.label, c.action, s.column, d.label, d.action
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some((d, column)) = chosen {
+            plan.protected.push(ProtectedColumn {
+                index,
+                decision: d.clone(),
+                type_oid: catalog.column_type(column).unwrap_or(0),
+            });
+        }
+    }
+    Ok(if plan.is_clear() {
+        None
+    } else {
+        Some(Arc::new(plan))
+    })
+}
+
+fn clause_name(c: Clause) -> &'static str {
+    match c {
+        Clause::Where => "WHERE",
+        Clause::JoinOn => "a JOIN condition",
+        Clause::GroupBy => "GROUP BY",
+        Clause::OrderBy => "ORDER BY",
+        Clause::Having => "HAVING",
+        Clause::Window => "a window clause",
+        Clause::DistinctOn => "DISTINCT ON",
+        Clause::Limit => "LIMIT/OFFSET",
+        Clause::Case => "a CASE condition",
+        Clause::Filter => "an aggregate FILTER",
+        Clause::Explain => "an EXPLAIN",
+        Clause::Other => "a condition",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Column, Relation, RelationKind};
+    use crate::policy::Policy;
+
+    const POLICY: &str = include_str!("../../policies/demo.yaml");
+
+    fn catalog() -> Snapshot {
+        let table = |oid, name: &str, cols: &[(&str, u32)]| Relation {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+            kind: RelationKind::Table,
+            columns: cols
+                .iter()
+                .enumerate()
+                .map(|(i, (n, t))| Column {
+                    attnum: i as i16 + 1,
+                    name: n.to_string(),
+                    type_oid: *t,
+                })
+                .collect(),
+            definition: None,
+        };
+        Snapshot::build(
+            1,
+            vec![
+                table(
+                    1,
+                    "customers",
+                    &[
+                        ("id", 23),
+                        ("full_name", 25),
+                        ("email", 25),
+                        ("phone", 25),
+                        ("ssn", 25),
+                        ("birth_date", 1082),
+                        ("city", 25),
+                        ("created_at", 1184),
+                    ],
+                ),
+                table(
+                    2,
+                    "payments",
+                    &[
+                        ("id", 23),
+                        ("customer_id", 23),
+                        ("card_number", 25),
+                        ("amount", 1700),
+                        ("paid_at", 1184),
+                    ],
+                ),
+                table(
+                    3,
+                    "visits",
+                    &[
+                        ("id", 23),
+                        ("customer_id", 23),
+                        ("visit_date", 1082),
+                        ("diagnosis", 25),
+                        ("notes", 25),
+                    ],
+                ),
+            ],
+            vec![],
+        )
+    }
+
+    fn decide(role: &str, sql: &str) -> Result<Vec<StatementPlan>, Refusal> {
+        let policy = Policy::from_yaml(POLICY, "demo.yaml").unwrap();
+        let view = policy.for_role(role, &[]);
+        let cat = catalog();
+        crate::sql::analyze(sql, &cat)
+            .iter()
+            .map(|a| plan_statement(a, &view, &cat, &NamedPlans::default()))
+            .collect()
+    }
+
+    fn refused(role: &str, sql: &str) -> Code {
+        decide(role, sql).expect_err(sql).code
+    }
+
+    #[test]
+    fn passthrough_columns_get_the_roles_action() {
+        let plans = decide("support", "SELECT id, email, ssn FROM customers").unwrap();
+        let r = plans[0].result.as_ref().unwrap();
+        assert_eq!(r.width, 3);
+        let idx: Vec<_> = r
+            .protected
+            .iter()
+            .map(|p| (p.index, p.decision.action))
+            .collect();
+        assert_eq!(idx, vec![(1, Action::Mask), (2, Action::Mask)]);
+        assert_eq!(r.protected[0].type_oid, 25);
+        let plans = decide("analyst", "SELECT c.email AS e FROM customers c").unwrap();
+        assert_eq!(
+            plans[0].result.as_ref().unwrap().protected[0]
+                .decision
+                .action,
+            Action::Token
+        );
+    }
+
+    #[test]
+    fn unprotected_results_need_no_plan() {
+        let plans = decide("support", "SELECT id, city FROM customers WHERE city = 'x'").unwrap();
+        assert!(plans[0].result.is_none());
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        assert_eq!(
+            refused("support", "SELECT lower(email) FROM customers"),
+            Code::DerivedDenied
+        );
+        assert_eq!(
+            refused("support", "SELECT notes FROM visits"),
+            Code::ColumnDenied
+        );
+        assert_eq!(
+            refused("support", "SELECT id FROM customers WHERE ssn LIKE '1%'"),
+            Code::FilterDenied
+        );
+        assert_eq!(
+            refused("support", "SELECT id FROM customers ORDER BY email"),
+            Code::FilterDenied
+        );
+        assert_eq!(
+            refused(
+                "support",
+                "SELECT email FROM customers UNION SELECT phone FROM customers"
+            ),
+            Code::AmbiguousColumn
+        );
+        assert_eq!(
+            refused("support", "CREATE TABLE x AS SELECT email FROM customers"),
+            Code::WriteDenied
+        );
+        assert_eq!(refused("support", "SELECT * FROM nowhere"), Code::Unproven);
+        assert_eq!(
+            refused("auditor", "COPY customers TO STDOUT"),
+            Code::StatementKindDenied
+        );
+        assert_eq!(
+            refused("nobody", "SELECT email FROM customers"),
+            Code::ColumnDenied
+        );
+    }
+
+    #[test]
+    fn analyst_may_filter_on_email_but_not_ssn() {
+        assert!(decide("analyst", "SELECT id FROM customers WHERE email = 'a@b.c'").is_ok());
+        assert_eq!(
+            refused("analyst", "SELECT id FROM customers WHERE ssn = '1'"),
+            Code::FilterDenied
+        );
+    }
+
+    #[test]
+    fn fetch_needs_a_declared_cursor() {
+        assert_eq!(refused("support", "FETCH 10 FROM c"), Code::Unproven);
+        let policy = Policy::from_yaml(POLICY, "demo.yaml").unwrap();
+        let view = policy.for_role("support", &[]);
+        let cat = catalog();
+        let declare =
+            &crate::sql::analyze("DECLARE c CURSOR FOR SELECT email FROM customers", &cat)[0];
+        let plan = plan_statement(declare, &view, &cat, &NamedPlans::default()).unwrap();
+        let (kind, name) = plan.names.clone().unwrap();
+        assert_eq!((kind, name.as_str()), (StatementKind::DeclareCursor, "c"));
+        let mut named = NamedPlans::default();
+        named.cursors.insert(name, plan.result.clone());
+        let fetch = &crate::sql::analyze("FETCH 10 FROM c", &cat)[0];
+        let f = plan_statement(fetch, &view, &cat, &named).unwrap();
+        assert_eq!(f.result.unwrap().protected[0].index, 0);
+    }
+
+    #[test]
+    fn auditor_gets_its_row_limit() {
+        let plans = decide("auditor", "SELECT id FROM customers").unwrap();
+        assert_eq!(
+            plans[0]
+                .result
+                .as_ref()
+                .unwrap()
+                .row_limit
+                .as_ref()
+                .unwrap()
+                .0,
+            1000
+        );
+    }
+}

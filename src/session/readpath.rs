@@ -1,0 +1,946 @@
+//! The per-session read path: tracks the statements, portals and cursors a client creates, the
+//! order in which the server will answer, and rewrites result rows (DataRow, CopyData) by the
+//! plan of the statement they belong to.
+//!
+//! Refusals are substitutions: a refused Query, Parse, Bind, Execute or FunctionCall is replaced
+//! by one that PostgreSQL itself rejects, and the server's ErrorResponse is then replaced by
+//! tokengate's. So PostgreSQL's own semantics apply: an aborted transaction block, and messages
+//! skipped until Sync in the extended protocol.
+//!
+//! The expectation queue is kept for every role whenever a policy is configured, so a policy
+//! reload mid-session can never attribute one statement's rows to another's plan.
+use super::enforce::{NamedPlans, ProtectedColumn, Refusal, ResultPlan, plan_statement};
+use crate::catalog::Snapshot;
+use crate::errors::Code;
+use crate::policy::{Action as PolicyAction, ColumnDecision, RoleView};
+use crate::protect::{Action, ColumnTransform, KeyRing, Output, TransformSpec};
+use crate::sql::{AnalysisCache, StatementKind};
+use crate::wire::backend::ErrorFields;
+use crate::wire::frame::{begin_message, end_message};
+use crate::wire::{Reader, frontend};
+use dashmap::DashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Substitute SQL that PostgreSQL rejects at parse time (a syntax error).
+const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
+/// Names that never exist, so Bind/Execute on them fail in the server.
+const REFUSED_NAME: &[u8] = b"tokengate refused";
+
+/// Shared across sessions: analyses per database and prepared column transforms.
+#[derive(Default)]
+pub struct ReadPathShared {
+    analyses: DashMap<String, Arc<AnalysisCache>>,
+    transforms: DashMap<TransformKey, Arc<ColumnTransform>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TransformKey {
+    label: Arc<str>,
+    action: String,
+    type_oid: u32,
+    format: i16,
+}
+
+impl ReadPathShared {
+    fn cache(&self, database: &str) -> Arc<AnalysisCache> {
+        self.analyses
+            .entry(database.to_string())
+            .or_insert_with(|| Arc::new(AnalysisCache::new(4096)))
+            .clone()
+    }
+
+    /// The prepared transform for a protected column in a given type and wire format.
+    fn transform(
+        &self,
+        p: &ProtectedColumn,
+        type_oid: u32,
+        format: i16,
+        keys: &KeyRing,
+    ) -> Result<Arc<ColumnTransform>, Refusal> {
+        let d = &p.decision;
+        let spec = transform_spec(d)?;
+        let key = TransformKey {
+            label: d.label.clone(),
+            action: format!("{:?}", spec.action),
+            type_oid,
+            format,
+        };
+        if let Some(t) = self.transforms.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(ColumnTransform::new(&spec, type_oid, format, keys).map_err(|e| {
+            Refusal::new(
+                Code::UnsupportedValue,
+                format!("column {} cannot be protected: {e} ({})", d.column, d.rule),
+            )
+        })?);
+        self.transforms.insert(key, t.clone());
+        Ok(t)
+    }
+}
+
+fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
+    let bad = |what: &str| {
+        Refusal::new(
+            Code::UnsupportedValue,
+            format!("column {} has no usable {what} ({})", d.column, d.rule),
+        )
+    };
+    let action = match d.action {
+        PolicyAction::Token => Action::Token(
+            d.token
+                .as_ref()
+                .ok_or_else(|| bad("token format"))?
+                .as_str()
+                .parse()
+                .map_err(|_| bad("token format"))?,
+        ),
+        PolicyAction::Mask => Action::Mask(
+            d.mask
+                .as_ref()
+                .ok_or_else(|| bad("mask"))?
+                .as_str()
+                .parse()
+                .map_err(|_| bad("mask"))?,
+        ),
+        PolicyAction::Null => Action::Null,
+        PolicyAction::Clear | PolicyAction::Deny => return Err(bad("action")),
+    };
+    Ok(TransformSpec::new(action, d.label.to_string()))
+}
+
+/// A result being rewritten: the transforms per column and the rows seen so far.
+#[derive(Debug)]
+pub struct ActiveResult {
+    plan: Arc<ResultPlan>,
+    transforms: Vec<(usize, Arc<ColumnTransform>)>,
+    rows: std::sync::atomic::AtomicU64,
+    /// COPY text/CSV: how CopyData lines are split.
+    csv: bool,
+}
+
+impl ActiveResult {
+    fn build(
+        plan: Arc<ResultPlan>,
+        types: &dyn Fn(&ProtectedColumn) -> u32,
+        formats: &dyn Fn(usize) -> i16,
+        shared: &ReadPathShared,
+        keys: &KeyRing,
+    ) -> Result<Arc<ActiveResult>, Refusal> {
+        let mut transforms = Vec::with_capacity(plan.protected.len());
+        for p in &plan.protected {
+            let t = shared.transform(p, types(p), formats(p.index), keys)?;
+            transforms.push((p.index, t));
+        }
+        Ok(Arc::new(ActiveResult {
+            csv: plan.csv,
+            plan,
+            transforms,
+            rows: Default::default(),
+        }))
+    }
+
+    /// Counts a row; true when it is over the limit (and must not reach the client).
+    fn count_row(&self) -> bool {
+        let n = self.rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.plan.row_limit.as_ref().is_some_and(|(limit, _)| n > *limit)
+    }
+
+    fn over_limit(&self) -> Option<Refusal> {
+        let (limit, rule) = self.plan.row_limit.as_ref()?;
+        (self.rows.load(std::sync::atomic::Ordering::Relaxed) > *limit).then(|| {
+            Refusal::new(
+                Code::RowLimit,
+                format!("the result exceeded the row limit of {limit} ({rule})"),
+            )
+        })
+    }
+}
+
+/// What the server will send next, in order.
+#[derive(Debug)]
+enum Expect {
+    /// A simple Query: one plan per statement (None = nothing to rewrite).
+    Simple {
+        plans: Vec<Option<Arc<ResultPlan>>>,
+        index: usize,
+        active: Option<Arc<ActiveResult>>,
+        refusal: Option<Refusal>,
+        /// A refusal decided while results streamed (row limit, lineage): swallow the rest of
+        /// this statement's output and report it in place of its CommandComplete.
+        failed: Option<Refusal>,
+    },
+    /// An Execute of a portal.
+    Execute {
+        active: Option<Arc<ActiveResult>>,
+        failed: Option<Refusal>,
+    },
+    /// A substituted extended-protocol message whose ErrorResponse is tokengate's refusal.
+    Refused(Refusal),
+    Sync,
+}
+
+/// The per-session state.
+pub struct ReadPath {
+    pub database: String,
+    pub login: String,
+    pub view: Arc<RoleView>,
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub catalog_error: Option<String>,
+    pub needs_refresh: bool,
+    named: NamedPlans,
+    statements: HashMap<Vec<u8>, Option<Arc<ResultPlan>>>,
+    portals: HashMap<Vec<u8>, Option<Arc<ActiveResult>>>,
+    queue: VecDeque<Expect>,
+    pub shared: Arc<ReadPathShared>,
+    pub keys: Arc<KeyRing>,
+}
+
+/// What the client-side handler should do with a frame.
+pub enum ClientVerdict {
+    Forward,
+    Replace(Vec<u8>),
+}
+
+/// What the server-side handler should do with a frame.
+pub enum ServerVerdict {
+    Forward,
+    Replace(Vec<u8>),
+    Drop,
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    let start = begin_message(&mut out, tag);
+    out.extend_from_slice(body);
+    end_message(&mut out, start);
+    out
+}
+
+fn cstr(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(s);
+    out.push(0);
+}
+
+fn refusal_error(r: &Refusal) -> Vec<u8> {
+    let e: ErrorFields = r.code.error(&r.message);
+    e.encode()
+}
+
+impl ReadPath {
+    pub fn new(
+        database: String,
+        login: String,
+        view: Arc<RoleView>,
+        shared: Arc<ReadPathShared>,
+        keys: Arc<KeyRing>,
+    ) -> Self {
+        ReadPath {
+            database,
+            login,
+            view,
+            snapshot: None,
+            catalog_error: None,
+            needs_refresh: true,
+            named: NamedPlans::default(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            queue: VecDeque::new(),
+            shared,
+            keys,
+        }
+    }
+
+    fn restricted(&self) -> bool {
+        !self.view.fully_clear()
+    }
+
+    /// Plans every statement of `sql`, or the first refusal.
+    fn plan(&mut self, sql: &[u8]) -> Result<Vec<super::enforce::StatementPlan>, Refusal> {
+        let Some(snapshot) = self.snapshot.clone() else {
+            return Err(Refusal::new(
+                Code::CatalogUnavailable,
+                self.catalog_error
+                    .clone()
+                    .unwrap_or_else(|| "the catalog is not loaded".into()),
+            ));
+        };
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            return Err(Refusal::new(Code::Unproven, "the statement is not valid UTF-8"));
+        };
+        let analyses = self
+            .shared
+            .cache(&self.database)
+            .get_or_analyze(sql, snapshot.as_ref(), snapshot.generation);
+        let texts = crate::sql::split_statements(sql);
+        let mut plans = Vec::with_capacity(analyses.len());
+        for (i, a) in analyses.iter().enumerate() {
+            let mut plan = plan_statement(a, &self.view, &snapshot, &self.named)?;
+            if plan.is_ddl {
+                self.needs_refresh = true;
+            }
+            if a.kind == StatementKind::Copy
+                && let Some(result) = &plan.result
+            {
+                // COPY's text/CSV choice decides how CopyData lines are split; an option the
+                // splitter would misread makes the column count disagree, which is refused.
+                let text = texts.get(i).map(|t| t.to_ascii_lowercase()).unwrap_or_default();
+                if text.contains("csv") {
+                    let mut r = (**result).clone();
+                    r.csv = true;
+                    plan.result = Some(Arc::new(r));
+                }
+            }
+            plans.push(plan);
+        }
+        // Names become known once the whole message is accepted.
+        for p in &plans {
+            if let Some((kind, name)) = &p.names {
+                let map = if *kind == StatementKind::DeclareCursor {
+                    &mut self.named.cursors
+                } else {
+                    &mut self.named.prepared
+                };
+                map.insert(name.clone(), p.result.clone());
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Handles a client frame (tag + length + body). Only called for tags the relay routes
+    /// here: Q, P, B, E, D, C, S, F.
+    pub fn client_frame(&mut self, frame_bytes: &[u8]) -> Result<ClientVerdict, crate::wire::WireError> {
+        let tag = frame_bytes[0];
+        let body = &frame_bytes[5..];
+        let restricted = self.restricted();
+        match tag {
+            frontend::QUERY => {
+                let sql = frontend::query(body)?;
+                if !restricted {
+                    self.queue.push_back(simple(Vec::new(), None));
+                    return Ok(ClientVerdict::Forward);
+                }
+                match self.plan(sql) {
+                    Ok(plans) => {
+                        let results = plans
+                            .into_iter()
+                            .map(|p| if p.names.is_some() { None } else { p.result })
+                            .collect();
+                        self.queue.push_back(simple(results, None));
+                        Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) => {
+                        tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
+                        self.queue.push_back(simple(Vec::new(), Some(r)));
+                        Ok(ClientVerdict::Replace(frame(
+                            frontend::QUERY,
+                            &[REFUSED_SQL, b"\0"].concat(),
+                        )))
+                    }
+                }
+            }
+            frontend::PARSE => {
+                let p = frontend::parse(body)?;
+                if !restricted {
+                    self.statements.insert(p.statement.to_vec(), None);
+                    return Ok(ClientVerdict::Forward);
+                }
+                match self.plan(p.sql) {
+                    Ok(plans) => {
+                        let result = plans.into_iter().next().and_then(|p| {
+                            if p.names.is_some() { None } else { p.result }
+                        });
+                        self.statements.insert(p.statement.to_vec(), result);
+                        Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) => {
+                        self.statements.remove(p.statement);
+                        self.queue.push_back(Expect::Refused(r));
+                        let mut b = Vec::new();
+                        cstr(&mut b, p.statement);
+                        cstr(&mut b, REFUSED_SQL);
+                        b.extend_from_slice(&0i16.to_be_bytes());
+                        Ok(ClientVerdict::Replace(frame(frontend::PARSE, &b)))
+                    }
+                }
+            }
+            frontend::BIND => {
+                let b = frontend::bind(body)?;
+                if !restricted {
+                    self.portals.insert(b.portal.to_vec(), None);
+                    return Ok(ClientVerdict::Forward);
+                }
+                let plan = match self.statements.get(b.statement) {
+                    Some(p) => Ok(p.clone()),
+                    None => Err(Refusal::new(
+                        Code::Unproven,
+                        format!(
+                            "prepared statement {:?} was not parsed through tokengate",
+                            String::from_utf8_lossy(b.statement)
+                        ),
+                    )),
+                };
+                let active = plan.and_then(|plan| match plan {
+                    None => Ok(None),
+                    Some(plan) => {
+                        let snapshot = self.snapshot.clone();
+                        ActiveResult::build(
+                            plan,
+                            &|p| {
+                                if p.type_oid != 0 {
+                                    p.type_oid
+                                } else {
+                                    snapshot
+                                        .as_ref()
+                                        .and_then(|s| s.column_type(&p.decision.column))
+                                        .unwrap_or(0)
+                                }
+                            },
+                            &|i| b.result_format(i),
+                            &self.shared,
+                            &self.keys,
+                        )
+                        .map(Some)
+                    }
+                });
+                match active {
+                    Ok(a) => {
+                        self.portals.insert(b.portal.to_vec(), a);
+                        Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) => {
+                        self.portals.remove(b.portal);
+                        self.queue.push_back(Expect::Refused(r));
+                        let mut out = Vec::new();
+                        cstr(&mut out, b.portal);
+                        cstr(&mut out, REFUSED_NAME);
+                        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                        Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)))
+                    }
+                }
+            }
+            frontend::EXECUTE => {
+                let (portal, _) = frontend::execute(body)?;
+                if !restricted {
+                    self.queue.push_back(Expect::Execute {
+                        active: None,
+                        failed: None,
+                    });
+                    return Ok(ClientVerdict::Forward);
+                }
+                let active = match self.portals.get(portal) {
+                    Some(a) => Ok(a.clone()),
+                    // A cursor declared with SQL is a portal too.
+                    None => match std::str::from_utf8(portal)
+                        .ok()
+                        .and_then(|n| self.named.cursors.get(n))
+                    {
+                        Some(None) => Ok(None),
+                        Some(Some(plan)) => ActiveResult::build(
+                            plan.clone(),
+                            &|p| p.type_oid,
+                            &|_| 0,
+                            &self.shared,
+                            &self.keys,
+                        )
+                        .map(Some),
+                        None => Err(Refusal::new(
+                            Code::Unproven,
+                            format!(
+                                "portal {:?} was not bound through tokengate",
+                                String::from_utf8_lossy(portal)
+                            ),
+                        )),
+                    },
+                };
+                match active {
+                    Ok(active) => {
+                        self.queue.push_back(Expect::Execute {
+                            active,
+                            failed: None,
+                        });
+                        Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) => {
+                        self.queue.push_back(Expect::Refused(r));
+                        let mut out = Vec::new();
+                        cstr(&mut out, REFUSED_NAME);
+                        out.extend_from_slice(&0i32.to_be_bytes());
+                        Ok(ClientVerdict::Replace(frame(frontend::EXECUTE, &out)))
+                    }
+                }
+            }
+            frontend::CLOSE => {
+                let (target, name) = frontend::target(body, "Close")?;
+                match target {
+                    frontend::Target::Statement => self.statements.remove(name),
+                    frontend::Target::Portal => self.portals.remove(name),
+                };
+                Ok(ClientVerdict::Forward)
+            }
+            frontend::SYNC => {
+                self.queue.push_back(Expect::Sync);
+                Ok(ClientVerdict::Forward)
+            }
+            frontend::FUNCTION_CALL => {
+                if !restricted {
+                    self.queue.push_back(simple(Vec::new(), None));
+                    return Ok(ClientVerdict::Forward);
+                }
+                // A function called by OID could return anything: not provable.
+                let r = Refusal::new(
+                    Code::Unproven,
+                    "FunctionCall messages cannot be analysed; call the function in a SELECT",
+                );
+                self.queue.push_back(simple(Vec::new(), Some(r)));
+                let mut out = 0u32.to_be_bytes().to_vec();
+                out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                Ok(ClientVerdict::Replace(frame(frontend::FUNCTION_CALL, &out)))
+            }
+            _ => Ok(ClientVerdict::Forward),
+        }
+    }
+
+    /// Whether a server message with this tag must be buffered whole and passed to
+    /// [`ReadPath::server_frame`]; tag-only bookkeeping happens here for the rest.
+    pub fn server_needs_body(&self, tag: u8) -> bool {
+        match tag {
+            b'D' | b'd' => self.current_active().is_some() || self.current_failed(),
+            b'T' | b'E' | b'C' | b's' | b'I' | b'Z' | b'H' | b'c' => true,
+            _ => false,
+        }
+    }
+
+    fn current_active(&self) -> Option<&Arc<ActiveResult>> {
+        match self.queue.front()? {
+            Expect::Simple { active, .. } | Expect::Execute { active, .. } => active.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn current_failed(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expect::Simple { failed: Some(_), .. } | Expect::Execute { failed: Some(_), .. })
+        )
+    }
+
+    /// Handles a server frame routed here by [`ReadPath::server_needs_body`].
+    pub fn server_frame(&mut self, frame_bytes: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+        let tag = frame_bytes[0];
+        let body = &frame_bytes[5..];
+        match tag {
+            b'T' => self.row_description(body),
+            b'D' => self.data_row(body, out),
+            b'd' => self.copy_data(body, out),
+            b'H' => self.copy_out_response(body),
+            b'C' | b'I' | b'c' => self.complete(tag),
+            b's' => {
+                let v = self.finish_execute();
+                v.unwrap_or(ServerVerdict::Forward)
+            }
+            b'E' => self.error(),
+            b'Z' => {
+                // Pops the Simple or Sync this ReadyForQuery answers, and anything stale before it.
+                while let Some(e) = self.queue.pop_front() {
+                    if matches!(e, Expect::Simple { .. } | Expect::Sync) {
+                        break;
+                    }
+                }
+                ServerVerdict::Forward
+            }
+            _ => ServerVerdict::Forward,
+        }
+    }
+
+    fn row_description(&mut self, body: &[u8]) -> ServerVerdict {
+        let snapshot = self.snapshot.clone();
+        let view = self.view.clone();
+        let shared = self.shared.clone();
+        let keys = self.keys.clone();
+        let Some(Expect::Simple {
+            plans,
+            index,
+            active,
+            failed,
+            ..
+        }) = self.queue.front_mut()
+        else {
+            return ServerVerdict::Forward;
+        };
+        let plan = plans.get(*index).cloned().flatten();
+        let columns = match parse_row_description(body) {
+            Some(c) => c,
+            None => return ServerVerdict::Forward,
+        };
+        // Server truth: a column RowDescription attributes to a protected table column must be
+        // protected by the plan at that position, or the two sources disagree.
+        if view.fully_clear() {
+            return ServerVerdict::Forward;
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if c.table_oid == 0 {
+                continue;
+            }
+            let Some((name, _)) = snapshot
+                .as_ref()
+                .and_then(|s| s.column_by_oid(c.table_oid, c.attnum))
+            else {
+                continue;
+            };
+            let Some(d) = view.column(&name) else { continue };
+            if d.action == PolicyAction::Clear {
+                continue;
+            }
+            let covered = plan
+                .as_ref()
+                .and_then(|p| p.protected_at(i))
+                .is_some_and(|p| p.decision.label == d.label);
+            if !covered {
+                let r = Refusal::new(
+                    Code::LineageMismatch,
+                    format!("the server reports result column {} as {name}, which the analysis did not see", i + 1),
+                );
+                *failed = Some(r);
+                return ServerVerdict::Drop;
+            }
+        }
+        if let Some(plan) = plan {
+            if plan.width != columns.len() {
+                *failed = Some(Refusal::new(
+                    Code::LineageMismatch,
+                    format!(
+                        "the server returns {} columns where the analysis expected {}",
+                        columns.len(),
+                        plan.width
+                    ),
+                ));
+                return ServerVerdict::Drop;
+            }
+            let built = ActiveResult::build(
+                plan,
+                &|p| columns.get(p.index).map_or(0, |c| c.type_oid),
+                &|i| columns.get(i).map_or(0, |c| c.format),
+                &shared,
+                &keys,
+            );
+            match built {
+                Ok(a) => *active = Some(a),
+                Err(r) => {
+                    *failed = Some(r);
+                    return ServerVerdict::Drop;
+                }
+            }
+        }
+        ServerVerdict::Forward
+    }
+
+    fn data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+        if self.current_failed() {
+            return ServerVerdict::Drop;
+        }
+        let Some(active) = self.current_active().cloned() else {
+            return ServerVerdict::Forward;
+        };
+        if active.count_row() {
+            self.fail_current(active.over_limit());
+            return ServerVerdict::Drop;
+        }
+        if active.transforms.is_empty() {
+            return ServerVerdict::Forward;
+        }
+        match rewrite_data_row(body, &active, out) {
+            Ok(()) => ServerVerdict::Replace(std::mem::take(out)),
+            Err(r) => {
+                self.fail_current(Some(r));
+                ServerVerdict::Drop
+            }
+        }
+    }
+
+    fn fail_current(&mut self, r: Option<Refusal>) {
+        if let Some(Expect::Simple { failed, .. } | Expect::Execute { failed, .. }) =
+            self.queue.front_mut()
+            && failed.is_none()
+        {
+            *failed = r;
+        }
+    }
+
+    fn copy_out_response(&mut self, body: &[u8]) -> ServerVerdict {
+        let binary = body.first() == Some(&1);
+        // COPY sends no RowDescription: in the simple protocol the result is built here, with
+        // the catalog's column types and text format.
+        if let Some(Expect::Simple {
+            plans,
+            index,
+            active,
+            failed,
+            ..
+        }) = self.queue.front_mut()
+            && active.is_none()
+            && let Some(plan) = plans.get(*index).cloned().flatten()
+        {
+            match ActiveResult::build(plan, &|p| p.type_oid, &|_| 0, &self.shared, &self.keys) {
+                Ok(a) => *active = Some(a),
+                Err(r) => {
+                    *failed = Some(r);
+                    return ServerVerdict::Drop;
+                }
+            }
+        }
+        let Some(active) = self.current_active().cloned() else {
+            return ServerVerdict::Forward;
+        };
+        if binary && !active.transforms.is_empty() {
+            self.fail_current(Some(Refusal::new(
+                Code::UnsupportedValue,
+                "binary COPY of protected columns is not supported; use text or CSV",
+            )));
+            return ServerVerdict::Drop;
+        }
+        ServerVerdict::Forward
+    }
+
+    fn copy_data(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+        if self.current_failed() {
+            return ServerVerdict::Drop;
+        }
+        let Some(active) = self.current_active().cloned() else {
+            return ServerVerdict::Forward;
+        };
+        if active.count_row() {
+            self.fail_current(active.over_limit());
+            return ServerVerdict::Drop;
+        }
+        if active.transforms.is_empty() {
+            return ServerVerdict::Forward;
+        }
+        match rewrite_copy_line(body, &active) {
+            Ok(line) => {
+                *out = frame(b'd', &line);
+                ServerVerdict::Replace(std::mem::take(out))
+            }
+            Err(r) => {
+                self.fail_current(Some(r));
+                ServerVerdict::Drop
+            }
+        }
+    }
+
+    /// CommandComplete, EmptyQueryResponse or CopyDone.
+    fn complete(&mut self, tag: u8) -> ServerVerdict {
+        let failure = match self.queue.front_mut() {
+            Some(Expect::Simple {
+                index,
+                active,
+                failed,
+                ..
+            }) => {
+                if tag == b'c' {
+                    // CopyDone: the statement's CommandComplete follows.
+                    return if failed.is_some() {
+                        ServerVerdict::Drop
+                    } else {
+                        ServerVerdict::Forward
+                    };
+                }
+                *index += 1;
+                *active = None;
+                failed.take()
+            }
+            Some(Expect::Execute { failed, .. }) => {
+                if tag == b'c' {
+                    return if failed.is_some() {
+                        ServerVerdict::Drop
+                    } else {
+                        ServerVerdict::Forward
+                    };
+                }
+                let f = failed.take();
+                self.queue.pop_front();
+                f
+            }
+            _ => None,
+        };
+        match failure {
+            Some(r) => ServerVerdict::Replace(refusal_error(&r)),
+            None => ServerVerdict::Forward,
+        }
+    }
+
+    fn finish_execute(&mut self) -> Option<ServerVerdict> {
+        if let Some(Expect::Execute { failed, .. }) = self.queue.front_mut() {
+            let f = failed.take();
+            self.queue.pop_front();
+            return f.map(|r| ServerVerdict::Replace(refusal_error(&r)));
+        }
+        None
+    }
+
+    fn error(&mut self) -> ServerVerdict {
+        match self.queue.front_mut() {
+            Some(Expect::Simple { refusal, active, .. }) => {
+                *active = None;
+                match refusal.take() {
+                    Some(r) => ServerVerdict::Replace(refusal_error(&r)),
+                    None => ServerVerdict::Forward,
+                }
+            }
+            Some(Expect::Refused(_)) | Some(Expect::Execute { .. }) => {
+                let replaced = match self.queue.pop_front() {
+                    Some(Expect::Refused(r)) => Some(r),
+                    _ => None,
+                };
+                // The server now skips everything until Sync.
+                while matches!(
+                    self.queue.front(),
+                    Some(Expect::Refused(_) | Expect::Execute { .. })
+                ) {
+                    self.queue.pop_front();
+                }
+                match replaced {
+                    Some(r) => ServerVerdict::Replace(refusal_error(&r)),
+                    None => ServerVerdict::Forward,
+                }
+            }
+            _ => ServerVerdict::Forward,
+        }
+    }
+}
+
+fn simple(plans: Vec<Option<Arc<ResultPlan>>>, refusal: Option<Refusal>) -> Expect {
+    Expect::Simple {
+        plans,
+        index: 0,
+        active: None,
+        refusal,
+        failed: None,
+    }
+}
+
+struct DescribedColumn {
+    table_oid: u32,
+    attnum: i16,
+    type_oid: u32,
+    format: i16,
+}
+
+fn parse_row_description(body: &[u8]) -> Option<Vec<DescribedColumn>> {
+    let mut r = Reader::new(body, "RowDescription");
+    let n = r.count16().ok()?;
+    let mut cols = Vec::with_capacity(n);
+    for _ in 0..n {
+        r.cstr().ok()?;
+        let table_oid = r.u32().ok()?;
+        let attnum = r.i16().ok()?;
+        let type_oid = r.u32().ok()?;
+        r.i16().ok()?;
+        r.i32().ok()?;
+        let format = r.i16().ok()?;
+        cols.push(DescribedColumn {
+            table_oid,
+            attnum,
+            type_oid,
+            format,
+        });
+    }
+    Some(cols)
+}
+
+/// Rewrites a DataRow body into `out` (a whole frame).
+fn rewrite_data_row(body: &[u8], active: &ActiveResult, out: &mut Vec<u8>) -> Result<(), Refusal> {
+    let malformed = || Refusal::new(Code::LineageMismatch, "malformed DataRow from the server");
+    let mut r = Reader::new(body, "DataRow");
+    let n = r.count16().map_err(|_| malformed())?;
+    if n != active.plan.width {
+        return Err(Refusal::new(
+            Code::LineageMismatch,
+            format!(
+                "the server returns {n} columns where the analysis expected {}",
+                active.plan.width
+            ),
+        ));
+    }
+    out.clear();
+    let start = begin_message(out, b'D');
+    out.extend_from_slice(&(n as i16).to_be_bytes());
+    let mut scratch = Vec::new();
+    for i in 0..n {
+        let value = r.value().map_err(|_| malformed())?;
+        let transform = active.transforms.iter().find(|(idx, _)| *idx == i);
+        match (value, transform) {
+            (None, _) => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            (Some(v), None) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            (Some(v), Some((_, t))) => {
+                scratch.clear();
+                match t.apply(v, &mut scratch) {
+                    Ok(Output::Value) => {
+                        out.extend_from_slice(&(scratch.len() as i32).to_be_bytes());
+                        out.extend_from_slice(&scratch);
+                    }
+                    Ok(Output::Null) => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            Code::UnsupportedValue,
+                            format!("a value of result column {} cannot be protected: {e}", i + 1),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    end_message(out, start);
+    Ok(())
+}
+
+/// Rewrites one COPY text-format line (tab-separated, `\N` = NULL, backslash escapes). Fields
+/// with escapes are refused rather than guessed at.
+fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refusal> {
+    let unsupported = |why: &str| Refusal::new(Code::UnsupportedValue, format!("COPY row: {why}"));
+    let (content, newline) = match line.strip_suffix(b"\n") {
+        Some(c) => (c, true),
+        None => (line, false),
+    };
+    let sep = if active.csv { b',' } else { b'\t' };
+    let fields: Vec<&[u8]> = content.split(|&b| b == sep).collect();
+    if fields.len() != active.plan.width {
+        return Err(unsupported("the column count does not match the statement (quoted separators are not supported)"));
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut scratch = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        let transform = active.transforms.iter().find(|(idx, _)| *idx == i);
+        match transform {
+            None => out.extend_from_slice(f),
+            Some(_) if *f == b"\\N" || (active.csv && f.is_empty()) => out.extend_from_slice(f),
+            Some((_, t)) => {
+                if f.contains(&b'\\') || f.contains(&b'"') {
+                    return Err(unsupported("escaped or quoted values in protected columns"));
+                }
+                scratch.clear();
+                match t.apply(f, &mut scratch) {
+                    Ok(Output::Value) => {
+                        if scratch.iter().any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'"') {
+                            return Err(unsupported("a protected value would need escaping"));
+                        }
+                        out.extend_from_slice(&scratch);
+                    }
+                    Ok(Output::Null) => out.extend_from_slice(if active.csv { b"" } else { b"\\N" }),
+                    Err(e) => return Err(unsupported(&e.to_string())),
+                }
+            }
+        }
+    }
+    if newline {
+        out.push(b'\n');
+    }
+    Ok(out)
+}
