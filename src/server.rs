@@ -30,6 +30,10 @@ pub enum ServerError {
     Keys(#[from] crate::protect::KeyError),
     #[error(transparent)]
     Watch(#[from] crate::policy::store::WatchError),
+    #[error(
+        "a policy needs a catalog service role to resolve columns: set catalog_user (and catalog_password or TOKENGATE_CATALOG_PASSWORD)"
+    )]
+    NoCatalogRole,
 }
 
 /// How often the upstream is probed for /readyz.
@@ -59,6 +63,9 @@ impl RunningServer {
             Some(path) => Some(PolicyStore::load(path, metrics.clone())?),
             None => None,
         };
+        if policy.is_some() && config.catalog_user.is_none() {
+            return Err(ServerError::NoCatalogRole);
+        }
         let keys = match &config.keys {
             Some(path) => Some(Arc::new(KeyRing::load(path)?)),
             None => None,

@@ -129,6 +129,31 @@ impl Snapshot {
     }
 }
 
+/// The SQL analyser resolves relations against the live catalog.
+impl crate::sql::Catalog for Snapshot {
+    fn relation(&self, schema: Option<&str>, name: &str) -> Option<crate::sql::Relation> {
+        let r = Snapshot::relation(self, schema, name)?;
+        let kind = match (r.kind, &r.definition) {
+            (RelationKind::View, Some(d)) => crate::sql::RelationKind::View {
+                definition: d.clone(),
+            },
+            (RelationKind::MaterializedView, Some(d)) => {
+                crate::sql::RelationKind::MaterializedView {
+                    definition: d.clone(),
+                }
+            }
+            (RelationKind::Table, _) => crate::sql::RelationKind::Table,
+            _ => crate::sql::RelationKind::Other,
+        };
+        Some(crate::sql::Relation {
+            schema: r.schema.clone(),
+            name: r.name.clone(),
+            columns: r.columns.iter().map(|c| c.name.clone()).collect(),
+            kind,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,30 +208,5 @@ mod tests {
         );
         assert_eq!(s.groups_of("bob"), ["team", "analysts"]);
         assert!(s.groups_of("alice").is_empty());
-    }
-}
-
-/// The SQL analyser resolves relations against the live catalog.
-impl crate::sql::Catalog for Snapshot {
-    fn relation(&self, schema: Option<&str>, name: &str) -> Option<crate::sql::Relation> {
-        let r = Snapshot::relation(self, schema, name)?;
-        let kind = match (r.kind, &r.definition) {
-            (RelationKind::View, Some(d)) => crate::sql::RelationKind::View {
-                definition: d.clone(),
-            },
-            (RelationKind::MaterializedView, Some(d)) => {
-                crate::sql::RelationKind::MaterializedView {
-                    definition: d.clone(),
-                }
-            }
-            (RelationKind::Table, _) => crate::sql::RelationKind::Table,
-            _ => crate::sql::RelationKind::Other,
-        };
-        Some(crate::sql::Relation {
-            schema: r.schema.clone(),
-            name: r.name.clone(),
-            columns: r.columns.iter().map(|c| c.name.clone()).collect(),
-            kind,
-        })
     }
 }

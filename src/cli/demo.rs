@@ -38,6 +38,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
             }
         };
         println!("{}", demo::banner(&demo));
+        println!("What each role sees for SELECT id, full_name, email, phone, ssn, birth_date FROM customers LIMIT 3:{}", demo::preview(&demo).await);
         super::serve::wait_for_shutdown_signal().await;
         eprintln!("stopping the demo and removing its database...");
         let demo::Demo { server, pg } = demo;

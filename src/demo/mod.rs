@@ -4,8 +4,12 @@ pub mod data;
 
 use crate::config::{ServeConfig, Upstream};
 use crate::embedded_pg::{EmbeddedPgError, EmbeddedPostgres, PgOptions};
+use crate::protect::KeyRing;
 use crate::server::{RunningServer, ServerError};
 use std::net::SocketAddr;
+
+/// The demo's policy (also `policies/demo.yaml`).
+pub const POLICY: &str = include_str!("../../policies/demo.yaml");
 
 /// The database the demo creates.
 pub const DATABASE: &str = "crm";
@@ -68,8 +72,19 @@ pub async fn start(
         ))
         .map_err(|e| DemoError::Task(e.to_string()))?,
     );
+    // The policy and a fresh key file live in the throwaway directory and vanish with it.
+    let policy_path = pg.socket_dir().join("demo-policy.yaml");
+    std::fs::write(&policy_path, POLICY).map_err(|e| DemoError::Task(e.to_string()))?;
+    let keys_path = pg.socket_dir().join("demo-keys.json");
+    KeyRing::generate("default")
+        .write_new(&keys_path, true)
+        .map_err(|e| DemoError::Task(e.to_string()))?;
     config.listen = listen;
     config.admin = admin;
+    config.policy = Some(policy_path);
+    config.keys = Some(keys_path);
+    config.catalog_user = Some("postgres".into());
+    config.catalog_password = Some(pg.superuser_password().to_string());
     let server = RunningServer::start(config).await?;
     Ok(Demo { server, pg })
 }
@@ -81,6 +96,49 @@ fn random_password() -> String {
         .take(24)
         .map(char::from)
         .collect()
+}
+
+/// What each demo role sees for `SELECT * FROM customers LIMIT 3`, through tokengate.
+pub async fn preview(demo: &Demo) -> String {
+    let mut out = String::new();
+    for (role, password) in ROLES {
+        out.push_str(&format!("\n  as {role}:\n"));
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(demo.server.addr.port())
+            .user(*role)
+            .password(*password)
+            .dbname(DATABASE);
+        let client = match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                client
+            }
+            Err(e) => {
+                out.push_str(&format!("    cannot connect: {e}\n"));
+                continue;
+            }
+        };
+        match client
+            .simple_query("SELECT id, full_name, email, phone, ssn, birth_date FROM customers ORDER BY id LIMIT 3")
+            .await
+        {
+            Ok(messages) => {
+                for m in messages {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let cells: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
+                        out.push_str(&format!("    {}\n", cells.join(" | ")));
+                    }
+                }
+            }
+            Err(e) => {
+                let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                out.push_str(&format!("    refused: {message}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// The banner printed once the demo is up.

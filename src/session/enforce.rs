@@ -207,6 +207,7 @@ fn result_plan(
         width: a.outputs.len(),
         protected: Vec::new(),
         row_limit: view.row_limit_rule().map(|l| (l.rows, l.rule.to_string())),
+        csv: false,
     };
     for (index, out) in a.outputs.iter().enumerate() {
         let mut chosen: Option<(&ColumnDecision, &str)> = None;

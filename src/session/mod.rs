@@ -13,9 +13,11 @@
 //! cancel keys to upstream ones.
 pub mod cancel;
 pub mod enforce;
+pub mod readpath;
 pub mod relay;
 pub mod startup;
 
+use crate::catalog::{CatalogCache, CatalogSettings};
 use crate::config::ServeConfig;
 use crate::net::upstream::Connector;
 use crate::observe::metrics::{DirectionLabel, Metrics, OutcomeLabel};
@@ -44,7 +46,11 @@ pub struct Context {
     pub force_close: watch::Receiver<bool>,
     /// The policy in force (reloaded atomically); `None` relays without protection.
     pub policy: Option<PolicyStore>,
-    pub keys: Option<Arc<KeyRing>>,
+    /// Keys for tokens; an empty ring when none are configured (token actions then refuse).
+    pub keys: Arc<KeyRing>,
+    /// The upstream catalog, read with the service role; present whenever a policy is.
+    pub catalog: Option<CatalogCache>,
+    pub readpath: Arc<readpath::ReadPathShared>,
 }
 
 impl Context {
@@ -71,7 +77,21 @@ impl Context {
                 outcome: outcome.label().to_string(),
             });
         }
+        let catalog = match (&policy, &config.catalog_user) {
+            (Some(_), Some(user)) => Some(CatalogCache::new(
+                CatalogSettings {
+                    user: user.clone(),
+                    password: config.catalog_password.clone(),
+                    ttl: config.catalog_ttl,
+                },
+                connector.clone(),
+                metrics.catalog_refresh_total.clone(),
+            )),
+            _ => None,
+        };
         Context {
+            catalog,
+            readpath: Arc::default(),
             bytes_from_client: dir("client_to_upstream"),
             bytes_from_upstream: dir("upstream_to_client"),
             config,
@@ -82,7 +102,7 @@ impl Context {
             health: Health::default(),
             force_close,
             policy,
-            keys,
+            keys: keys.unwrap_or_default(),
         }
     }
 }

@@ -69,12 +69,14 @@ impl ReadPathShared {
         if let Some(t) = self.transforms.get(&key) {
             return Ok(t.clone());
         }
-        let t = Arc::new(ColumnTransform::new(&spec, type_oid, format, keys).map_err(|e| {
-            Refusal::new(
-                Code::UnsupportedValue,
-                format!("column {} cannot be protected: {e} ({})", d.column, d.rule),
-            )
-        })?);
+        let t = Arc::new(
+            ColumnTransform::new(&spec, type_oid, format, keys).map_err(|e| {
+                Refusal::new(
+                    Code::UnsupportedValue,
+                    format!("column {} cannot be protected: {e} ({})", d.column, d.rule),
+                )
+            })?,
+        );
         self.transforms.insert(key, t.clone());
         Ok(t)
     }
@@ -144,7 +146,10 @@ impl ActiveResult {
     /// Counts a row; true when it is over the limit (and must not reach the client).
     fn count_row(&self) -> bool {
         let n = self.rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.plan.row_limit.as_ref().is_some_and(|(limit, _)| n > *limit)
+        self.plan
+            .row_limit
+            .as_ref()
+            .is_some_and(|(limit, _)| n > *limit)
     }
 
     fn over_limit(&self) -> Option<Refusal> {
@@ -189,6 +194,8 @@ pub struct ReadPath {
     pub snapshot: Option<Arc<Snapshot>>,
     pub catalog_error: Option<String>,
     pub needs_refresh: bool,
+    /// The policy generation `view` was computed from.
+    pub policy_generation: u64,
     named: NamedPlans,
     statements: HashMap<Vec<u8>, Option<Arc<ResultPlan>>>,
     portals: HashMap<Vec<u8>, Option<Arc<ActiveResult>>>,
@@ -243,6 +250,7 @@ impl ReadPath {
             snapshot: None,
             catalog_error: None,
             needs_refresh: true,
+            policy_generation: 0,
             named: NamedPlans::default(),
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -252,8 +260,10 @@ impl ReadPath {
         }
     }
 
+    /// Without a catalog the role's groups are unknown, and a group rule may restrict it:
+    /// fail closed.
     fn restricted(&self) -> bool {
-        !self.view.fully_clear()
+        self.snapshot.is_none() || !self.view.fully_clear()
     }
 
     /// Plans every statement of `sql`, or the first refusal.
@@ -267,12 +277,16 @@ impl ReadPath {
             ));
         };
         let Ok(sql) = std::str::from_utf8(sql) else {
-            return Err(Refusal::new(Code::Unproven, "the statement is not valid UTF-8"));
+            return Err(Refusal::new(
+                Code::Unproven,
+                "the statement is not valid UTF-8",
+            ));
         };
-        let analyses = self
-            .shared
-            .cache(&self.database)
-            .get_or_analyze(sql, snapshot.as_ref(), snapshot.generation);
+        let analyses = self.shared.cache(&self.database).get_or_analyze(
+            sql,
+            snapshot.as_ref(),
+            snapshot.generation,
+        );
         let texts = crate::sql::split_statements(sql);
         let mut plans = Vec::with_capacity(analyses.len());
         for (i, a) in analyses.iter().enumerate() {
@@ -285,7 +299,10 @@ impl ReadPath {
             {
                 // COPY's text/CSV choice decides how CopyData lines are split; an option the
                 // splitter would misread makes the column count disagree, which is refused.
-                let text = texts.get(i).map(|t| t.to_ascii_lowercase()).unwrap_or_default();
+                let text = texts
+                    .get(i)
+                    .map(|t| t.to_ascii_lowercase())
+                    .unwrap_or_default();
                 if text.contains("csv") {
                     let mut r = (**result).clone();
                     r.csv = true;
@@ -310,7 +327,10 @@ impl ReadPath {
 
     /// Handles a client frame (tag + length + body). Only called for tags the relay routes
     /// here: Q, P, B, E, D, C, S, F.
-    pub fn client_frame(&mut self, frame_bytes: &[u8]) -> Result<ClientVerdict, crate::wire::WireError> {
+    pub fn client_frame(
+        &mut self,
+        frame_bytes: &[u8],
+    ) -> Result<ClientVerdict, crate::wire::WireError> {
         let tag = frame_bytes[0];
         let body = &frame_bytes[5..];
         let restricted = self.restricted();
@@ -348,9 +368,10 @@ impl ReadPath {
                 }
                 match self.plan(p.sql) {
                     Ok(plans) => {
-                        let result = plans.into_iter().next().and_then(|p| {
-                            if p.names.is_some() { None } else { p.result }
-                        });
+                        let result = plans
+                            .into_iter()
+                            .next()
+                            .and_then(|p| if p.names.is_some() { None } else { p.result });
                         self.statements.insert(p.statement.to_vec(), result);
                         Ok(ClientVerdict::Forward)
                     }
@@ -474,9 +495,13 @@ impl ReadPath {
             frontend::CLOSE => {
                 let (target, name) = frontend::target(body, "Close")?;
                 match target {
-                    frontend::Target::Statement => self.statements.remove(name),
-                    frontend::Target::Portal => self.portals.remove(name),
-                };
+                    frontend::Target::Statement => {
+                        self.statements.remove(name);
+                    }
+                    frontend::Target::Portal => {
+                        self.portals.remove(name);
+                    }
+                }
                 Ok(ClientVerdict::Forward)
             }
             frontend::SYNC => {
@@ -522,7 +547,15 @@ impl ReadPath {
     fn current_failed(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Expect::Simple { failed: Some(_), .. } | Expect::Execute { failed: Some(_), .. })
+            Some(
+                Expect::Simple {
+                    failed: Some(_),
+                    ..
+                } | Expect::Execute {
+                    failed: Some(_),
+                    ..
+                }
+            )
         )
     }
 
@@ -589,7 +622,9 @@ impl ReadPath {
             else {
                 continue;
             };
-            let Some(d) = view.column(&name) else { continue };
+            let Some(d) = view.column(&name) else {
+                continue;
+            };
             if d.action == PolicyAction::Clear {
                 continue;
             }
@@ -600,7 +635,10 @@ impl ReadPath {
             if !covered {
                 let r = Refusal::new(
                     Code::LineageMismatch,
-                    format!("the server reports result column {} as {name}, which the analysis did not see", i + 1),
+                    format!(
+                        "the server reports result column {} as {name}, which the analysis did not see",
+                        i + 1
+                    ),
                 );
                 *failed = Some(r);
                 return ServerVerdict::Drop;
@@ -781,7 +819,9 @@ impl ReadPath {
 
     fn error(&mut self) -> ServerVerdict {
         match self.queue.front_mut() {
-            Some(Expect::Simple { refusal, active, .. }) => {
+            Some(Expect::Simple {
+                refusal, active, ..
+            }) => {
                 *active = None;
                 match refusal.take() {
                     Some(r) => ServerVerdict::Replace(refusal_error(&r)),
@@ -887,7 +927,10 @@ fn rewrite_data_row(body: &[u8], active: &ActiveResult, out: &mut Vec<u8>) -> Re
                     Err(e) => {
                         return Err(Refusal::new(
                             Code::UnsupportedValue,
-                            format!("a value of result column {} cannot be protected: {e}", i + 1),
+                            format!(
+                                "a value of result column {} cannot be protected: {e}",
+                                i + 1
+                            ),
                         ));
                     }
                 }
@@ -909,7 +952,9 @@ fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refu
     let sep = if active.csv { b',' } else { b'\t' };
     let fields: Vec<&[u8]> = content.split(|&b| b == sep).collect();
     if fields.len() != active.plan.width {
-        return Err(unsupported("the column count does not match the statement (quoted separators are not supported)"));
+        return Err(unsupported(
+            "the column count does not match the statement (quoted separators are not supported)",
+        ));
     }
     let mut out = Vec::with_capacity(line.len() + 16);
     let mut scratch = Vec::new();
@@ -928,12 +973,17 @@ fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refu
                 scratch.clear();
                 match t.apply(f, &mut scratch) {
                     Ok(Output::Value) => {
-                        if scratch.iter().any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'"') {
+                        if scratch
+                            .iter()
+                            .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'"')
+                        {
                             return Err(unsupported("a protected value would need escaping"));
                         }
                         out.extend_from_slice(&scratch);
                     }
-                    Ok(Output::Null) => out.extend_from_slice(if active.csv { b"" } else { b"\\N" }),
+                    Ok(Output::Null) => {
+                        out.extend_from_slice(if active.csv { b"" } else { b"\\N" })
+                    }
                     Err(e) => return Err(unsupported(&e.to_string())),
                 }
             }

@@ -6,8 +6,10 @@
 //! whole and may be replaced; only then is output copied into an owned buffer (lazily, from
 //! the first replacement on). The two pumps run concurrently in one task (no cross-thread
 //! wake-ups) and share the little state they need through an uncontended mutex.
+use super::readpath::{ClientVerdict, ReadPath, ServerVerdict};
 use super::startup::Established;
 use super::{Context, Outcome};
+use crate::catalog::Snapshot;
 use crate::errors::Code;
 use crate::net::{ConnRead, ConnWrite};
 use crate::wire::WireError;
@@ -16,6 +18,7 @@ use crate::wire::frame::peek_header;
 use crate::wire::frontend;
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,11 +184,13 @@ impl<H: FrameHandler> Pump<H> {
 }
 
 /// State the two pumps share.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Shared {
     /// Start times of requests awaiting their ReadyForQuery (Query, Sync, FunctionCall).
     pending: VecDeque<Instant>,
     client_terminated: bool,
+    /// Present whenever a policy is configured.
+    readpath: Option<ReadPath>,
 }
 
 /// Client → upstream: validates framing, counts statements, starts statement timers.
@@ -193,6 +198,7 @@ pub struct ClientHandler<'a> {
     ctx: &'a Context,
     shared: &'a Mutex<Shared>,
     terminated: bool,
+    enforcing: bool,
 }
 
 impl FrameHandler for ClientHandler<'_> {
@@ -218,11 +224,35 @@ impl FrameHandler for ClientHandler<'_> {
             t if frontend::is_known_tag(t) => {}
             t => return Err(RelayError::UnknownTag(t)),
         }
+        if self.enforcing
+            && matches!(
+                tag,
+                frontend::QUERY
+                    | frontend::PARSE
+                    | frontend::BIND
+                    | frontend::EXECUTE
+                    | frontend::CLOSE
+                    | frontend::SYNC
+                    | frontend::FUNCTION_CALL
+            )
+        {
+            return Ok(Need::Body);
+        }
         Ok(Need::Stream)
     }
 
-    fn on_frame(&mut self, _frame: &[u8], _scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
-        Ok(Action::Forward)
+    fn on_frame(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
+        let mut s = lock(self.shared);
+        let Some(rp) = s.readpath.as_mut() else {
+            return Ok(Action::Forward);
+        };
+        match rp.client_frame(frame)? {
+            ClientVerdict::Forward => Ok(Action::Forward),
+            ClientVerdict::Replace(bytes) => {
+                scratch.extend_from_slice(&bytes);
+                Ok(Action::Replace)
+            }
+        }
     }
 }
 
@@ -232,6 +262,8 @@ pub struct UpstreamHandler<'a> {
     ctx: &'a Context,
     shared: &'a Mutex<Shared>,
     last_tag: u8,
+    enforcing: bool,
+    rewritten: Vec<u8>,
 }
 
 impl FrameHandler for UpstreamHandler<'_> {
@@ -246,12 +278,126 @@ impl FrameHandler for UpstreamHandler<'_> {
                     .observe(t.elapsed().as_secs_f64());
             }
         }
+        if self.enforcing
+            && lock(self.shared)
+                .readpath
+                .as_ref()
+                .is_some_and(|rp| rp.server_needs_body(tag))
+        {
+            return Ok(Need::Body);
+        }
         Ok(Need::Stream)
     }
 
-    fn on_frame(&mut self, _frame: &[u8], _scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
-        Ok(Action::Forward)
+    fn on_frame(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> Result<Action, RelayError> {
+        let mut s = lock(self.shared);
+        let Some(rp) = s.readpath.as_mut() else {
+            return Ok(Action::Forward);
+        };
+        Ok(match rp.server_frame(frame, &mut self.rewritten) {
+            ServerVerdict::Forward => Action::Forward,
+            ServerVerdict::Drop => Action::Drop,
+            ServerVerdict::Replace(bytes) => {
+                scratch.extend_from_slice(&bytes);
+                self.rewritten = bytes;
+                Action::Replace
+            }
+        })
     }
+}
+
+/// Starts the read path for a session when a policy is configured: loads the catalog (for
+/// group memberships and column names) and the login role's view of the policy.
+async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Option<ReadPath> {
+    let store = ctx.policy.as_ref()?;
+    let mut rp = ReadPath::new(
+        info.database.clone(),
+        info.user.clone(),
+        store.current().for_role(&info.user, &[]),
+        ctx.readpath.clone(),
+        ctx.keys.clone(),
+    );
+    load_catalog(ctx, &mut rp.snapshot, &mut rp.catalog_error, &info.database).await;
+    rp.needs_refresh = false;
+    let groups = rp
+        .snapshot
+        .as_ref()
+        .map(|s| s.groups_of(&info.user).to_vec())
+        .unwrap_or_default();
+    rp.view = store.current().for_role(&info.user, &groups);
+    rp.policy_generation = store.generation();
+    Some(rp)
+}
+
+async fn load_catalog(
+    ctx: &Context,
+    snapshot: &mut Option<Arc<Snapshot>>,
+    error: &mut Option<String>,
+    database: &str,
+) {
+    let result = match &ctx.catalog {
+        Some(c) => c.snapshot(database).await.map_err(|e| e.to_string()),
+        None => Err("no catalog service role is configured".to_string()),
+    };
+    match result {
+        Ok(s) => {
+            *snapshot = Some(s);
+            *error = None;
+        }
+        Err(e) => {
+            tracing::warn!(database, error = %e, "catalog unavailable: restricted statements are refused");
+            *error = Some(e);
+        }
+    }
+}
+
+/// Before each batch of client messages: pick up policy reloads and refresh the catalog after
+/// DDL. Awaits happen outside the lock.
+async fn refresh_readpath(ctx: &Context, shared: &Mutex<Shared>) {
+    let Some(store) = ctx.policy.as_ref() else {
+        return;
+    };
+    let (refresh, database, login, generation) = {
+        let s = lock(shared);
+        let Some(rp) = s.readpath.as_ref() else {
+            return;
+        };
+        (
+            rp.needs_refresh || rp.snapshot.is_none(),
+            rp.database.clone(),
+            rp.login.clone(),
+            rp.policy_generation,
+        )
+    };
+    if !refresh && generation == store.generation() {
+        return;
+    }
+    let mut snapshot = None;
+    let mut error = None;
+    if refresh {
+        if let Some(c) = &ctx.catalog {
+            c.invalidate(&database).await;
+        }
+        load_catalog(ctx, &mut snapshot, &mut error, &database).await;
+    }
+    let mut s = lock(shared);
+    let Some(rp) = s.readpath.as_mut() else {
+        return;
+    };
+    if refresh {
+        if snapshot.is_some() {
+            rp.snapshot = snapshot;
+        }
+        rp.catalog_error = error;
+        rp.needs_refresh = false;
+    }
+    let groups = rp
+        .snapshot
+        .as_ref()
+        .map(|s| s.groups_of(&login).to_vec())
+        .unwrap_or_default();
+    rp.view = store.current().for_role(&login, &groups);
+    rp.policy_generation = store.generation();
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -286,11 +432,24 @@ pub async fn run(ctx: &Context, est: Established) -> Outcome {
     } = est;
     let (client_rd, client_wr) = client.into_split();
     let (upstream_rd, upstream_wr) = upstream.into_split();
-    let shared = Mutex::new(Shared::default());
+    let readpath = start_readpath(ctx, &info).await;
+    let enforcing = readpath.is_some();
+    let shared = Mutex::new(Shared {
+        readpath,
+        ..Shared::default()
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<ErrorFields>();
 
-    let client_side = client_pump(ctx, &shared, client_rd, upstream_wr, client_buf);
-    let upstream_side = upstream_pump(ctx, &shared, upstream_rd, client_wr, upstream_buf, stop_rx);
+    let client_side = client_pump(ctx, &shared, client_rd, upstream_wr, client_buf, enforcing);
+    let upstream_side = upstream_pump(
+        ctx,
+        &shared,
+        upstream_rd,
+        client_wr,
+        upstream_buf,
+        stop_rx,
+        enforcing,
+    );
     tokio::pin!(client_side, upstream_side);
 
     tokio::select! {
@@ -333,14 +492,19 @@ async fn client_pump(
     mut rd: ConnRead,
     mut wr: ConnWrite,
     initial: BytesMut,
+    enforcing: bool,
 ) -> (ClientEnd, ConnWrite) {
     let handler = ClientHandler {
         ctx,
         shared,
         terminated: false,
+        enforcing,
     };
     let mut pump = Pump::new(handler, initial, ctx.config.max_message_bytes);
     loop {
+        if enforcing && !pump.buf.is_empty() {
+            refresh_readpath(ctx, shared).await;
+        }
         match pump.flush_to(&mut wr).await {
             Err(e) => return (ClientEnd::Protocol(protocol_error(&e)), wr),
             Ok(Err(_)) => return (ClientEnd::UpstreamWriteFailed, wr),
@@ -376,11 +540,14 @@ async fn upstream_pump(
     mut wr: ConnWrite,
     initial: BytesMut,
     mut stop: tokio::sync::oneshot::Receiver<ErrorFields>,
+    enforcing: bool,
 ) -> UpstreamEnd {
     let handler = UpstreamHandler {
         ctx,
         shared,
         last_tag: 0,
+        enforcing,
+        rewritten: Vec::new(),
     };
     let mut pump = Pump::new(handler, initial, MAX_UPSTREAM_FRAME);
     let mut force_close = ctx.force_close.clone();

@@ -78,7 +78,12 @@ async fn running_server_hot_reloads_and_keeps_the_last_good_policy() {
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, DEMO_POLICY).unwrap();
     let p = path.clone();
-    let proxy = proxy_with(move |c| c.policy = Some(p)).await;
+    let proxy = proxy_with(move |c| {
+        c.policy = Some(p);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+    })
+    .await;
     assert_eq!(generation_and_errors(&proxy).await, (1.0, 0.0));
 
     // An invalid edit is rejected; the old policy stays in force.
