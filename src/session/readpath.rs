@@ -12,6 +12,9 @@
 use super::enforce::{NamedPlans, ProtectedColumn, Refusal, ResultPlan, plan_statement};
 use crate::catalog::Snapshot;
 use crate::errors::Code;
+use crate::observe::metrics::{
+    LabelActionLabel, Metrics, ReasonLabel, RoleDecisionLabel, RoleLabel,
+};
 use crate::policy::{Action as PolicyAction, ColumnDecision, RoleView};
 use crate::protect::{Action, ColumnTransform, KeyRing, Output, TransformSpec};
 use crate::sql::{AnalysisCache, StatementKind};
@@ -19,6 +22,7 @@ use crate::wire::backend::ErrorFields;
 use crate::wire::frame::{begin_message, end_message};
 use crate::wire::{Reader, frontend};
 use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -116,7 +120,9 @@ fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
 #[derive(Debug)]
 pub struct ActiveResult {
     plan: Arc<ResultPlan>,
-    transforms: Vec<(usize, Arc<ColumnTransform>)>,
+    /// (column index, transform, `tokengate_values_protected_total{label,action}` handle).
+    transforms: Vec<(usize, Arc<ColumnTransform>, Counter)>,
+    rows_counter: Counter,
     rows: std::sync::atomic::AtomicU64,
     /// COPY text/CSV: how CopyData lines are split.
     csv: bool,
@@ -129,13 +135,23 @@ impl ActiveResult {
         formats: &dyn Fn(usize) -> i16,
         shared: &ReadPathShared,
         keys: &KeyRing,
+        metrics: &SessionMetrics,
     ) -> Result<Arc<ActiveResult>, Refusal> {
         let mut transforms = Vec::with_capacity(plan.protected.len());
         for p in &plan.protected {
             let t = shared.transform(p, types(p), formats(p.index), keys)?;
-            transforms.push((p.index, t));
+            let counter = metrics
+                .metrics
+                .values_protected_total
+                .get_or_create(&LabelActionLabel {
+                    label: p.decision.label.to_string(),
+                    action: format!("{:?}", p.decision.action).to_lowercase(),
+                })
+                .clone();
+            transforms.push((p.index, t, counter));
         }
         Ok(Arc::new(ActiveResult {
+            rows_counter: metrics.rows.clone(),
             csv: plan.csv,
             plan,
             transforms,
@@ -145,6 +161,7 @@ impl ActiveResult {
 
     /// Counts a row; true when it is over the limit (and must not reach the client).
     fn count_row(&self) -> bool {
+        self.rows_counter.inc();
         let n = self.rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         self.plan
             .row_limit
@@ -202,6 +219,57 @@ pub struct ReadPath {
     queue: VecDeque<Expect>,
     pub shared: Arc<ReadPathShared>,
     pub keys: Arc<KeyRing>,
+    metrics: SessionMetrics,
+}
+
+/// Metric handles resolved once per session (labelled lookups cost ~100 ns, held handles ~20).
+struct SessionMetrics {
+    metrics: Metrics,
+    rows: Counter,
+    clear: Counter,
+    rewritten: Counter,
+    refused: Counter,
+    monitored: Counter,
+}
+
+impl SessionMetrics {
+    fn new(metrics: Metrics, role: &str) -> Self {
+        let decision = |d: &str| {
+            metrics
+                .statements_by_role_total
+                .get_or_create(&RoleDecisionLabel {
+                    role: role.to_string(),
+                    decision: d.to_string(),
+                })
+                .clone()
+        };
+        let rows = metrics
+            .rows_total
+            .get_or_create(&RoleLabel {
+                role: role.to_string(),
+            })
+            .clone();
+        let (clear, rewritten) = (decision("clear"), decision("rewritten"));
+        let (refused, monitored) = (decision("refused"), decision("monitored"));
+        SessionMetrics {
+            metrics,
+            rows,
+            clear,
+            rewritten,
+            refused,
+            monitored,
+        }
+    }
+
+    fn refusal(&self, r: &Refusal) {
+        self.refused.inc();
+        self.metrics
+            .refusals_total
+            .get_or_create(&ReasonLabel {
+                reason: r.reason().to_string(),
+            })
+            .inc();
+    }
 }
 
 /// What the client-side handler should do with a frame.
@@ -242,8 +310,10 @@ impl ReadPath {
         view: Arc<RoleView>,
         shared: Arc<ReadPathShared>,
         keys: Arc<KeyRing>,
+        metrics: Metrics,
     ) -> Self {
         ReadPath {
+            metrics: SessionMetrics::new(metrics, &login),
             database,
             login,
             view,
@@ -325,6 +395,48 @@ impl ReadPath {
         Ok(plans)
     }
 
+    /// Plans a statement text and applies the role's enforcement mode: the result plans to
+    /// use, or the refusal to send. Monitor-only roles (`enforce: false`) get no rewriting and
+    /// no refusal; what would have happened is logged and counted as `monitored`.
+    fn decide(&mut self, sql: &[u8]) -> Result<Vec<Option<Arc<ResultPlan>>>, Refusal> {
+        let outcome = self.plan(sql).map(|plans| {
+            plans
+                .into_iter()
+                .map(|p| if p.names.is_some() { None } else { p.result })
+                .collect::<Vec<_>>()
+        });
+        let rewrites = |plans: &Vec<Option<Arc<ResultPlan>>>| plans.iter().any(|p| p.is_some());
+        if !self.view.enforce() {
+            self.metrics.monitored.inc();
+            match &outcome {
+                Err(r) => {
+                    tracing::warn!(role = %self.login, code = r.code.id(), reason = %r.message, "monitor-only: statement would be refused")
+                }
+                Ok(plans) if rewrites(plans) => {
+                    tracing::info!(role = %self.login, "monitor-only: result would be rewritten")
+                }
+                Ok(_) => {}
+            }
+            return Ok(Vec::new());
+        }
+        match &outcome {
+            Ok(plans) if rewrites(plans) => {
+                self.metrics.rewritten.inc();
+            }
+            Ok(_) => {
+                self.metrics.clear.inc();
+            }
+            Err(r) => self.refused(r),
+        }
+        outcome
+    }
+
+    /// Counts and logs a refusal decided outside [`ReadPath::decide`].
+    fn refused(&self, r: &Refusal) {
+        self.metrics.refusal(r);
+        tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
+    }
+
     /// Handles a client frame (tag + length + body). Only called for tags the relay routes
     /// here: Q, P, B, E, D, C, S, F.
     pub fn client_frame(
@@ -341,17 +453,12 @@ impl ReadPath {
                     self.queue.push_back(simple(Vec::new(), None));
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.plan(sql) {
-                    Ok(plans) => {
-                        let results = plans
-                            .into_iter()
-                            .map(|p| if p.names.is_some() { None } else { p.result })
-                            .collect();
+                match self.decide(sql) {
+                    Ok(results) => {
                         self.queue.push_back(simple(results, None));
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
-                        tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
                         self.queue.push_back(simple(Vec::new(), Some(r)));
                         Ok(ClientVerdict::Replace(frame(
                             frontend::QUERY,
@@ -421,6 +528,7 @@ impl ReadPath {
                             &|i| b.result_format(i),
                             &self.shared,
                             &self.keys,
+                            &self.metrics,
                         )
                         .map(Some)
                     }
@@ -431,6 +539,7 @@ impl ReadPath {
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
+                        self.refused(&r);
                         self.portals.remove(b.portal);
                         self.queue.push_back(Expect::Refused(r));
                         let mut out = Vec::new();
@@ -464,6 +573,7 @@ impl ReadPath {
                             &|_| 0,
                             &self.shared,
                             &self.keys,
+                            &self.metrics,
                         )
                         .map(Some),
                         None => Err(Refusal::new(
@@ -484,6 +594,7 @@ impl ReadPath {
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
+                        self.refused(&r);
                         self.queue.push_back(Expect::Refused(r));
                         let mut out = Vec::new();
                         cstr(&mut out, REFUSED_NAME);
@@ -518,6 +629,7 @@ impl ReadPath {
                     Code::Unproven,
                     "FunctionCall messages cannot be analysed; call the function in a SELECT",
                 );
+                self.refused(&r);
                 self.queue.push_back(simple(Vec::new(), Some(r)));
                 let mut out = 0u32.to_be_bytes().to_vec();
                 out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
@@ -662,6 +774,7 @@ impl ReadPath {
                 &|i| columns.get(i).map_or(0, |c| c.format),
                 &shared,
                 &keys,
+                &self.metrics,
             );
             match built {
                 Ok(a) => *active = Some(a),
@@ -701,8 +814,11 @@ impl ReadPath {
         if let Some(Expect::Simple { failed, .. } | Expect::Execute { failed, .. }) =
             self.queue.front_mut()
             && failed.is_none()
+            && let Some(r) = r
         {
-            *failed = r;
+            self.metrics.refusal(&r);
+            tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "result stopped");
+            *failed = Some(r);
         }
     }
 
@@ -720,7 +836,14 @@ impl ReadPath {
             && active.is_none()
             && let Some(plan) = plans.get(*index).cloned().flatten()
         {
-            match ActiveResult::build(plan, &|p| p.type_oid, &|_| 0, &self.shared, &self.keys) {
+            match ActiveResult::build(
+                plan,
+                &|p| p.type_oid,
+                &|_| 0,
+                &self.shared,
+                &self.keys,
+                &self.metrics,
+            ) {
                 Ok(a) => *active = Some(a),
                 Err(r) => {
                     *failed = Some(r);
@@ -909,14 +1032,15 @@ fn rewrite_data_row(body: &[u8], active: &ActiveResult, out: &mut Vec<u8>) -> Re
     let mut scratch = Vec::new();
     for i in 0..n {
         let value = r.value().map_err(|_| malformed())?;
-        let transform = active.transforms.iter().find(|(idx, _)| *idx == i);
+        let transform = active.transforms.iter().find(|(idx, _, _)| *idx == i);
         match (value, transform) {
             (None, _) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (Some(v), None) => {
                 out.extend_from_slice(&(v.len() as i32).to_be_bytes());
                 out.extend_from_slice(v);
             }
-            (Some(v), Some((_, t))) => {
+            (Some(v), Some((_, t, counter))) => {
+                counter.inc();
                 scratch.clear();
                 match t.apply(v, &mut scratch) {
                     Ok(Output::Value) => {
@@ -962,11 +1086,12 @@ fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refu
         if i > 0 {
             out.push(sep);
         }
-        let transform = active.transforms.iter().find(|(idx, _)| *idx == i);
+        let transform = active.transforms.iter().find(|(idx, _, _)| *idx == i);
         match transform {
             None => out.extend_from_slice(f),
             Some(_) if *f == b"\\N" || (active.csv && f.is_empty()) => out.extend_from_slice(f),
-            Some((_, t)) => {
+            Some((_, t, counter)) => {
+                counter.inc();
                 if f.contains(&b'\\') || f.contains(&b'"') {
                     return Err(unsupported("escaped or quoted values in protected columns"));
                 }

@@ -316,6 +316,7 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
         store.current().for_role(&info.user, &[]),
         ctx.readpath.clone(),
         ctx.keys.clone(),
+        ctx.metrics.clone(),
     );
     load_catalog(ctx, &mut rp.snapshot, &mut rp.catalog_error, &info.database).await;
     rp.needs_refresh = false;
