@@ -458,3 +458,16 @@ pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (bounded) until `series` reaches `at_least` in the server's /metrics, and returns its
+/// value then. Session outcomes are recorded when the session task ends, which may be just
+/// after the client has seen the connection close.
+pub async fn metric_reaching(server: &RunningServer, series: &str, at_least: f64) -> f64 {
+    let mut value = 0.0;
+    eventually(10, async || {
+        value = metric(&metrics_text(server).await, series);
+        value >= at_least
+    })
+    .await;
+    value
+}
