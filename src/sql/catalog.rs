@@ -51,6 +51,42 @@ impl StaticCatalog {
         Self::default()
     }
 
+    /// The demo CRM schema (`tokengate demo`): customers, payments, visits and the
+    /// `customer_contacts` view. Used by tests, benchmarks and examples.
+    pub fn demo() -> Self {
+        Self::new()
+            .with_table(
+                "public",
+                "customers",
+                &[
+                    "id",
+                    "full_name",
+                    "email",
+                    "phone",
+                    "ssn",
+                    "birth_date",
+                    "city",
+                    "created_at",
+                ],
+            )
+            .with_table(
+                "public",
+                "payments",
+                &["id", "customer_id", "card_number", "amount", "paid_at"],
+            )
+            .with_table(
+                "public",
+                "visits",
+                &["id", "customer_id", "visit_date", "diagnosis", "notes"],
+            )
+            .with_view(
+                "public",
+                "customer_contacts",
+                &["id", "name", "email"],
+                "SELECT id, full_name AS name, email FROM customers",
+            )
+    }
+
     /// Adds a table; column names are stored as given (use lower case for unquoted names).
     pub fn with_table(self, schema: &str, name: &str, columns: &[&str]) -> Self {
         self.with_relation(schema, name, columns, RelationKind::Table)

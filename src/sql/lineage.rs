@@ -602,16 +602,15 @@ impl<'c> Analyzer<'c> {
     fn table_factor(&mut self, factor: &TableFactor, scope: &mut Scope) {
         match factor {
             TableFactor::Table {
-                name, alias, args, ..
+                name,
+                alias,
+                args,
+                with_ordinality,
+                ..
             } => match args {
                 None => self.table(name, alias.as_ref(), scope),
                 Some(args) => {
-                    let lateral = lateral_scope(scope);
-                    let mut sources = Vec::new();
-                    for arg in &args.args {
-                        extend_unique(&mut sources, self.function_arg(arg, &lateral, "f"));
-                    }
-                    self.set_returning(name, sources, alias.as_ref(), false, scope);
+                    self.function_in_from(name, &args.args, alias.as_ref(), *with_ordinality, scope)
                 }
             },
             TableFactor::Derived {
@@ -642,14 +641,7 @@ impl<'c> Analyzer<'c> {
                 alias,
                 with_ordinality,
                 ..
-            } => {
-                let lateral = lateral_scope(scope);
-                let mut sources = Vec::new();
-                for arg in args {
-                    extend_unique(&mut sources, self.function_arg(arg, &lateral, "f"));
-                }
-                self.set_returning(name, sources, alias.as_ref(), *with_ordinality, scope);
-            }
+            } => self.function_in_from(name, args, alias.as_ref(), *with_ordinality, scope),
             TableFactor::UNNEST {
                 alias,
                 array_exprs,
@@ -693,6 +685,23 @@ impl<'c> Analyzer<'c> {
                 });
             }
         }
+    }
+
+    /// `FROM f(args)`: arguments may reference FROM items to the left (implicitly LATERAL).
+    fn function_in_from(
+        &mut self,
+        name: &ObjectName,
+        args: &[FunctionArg],
+        alias: Option<&TableAlias>,
+        with_ordinality: bool,
+        scope: &mut Scope,
+    ) {
+        let lateral = lateral_scope(scope);
+        let mut sources = Vec::new();
+        for arg in args {
+            extend_unique(&mut sources, self.function_arg(arg, &lateral, "f"));
+        }
+        self.set_returning(name, sources, alias, with_ordinality, scope);
     }
 
     /// A set-returning function in FROM: allowed only when traceable; its columns derive from

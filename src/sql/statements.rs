@@ -365,51 +365,13 @@ fn insert_statement(
     // The target, aliased as written (and as `excluded` for ON CONFLICT), is the scope of
     // ON CONFLICT DO UPDATE and RETURNING.
     let alias = insert.table_alias.as_ref().map(|a| a.alias.clone());
-    let relation = TableFactor::Table {
-        name: table_name.clone(),
-        alias: alias.map(|name| sqlparser::ast::TableAlias {
-            explicit: true,
-            name,
-            columns: Vec::new(),
-            at: None,
-        }),
-        args: None,
-        with_hints: Vec::new(),
-        version: None,
-        with_ordinality: false,
-        partitions: Vec::new(),
-        json_path: None,
-        sample: None,
-        index_hints: Vec::new(),
-    };
-    let mut tables = vec![TableWithJoins {
-        relation,
-        joins: Vec::new(),
-    }];
+    let mut tables = vec![table_ref(&table_name, alias)];
     let (assignments, selection) = match &insert.on {
         Some(OnInsert::OnConflict(conflict)) => match &conflict.action {
             sqlparser::ast::OnConflictAction::DoUpdate(update) => {
                 // `excluded` carries the proposed row: the values just written.
-                tables.push(TableWithJoins {
-                    relation: TableFactor::Table {
-                        name: table_name.clone(),
-                        alias: Some(sqlparser::ast::TableAlias {
-                            explicit: true,
-                            name: sqlparser::ast::Ident::new("excluded"),
-                            columns: Vec::new(),
-                            at: None,
-                        }),
-                        args: None,
-                        with_hints: Vec::new(),
-                        version: None,
-                        with_ordinality: false,
-                        partitions: Vec::new(),
-                        json_path: None,
-                        sample: None,
-                        index_hints: Vec::new(),
-                    },
-                    joins: Vec::new(),
-                });
+                let excluded = sqlparser::ast::Ident::new("excluded");
+                tables.push(table_ref(&table_name, Some(excluded)));
                 (update.assignments.clone(), update.selection.clone())
             }
             sqlparser::ast::OnConflictAction::DoNothing => (Vec::new(), None),
@@ -540,21 +502,7 @@ fn copy_statement(
                     .map(|c| SelectItem::UnnamedExpr(Expr::Identifier(c.clone())))
                     .collect()
             };
-            select.from = vec![TableWithJoins {
-                relation: TableFactor::Table {
-                    name: table_name.clone(),
-                    alias: None,
-                    args: None,
-                    with_hints: Vec::new(),
-                    version: None,
-                    with_ordinality: false,
-                    partitions: Vec::new(),
-                    json_path: None,
-                    sample: None,
-                    index_hints: Vec::new(),
-                },
-                joins: Vec::new(),
-            }];
+            select.from = vec![table_ref(table_name, None)];
             analysis.outputs = outputs(analyzer.top_query(&query_of(select)));
         }
         CopySource::Query(query) => {
@@ -571,6 +519,30 @@ fn copy_statement(
             extend_unique(&mut analyzer.writes, sources);
         }
         CopyTarget::Stdout | CopyTarget::Stdin => {}
+    }
+}
+
+/// `FROM name [AS alias]` for statements we analyse as a SELECT over their target.
+fn table_ref(name: &ObjectName, alias: Option<sqlparser::ast::Ident>) -> TableWithJoins {
+    TableWithJoins {
+        relation: TableFactor::Table {
+            name: name.clone(),
+            alias: alias.map(|name| sqlparser::ast::TableAlias {
+                explicit: true,
+                name,
+                columns: Vec::new(),
+                at: None,
+            }),
+            args: None,
+            with_hints: Vec::new(),
+            version: None,
+            with_ordinality: false,
+            partitions: Vec::new(),
+            json_path: None,
+            sample: None,
+            index_hints: Vec::new(),
+        },
+        joins: Vec::new(),
     }
 }
 

@@ -6,39 +6,9 @@ use super::*;
 const C: &str = "public.customers";
 
 fn demo() -> StaticCatalog {
-    StaticCatalog::new()
-        .with_table(
-            "public",
-            "customers",
-            &[
-                "id",
-                "full_name",
-                "email",
-                "phone",
-                "ssn",
-                "birth_date",
-                "city",
-                "created_at",
-            ],
-        )
-        .with_table(
-            "public",
-            "payments",
-            &["id", "customer_id", "card_number", "amount", "paid_at"],
-        )
-        .with_table(
-            "public",
-            "visits",
-            &["id", "customer_id", "visit_date", "diagnosis", "notes"],
-        )
+    StaticCatalog::demo()
         .with_table("public", "notes_copy", &["id", "txt"])
         .with_table("public", "Mixed", &["Email", "id"])
-        .with_view(
-            "public",
-            "customer_contacts",
-            &["id", "name", "email"],
-            "SELECT id, full_name AS name, email FROM customers",
-        )
         .with_view(
             "public",
             "contact_emails",
