@@ -685,7 +685,7 @@ impl ReadPath {
                 let v = self.finish_execute();
                 v.unwrap_or(ServerVerdict::Forward)
             }
-            b'E' => self.error(),
+            b'E' => self.error(body),
             b'Z' => {
                 // Pops the Simple or Sync this ReadyForQuery answers, and anything stale before it.
                 while let Some(e) = self.queue.pop_front() {
@@ -940,7 +940,18 @@ impl ReadPath {
         None
     }
 
-    fn error(&mut self) -> ServerVerdict {
+    fn error(&mut self, body: &[u8]) -> ServerVerdict {
+        let verdict = self.error_bookkeeping();
+        match verdict {
+            ServerVerdict::Forward if self.restricted() => match scrub_error(body) {
+                Some(scrubbed) => ServerVerdict::Replace(scrubbed),
+                None => ServerVerdict::Forward,
+            },
+            v => v,
+        }
+    }
+
+    fn error_bookkeeping(&mut self) -> ServerVerdict {
         match self.queue.front_mut() {
             Some(Expect::Simple {
                 refusal, active, ..
@@ -971,6 +982,70 @@ impl ReadPath {
             _ => ServerVerdict::Forward,
         }
     }
+}
+
+/// Server errors can echo stored values: `invalid input syntax for type integer: "<email>"`
+/// for a cast in a WHERE clause, or a failing row in DETAIL. For restricted roles tokengate
+/// drops DETAIL, CONTEXT and internal-query fields and redacts quoted text after a colon in the
+/// message (identifiers in messages such as `relation "x" does not exist` are not after one).
+/// Returns the rewritten message when anything was removed.
+pub fn scrub_error(body: &[u8]) -> Option<Vec<u8>> {
+    let mut r = Reader::new(body, "ErrorResponse");
+    let mut fields = Vec::new();
+    let mut changed = false;
+    loop {
+        let code = r.u8().ok()?;
+        if code == 0 {
+            break;
+        }
+        let value = r.cstr().ok()?;
+        match code {
+            b'D' | b'W' | b'q' | b'p' => changed = true,
+            b'M' => {
+                let redacted = redact_quoted_values(value);
+                changed |= redacted != value;
+                fields.push((code, redacted));
+            }
+            _ => fields.push((code, value.to_vec())),
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + 5);
+    let start = begin_message(&mut out, b'E');
+    for (code, value) in fields {
+        out.push(code);
+        out.extend_from_slice(&value);
+        out.push(0);
+    }
+    out.push(0);
+    end_message(&mut out, start);
+    Some(out)
+}
+
+/// Replaces `: "..."` (a value quoted after a colon) with `: "(withheld by tokengate)"`.
+fn redact_quoted_values(message: &[u8]) -> Vec<u8> {
+    const MARK: &[u8] = b": \"";
+    let mut out = Vec::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.windows(MARK.len()).position(|w| w == MARK) {
+        out.extend_from_slice(&rest[..at + MARK.len()]);
+        let after = &rest[at + MARK.len()..];
+        // PostgreSQL doubles nothing inside these quotes; the value ends at the last quote.
+        match after.iter().rposition(|&b| b == b'"') {
+            Some(end) => {
+                out.extend_from_slice(b"(withheld by tokengate)\"");
+                rest = &after[end + 1..];
+            }
+            None => {
+                rest = after;
+                break;
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 fn simple(plans: Vec<Option<Arc<ResultPlan>>>, refusal: Option<Refusal>) -> Expect {
@@ -1118,4 +1193,47 @@ fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refu
         out.push(b'\n');
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::backend::error_field;
+
+    fn error(fields: &[(u8, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (c, v) in fields {
+            body.push(*c);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn scrubbing_removes_values_but_keeps_identifiers() {
+        let body = error(&[
+            (b'S', "ERROR"),
+            (b'C', "22P02"),
+            (
+                b'M',
+                "invalid input syntax for type integer: \"ada@example.com\"",
+            ),
+            (b'D', "Failing row contains (1, ada@example.com)."),
+        ]);
+        let out = scrub_error(&body).unwrap();
+        let m = String::from_utf8(error_field(&out[5..], b'M').unwrap().to_vec()).unwrap();
+        assert_eq!(
+            m,
+            "invalid input syntax for type integer: \"(withheld by tokengate)\""
+        );
+        assert!(error_field(&out[5..], b'D').is_none());
+        assert_eq!(error_field(&out[5..], b'C'), Some(&b"22P02"[..]));
+        let plain = error(&[
+            (b'S', "ERROR"),
+            (b'M', "relation \"nowhere\" does not exist"),
+        ]);
+        assert_eq!(scrub_error(&plain), None);
+    }
 }
