@@ -7,96 +7,12 @@
 //! contender in the same rounds, so tokengate's CPU cost has a same-machine, same-run baseline.
 //!
 //! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000).
+mod common;
+
+use common::{cpu_seconds, env_or, median, pgbench, start_tokengate};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU seconds (user + system) used so far by `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-struct PgBench {
-    tps: f64,
-    transactions: f64,
-}
-
-fn pgbench(pg: &EmbeddedPostgres, port: u16, mode: &str, seconds: u64) -> PgBench {
-    let out = Command::new(pg.bindir().join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-S",
-            "-n",
-        ])
-        .args([
-            "-M",
-            mode,
-            "-c",
-            "8",
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-            "bench",
-        ])
-        .env("PGPASSWORD", pg.superuser_password())
-        .output()
-        .expect("run pgbench");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench failed: {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let grab = |prefix: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|r| r.trim().split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
-    };
-    PgBench {
-        tps: grab("tps ="),
-        transactions: grab("number of transactions actually processed:"),
-    }
-}
 
 /// Reads every row of `bulk` with psql into /dev/null; returns wall seconds.
 fn bulk_read(pg: &EmbeddedPostgres, port: u16) -> f64 {
@@ -124,36 +40,6 @@ fn bulk_read(pg: &EmbeddedPostgres, port: u16) -> f64 {
         String::from_utf8_lossy(&out.stderr)
     );
     start.elapsed().as_secs_f64()
-}
-
-fn start_tokengate(pg_port: u16) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin",
-            "off",
-        ])
-        .args([
-            "--upstream",
-            &format!("postgres://127.0.0.1:{pg_port}?sslmode=disable"),
-        ])
-        .env("TOKENGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start tokengate");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tokengate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, port)
 }
 
 /// Starts PgBouncer (session pooling, like tokengate's one upstream connection per client)
@@ -254,7 +140,7 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let (mut tg, tg_port) = start_tokengate(pg.port());
+    let (mut tg, tg_port) = start_tokengate(pg.port(), &[]);
     let pid = tg.id();
     let mut bouncer = start_pgbouncer(&pg);
     println!(
@@ -274,9 +160,9 @@ fn main() {
     let mut ns_per_row = Vec::new();
     for round in 1..=rounds {
         for (i, mode) in modes.iter().enumerate() {
-            let direct = pgbench(&pg, pg.port(), mode, seconds);
+            let direct = pgbench(&pg, pg.port(), "postgres", &["-S"], mode, seconds);
             let before = cpu_seconds(pid);
-            let via = pgbench(&pg, tg_port, mode, seconds);
+            let via = pgbench(&pg, tg_port, "postgres", &["-S"], mode, seconds);
             let cpu = cpu_seconds(pid) - before;
             tps_ratio[i].push(via.tps / direct.tps);
             cpu_us[i].push(cpu / via.transactions * 1e6);
@@ -289,7 +175,7 @@ fn main() {
             );
             if let Some((b, port)) = &bouncer {
                 let before = cpu_seconds(b.id());
-                let run = pgbench(&pg, *port, mode, seconds);
+                let run = pgbench(&pg, *port, "postgres", &["-S"], mode, seconds);
                 let cpu = cpu_seconds(b.id()) - before;
                 bouncer_us[i].push(cpu / run.transactions * 1e6);
                 println!(
