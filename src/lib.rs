@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
