@@ -108,64 +108,67 @@ fn an_intact_log_verifies_and_records_carry_every_field() {
     }
 }
 
+/// Writes `count` records, applies `edit` to the lines, and returns the first break.
+fn tampered(count: u64, edit: impl FnOnce(&mut Vec<String>)) -> tokengate::audit::Break {
+    let dir = tempfile::tempdir().unwrap();
+    let path = single_log(dir.path(), count);
+    let mut all = lines(&path);
+    edit(&mut all);
+    write_lines(&path, &all);
+    verify(&[path], &ring(1)).unwrap_err()
+}
+
 #[test]
 fn an_edited_field_is_reported_on_its_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = single_log(dir.path(), 6);
-    let mut all = lines(&path);
-    all[3] = all[3].replace("\"rows\":3", "\"rows\":0");
-    write_lines(&path, &all);
-    let brk = verify(&[path], &ring(1)).unwrap_err();
+    let brk = tampered(6, |all| all[3] = all[3].replace("\"rows\":3", "\"rows\":0"));
     assert_eq!((brk.kind, brk.line), (BreakKind::Edited, 4), "{brk}");
 }
 
 #[test]
 fn an_edited_first_record_is_an_edit_not_a_wrong_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = single_log(dir.path(), 3);
-    let mut all = lines(&path);
-    all[0] = all[0].replace("analyst", "nobody");
-    write_lines(&path, &all);
-    let brk = verify(&[path], &ring(1)).unwrap_err();
+    let brk = tampered(3, |all| all[0] = all[0].replace("analyst", "nobody"));
     assert_eq!((brk.kind, brk.line), (BreakKind::Edited, 1), "{brk}");
 }
 
 #[test]
 fn a_deleted_line_is_reported_where_the_gap_is() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = single_log(dir.path(), 6);
-    let mut all = lines(&path);
-    all.remove(2);
-    write_lines(&path, &all);
-    let brk = verify(&[path], &ring(1)).unwrap_err();
+    let brk = tampered(6, |all| {
+        all.remove(2);
+    });
     assert_eq!((brk.kind, brk.line), (BreakKind::Deleted, 3), "{brk}");
     assert!(brk.detail.contains("from 1 to 3"), "{brk}");
 }
 
 #[test]
 fn a_deleted_first_line_is_reported() {
+    let brk = tampered(3, |all| {
+        all.remove(0);
+    });
+    assert_eq!((brk.kind, brk.line), (BreakKind::Truncated, 1), "{brk}");
+}
+
+#[test]
+fn tail_accepts_a_later_start_but_still_checks_links() {
     let dir = tempfile::tempdir().unwrap();
-    let path = single_log(dir.path(), 3);
+    let path = single_log(dir.path(), 4);
     let mut all = lines(&path);
     all.remove(0);
     write_lines(&path, &all);
-    let brk = verify(std::slice::from_ref(&path), &ring(1)).unwrap_err();
-    assert_eq!((brk.kind, brk.line), (BreakKind::Truncated, 1), "{brk}");
-    // --tail accepts a chain that starts later, but still checks the links after it.
-    let summary = verify_paths(&[path], &ring(1), "audit", true)
+    let summary = verify_paths(std::slice::from_ref(&path), &ring(1), "audit", true)
         .unwrap()
         .unwrap();
-    assert_eq!((summary.records, summary.first_seq), (2, Some(1)));
+    assert_eq!((summary.records, summary.first_seq), (3, Some(1)));
+    all.remove(1);
+    write_lines(&path, &all);
+    let brk = verify_paths(&[path], &ring(1), "audit", true)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(brk.kind, BreakKind::Deleted, "{brk}");
 }
 
 #[test]
 fn swapped_lines_are_reported_as_reordered() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = single_log(dir.path(), 6);
-    let mut all = lines(&path);
-    all.swap(2, 3);
-    write_lines(&path, &all);
-    let brk = verify(&[path], &ring(1)).unwrap_err();
+    let brk = tampered(6, |all| all.swap(2, 3));
     assert_eq!((brk.kind, brk.line), (BreakKind::Reordered, 3), "{brk}");
 }
 
