@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
+pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -56,7 +56,11 @@ pub fn pgbench(
     mode: &str,
     seconds: u64,
 ) -> PgBench {
-    let password = if user == "postgres" { pg.superuser_password() } else { "bench-pw" };
+    let password = if user == "postgres" {
+        pg.superuser_password()
+    } else {
+        "bench-pw"
+    };
     let out = Command::new(pg.bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-n"])
         .args(workload)
@@ -125,4 +129,3 @@ pub fn start_tokengate(pg_port: u16, extra: &[&str]) -> (Child, u16) {
     }
     (child, port)
 }
-

@@ -2,6 +2,7 @@
 //! and call into the module that owns the work.
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod policy;
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ pub enum Command {
     /// Check a policy file, or explain what a role gets.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Verify audit logs.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -52,5 +56,6 @@ pub fn main() -> ExitCode {
         Command::Token(args) => protect::token(args),
         Command::Mask(args) => protect::mask(args),
         Command::Policy(command) => policy::run(command),
+        Command::Audit(command) => audit::run(command),
     }
 }
