@@ -129,6 +129,8 @@ pub struct FileConfig {
     pub catalog_user: Option<String>,
     pub catalog_password: Option<String>,
     pub catalog_ttl_secs: Option<u64>,
+    /// `audit: { path, fsync, max_bytes, on_failure, redact_text, key_name, queue_capacity }`
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl FileConfig {
@@ -165,6 +167,8 @@ pub struct ServeConfig {
     pub catalog_password: Option<String>,
     /// How long a catalog snapshot is trusted without DDL before it is reloaded.
     pub catalog_ttl: Duration,
+    /// The hash-chained audit log (off when `None`).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +202,7 @@ impl ServeConfig {
             catalog_user: None,
             catalog_password: None,
             catalog_ttl: Duration::from_secs(60),
+            audit: None,
         }
     }
 }

@@ -13,6 +13,8 @@ pub enum Code {
     ShuttingDown,
     UnsupportedProtocol,
     ChannelBindingUnavailable,
+    AlertTerminated,
+    AuditUnavailable,
     Unproven,
     StatementKindDenied,
     FilterDenied,
@@ -27,7 +29,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 20] = [
+    pub const ALL: [Code; 22] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -37,6 +39,8 @@ impl Code {
         Code::ShuttingDown,
         Code::UnsupportedProtocol,
         Code::ChannelBindingUnavailable,
+        Code::AlertTerminated,
+        Code::AuditUnavailable,
         Code::Unproven,
         Code::StatementKindDenied,
         Code::FilterDenied,
@@ -61,6 +65,8 @@ impl Code {
             Code::ShuttingDown => "TG007",
             Code::UnsupportedProtocol => "TG008",
             Code::ChannelBindingUnavailable => "TG009",
+            Code::AlertTerminated => "TG010",
+            Code::AuditUnavailable => "TG112",
             Code::Unproven => "TG101",
             Code::StatementKindDenied => "TG102",
             Code::FilterDenied => "TG103",
@@ -84,6 +90,8 @@ impl Code {
             Code::ShuttingDown => "57P01",
             Code::UnsupportedProtocol => "0A000",
             Code::ChannelBindingUnavailable => "28000",
+            Code::AlertTerminated => "57P01",
+            Code::AuditUnavailable => "58030",
             Code::Unproven
             | Code::StatementKindDenied
             | Code::FilterDenied
@@ -157,6 +165,12 @@ impl Code {
             }
             Code::CatalogUnavailable => {
                 "Check catalog_user/catalog_password and the upstream; fully trusted roles are not affected."
+            }
+            Code::AlertTerminated => {
+                "The role crossed an alert threshold of its policy (alerts: action terminate); see the audit log and tokengate_alerts_total."
+            }
+            Code::AuditUnavailable => {
+                "The audit log cannot be written (disk full, permissions) and the policy fails closed (on_failure: refuse); fix the log's storage."
             }
             Code::ChannelBindingUnavailable => {
                 "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."

@@ -34,6 +34,8 @@ pub enum ServerError {
         "a policy needs a catalog service role to resolve columns: set catalog_user (and catalog_password or TOKENGATE_CATALOG_PASSWORD)"
     )]
     NoCatalogRole,
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// How often the upstream is probed for /readyz.
@@ -96,7 +98,15 @@ impl RunningServer {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let context = Arc::new(Context::new(
+        let audit = match &config.audit {
+            Some(a) => Some(Arc::new(crate::audit::AuditLog::open(
+                a.clone(),
+                keys.as_deref().unwrap_or(&KeyRing::default()),
+                &metrics,
+            )?)),
+            None => None,
+        };
+        let mut context = Context::new(
             config,
             connector,
             client_tls,
@@ -104,7 +114,9 @@ impl RunningServer {
             force_rx,
             policy.clone(),
             keys,
-        ));
+        );
+        context.audit = audit;
+        let context = Arc::new(context);
         let policy_watch = match &policy {
             Some(store) => {
                 tracing::info!(path = %store.path().display(), generation = store.generation(), "policy loaded");

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Seconds a catalog snapshot is used before it is reloaded [default: 60].
     #[arg(long, env = "TOKENGATE_CATALOG_TTL")]
     pub catalog_ttl: Option<u64>,
+    /// Audit log file (hash-chained JSON lines; needs an `audit` key in the key file). The
+    /// config file's `audit:` section sets rotation, fsync and failure behaviour.
+    #[arg(long, env = "TOKENGATE_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "TOKENGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -135,6 +139,14 @@ impl ServeArgs {
             catalog_user: self.catalog_user.or(file.catalog_user),
             catalog_password: self.catalog_password.or(file.catalog_password),
             catalog_ttl: secs(self.catalog_ttl, file.catalog_ttl_secs, 60),
+            audit: match (self.audit_log, file.audit) {
+                (Some(path), Some(mut a)) => {
+                    a.path = path;
+                    Some(a)
+                }
+                (Some(path), None) => Some(crate::audit::AuditConfig::new(path)),
+                (None, a) => a,
+            },
         };
         Ok((config, log_format))
     }

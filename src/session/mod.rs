@@ -51,6 +51,9 @@ pub struct Context {
     /// The upstream catalog, read with the service role; present whenever a policy is.
     pub catalog: Option<CatalogCache>,
     pub readpath: Arc<readpath::ReadPathShared>,
+    /// The audit log, when configured (set by the server after opening it).
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Context {
@@ -92,6 +95,8 @@ impl Context {
         Context {
             catalog,
             readpath: Arc::default(),
+            audit: None,
+            alerts: Arc::new(crate::alerts::Alerts::new(Some(metrics.clone()))),
             bytes_from_client: dir("client_to_upstream"),
             bytes_from_upstream: dir("upstream_to_client"),
             config,

@@ -10,6 +10,8 @@
 //! The expectation queue is kept for every role whenever a policy is configured, so a policy
 //! reload mid-session can never attribute one statement's rows to another's plan.
 use super::enforce::{NamedPlans, ProtectedColumn, Refusal, ResultPlan, plan_statement};
+use crate::alerts::{AlertAction, Alerts};
+use crate::audit::{AuditLog, AuditRecord, ColumnAudit, RefusalAudit, should_audit};
 use crate::catalog::Snapshot;
 use crate::errors::Code;
 use crate::observe::metrics::{
@@ -25,6 +27,7 @@ use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Substitute SQL that PostgreSQL rejects at parse time (a syntax error).
 const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
@@ -116,6 +119,17 @@ fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
     Ok(TransformSpec::new(action, d.label.to_string()))
 }
 
+/// What the audit log needs to know about a statement, created when it is decided and
+/// written when it completes (rows and duration known).
+#[derive(Debug)]
+pub struct PendingAudit {
+    text: String,
+    fingerprint: u64,
+    columns: Vec<ColumnAudit>,
+    started: Instant,
+    rows: std::sync::atomic::AtomicU64,
+}
+
 /// A result being rewritten: the transforms per column and the rows seen so far.
 #[derive(Debug)]
 pub struct ActiveResult {
@@ -123,6 +137,8 @@ pub struct ActiveResult {
     /// (column index, transform, `tokengate_values_protected_total{label,action}` handle).
     transforms: Vec<(usize, Arc<ColumnTransform>, Counter)>,
     rows_counter: Counter,
+    /// The audit record this result's rows count toward.
+    audit: Option<Arc<PendingAudit>>,
     rows: std::sync::atomic::AtomicU64,
     /// COPY text/CSV: how CopyData lines are split.
     csv: bool,
@@ -136,6 +152,7 @@ impl ActiveResult {
         shared: &ReadPathShared,
         keys: &KeyRing,
         metrics: &SessionMetrics,
+        audit: Option<Arc<PendingAudit>>,
     ) -> Result<Arc<ActiveResult>, Refusal> {
         let mut transforms = Vec::with_capacity(plan.protected.len());
         for p in &plan.protected {
@@ -151,6 +168,7 @@ impl ActiveResult {
             transforms.push((p.index, t, counter));
         }
         Ok(Arc::new(ActiveResult {
+            audit,
             rows_counter: metrics.rows.clone(),
             csv: plan.csv,
             plan,
@@ -162,6 +180,9 @@ impl ActiveResult {
     /// Counts a row; true when it is over the limit (and must not reach the client).
     fn count_row(&self) -> bool {
         self.rows_counter.inc();
+        if let Some(a) = &self.audit {
+            a.rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let n = self.rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         self.plan
             .row_limit
@@ -192,11 +213,13 @@ enum Expect {
         /// A refusal decided while results streamed (row limit, lineage): swallow the rest of
         /// this statement's output and report it in place of its CommandComplete.
         failed: Option<Refusal>,
+        audit: Option<Arc<PendingAudit>>,
     },
     /// An Execute of a portal.
     Execute {
         active: Option<Arc<ActiveResult>>,
         failed: Option<Refusal>,
+        audit: Option<Arc<PendingAudit>>,
     },
     /// A substituted extended-protocol message whose ErrorResponse is tokengate's refusal.
     Refused(Refusal),
@@ -220,6 +243,22 @@ pub struct ReadPath {
     pub shared: Arc<ReadPathShared>,
     pub keys: Arc<KeyRing>,
     metrics: SessionMetrics,
+    audit: Option<Arc<AuditLog>>,
+    alerts: Arc<Alerts>,
+    session: AuditSession,
+    /// Set when an alert with `action: terminate` fires; the relay then ends the session.
+    pub terminate: Option<Refusal>,
+    /// Statement texts by prepared statement and portal name, for audit records.
+    texts: HashMap<Vec<u8>, Arc<str>>,
+    portal_texts: HashMap<Vec<u8>, Arc<str>>,
+}
+
+/// Who the audit records are about.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSession {
+    pub id: u64,
+    pub client: String,
+    pub application_name: String,
 }
 
 /// Metric handles resolved once per session (labelled lookups cost ~100 ns, held handles ~20).
@@ -272,6 +311,18 @@ impl SessionMetrics {
     }
 }
 
+/// Result plans per statement and the pending audit record.
+type Decided = (Vec<Option<Arc<ResultPlan>>>, Option<Arc<PendingAudit>>);
+
+fn column_audit(d: &ColumnDecision) -> ColumnAudit {
+    ColumnAudit {
+        column: d.column.to_string(),
+        label: d.label.to_string(),
+        action: format!("{:?}", d.action).to_lowercase(),
+        rule: d.rule.to_string(),
+    }
+}
+
 /// What the client-side handler should do with a frame.
 pub enum ClientVerdict {
     Forward,
@@ -311,8 +362,16 @@ impl ReadPath {
         shared: Arc<ReadPathShared>,
         keys: Arc<KeyRing>,
         metrics: Metrics,
+        audit: (Option<Arc<AuditLog>>, Arc<Alerts>, AuditSession),
     ) -> Self {
+        let (audit, alerts, session) = audit;
         ReadPath {
+            audit,
+            alerts,
+            session,
+            terminate: None,
+            texts: HashMap::new(),
+            portal_texts: HashMap::new(),
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,
@@ -398,8 +457,8 @@ impl ReadPath {
     /// Plans a statement text and applies the role's enforcement mode: the result plans to
     /// use, or the refusal to send. Monitor-only roles (`enforce: false`) get no rewriting and
     /// no refusal; what would have happened is logged and counted as `monitored`.
-    fn decide(&mut self, sql: &[u8]) -> Result<Vec<Option<Arc<ResultPlan>>>, Refusal> {
-        let outcome = self.plan(sql).map(|plans| {
+    fn decide(&mut self, sql: &[u8]) -> Result<Decided, Refusal> {
+        let mut outcome = self.plan(sql).map(|plans| {
             plans
                 .into_iter()
                 .map(|p| if p.names.is_some() { None } else { p.result })
@@ -417,7 +476,17 @@ impl ReadPath {
                 }
                 Ok(_) => {}
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
+        }
+        let touched = matches!(&outcome, Ok(plans) if rewrites(plans));
+        if let Some(log) = &self.audit
+            && should_audit(self.view.audit(), touched, outcome.is_err())
+            && !log.accepting()
+        {
+            outcome = Err(Refusal::new(
+                Code::AuditUnavailable,
+                "the audit log cannot be written, and statements that must be audited are refused",
+            ));
         }
         match &outcome {
             Ok(plans) if rewrites(plans) => {
@@ -426,15 +495,118 @@ impl ReadPath {
             Ok(_) => {
                 self.metrics.clear.inc();
             }
-            Err(r) => self.refused(r),
+            Err(r) => self.refused(r, Some(sql)),
         }
-        outcome
+        let pending = match &outcome {
+            Ok(plans) => self.pending(sql, plans.iter().flatten().map(|p| p.as_ref())),
+            Err(_) => None,
+        };
+        outcome.map(|plans| (plans, pending))
     }
 
-    /// Counts and logs a refusal decided outside [`ReadPath::decide`].
-    fn refused(&self, r: &Refusal) {
+    /// A pending audit record when this statement must be audited.
+    fn pending<'p>(
+        &self,
+        sql: &[u8],
+        plans: impl Iterator<Item = &'p ResultPlan>,
+    ) -> Option<Arc<PendingAudit>> {
+        self.audit.as_ref()?;
+        let columns: Vec<ColumnAudit> = plans
+            .flat_map(|p| p.protected.iter())
+            .map(|p| column_audit(&p.decision))
+            .collect();
+        if !should_audit(self.view.audit(), !columns.is_empty(), false) {
+            return None;
+        }
+        let text = String::from_utf8_lossy(sql).into_owned();
+        Some(Arc::new(PendingAudit {
+            fingerprint: crate::sql::fingerprint(&text),
+            text,
+            columns,
+            started: Instant::now(),
+            rows: Default::default(),
+        }))
+    }
+
+    /// The pending record for one Execute of a portal.
+    fn pending_for_portal(
+        &self,
+        portal: &[u8],
+        active: Option<&Arc<ActiveResult>>,
+    ) -> Option<Arc<PendingAudit>> {
+        let text = self.portal_texts.get(portal)?;
+        let plan = active.map(|a| a.plan.as_ref());
+        self.pending(text.as_bytes(), plan.into_iter())
+    }
+
+    /// Writes a completed statement's record and feeds the role's alert windows.
+    fn finish_audit(&mut self, pending: &PendingAudit, rows: u64) {
+        let values = rows * pending.columns.len() as u64;
+        if let Some(log) = &self.audit {
+            log.record(AuditRecord {
+                time: std::time::SystemTime::now(),
+                session: self.session.id,
+                client: self.session.client.clone(),
+                role: self.login.clone(),
+                application_name: self.session.application_name.clone(),
+                database: self.database.clone(),
+                fingerprint: pending.fingerprint,
+                statement: Some(pending.text.clone()),
+                columns: pending.columns.clone(),
+                refusal: None,
+                rows,
+                duration_ms: pending.started.elapsed().as_secs_f64() * 1000.0,
+            });
+        }
+        self.observe_alerts(values, false);
+    }
+
+    fn observe_alerts(&mut self, protected_values: u64, refused: bool) {
+        let Some(limits) = self.view.alerts() else {
+            return;
+        };
+        if self
+            .alerts
+            .observe(&self.login, protected_values, refused, &limits)
+            == Some(AlertAction::Terminate)
+            && self.terminate.is_none()
+        {
+            self.terminate = Some(Refusal::new(
+                Code::AlertTerminated,
+                format!(
+                    "role {} crossed an alert threshold of its policy",
+                    self.login
+                ),
+            ));
+        }
+    }
+
+    /// Counts, logs and audits a refusal.
+    fn refused(&mut self, r: &Refusal, sql: Option<&[u8]>) {
         self.metrics.refusal(r);
         tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
+        if let Some(log) = &self.audit {
+            let text = sql.map(|s| String::from_utf8_lossy(s).into_owned());
+            log.record(AuditRecord {
+                time: std::time::SystemTime::now(),
+                session: self.session.id,
+                client: self.session.client.clone(),
+                role: self.login.clone(),
+                application_name: self.session.application_name.clone(),
+                database: self.database.clone(),
+                fingerprint: text.as_deref().map_or(0, crate::sql::fingerprint),
+                statement: text,
+                columns: Vec::new(),
+                refusal: Some(RefusalAudit {
+                    code: r.code.id().to_string(),
+                    reason: r.reason().to_string(),
+                    rule: r.message.clone(),
+                }),
+                rows: 0,
+                duration_ms: 0.0,
+            });
+        }
+        self.observe_alerts(0, true);
     }
 
     /// Handles a client frame (tag + length + body). Only called for tags the relay routes
@@ -454,8 +626,12 @@ impl ReadPath {
                     return Ok(ClientVerdict::Forward);
                 }
                 match self.decide(sql) {
-                    Ok(results) => {
-                        self.queue.push_back(simple(results, None));
+                    Ok((results, pending)) => {
+                        let mut e = simple(results, None);
+                        if let Expect::Simple { audit, .. } = &mut e {
+                            *audit = pending;
+                        }
+                        self.queue.push_back(e);
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
@@ -473,13 +649,14 @@ impl ReadPath {
                     self.statements.insert(p.statement.to_vec(), None);
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.plan(p.sql) {
-                    Ok(plans) => {
-                        let result = plans
-                            .into_iter()
-                            .next()
-                            .and_then(|p| if p.names.is_some() { None } else { p.result });
+                match self.decide(p.sql) {
+                    Ok((results, _)) => {
+                        let result = results.into_iter().next().flatten();
                         self.statements.insert(p.statement.to_vec(), result);
+                        if self.audit.is_some() {
+                            let text: Arc<str> = String::from_utf8_lossy(p.sql).into();
+                            self.texts.insert(p.statement.to_vec(), text);
+                        }
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
@@ -529,6 +706,7 @@ impl ReadPath {
                             &self.shared,
                             &self.keys,
                             &self.metrics,
+                            None,
                         )
                         .map(Some)
                     }
@@ -536,10 +714,13 @@ impl ReadPath {
                 match active {
                     Ok(a) => {
                         self.portals.insert(b.portal.to_vec(), a);
+                        if let Some(text) = self.texts.get(b.statement).cloned() {
+                            self.portal_texts.insert(b.portal.to_vec(), text);
+                        }
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
-                        self.refused(&r);
+                        self.refused(&r, None);
                         self.portals.remove(b.portal);
                         self.queue.push_back(Expect::Refused(r));
                         let mut out = Vec::new();
@@ -556,6 +737,7 @@ impl ReadPath {
                     self.queue.push_back(Expect::Execute {
                         active: None,
                         failed: None,
+                        audit: None,
                     });
                     return Ok(ClientVerdict::Forward);
                 }
@@ -574,6 +756,7 @@ impl ReadPath {
                             &self.shared,
                             &self.keys,
                             &self.metrics,
+                            None,
                         )
                         .map(Some),
                         None => Err(Refusal::new(
@@ -587,14 +770,16 @@ impl ReadPath {
                 };
                 match active {
                     Ok(active) => {
+                        let audit = self.pending_for_portal(portal, active.as_ref());
                         self.queue.push_back(Expect::Execute {
                             active,
                             failed: None,
+                            audit,
                         });
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) => {
-                        self.refused(&r);
+                        self.refused(&r, None);
                         self.queue.push_back(Expect::Refused(r));
                         let mut out = Vec::new();
                         cstr(&mut out, REFUSED_NAME);
@@ -629,7 +814,7 @@ impl ReadPath {
                     Code::Unproven,
                     "FunctionCall messages cannot be analysed; call the function in a SELECT",
                 );
-                self.refused(&r);
+                self.refused(&r, None);
                 self.queue.push_back(simple(Vec::new(), Some(r)));
                 let mut out = 0u32.to_be_bytes().to_vec();
                 out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
@@ -689,8 +874,16 @@ impl ReadPath {
             b'Z' => {
                 // Pops the Simple or Sync this ReadyForQuery answers, and anything stale before it.
                 while let Some(e) = self.queue.pop_front() {
-                    if matches!(e, Expect::Simple { .. } | Expect::Sync) {
-                        break;
+                    match e {
+                        Expect::Simple { audit, .. } => {
+                            if let Some(p) = audit {
+                                let rows = p.rows.load(std::sync::atomic::Ordering::Relaxed);
+                                self.finish_audit(&p, rows);
+                            }
+                            break;
+                        }
+                        Expect::Sync => break,
+                        _ => {}
                     }
                 }
                 ServerVerdict::Forward
@@ -709,11 +902,13 @@ impl ReadPath {
             index,
             active,
             failed,
+            audit: pending_audit,
             ..
         }) = self.queue.front_mut()
         else {
             return ServerVerdict::Forward;
         };
+        let pending_audit = pending_audit.clone();
         let plan = plans.get(*index).cloned().flatten();
         let columns = match parse_row_description(body) {
             Some(c) => c,
@@ -775,6 +970,7 @@ impl ReadPath {
                 &shared,
                 &keys,
                 &self.metrics,
+                pending_audit,
             );
             match built {
                 Ok(a) => *active = Some(a),
@@ -831,6 +1027,7 @@ impl ReadPath {
             index,
             active,
             failed,
+            audit,
             ..
         }) = self.queue.front_mut()
             && active.is_none()
@@ -843,6 +1040,7 @@ impl ReadPath {
                 &self.shared,
                 &self.keys,
                 &self.metrics,
+                audit.clone(),
             ) {
                 Ok(a) => *active = Some(a),
                 Err(r) => {
@@ -920,7 +1118,7 @@ impl ReadPath {
                     };
                 }
                 let f = failed.take();
-                self.queue.pop_front();
+                self.pop_execute();
                 f
             }
             _ => None,
@@ -934,10 +1132,20 @@ impl ReadPath {
     fn finish_execute(&mut self) -> Option<ServerVerdict> {
         if let Some(Expect::Execute { failed, .. }) = self.queue.front_mut() {
             let f = failed.take();
-            self.queue.pop_front();
+            self.pop_execute();
             return f.map(|r| ServerVerdict::Replace(refusal_error(&r)));
         }
         None
+    }
+
+    /// Pops a completed Execute and writes its audit record (rows read from the portal so far).
+    fn pop_execute(&mut self) {
+        if let Some(Expect::Execute { active, audit, .. }) = self.queue.pop_front()
+            && let Some(p) = audit
+        {
+            let rows = active.map_or(0, |a| a.rows.load(std::sync::atomic::Ordering::Relaxed));
+            self.finish_audit(&p, rows);
+        }
     }
 
     fn error(&mut self, body: &[u8]) -> ServerVerdict {
@@ -1055,6 +1263,7 @@ fn simple(plans: Vec<Option<Arc<ResultPlan>>>, refusal: Option<Refusal>) -> Expe
         active: None,
         refusal,
         failed: None,
+        audit: None,
     }
 }
 

@@ -317,6 +317,15 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
         ctx.readpath.clone(),
         ctx.keys.clone(),
         ctx.metrics.clone(),
+        (
+            ctx.audit.clone(),
+            ctx.alerts.clone(),
+            super::readpath::AuditSession {
+                id: u64::from(info.client_key_pid.unwrap_or_default()),
+                client: info.peer.to_string(),
+                application_name: info.application_name.clone(),
+            },
+        ),
     );
     load_catalog(ctx, &mut rp.snapshot, &mut rp.catalog_error, &info.database).await;
     rp.needs_refresh = false;
@@ -556,7 +565,21 @@ async fn upstream_pump(
     let mut force_open = true;
     loop {
         match pump.flush_to(&mut wr).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                let terminate = if enforcing {
+                    lock(shared)
+                        .readpath
+                        .as_mut()
+                        .and_then(|rp| rp.terminate.take())
+                } else {
+                    None
+                };
+                if let Some(r) = terminate {
+                    tracing::warn!(error = %r.message, "ending session on alert");
+                    write_error(&mut wr, &r.code.error(&r.message)).await;
+                    return UpstreamEnd::Stopped;
+                }
+            }
             Ok(Err(_)) => return UpstreamEnd::ClientWriteFailed,
             Err(e) => {
                 tracing::warn!(error = %e, "upstream sent a malformed message");
