@@ -992,3 +992,504 @@ async fn leaks_raw_portal_in_chunks() {
     }
     report("raw portals in chunks", cases.len(), &failures);
 }
+
+/// COPY TO STDOUT through the raw client: text and CSV are rewritten, binary COPY of protected
+/// columns and COPY of derived values are refused.
+const COPY: &[Case] = &[
+    ("support", "COPY customers TO STDOUT", Rewritten),
+    (
+        "analyst",
+        "COPY customers (id, full_name, email, phone, ssn) TO STDOUT",
+        Rewritten,
+    ),
+    (
+        "support",
+        "COPY (SELECT ssn, phone FROM customers) TO STDOUT (FORMAT csv, HEADER)",
+        Rewritten,
+    ),
+    (
+        "analyst",
+        "COPY (SELECT card_number FROM payments) TO STDOUT WITH (FORMAT csv, DELIMITER '|')",
+        Rewritten,
+    ),
+    (
+        "support",
+        "COPY payments TO STDOUT (FORMAT text, NULL 'x')",
+        Rewritten,
+    ),
+    (
+        "support",
+        "COPY (SELECT * FROM customer_contacts) TO STDOUT",
+        Rewritten,
+    ),
+    (
+        "support",
+        "COPY (SELECT lower(email) FROM customers) TO STDOUT",
+        Refused,
+    ),
+    (
+        "analyst",
+        "COPY (SELECT row_to_json(c) FROM customers c) TO STDOUT",
+        Refused,
+    ),
+    (
+        "support",
+        "COPY (SELECT full_name, ssn FROM customers) TO STDOUT (FORMAT binary)",
+        Refused,
+    ),
+    (
+        "analyst",
+        "COPY (SELECT birth_date FROM customers) TO STDOUT (FORMAT binary)",
+        Refused,
+    ),
+    (
+        "support",
+        "COPY customers TO STDOUT (FORMAT binary)",
+        Refused,
+    ),
+    ("support", "COPY visits TO STDOUT", Refused),
+    (
+        "analyst",
+        "COPY (SELECT notes FROM visits) TO STDOUT (FORMAT csv)",
+        Refused,
+    ),
+    (
+        "auditor",
+        "COPY (SELECT id FROM customers) TO STDOUT",
+        Refused,
+    ),
+    ("auditor", "COPY customers TO STDOUT", Refused),
+    ("ana2", "COPY customers (email) TO STDOUT", Refused),
+    (
+        "support",
+        "SELECT 1; COPY (SELECT ssn FROM customers) TO STDOUT",
+        Rewritten,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaks_copy_to_stdout() {
+    crm();
+    let proxy = crm_proxy().await;
+    let oracle = &crm().oracle;
+    let mut failures = Vec::new();
+    for (role, sql, expect) in COPY {
+        let mut raw = raw_as(proxy.addr, role).await;
+        let mut seen = Seen::default();
+        seen.absorb(&raw.query(sql).await);
+        if let Some(f) = judge(&format!("{role}: {sql} (raw)"), *expect, &seen, oracle) {
+            failures.push(f);
+        }
+    }
+    // tokio-postgres copy_out (extended protocol COPY).
+    let tokio_cases: &[Case] = &[
+        (
+            "support",
+            "COPY (SELECT email, ssn FROM customers) TO STDOUT",
+            Rewritten,
+        ),
+        (
+            "analyst",
+            "COPY customers (phone, birth_date) TO STDOUT (FORMAT csv)",
+            Rewritten,
+        ),
+        (
+            "support",
+            "COPY (SELECT md5(email) FROM customers) TO STDOUT",
+            Refused,
+        ),
+    ];
+    for (role, sql, expect) in tokio_cases {
+        use futures_util::StreamExt;
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        match s.client.copy_out(*sql).await {
+            Err(e) => seen.error(&e),
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(bytes) => {
+                            seen.copy_messages += 1;
+                            seen.copy_data(&bytes);
+                        }
+                        Err(e) => {
+                            seen.error(&e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        s.drain_notices(&mut seen);
+        if let Some(f) = judge(&format!("{role}: {sql} (copy_out)"), *expect, &seen, oracle) {
+            failures.push(f);
+        }
+    }
+    report("COPY TO STDOUT", COPY.len() + tokio_cases.len(), &failures);
+}
+
+/// Cursors: DECLARE/FETCH in a transaction block, fetched in chunks, as separate statements on
+/// one session (simple protocol) and with FETCH through the extended protocol (binary).
+const CURSORS: &[(&str, &[&str], Expect)] = &[
+    (
+        "support",
+        &[
+            "BEGIN",
+            "DECLARE c1 CURSOR FOR SELECT full_name, email, phone, ssn FROM customers",
+            "FETCH 5 FROM c1",
+            "FETCH 50 FROM c1",
+            "FETCH ALL FROM c1",
+            "COMMIT",
+        ],
+        Rewritten,
+    ),
+    (
+        "analyst",
+        &[
+            "BEGIN",
+            "DECLARE c2 SCROLL CURSOR FOR SELECT ssn, birth_date FROM customers WHERE id <= 20",
+            "FETCH 3 FROM c2",
+            "MOVE 5 IN c2",
+            "FETCH BACKWARD 2 FROM c2",
+            "FETCH ABSOLUTE 1 FROM c2",
+            "COMMIT",
+        ],
+        Rewritten,
+    ),
+    (
+        "support",
+        &[
+            "DECLARE c3 CURSOR WITH HOLD FOR SELECT card_number FROM payments",
+            "FETCH 100 FROM c3",
+            "FETCH 1000 FROM c3",
+            "CLOSE c3",
+        ],
+        Rewritten,
+    ),
+    (
+        "support",
+        &[
+            "BEGIN",
+            "DECLARE c4 BINARY CURSOR FOR SELECT ssn, email FROM customers",
+            "FETCH ALL FROM c4",
+            "COMMIT",
+        ],
+        Protected,
+    ),
+    (
+        "support",
+        &[
+            "BEGIN",
+            "DECLARE c5 CURSOR FOR SELECT lower(email) FROM customers",
+            "FETCH ALL FROM c5",
+            "COMMIT",
+        ],
+        Refused,
+    ),
+    (
+        "analyst",
+        &[
+            "BEGIN",
+            "DECLARE c6 CURSOR FOR SELECT id FROM customers ORDER BY ssn",
+            "FETCH ALL FROM c6",
+            "COMMIT",
+        ],
+        Refused,
+    ),
+    (
+        "support",
+        &[
+            "BEGIN",
+            "DECLARE c7 CURSOR FOR SELECT diagnosis FROM visits",
+            "FETCH ALL FROM c7",
+            "COMMIT",
+        ],
+        Refused,
+    ),
+    (
+        "ana2",
+        &[
+            "BEGIN",
+            "DECLARE c8 CURSOR FOR SELECT email FROM customers",
+            "FETCH ALL FROM c8",
+            "COMMIT",
+        ],
+        Refused,
+    ),
+    (
+        "support",
+        &[
+            "BEGIN; DECLARE c9 CURSOR FOR SELECT ssn, phone FROM customers; FETCH 10 FROM c9; FETCH 10 FROM c9; COMMIT",
+        ],
+        Rewritten,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaks_cursors() {
+    crm();
+    let proxy = crm_proxy().await;
+    let oracle = &crm().oracle;
+    let mut failures = Vec::new();
+    for (role, steps, expect) in CURSORS {
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        for step in *steps {
+            seen.simple(&mut s, step).await;
+        }
+        if let Some(f) = judge(
+            &format!("{role}: {}", steps.join("; ")),
+            *expect,
+            &seen,
+            oracle,
+        ) {
+            failures.push(f);
+        }
+    }
+    // FETCH through the extended protocol (binary results) on a cursor declared with the simple
+    // protocol.
+    let cases: &[(&str, &str, Expect)] = &[
+        (
+            "support",
+            "SELECT full_name, email, ssn FROM customers",
+            Rewritten,
+        ),
+        (
+            "analyst",
+            "SELECT phone, birth_date FROM customers",
+            Rewritten,
+        ),
+        ("support", "SELECT upper(email) FROM customers", Refused),
+    ];
+    for (role, query, expect) in cases {
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        seen.simple(&mut s, "BEGIN").await;
+        seen.simple(&mut s, &format!("DECLARE xc CURSOR FOR {query}"))
+            .await;
+        for _ in 0..3 {
+            match s
+                .client
+                .query_raw("FETCH 20 FROM xc", std::iter::empty::<i32>())
+                .await
+            {
+                Ok(rows) => seen.absorb_rows(rows).await,
+                Err(e) => seen.error(&e),
+            }
+        }
+        seen.simple(&mut s, "ROLLBACK").await;
+        let name = format!("{role}: DECLARE xc CURSOR FOR {query}; FETCH 20 (extended, binary) x3");
+        if let Some(f) = judge(&name, *expect, &seen, oracle) {
+            failures.push(f);
+        }
+    }
+    report("cursors", CURSORS.len() + cases.len(), &failures);
+}
+
+/// Portals with row limits through tokio-postgres (`bind` + `query_portal`, binary results).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaks_portals_with_row_limits() {
+    crm();
+    let proxy = crm_proxy().await;
+    let oracle = &crm().oracle;
+    let mut failures = Vec::new();
+    let cases: &[Case] = &[
+        (
+            "support",
+            "SELECT id, full_name, email, phone, ssn FROM customers ORDER BY id",
+            Rewritten,
+        ),
+        ("analyst", "SELECT * FROM customers ORDER BY id", Rewritten),
+        (
+            "auditor",
+            "SELECT p.card_number, c.email FROM payments p JOIN customers c ON c.id = p.customer_id",
+            Rewritten,
+        ),
+        ("support", "SELECT row_to_json(c) FROM customers c", Refused),
+        (
+            "analyst",
+            "SELECT id FROM customers WHERE ssn LIKE '2%'",
+            Refused,
+        ),
+    ];
+    for (role, sql, expect) in cases {
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        let tx = s.client.transaction().await.unwrap();
+        match tx.prepare(sql).await {
+            Err(e) => seen.error(&e),
+            Ok(stmt) => match tx.bind(&stmt, &[]).await {
+                Err(e) => seen.error(&e),
+                Ok(portal) => {
+                    // Bounded: 400 rows at most in 9-row chunks.
+                    for _ in 0..60 {
+                        match tx.query_portal(&portal, 9).await {
+                            Ok(rows) if rows.is_empty() => break,
+                            Ok(rows) => rows.iter().for_each(|r| seen.row(r, "DataRow (portal)")),
+                            Err(e) => {
+                                seen.error(&e);
+                                break;
+                            }
+                        }
+                    }
+                }
+            },
+        }
+        drop(tx);
+        s.drain_notices(&mut seen);
+        if let Some(f) = judge(
+            &format!("{role}: {sql} (portal, 9-row chunks)"),
+            *expect,
+            &seen,
+            oracle,
+        ) {
+            failures.push(f);
+        }
+    }
+    report("portals with row limits", cases.len(), &failures);
+}
+
+/// RETURNING from INSERT/UPDATE/DELETE, all rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaks_returning() {
+    crm();
+    let proxy = crm_proxy().await;
+    // Values written by the test itself are protected too once stored.
+    let oracle = crm().oracle.with(&[
+        (Kind::FullName, "Zebulon Quarterfield".into()),
+        (Kind::Email, "zebulon.quarterfield@example.com".into()),
+        (Kind::Phone, "+1 (555) 010-9876".into()),
+        (Kind::Ssn, "987-65-4320".into()),
+        (Kind::BirthDate, "1990-01-02".into()),
+        (Kind::Card, "4000056655665556".into()),
+    ]);
+    let insert = "INSERT INTO customers (full_name, email, phone, ssn, birth_date, city) VALUES \
+                  ('Zebulon Quarterfield', 'zebulon.quarterfield@example.com', '+1 (555) 010-9876', \
+                  '987-65-4320', '1990-01-02', 'Salem')";
+    let cases: Vec<(&str, String, Expect)> = vec![
+        ("support", format!("{insert} RETURNING *"), Rewritten),
+        ("analyst", format!("{insert} RETURNING id, email, ssn, birth_date"), Rewritten),
+        ("support", format!("{insert} RETURNING lower(email)"), Refused),
+        ("support", format!("{insert} RETURNING row_to_json(customers)"), Refused),
+        ("support", "UPDATE customers SET city = city WHERE id <= 5 RETURNING ssn, email, phone".into(), Rewritten),
+        ("analyst", "UPDATE customers SET city = 'Salem' WHERE id <= 5 RETURNING *".into(), Rewritten),
+        ("support", "UPDATE customers SET city = city WHERE id <= 5 RETURNING ssn || ''".into(), Refused),
+        ("support", "UPDATE customers SET city = ssn WHERE id <= 5 RETURNING city".into(), Refused),
+        ("support", "UPDATE customers SET phone = phone WHERE ssn LIKE '1%' RETURNING id".into(), Refused),
+        ("support", "DELETE FROM payments WHERE id <= 3 RETURNING card_number, amount".into(), Rewritten),
+        ("analyst", "DELETE FROM payments WHERE id <= 3 RETURNING *".into(), Rewritten),
+        ("support", "DELETE FROM visits WHERE id <= 3 RETURNING notes".into(), Refused),
+        ("analyst", "DELETE FROM visits WHERE id <= 3 RETURNING diagnosis".into(), Refused),
+        ("support", "WITH u AS (UPDATE customers SET city = city WHERE id <= 3 RETURNING ssn) SELECT ssn FROM u".into(), Protected),
+        ("support", "WITH u AS (UPDATE customers SET city = city WHERE id <= 3 RETURNING ssn) SELECT md5(ssn) FROM u".into(), Refused),
+        ("ana2", "UPDATE customers SET city = city WHERE id = 1 RETURNING email".into(), Refused),
+    ];
+    let mut failures = Vec::new();
+    for (role, sql, expect) in &cases {
+        // Simple protocol.
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        seen.simple(&mut s, "BEGIN").await;
+        seen.simple(&mut s, sql).await;
+        seen.simple(&mut s, "ROLLBACK").await;
+        if let Some(f) = judge(&format!("{role}: {sql} (simple)"), *expect, &seen, &oracle) {
+            failures.push(f);
+        }
+        // Extended protocol, binary results.
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        seen.simple(&mut s, "BEGIN").await;
+        match s
+            .client
+            .query_raw(sql.as_str(), std::iter::empty::<i32>())
+            .await
+        {
+            Ok(rows) => seen.absorb_rows(rows).await,
+            Err(e) => seen.error(&e),
+        }
+        seen.simple(&mut s, "ROLLBACK").await;
+        if let Some(f) = judge(
+            &format!("{role}: {sql} (extended)"),
+            *expect,
+            &seen,
+            &oracle,
+        ) {
+            failures.push(f);
+        }
+    }
+    report("RETURNING", cases.len() * 2, &failures);
+}
+
+/// auditor: read-only statement kinds and the 1000-row limit (stopped with an error, never
+/// silently truncated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaks_auditor_statement_kinds_and_row_limit() {
+    crm();
+    let proxy = crm_proxy().await;
+    let oracle = &crm().oracle;
+    let mut failures = Vec::new();
+    let kinds: &[Case] = &[
+        (
+            "auditor",
+            "INSERT INTO payments (customer_id, card_number, amount, paid_at) VALUES (1, '4000056655665556', 1, now())",
+            Refused,
+        ),
+        (
+            "auditor",
+            "UPDATE customers SET city = city WHERE id = 1",
+            Refused,
+        ),
+        ("auditor", "DELETE FROM payments WHERE id = -1", Refused),
+        (
+            "auditor",
+            "CREATE TEMP TABLE audit_copy AS SELECT id FROM customers",
+            Refused,
+        ),
+        (
+            "auditor",
+            "COPY (SELECT id FROM payments) TO STDOUT",
+            Refused,
+        ),
+    ];
+    for (role, sql, expect) in kinds {
+        let mut s = via(&proxy, role).await;
+        let mut seen = Seen::default();
+        seen.simple(&mut s, "BEGIN").await;
+        seen.simple(&mut s, sql).await;
+        seen.simple(&mut s, "ROLLBACK").await;
+        if let Some(f) = judge(&format!("{role}: {sql}"), *expect, &seen, oracle) {
+            failures.push(f);
+        }
+    }
+    // 200 x 400 = 80,000 rows of unprotected values: over the limit, so an error, and no more
+    // than 1000 rows delivered before it. Simple and extended protocol.
+    let big = "SELECT c.id, p.id FROM customers c CROSS JOIN payments p";
+    let mut s = via(&proxy, "auditor").await;
+    let mut seen = Seen::default();
+    seen.simple(&mut s, big).await;
+    if !seen.refused() || seen.rows > 1000 {
+        failures.push(format!(
+            "[auditor: {big} (simple)] expected the row limit to stop it with a refusal after at most 1000 rows, got {} rows, refused: {}",
+            seen.rows,
+            seen.refused()
+        ));
+    }
+    let mut seen = Seen::default();
+    match s.client.query_raw(big, std::iter::empty::<i32>()).await {
+        Ok(rows) => seen.absorb_rows(rows).await,
+        Err(e) => seen.error(&e),
+    }
+    if !seen.refused() || seen.rows > 1000 {
+        failures.push(format!(
+            "[auditor: {big} (extended)] expected the row limit to stop it with a refusal after at most 1000 rows, got {} rows, refused: {}",
+            seen.rows,
+            seen.refused()
+        ));
+    }
+    report(
+        "auditor statement kinds and row limit",
+        kinds.len() + 2,
+        &failures,
+    );
+}

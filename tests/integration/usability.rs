@@ -1,3 +1,451 @@
 //! The usability corpus: what restricted roles of `policies/demo.yaml` must still be able to do
 //! through tokengate (counts, joins on unprotected keys, their own writes, well-formed tokens and
 //! masks, clear values for app_admin, a usable session after a refusal).
+use crate::crm::*;
+
+use tokengate::demo::data::luhn_valid;
+
+/// All values of a simple-protocol query (NULL as None), failing on any error.
+async fn rows(s: &Session, sql: &str) -> Vec<Vec<Option<String>>> {
+    s.client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The refusal's SQLSTATE, without ever printing what came back instead (it may be plaintext).
+fn refused_code<T>(what: &str, result: Result<T, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => panic!("{what}: expected a refusal, the statement succeeded"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| format!("not an ErrorResponse: {e}")),
+    }
+}
+
+fn column(rows: &[Vec<Option<String>>], i: usize) -> Vec<String> {
+    rows.iter()
+        .map(|r| r[i].clone().expect("a protected value, not NULL"))
+        .collect()
+}
+
+/// Asserts that none of the received values leaks (the same oracle as the leak corpus).
+fn assert_clean(what: &str, rows: &[Vec<Option<String>>]) {
+    let mut seen = Seen::default();
+    for v in rows.iter().flatten().flatten() {
+        seen.push("row", v.clone());
+    }
+    let leaks = crm().oracle.leaks(&seen);
+    assert!(leaks.is_empty(), "{what}: {leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_counts_groups_and_joins_on_unprotected_columns() {
+    crm();
+    let proxy = crm_proxy().await;
+    let admin = direct("app_admin").await;
+    for role in ["support", "analyst", "auditor"] {
+        let s = via(&proxy, role).await;
+        for sql in [
+            "SELECT count(*) FROM customers",
+            "SELECT city, count(*) FROM customers GROUP BY city ORDER BY city",
+            "SELECT c.city, count(p.id), sum(p.amount)::text FROM customers c \
+             JOIN payments p ON p.customer_id = c.id GROUP BY c.city ORDER BY c.city",
+            "SELECT count(*) FROM visits",
+            "SELECT id, city FROM customers WHERE city = 'Salem' ORDER BY id",
+        ] {
+            assert_eq!(
+                rows(&s, sql).await,
+                rows(&admin, sql).await,
+                "{role}: {sql} must equal the direct answer"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_support_sees_masks_in_the_documented_format() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "support").await;
+    let admin = direct("app_admin").await;
+    let sql = "SELECT full_name, email, phone, ssn, birth_date FROM customers ORDER BY id LIMIT 20";
+    let masked = rows(&s, sql).await;
+    let clear = rows(&admin, sql).await;
+    assert_eq!(masked.len(), 20);
+    assert_clean("support masks", &masked);
+    for (m, c) in masked.iter().zip(&clear) {
+        let (name, email, phone, ssn) = (
+            m[0].clone().unwrap(),
+            m[1].clone().unwrap(),
+            m[2].clone().unwrap(),
+            m[3].clone().unwrap(),
+        );
+        let (cname, cemail, cphone, cssn) = (
+            c[0].clone().unwrap(),
+            c[1].clone().unwrap(),
+            c[2].clone().unwrap(),
+            c[3].clone().unwrap(),
+        );
+        // first:1 keeps the first character.
+        assert_eq!(name.chars().next(), cname.chars().next(), "name mask");
+        assert_ne!(name, cname);
+        // email: first character of the local part, then ***, domain kept.
+        let domain = cemail.split('@').nth(1).unwrap();
+        assert!(
+            email.ends_with(&format!("@{domain}")),
+            "email mask keeps the domain"
+        );
+        assert_eq!(email.chars().next(), cemail.chars().next());
+        assert!(email.contains("***"), "email mask hides the local part");
+        // last4 on the phone: only the last four digits remain visible.
+        let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+        let clear_digits: String = cphone.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!(
+            digits,
+            clear_digits[clear_digits.len() - 4..],
+            "phone last4"
+        );
+        assert!(phone.ends_with(&cphone[cphone.len() - 4..]));
+        // ***-**-#### on the SSN.
+        assert_eq!(ssn, format!("***-**-{}", &cssn[7..]), "ssn mask");
+        // birth_date: mask null.
+        assert_eq!(m[4], None, "birth_date is masked to NULL");
+    }
+    let cards = rows(&s, "SELECT card_number FROM payments ORDER BY id LIMIT 20").await;
+    let clear_cards = rows(
+        &admin,
+        "SELECT card_number FROM payments ORDER BY id LIMIT 20",
+    )
+    .await;
+    for (m, c) in column(&cards, 0).iter().zip(column(&clear_cards, 0)) {
+        assert!(m.ends_with(&c[c.len() - 4..]), "card mask keeps the last 4");
+        let visible: String = m.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!(visible.len(), 4, "card mask shows only the last 4 digits");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_analyst_tokens_keep_their_formats() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "analyst").await;
+    let admin = direct("app_admin").await;
+    let sql = "SELECT email, phone, ssn, birth_date FROM customers ORDER BY id LIMIT 50";
+    let tokens = rows(&s, sql).await;
+    let clear = rows(&admin, sql).await;
+    assert_eq!(tokens.len(), 50);
+    assert_clean("analyst tokens", &tokens);
+    for (t, c) in tokens.iter().zip(&clear) {
+        let (email, phone, ssn, birth) = (
+            t[0].clone().unwrap(),
+            t[1].clone().unwrap(),
+            t[2].clone().unwrap(),
+            t[3].clone().unwrap(),
+        );
+        let (local, domain) = email.split_once('@').expect("email token is an address");
+        assert!(
+            !local.is_empty() && domain.contains('.'),
+            "email token shape"
+        );
+        let digits = |v: &str| v.chars().filter(char::is_ascii_digit).count();
+        assert_eq!(
+            digits(&phone),
+            digits(c[1].as_deref().unwrap()),
+            "phone digit count"
+        );
+        let is_ssn = ssn.len() == 11
+            && ssn.char_indices().all(|(i, ch)| {
+                if i == 3 || i == 6 {
+                    ch == '-'
+                } else {
+                    ch.is_ascii_digit()
+                }
+            });
+        assert!(is_ssn, "ssn token matches ^\\d{{3}}-\\d{{2}}-\\d{{4}}$");
+        assert_ne!(ssn, c[2].clone().unwrap());
+        assert!(
+            tokengate::protect::column::parse_date_text(birth.as_bytes()).is_some(),
+            "birth_date token is a date"
+        );
+    }
+    let cards = rows(&s, "SELECT card_number FROM payments ORDER BY id LIMIT 50").await;
+    let clear_cards = rows(
+        &admin,
+        "SELECT card_number FROM payments ORDER BY id LIMIT 50",
+    )
+    .await;
+    for (t, c) in column(&cards, 0).iter().zip(column(&clear_cards, 0)) {
+        assert_eq!(t.len(), c.len());
+        assert!(luhn_valid(t), "card token passes Luhn");
+        assert_eq!(
+            t[t.len() - 4..],
+            c[c.len() - 4..],
+            "card token keeps the last 4"
+        );
+        assert_ne!(*t, c);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_tokens_are_deterministic_and_stable_for_joins_and_groups() {
+    crm();
+    let proxy = crm_proxy().await;
+    let a = via(&proxy, "analyst").await;
+    let b = via(&proxy, "analyst").await;
+    let sql = "SELECT id, email, ssn, phone FROM customers ORDER BY id";
+    let first = rows(&a, sql).await;
+    assert_clean("analyst tokens", &first);
+    assert_eq!(first, rows(&b, sql).await, "same tokens in two sessions");
+    assert_eq!(
+        first,
+        rows(&a, sql).await,
+        "same tokens twice in one session"
+    );
+    // The same customer's token through a join equals the one read directly.
+    let joined = rows(
+        &b,
+        "SELECT c.id, c.email FROM payments p JOIN customers c ON c.id = p.customer_id ORDER BY p.id",
+    )
+    .await;
+    let by_id: std::collections::HashMap<_, _> =
+        first.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    for r in &joined {
+        assert_eq!(by_id[&r[0]], r[1], "a join yields the same token");
+    }
+    // Equal plaintexts give equal tokens: grouping on the token agrees with grouping on the
+    // plaintext.
+    let admin = direct("app_admin").await;
+    let names = rows(&a, "SELECT full_name FROM customers ORDER BY id").await;
+    let clear_names = rows(&admin, "SELECT full_name FROM customers ORDER BY id").await;
+    let mut pairs = std::collections::HashMap::new();
+    for (t, c) in names.iter().zip(&clear_names) {
+        let prev = pairs.insert(c[0].clone(), t[0].clone());
+        assert!(
+            prev.is_none() || prev == Some(t[0].clone()),
+            "one token per name"
+        );
+    }
+    let distinct_tokens: std::collections::HashSet<_> = pairs.values().collect();
+    assert_eq!(
+        distinct_tokens.len(),
+        pairs.len(),
+        "distinct names, distinct tokens"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_support_writes_and_reads_back_its_own_row_masked() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "support").await;
+    s.client.simple_query("BEGIN").await.unwrap();
+    let inserted = rows(
+        &s,
+        "INSERT INTO customers (full_name, email, phone, ssn, birth_date, city) VALUES \
+         ('Quentin Usability', 'quentin.usability@example.com', '+1 (555) 010-4242', \
+         '555-12-3456', '1980-06-15', 'Fairview') RETURNING id",
+    )
+    .await;
+    let id = inserted[0][0].clone().unwrap();
+    rows(
+        &s,
+        &format!("UPDATE customers SET city = 'Madison' WHERE id = {id}"),
+    )
+    .await;
+    let back = rows(
+        &s,
+        &format!("SELECT full_name, email, ssn, city FROM customers WHERE id = {id}"),
+    )
+    .await;
+    s.client.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(back.len(), 1);
+    let r = &back[0];
+    assert!(
+        r[1].as_deref().unwrap().starts_with("q***"),
+        "email mask keeps the first letter"
+    );
+    assert!(r[1].as_deref().unwrap().ends_with("@example.com"));
+    assert_ne!(r[1].as_deref(), Some("quentin.usability@example.com"));
+    assert_eq!(r[2].as_deref(), Some("***-**-3456"));
+    assert_eq!(
+        r[3].as_deref(),
+        Some("Madison"),
+        "unprotected columns are clear"
+    );
+    assert_ne!(r[0].as_deref(), Some("Quentin Usability"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_app_admin_sees_what_a_direct_connection_sees() {
+    crm();
+    let proxy = crm_proxy().await;
+    let via_admin = via(&proxy, "app_admin").await;
+    let admin = direct("app_admin").await;
+    for sql in [
+        "SELECT * FROM customers ORDER BY id",
+        "SELECT * FROM payments ORDER BY id",
+        "SELECT * FROM visits ORDER BY id",
+        "SELECT lower(email), row_to_json(c)::text FROM customers c ORDER BY id",
+        "SELECT * FROM customer_contacts ORDER BY id",
+        "SELECT leak_ssn(1)",
+    ] {
+        assert_eq!(
+            rows(&via_admin, sql).await,
+            rows(&admin, sql).await,
+            "{sql}"
+        );
+    }
+    let binary = via_admin
+        .client
+        .query(
+            "SELECT ssn, birth_date::text FROM customers WHERE id = $1",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    let direct_binary = admin
+        .client
+        .query(
+            "SELECT ssn, birth_date::text FROM customers WHERE id = $1",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        binary[0].get::<_, String>(0),
+        direct_binary[0].get::<_, String>(0)
+    );
+    assert_eq!(
+        binary[0].get::<_, String>(1),
+        direct_binary[0].get::<_, String>(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_auditor_row_limit_does_not_affect_small_queries() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "auditor").await;
+    let ten = rows(&s, "SELECT id, email FROM customers ORDER BY id LIMIT 10").await;
+    assert_eq!(ten.len(), 10);
+    assert_clean("auditor tokens", &ten);
+    // Exactly at the limit is fine as well: 1000 unprotected rows.
+    let thousand = rows(
+        &s,
+        "SELECT c.id FROM customers c CROSS JOIN payments p ORDER BY c.id, p.id LIMIT 1000",
+    )
+    .await;
+    assert_eq!(thousand.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_session_survives_a_refusal() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "support").await;
+    // Outside a transaction block: refused, then the next statement works.
+    let err = match s
+        .client
+        .simple_query("SELECT lower(email) FROM customers")
+        .await
+    {
+        Ok(_) => panic!("a derived value must be refused; the statement succeeded"),
+        Err(e) => e,
+    };
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message().starts_with("tokengate TG1"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        db.hint().is_some_and(|h| !h.is_empty()),
+        "a refusal has a hint"
+    );
+    assert_eq!(
+        rows(&s, "SELECT count(*) FROM customers").await[0][0].as_deref(),
+        Some("200")
+    );
+    // The same through the extended protocol.
+    let result = s
+        .client
+        .query("SELECT md5(ssn) FROM customers WHERE id = $1", &[&1i32])
+        .await;
+    assert_eq!(refused_code("md5(ssn), extended", result), "42501");
+    let n: i64 = s
+        .client
+        .query_one("SELECT count(*) FROM payments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, (CUSTOMERS * 2) as i64);
+    // Inside a transaction block: the transaction is aborted until ROLLBACK, as PostgreSQL does.
+    s.client.simple_query("BEGIN").await.unwrap();
+    let result = s
+        .client
+        .simple_query("SELECT row_to_json(c) FROM customers c")
+        .await;
+    assert_eq!(
+        refused_code("row_to_json in a transaction", result),
+        "42501"
+    );
+    let result = s.client.simple_query("SELECT 1").await;
+    assert_eq!(
+        refused_code("after a refusal in a transaction", result),
+        "25P02"
+    );
+    s.client.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(rows(&s, "SELECT 1").await[0][0].as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_analyst_may_filter_on_email_and_phone_only() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "analyst").await;
+    let admin = direct("app_admin").await;
+    // filter_on: [email, phone]: predicates on the plaintext work (and return tokens).
+    let sql = "SELECT id FROM customers WHERE email LIKE 'a%' ORDER BY id";
+    assert_eq!(rows(&s, sql).await, rows(&admin, sql).await);
+    let sql = "SELECT id FROM customers WHERE phone LIKE '+1 (2%' ORDER BY id";
+    assert_eq!(rows(&s, sql).await, rows(&admin, sql).await);
+    // Filtering with a token compares the stored plaintext: nothing matches.
+    let token = rows(&s, "SELECT email FROM customers WHERE id = 1").await[0][0]
+        .clone()
+        .unwrap();
+    let found = rows(
+        &s,
+        &format!("SELECT id FROM customers WHERE email = '{token}'"),
+    )
+    .await;
+    assert!(found.is_empty());
+    // ssn is not in filter_on.
+    let result = s
+        .client
+        .simple_query("SELECT id FROM customers WHERE ssn LIKE '1%'")
+        .await;
+    assert_eq!(refused_code("WHERE ssn as analyst", result), "42501");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_ana2_reads_unprotected_columns_only() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "ana2").await;
+    let admin = direct("app_admin").await;
+    let sql = "SELECT id, city FROM customers ORDER BY id";
+    assert_eq!(rows(&s, sql).await, rows(&admin, sql).await);
+    let result = s.client.simple_query("SELECT email FROM customers").await;
+    assert_eq!(refused_code("\"*\": default deny", result), "42501");
+}
