@@ -60,6 +60,8 @@ pub struct ResultPlan {
     pub row_limit: Option<(u64, String)>,
     /// For COPY ... TO: CopyData lines are CSV rather than COPY text format.
     pub csv: bool,
+    /// COPY ... TO: rows are CopyData in COPY's own text format, whatever Bind asked for.
+    pub copy: bool,
 }
 
 impl ResultPlan {
@@ -208,6 +210,7 @@ fn result_plan(
         protected: Vec::new(),
         row_limit: view.row_limit_rule().map(|l| (l.rows, l.rule.to_string())),
         csv: false,
+        copy: a.kind == StatementKind::Copy,
     };
     for (index, out) in a.outputs.iter().enumerate() {
         let mut chosen: Option<(&ColumnDecision, &str)> = None;

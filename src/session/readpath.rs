@@ -438,18 +438,16 @@ impl ReadPath {
                     plan.result = Some(Arc::new(r));
                 }
             }
-            plans.push(plan);
-        }
-        // Names become known once the whole message is accepted.
-        for p in &plans {
-            if let Some((kind, name)) = &p.names {
+            // A later statement of the same message may FETCH from this cursor.
+            if let Some((kind, name)) = &plan.names {
                 let map = if *kind == StatementKind::DeclareCursor {
                     &mut self.named.cursors
                 } else {
                     &mut self.named.prepared
                 };
-                map.insert(name.clone(), p.result.clone());
+                map.insert(name.clone(), plan.result.clone());
             }
+            plans.push(plan);
         }
         Ok(plans)
     }
@@ -689,6 +687,7 @@ impl ReadPath {
                 let active = plan.and_then(|plan| match plan {
                     None => Ok(None),
                     Some(plan) => {
+                        let is_copy = plan.copy;
                         let snapshot = self.snapshot.clone();
                         ActiveResult::build(
                             plan,
@@ -702,7 +701,7 @@ impl ReadPath {
                                         .unwrap_or(0)
                                 }
                             },
-                            &|i| b.result_format(i),
+                            &|i| if is_copy { 0 } else { b.result_format(i) },
                             &self.shared,
                             &self.keys,
                             &self.metrics,

@@ -37,6 +37,15 @@ use sqlparser::parser::Parser;
 /// parse as a whole is split at top-level semicolons and each part parsed alone, so one bad
 /// statement does not hide the others; an unparseable part yields an analysis whose kind comes
 /// from its first keyword and whose problems say why.
+/// `MOVE [direction] {FROM|IN} cursor`: the first word is MOVE and the statement is one line
+/// of words (no parentheses or quotes that could hide another statement).
+fn is_move(part: &str) -> bool {
+    let t = part.trim_start();
+    t.get(..5).is_some_and(|w| w.eq_ignore_ascii_case("move "))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" _+-\t\n\r".contains(&b))
+}
+
 pub fn analyze(sql: &str, catalog: &dyn Catalog) -> Vec<StatementAnalysis> {
     let dialect = PostgreSqlDialect {};
     match Parser::parse_sql(&dialect, sql) {
@@ -57,6 +66,12 @@ pub fn analyze(sql: &str, catalog: &dyn Catalog) -> Vec<StatementAnalysis> {
                         1 => analyses.pop().unwrap_or_else(|| unparseable(part, "empty")),
                         _ => unparseable(part, "statement boundary is ambiguous"),
                     }
+                }
+                // MOVE repositions a cursor and returns no rows; sqlparser 0.63 lacks it.
+                Err(_) if is_move(part) => {
+                    let mut a = StatementAnalysis::new(StatementKind::Fetch);
+                    a.name = part.split_whitespace().last().map(str::to_lowercase);
+                    a
                 }
                 Err(error) => unparseable(part, &error.to_string()),
             })

@@ -559,6 +559,12 @@ fn cursors() {
     let a = one("MOVE NEXT FROM c1");
     assert_eq!(a.kind, StatementKind::Fetch);
     assert_eq!(a.name.as_deref(), Some("c1"));
+    // MOVE returns no rows; it is proven (the cursor must still be known to the session).
+    let a = one("MOVE 5 IN c2");
+    assert!(a.is_proven(), "{a:#?}");
+    assert_eq!(a.name.as_deref(), Some("c2"));
+    // Anything that is not a bare MOVE stays unparseable.
+    assert!(!one("MOVE 5 IN c2 (select ssn from customers)").is_proven());
 }
 
 #[test]

@@ -65,9 +65,15 @@ pub fn crm() -> &'static Crm {
     let pg = &cluster().pg;
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = keys_dir.path().join("keys.json");
-    tokengate::protect::keys::KeyRing::generate(tokengate::protect::keys::DEFAULT_KEY_NAME)
-        .write_new(&keys, false)
-        .unwrap();
+    // A fixed key makes tokens deterministic: with a random key per run a date token could now
+    // and then equal some customer's real birth date and read as a leak (a flaky oracle).
+    let mut ring = tokengate::protect::keys::KeyRing::default();
+    ring.insert(
+        tokengate::protect::keys::DEFAULT_KEY_NAME,
+        1,
+        tokengate::protect::keys::Key::from_bytes([0x5a; 32]),
+    );
+    ring.write_new(&keys, false).unwrap();
     let mut roles = String::from("CREATE ROLE analysts NOLOGIN;\n");
     for (role, pw) in CRM_ROLES {
         roles.push_str(&format!("CREATE ROLE {role} LOGIN PASSWORD '{pw}';\n"));
