@@ -106,6 +106,37 @@ async fn check_and_explain_against_a_live_database() {
     assert!(!out.contains("public.customers.city"), "{out}");
     assert!(!out.contains("public.customers.email:"), "labelled: {out}");
 
+    // With SQL, explain runs the proxy's own planning against the live catalog.
+    let explain_sql = |sql: &str| {
+        tokengate(&[
+            "policy",
+            "explain",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--role",
+            "bob",
+            "--upstream",
+            &url,
+            sql,
+        ])
+    };
+    let (code, out) = explain_sql("SELECT id, email FROM customers WHERE city = 'Paris'");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("column 2 \"email\" <- [public.customers.email]: token (roles.analysts.pii"),
+        "{out}"
+    );
+    assert!(
+        out.contains("column 1 \"id\" <- [public.customers.id]: clear"),
+        "{out}"
+    );
+    assert!(out.contains("ALLOWED"), "{out}");
+    let (_, out) = explain_sql("SELECT lower(ssn) FROM customers");
+    assert!(out.contains("REFUSED TG106 (SQLSTATE 42501)"), "{out}");
+    assert!(out.contains("via lower"), "{out}");
+    let (_, out) = explain_sql("SELECT id FROM customers WHERE ssn = '1'");
+    assert!(out.contains("REFUSED TG103"), "{out}");
+
     // Once the database matches the policy, check is clean.
     let clean = dir.path().join("clean.yaml");
     std::fs::write(

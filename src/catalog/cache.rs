@@ -135,42 +135,54 @@ impl CatalogCache {
             .await
             .map_err(query_err)?;
         let driver = tokio::spawn(connection);
-        let relations = client.query(RELATIONS, &[]).await.map_err(query_err)?;
-        let columns = client.query(COLUMNS, &[]).await.map_err(query_err)?;
-        let memberships = client.query(MEMBERSHIPS, &[]).await.map_err(query_err)?;
+        let snapshot = load_snapshot(&client, generation)
+            .await
+            .map_err(query_err)?;
         drop(client);
         let _ = driver.await;
-
-        let mut by_oid: HashMap<u32, Vec<Column>> = HashMap::new();
-        for row in &columns {
-            by_oid
-                .entry(row.get::<_, i64>(0) as u32)
-                .or_default()
-                .push(Column {
-                    attnum: row.get(1),
-                    name: row.get(2),
-                    type_oid: row.get::<_, i64>(3) as u32,
-                });
-        }
-        let relations = relations
-            .iter()
-            .map(|row| {
-                let oid = row.get::<_, i64>(0) as u32;
-                let relkind: String = row.get(3);
-                Relation {
-                    oid,
-                    schema: row.get(1),
-                    name: row.get(2),
-                    kind: RelationKind::from_relkind(relkind.bytes().next().unwrap_or(b'r')),
-                    columns: by_oid.remove(&oid).unwrap_or_default(),
-                    definition: row.get(4),
-                }
-            })
-            .collect();
-        let memberships = memberships
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect();
-        Ok(Snapshot::build(generation, relations, memberships))
+        Ok(snapshot)
     }
+}
+
+/// Reads a database's catalog over an open connection (used by the cache and by
+/// `tokengate policy explain --upstream`).
+pub async fn load_snapshot(
+    client: &tokio_postgres::Client,
+    generation: u64,
+) -> Result<Snapshot, tokio_postgres::Error> {
+    let relations = client.query(RELATIONS, &[]).await?;
+    let columns = client.query(COLUMNS, &[]).await?;
+    let memberships = client.query(MEMBERSHIPS, &[]).await?;
+
+    let mut by_oid: HashMap<u32, Vec<Column>> = HashMap::new();
+    for row in &columns {
+        by_oid
+            .entry(row.get::<_, i64>(0) as u32)
+            .or_default()
+            .push(Column {
+                attnum: row.get(1),
+                name: row.get(2),
+                type_oid: row.get::<_, i64>(3) as u32,
+            });
+    }
+    let relations = relations
+        .iter()
+        .map(|row| {
+            let oid = row.get::<_, i64>(0) as u32;
+            let relkind: String = row.get(3);
+            Relation {
+                oid,
+                schema: row.get(1),
+                name: row.get(2),
+                kind: RelationKind::from_relkind(relkind.bytes().next().unwrap_or(b'r')),
+                columns: by_oid.remove(&oid).unwrap_or_default(),
+                definition: row.get(4),
+            }
+        })
+        .collect();
+    let memberships = memberships
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Snapshot::build(generation, relations, memberships))
 }

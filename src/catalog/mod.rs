@@ -8,5 +8,5 @@
 pub mod cache;
 pub mod snapshot;
 
-pub use cache::{CatalogCache, CatalogError, CatalogSettings};
+pub use cache::{CatalogCache, CatalogError, CatalogSettings, load_snapshot};
 pub use snapshot::{Column, Relation, RelationKind, Snapshot};

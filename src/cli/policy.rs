@@ -42,7 +42,8 @@ pub struct ExplainArgs {
     /// Look the role's group memberships up in this database instead of --groups.
     #[arg(long)]
     pub upstream: Option<String>,
-    /// A SQL statement (per-statement analysis comes with the SQL analyser).
+    /// A SQL statement: prints each output column's lineage and decision, each use of a
+    /// protected column, and whether tokengate would refuse it (needs --upstream).
     pub sql: Option<String>,
 }
 
@@ -200,29 +201,110 @@ fn explain(args: ExplainArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let mut groups = args.groups.clone();
+    let mut snapshot = None;
     if let Some(url) = &args.upstream {
         let Some(rt) = runtime() else {
             return ExitCode::FAILURE;
         };
-        match rt.block_on(fetch_groups(url, &args.role)) {
-            Ok(found) => groups.extend(found),
+        let loaded = rt.block_on(async {
+            let found = fetch_groups(url, &args.role).await?;
+            let client = connect(url).await?;
+            let snap = crate::catalog::load_snapshot(&client, 1).await?;
+            Ok::<_, tokio_postgres::Error>((found, snap))
+        });
+        match loaded {
+            Ok((found, snap)) => {
+                groups.extend(found);
+                snapshot = Some(snap);
+            }
             Err(e) => {
-                eprintln!("cannot read group memberships from the upstream: {e}");
+                eprintln!("cannot read the catalog from the upstream: {e}");
                 return ExitCode::FAILURE;
             }
         }
     }
     groups.retain(|g| !g.is_empty());
     let view = policy.for_role(&args.role, &groups);
-    if let Some(sql) = &args.sql {
-        println!("statement: {sql}");
-        println!(
-            "note: per-statement analysis (output columns and their uses) is not available yet; \
-             showing the role's decision for every labelled column instead.\n"
-        );
-    }
     print!("{}", role_table(&policy, &args.role, &groups, &view));
+    if let Some(sql) = &args.sql {
+        println!();
+        match &snapshot {
+            Some(snap) => print!("{}", explain_statement(sql, &view, snap)),
+            None => println!(
+                "statement: {sql}\nnote: per-statement analysis needs --upstream: the live catalog \
+                 expands * and resolves every column and view."
+            ),
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// What tokengate would do with `sql` for this role: the same planning the proxy runs.
+pub fn explain_statement(sql: &str, view: &RoleView, catalog: &crate::catalog::Snapshot) -> String {
+    use crate::session::enforce::{NamedPlans, plan_statement};
+    let mut out = String::new();
+    let mut named = NamedPlans::default();
+    for (i, a) in crate::sql::analyze(sql, catalog).iter().enumerate() {
+        out.push_str(&format!("statement {}: {:?}\n", i + 1, a.kind));
+        match plan_statement(a, view, catalog, &named) {
+            Err(r) => {
+                out.push_str(&format!(
+                    "  REFUSED {} (SQLSTATE {}): {}\n  hint: {}\n",
+                    r.code.id(),
+                    r.code.sqlstate(),
+                    r.message,
+                    r.code.hint()
+                ));
+            }
+            Ok(plan) => {
+                if let Some((_, name)) = &plan.names {
+                    named.cursors.insert(name.clone(), plan.result.clone());
+                    named.prepared.insert(name.clone(), plan.result.clone());
+                }
+                for (idx, o) in a.outputs.iter().enumerate() {
+                    let protected = plan.result.as_ref().and_then(|r| r.protected_at(idx));
+                    let decision = match protected {
+                        Some(p) => format!("{} ({})", p.decision.action, p.decision.rule),
+                        None => "clear".to_string(),
+                    };
+                    let sources: Vec<String> = o
+                        .sources
+                        .iter()
+                        .map(|s| {
+                            if s.passthrough {
+                                s.column.clone()
+                            } else {
+                                format!("{} via {}", s.column, s.via.as_deref().unwrap_or("?"))
+                            }
+                        })
+                        .collect();
+                    out.push_str(&format!(
+                        "  column {} {:?} <- [{}]: {decision}\n",
+                        idx + 1,
+                        o.name,
+                        sources.join(", ")
+                    ));
+                }
+                for u in &a.uses {
+                    let verdict = match view.column(&u.column) {
+                        Some(d) if d.action != Action::Clear => {
+                            format!("allowed ({})", d.filter_rule)
+                        }
+                        _ => "unprotected".to_string(),
+                    };
+                    out.push_str(&format!(
+                        "  use {} in {:?}: {verdict}\n",
+                        u.column, u.clause
+                    ));
+                }
+                if let Some((rows, rule)) = plan.result.as_ref().and_then(|r| r.row_limit.clone()) {
+                    out.push_str(&format!("  row limit {rows} ({rule})\n"));
+                }
+                out.push_str("  ALLOWED\n");
+            }
+        }
+    }
+    out
 }
 
 /// The role's decisions as text: header lines, then one row per labelled column.
