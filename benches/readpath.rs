@@ -8,9 +8,9 @@
 //! Run: `cargo bench --bench readpath` (env: ROUNDS=3, SECONDS=5, ROWS=1000000).
 mod common;
 
-use common::{cpu_seconds, env_or, median, pgbench, start_tokengate};
-use std::process::Command;
-use std::time::Instant;
+use common::{cpu_seconds, env_or, median, pgbench, psql_read, start_tokengate};
+
+const ROWS_SQL: &str = "SELECT id, email, phone, ssn FROM people";
 use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
 
 const POLICY: &str = "version: 1
@@ -27,39 +27,6 @@ roles:
   tokenizer: { pii: token }
   \"*\": { default: deny }
 ";
-
-/// Reads every row of `people` as `user`; returns wall seconds.
-fn bulk_read(pg: &EmbeddedPostgres, port: u16, user: &str) -> f64 {
-    let start = Instant::now();
-    let out = Command::new(pg.bindir().join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            user,
-            "-d",
-            "bench",
-        ])
-        .args([
-            "-c",
-            "SELECT id, email, phone, ssn FROM people",
-            "-o",
-            "/dev/null",
-        ])
-        .env("PGPASSWORD", "bench-pw")
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start.elapsed().as_secs_f64()
-}
 
 fn main() {
     let rounds = env_or("ROUNDS", 3) as usize;
@@ -147,8 +114,8 @@ fn main() {
             );
         }
         for (user, out) in [("masker", &mut masked), ("tokenizer", &mut tokenized)] {
-            let direct = bulk_read(&pg, pg.port(), user);
-            let via = bulk_read(&pg, tg_port, user);
+            let direct = psql_read(&pg, pg.port(), user, ROWS_SQL);
+            let via = psql_read(&pg, tg_port, user, ROWS_SQL);
             out.push(direct / via);
             println!(
                 "round {round} {user:>9}: direct {direct:.2}s, via tokengate {via:.2}s (rows/s ratio {:.3})",

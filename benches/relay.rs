@@ -9,38 +9,10 @@
 //! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000).
 mod common;
 
-use common::{cpu_seconds, env_or, median, pgbench, start_tokengate};
+use common::{cpu_seconds, env_or, median, pgbench, psql_read, start_tokengate};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
-
-/// Reads every row of `bulk` with psql into /dev/null; returns wall seconds.
-fn bulk_read(pg: &EmbeddedPostgres, port: u16) -> f64 {
-    let start = Instant::now();
-    let out = Command::new(pg.bindir().join("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "bench",
-        ])
-        .args(["-c", "SELECT * FROM bulk", "-o", "/dev/null"])
-        .env("PGPASSWORD", pg.superuser_password())
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start.elapsed().as_secs_f64()
-}
 
 /// Starts PgBouncer (session pooling, like tokengate's one upstream connection per client)
 /// in front of `pg`, as the PostgreSQL OS user because PgBouncer refuses to run as root.
@@ -185,15 +157,15 @@ fn main() {
                 );
             }
         }
-        let direct = bulk_read(&pg, pg.port());
+        let direct = psql_read(&pg, pg.port(), "postgres", "SELECT * FROM bulk");
         let before = cpu_seconds(pid);
-        let via = bulk_read(&pg, tg_port);
+        let via = psql_read(&pg, tg_port, "postgres", "SELECT * FROM bulk");
         let cpu = cpu_seconds(pid) - before;
         bulk_ratio.push(direct / via);
         ns_per_row.push(cpu / rows as f64 * 1e9);
         if let Some((b, port)) = &bouncer {
             let before = cpu_seconds(b.id());
-            bulk_read(&pg, *port);
+            psql_read(&pg, *port, "postgres", "SELECT * FROM bulk");
             bouncer_ns_per_row.push((cpu_seconds(b.id()) - before) / rows as f64 * 1e9);
         }
         println!(

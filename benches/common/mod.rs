@@ -129,3 +129,37 @@ pub fn start_tokengate(pg_port: u16, extra: &[&str]) -> (Child, u16) {
     }
     (child, port)
 }
+
+/// Reads every row `sql` returns with psql into /dev/null, as `user` (password as for
+/// [`pgbench`]); returns wall seconds.
+pub fn psql_read(pg: &EmbeddedPostgres, port: u16, user: &str, sql: &str) -> f64 {
+    let password = if user == "postgres" {
+        pg.superuser_password()
+    } else {
+        "bench-pw"
+    };
+    let start = Instant::now();
+    let out = Command::new(pg.bindir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            "bench",
+        ])
+        .args(["-c", sql, "-o", "/dev/null"])
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed().as_secs_f64()
+}

@@ -19,15 +19,8 @@ pub struct DemoArgs {
 
 pub fn run(args: DemoArgs) -> ExitCode {
     logging::init(LogFormat::Text);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tokengate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = super::runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let demo = match demo::start(args.listen, Some(args.admin), args.customers).await {

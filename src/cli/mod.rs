@@ -1,12 +1,11 @@
 //! The command-line interface. Thin: each subcommand's flags live in a file of this module
 //! and call into the module that owns the work.
 use clap::{Parser, Subcommand};
-
-pub mod audit;
-pub mod policy;
 use std::process::ExitCode;
 
+pub mod audit;
 pub mod demo;
+pub mod policy;
 pub mod protect;
 pub mod serve;
 
@@ -41,6 +40,20 @@ pub enum Command {
     /// Verify audit logs.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+}
+
+/// The runtime for long-running commands (serve, demo); prints why when it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            None
+        }
+    }
 }
 
 pub fn main() -> ExitCode {

@@ -161,15 +161,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     logging::init(log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tokengate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = super::runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let server = match RunningServer::start(config).await {

@@ -124,7 +124,6 @@ fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
 #[derive(Debug)]
 pub struct PendingAudit {
     text: String,
-    fingerprint: u64,
     columns: Vec<ColumnAudit>,
     started: Instant,
     rows: std::sync::atomic::AtomicU64,
@@ -518,7 +517,6 @@ impl ReadPath {
         }
         let text = String::from_utf8_lossy(sql).into_owned();
         Some(Arc::new(PendingAudit {
-            fingerprint: crate::sql::fingerprint(&text),
             text,
             columns,
             started: Instant::now(),
@@ -541,22 +539,31 @@ impl ReadPath {
     fn finish_audit(&mut self, pending: &PendingAudit, rows: u64) {
         let values = rows * pending.columns.len() as u64;
         if let Some(log) = &self.audit {
-            log.record(AuditRecord {
-                time: std::time::SystemTime::now(),
-                session: self.session.id,
-                client: self.session.client.clone(),
-                role: self.login.clone(),
-                application_name: self.session.application_name.clone(),
-                database: self.database.clone(),
-                fingerprint: pending.fingerprint,
-                statement: Some(pending.text.clone()),
-                columns: pending.columns.clone(),
-                refusal: None,
-                rows,
-                duration_ms: pending.started.elapsed().as_secs_f64() * 1000.0,
-            });
+            let mut record = self.audit_record(Some(pending.text.clone()));
+            record.columns = pending.columns.clone();
+            record.rows = rows;
+            record.duration_ms = pending.started.elapsed().as_secs_f64() * 1000.0;
+            log.record(record);
         }
         self.observe_alerts(values, false);
+    }
+
+    /// A record about this session and statement; callers add decisions, refusal, rows.
+    fn audit_record(&self, statement: Option<String>) -> AuditRecord {
+        AuditRecord {
+            time: std::time::SystemTime::now(),
+            session: self.session.id,
+            client: self.session.client.clone(),
+            role: self.login.clone(),
+            application_name: self.session.application_name.clone(),
+            database: self.database.clone(),
+            fingerprint: statement.as_deref().map_or(0, crate::sql::fingerprint),
+            statement,
+            columns: Vec::new(),
+            refusal: None,
+            rows: 0,
+            duration_ms: 0.0,
+        }
     }
 
     fn observe_alerts(&mut self, protected_values: u64, refused: bool) {
@@ -584,25 +591,14 @@ impl ReadPath {
         self.metrics.refusal(r);
         tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
         if let Some(log) = &self.audit {
-            let text = sql.map(|s| String::from_utf8_lossy(s).into_owned());
-            log.record(AuditRecord {
-                time: std::time::SystemTime::now(),
-                session: self.session.id,
-                client: self.session.client.clone(),
-                role: self.login.clone(),
-                application_name: self.session.application_name.clone(),
-                database: self.database.clone(),
-                fingerprint: text.as_deref().map_or(0, crate::sql::fingerprint),
-                statement: text,
-                columns: Vec::new(),
-                refusal: Some(RefusalAudit {
-                    code: r.code.id().to_string(),
-                    reason: r.reason().to_string(),
-                    rule: r.message.clone(),
-                }),
-                rows: 0,
-                duration_ms: 0.0,
+            let mut record =
+                self.audit_record(sql.map(|s| String::from_utf8_lossy(s).into_owned()));
+            record.refusal = Some(RefusalAudit {
+                code: r.code.id().to_string(),
+                reason: r.reason().to_string(),
+                rule: r.message.clone(),
             });
+            log.record(record);
         }
         self.observe_alerts(0, true);
     }
@@ -982,20 +978,30 @@ impl ReadPath {
         ServerVerdict::Forward
     }
 
-    fn data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+    /// Counts a result row against its plan: the active result when it must be rewritten,
+    /// or the verdict to apply right away (dropped after a failure or over the row limit).
+    fn row_to_rewrite(&mut self) -> Result<Arc<ActiveResult>, ServerVerdict> {
         if self.current_failed() {
-            return ServerVerdict::Drop;
+            return Err(ServerVerdict::Drop);
         }
         let Some(active) = self.current_active().cloned() else {
-            return ServerVerdict::Forward;
+            return Err(ServerVerdict::Forward);
         };
         if active.count_row() {
             self.fail_current(active.over_limit());
-            return ServerVerdict::Drop;
+            return Err(ServerVerdict::Drop);
         }
         if active.transforms.is_empty() {
-            return ServerVerdict::Forward;
+            return Err(ServerVerdict::Forward);
         }
+        Ok(active)
+    }
+
+    fn data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+        let active = match self.row_to_rewrite() {
+            Ok(a) => a,
+            Err(verdict) => return verdict,
+        };
         match rewrite_data_row(body, &active, out) {
             Ok(()) => ServerVerdict::Replace(std::mem::take(out)),
             Err(r) => {
@@ -1062,19 +1068,10 @@ impl ReadPath {
     }
 
     fn copy_data(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
-        if self.current_failed() {
-            return ServerVerdict::Drop;
-        }
-        let Some(active) = self.current_active().cloned() else {
-            return ServerVerdict::Forward;
+        let active = match self.row_to_rewrite() {
+            Ok(a) => a,
+            Err(verdict) => return verdict,
         };
-        if active.count_row() {
-            self.fail_current(active.over_limit());
-            return ServerVerdict::Drop;
-        }
-        if active.transforms.is_empty() {
-            return ServerVerdict::Forward;
-        }
         match rewrite_copy_line(body, &active) {
             Ok(line) => {
                 *out = frame(b'd', &line);
