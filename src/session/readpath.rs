@@ -390,8 +390,12 @@ impl ReadPath {
 
     /// Without a catalog the role's groups are unknown, and a group rule may restrict it:
     /// fail closed.
+    /// A role whose policy says `audit: all` takes the analysed path too, so every statement
+    /// is recorded.
     fn restricted(&self) -> bool {
-        self.snapshot.is_none() || !self.view.fully_clear()
+        self.snapshot.is_none()
+            || !self.view.fully_clear()
+            || (self.audit.is_some() && self.view.audit() == Some(crate::policy::AuditLevel::All))
     }
 
     /// Plans every statement of `sql`, or the first refusal.

@@ -38,6 +38,36 @@ async fn demo_serves_the_crm_to_every_role() {
         );
         assert!(row.get::<_, String>(3).contains('@'));
     }
+    // The demo's policy is in force: what each role sees of the same customer differs as the
+    // policy says (clear, masked, tokenized) and health notes are refused for support.
+    let seen = |role: &'static str, password: &'static str| {
+        let port = d.server.addr.port();
+        async move {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host("127.0.0.1")
+                .port(port)
+                .user(role)
+                .password(password)
+                .dbname(demo::DATABASE);
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let ssn: String = client
+                .query_one("SELECT ssn FROM customers WHERE id = 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let notes = client.simple_query("SELECT notes FROM visits").await;
+            (ssn, notes.is_err())
+        }
+    };
+    let (clear, admin_refused) = seen("app_admin", "admin-demo-pw").await;
+    let (masked, support_refused) = seen("support", "support-demo-pw").await;
+    let (token, _) = seen("analyst", "analyst-demo-pw").await;
+    assert!(!admin_refused && support_refused);
+    assert_eq!(masked, format!("***-**-{}", &clear[7..]));
+    assert_ne!(token, clear);
+    assert_eq!(token.len(), clear.len());
     let cards = {
         let c = d.pg.connect_admin(demo::DATABASE).await.unwrap();
         c.query("SELECT card_number FROM payments", &[])
