@@ -38,13 +38,16 @@ const REFUSED_NAME: &[u8] = b"tokengate refused";
 #[derive(Default)]
 pub struct ReadPathShared {
     analyses: DashMap<String, Arc<AnalysisCache>>,
-    transforms: DashMap<TransformKey, Arc<ColumnTransform>>,
+    /// Prepared transforms with their `values_protected_total{label,action}` handle.
+    transforms: DashMap<TransformKey, (Arc<ColumnTransform>, Counter)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TransformKey {
     label: Arc<str>,
-    action: String,
+    action: PolicyAction,
+    /// The token format or mask as the policy spells it (parsed only on a cache miss).
+    spec: String,
     type_oid: u32,
     format: i16,
 }
@@ -64,18 +67,32 @@ impl ReadPathShared {
         type_oid: u32,
         format: i16,
         keys: &KeyRing,
-    ) -> Result<Arc<ColumnTransform>, Refusal> {
+        metrics: &Metrics,
+    ) -> Result<(Arc<ColumnTransform>, Counter), Refusal> {
         let d = &p.decision;
-        let spec = transform_spec(d)?;
+        let spec_text = match d.action {
+            PolicyAction::Token => d.token.as_ref().map(|t| t.as_str()),
+            PolicyAction::Mask => d.mask.as_ref().map(|m| m.as_str()),
+            _ => None,
+        };
         let key = TransformKey {
             label: d.label.clone(),
-            action: format!("{:?}", spec.action),
+            action: d.action,
+            spec: spec_text.unwrap_or_default().to_string(),
             type_oid,
             format,
         };
         if let Some(t) = self.transforms.get(&key) {
             return Ok(t.clone());
         }
+        let counter = metrics
+            .values_protected_total
+            .get_or_create(&LabelActionLabel {
+                label: d.label.to_string(),
+                action: format!("{:?}", d.action).to_lowercase(),
+            })
+            .clone();
+        let spec = transform_spec(d)?;
         let t = Arc::new(
             ColumnTransform::new(&spec, type_oid, format, keys).map_err(|e| {
                 Refusal::new(
@@ -84,8 +101,8 @@ impl ReadPathShared {
                 )
             })?,
         );
-        self.transforms.insert(key, t.clone());
-        Ok(t)
+        self.transforms.insert(key, (t.clone(), counter.clone()));
+        Ok((t, counter))
     }
 }
 
@@ -155,15 +172,8 @@ impl ActiveResult {
     ) -> Result<Arc<ActiveResult>, Refusal> {
         let mut transforms = Vec::with_capacity(plan.protected.len());
         for p in &plan.protected {
-            let t = shared.transform(p, types(p), formats(p.index), keys)?;
-            let counter = metrics
-                .metrics
-                .values_protected_total
-                .get_or_create(&LabelActionLabel {
-                    label: p.decision.label.to_string(),
-                    action: format!("{:?}", p.decision.action).to_lowercase(),
-                })
-                .clone();
+            let (t, counter) =
+                shared.transform(p, types(p), formats(p.index), keys, &metrics.metrics)?;
             transforms.push((p.index, t, counter));
         }
         Ok(Arc::new(ActiveResult {
@@ -250,6 +260,8 @@ pub struct ReadPath {
     /// Statement texts by prepared statement and portal name, for audit records.
     texts: HashMap<Vec<u8>, Arc<str>>,
     portal_texts: HashMap<Vec<u8>, Arc<str>>,
+    /// Reused per protected value, so rewriting a row allocates nothing in the common case.
+    scratch: Vec<u8>,
 }
 
 /// Who the audit records are about.
@@ -371,6 +383,7 @@ impl ReadPath {
             terminate: None,
             texts: HashMap::new(),
             portal_texts: HashMap::new(),
+            scratch: Vec::new(),
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,
@@ -1006,7 +1019,7 @@ impl ReadPath {
             Ok(a) => a,
             Err(verdict) => return verdict,
         };
-        match rewrite_data_row(body, &active, out) {
+        match rewrite_data_row(body, &active, out, &mut self.scratch) {
             Ok(()) => ServerVerdict::Replace(std::mem::take(out)),
             Err(r) => {
                 self.fail_current(Some(r));
@@ -1297,7 +1310,12 @@ fn parse_row_description(body: &[u8]) -> Option<Vec<DescribedColumn>> {
 }
 
 /// Rewrites a DataRow body into `out` (a whole frame).
-fn rewrite_data_row(body: &[u8], active: &ActiveResult, out: &mut Vec<u8>) -> Result<(), Refusal> {
+fn rewrite_data_row(
+    body: &[u8],
+    active: &ActiveResult,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Refusal> {
     let malformed = || Refusal::new(Code::LineageMismatch, "malformed DataRow from the server");
     let mut r = Reader::new(body, "DataRow");
     let n = r.count16().map_err(|_| malformed())?;
@@ -1313,7 +1331,6 @@ fn rewrite_data_row(body: &[u8], active: &ActiveResult, out: &mut Vec<u8>) -> Re
     out.clear();
     let start = begin_message(out, b'D');
     out.extend_from_slice(&(n as i16).to_be_bytes());
-    let mut scratch = Vec::new();
     for i in 0..n {
         let value = r.value().map_err(|_| malformed())?;
         let transform = active.transforms.iter().find(|(idx, _, _)| *idx == i);
@@ -1326,10 +1343,10 @@ fn rewrite_data_row(body: &[u8], active: &ActiveResult, out: &mut Vec<u8>) -> Re
             (Some(v), Some((_, t, counter))) => {
                 counter.inc();
                 scratch.clear();
-                match t.apply(v, &mut scratch) {
+                match t.apply(v, scratch) {
                     Ok(Output::Value) => {
                         out.extend_from_slice(&(scratch.len() as i32).to_be_bytes());
-                        out.extend_from_slice(&scratch);
+                        out.extend_from_slice(scratch);
                     }
                     Ok(Output::Null) => out.extend_from_slice(&(-1i32).to_be_bytes()),
                     Err(e) => {
