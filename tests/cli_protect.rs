@@ -146,3 +146,48 @@ fn missing_or_open_key_file_is_a_config_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("chmod 600"));
 }
+
+#[test]
+fn keygen_add_keeps_existing_keys_and_rotates_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(dir.path());
+    let token = |k: &str| {
+        let out = tokengate(
+            &[
+                "token",
+                "--keys",
+                k,
+                "--label",
+                "ssn",
+                "--format",
+                "digits",
+                "123-45-6789",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{out:?}");
+        stdout_lines(&out)[0].clone()
+    };
+    let before = token(&keys);
+    // A second name (the audit log's key) leaves the default key, and so its tokens, unchanged.
+    let added = tokengate(
+        &["keygen", "--out", &keys, "--name", "audit", "--add"],
+        None,
+    );
+    assert!(added.status.success(), "{added:?}");
+    assert!(String::from_utf8_lossy(&added.stdout).contains("\"audit\" (version 1)"));
+    assert_eq!(token(&keys), before);
+    let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Adding an existing name rotates it: version 2 becomes active, so tokens change.
+    let rotated = tokengate(&["keygen", "--out", &keys, "--add"], None);
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("\"default\" (version 2)"));
+    assert_ne!(token(&keys), before);
+    // --add needs an existing file.
+    let missing = dir.path().join("none.json");
+    let out = tokengate(
+        &["keygen", "--out", missing.to_str().unwrap(), "--add"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -23,6 +23,10 @@ pub struct KeygenArgs {
     /// Overwrite an existing file.
     #[arg(long)]
     pub force: bool,
+    /// Add the key to an existing file instead (a new name, e.g. `audit`, or a new active
+    /// version of an existing name: key rotation; older versions stay for reveal).
+    #[arg(long, conflicts_with = "force")]
+    pub add: bool,
 }
 
 #[derive(Args, Debug)]
@@ -72,10 +76,21 @@ fn config_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn keygen(args: KeygenArgs) -> ExitCode {
-    match KeyRing::generate(&args.name).write_new(&args.out, args.force) {
+    let (ring, version) = if args.add {
+        let mut ring = match KeyRing::load(&args.out) {
+            Ok(ring) => ring,
+            Err(error) => return config_error(error),
+        };
+        let version = ring.next_version(&args.name);
+        ring.insert(&args.name, version, crate::protect::Key::generate());
+        (ring, version)
+    } else {
+        (KeyRing::generate(&args.name), 1)
+    };
+    match ring.write_new(&args.out, args.force || args.add) {
         Ok(()) => {
             println!(
-                "wrote key {:?} (version 1) to {}",
+                "wrote key {:?} (version {version}) to {}",
                 args.name,
                 args.out.display()
             );

@@ -97,6 +97,14 @@ impl KeyRing {
     }
 
     /// Adds (or replaces) a version and makes it the active one.
+    /// The version a new key named `name` would get: 1, or one past the newest.
+    pub fn next_version(&self, name: &str) -> u32 {
+        self.names
+            .get(name)
+            .and_then(|n| n.versions.keys().max())
+            .map_or(1, |v| v + 1)
+    }
+
     pub fn insert(&mut self, name: &str, version: u32, key: Key) {
         let entry = self
             .names
