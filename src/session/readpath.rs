@@ -657,7 +657,9 @@ impl ReadPath {
             frontend::PARSE => {
                 let p = frontend::parse(body)?;
                 if !restricted {
-                    self.statements.insert(p.statement.to_vec(), None);
+                    // Not analysed: if a reload later restricts this role, Bind must not find
+                    // a "nothing to rewrite" plan for it (unknown statements are refused).
+                    self.statements.remove(p.statement);
                     return Ok(ClientVerdict::Forward);
                 }
                 match self.decide(p.sql) {
@@ -684,7 +686,7 @@ impl ReadPath {
             frontend::BIND => {
                 let b = frontend::bind(body)?;
                 if !restricted {
-                    self.portals.insert(b.portal.to_vec(), None);
+                    self.portals.remove(b.portal);
                     return Ok(ClientVerdict::Forward);
                 }
                 let plan = match self.statements.get(b.statement) {

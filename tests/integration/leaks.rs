@@ -1493,3 +1493,65 @@ async fn leaks_auditor_statement_kinds_and_row_limit() {
         &failures,
     );
 }
+
+/// A statement prepared while the role was fully clear must not keep running without a plan
+/// after a policy reload restricts the role: the reload applies from the next statement on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_before_a_restricting_reload_are_not_run_in_clear() {
+    crm();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
+        .unwrap();
+    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
+    assert!(demo.contains(support_rule));
+    std::fs::write(
+        &path,
+        demo.replace(support_rule, "support:   { default: clear }"),
+    )
+    .unwrap();
+    let (p, keys) = (path.clone(), crm().keys.clone());
+    let proxy = proxy_with(move |c| {
+        c.policy = Some(p);
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+    })
+    .await;
+    let s = via(&proxy, "support").await;
+    let admin = direct("app_admin").await;
+    let ssn: String = admin
+        .client
+        .query_one("SELECT ssn FROM customers WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stmt = s
+        .client
+        .prepare("SELECT ssn FROM customers WHERE id = 1")
+        .await
+        .unwrap();
+    let clear: String = s.client.query_one(&stmt, &[]).await.unwrap().get(0);
+    assert_eq!(clear, ssn, "fully clear before the reload");
+
+    std::fs::write(&path, &demo).unwrap();
+    let series = "tokengate_policy_generation";
+    assert_eq!(metric_reaching(&proxy, series, 2.0).await, 2.0);
+    // The old statement: refused, never the plaintext.
+    match s.client.query_one(&stmt, &[]).await {
+        Ok(row) => assert_ne!(
+            row.get::<_, String>(0),
+            ssn,
+            "plaintext after a restricting reload"
+        ),
+        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}"),
+    }
+    // Prepared again, it is analysed under the new policy and masked.
+    let stmt = s
+        .client
+        .prepare("SELECT ssn FROM customers WHERE id = 1")
+        .await
+        .unwrap();
+    let masked: String = s.client.query_one(&stmt, &[]).await.unwrap().get(0);
+    assert_eq!(masked, format!("***-**-{}", &ssn[7..]));
+}
