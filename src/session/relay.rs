@@ -310,10 +310,16 @@ impl FrameHandler for UpstreamHandler<'_> {
 /// group memberships and column names) and the login role's view of the policy.
 async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Option<ReadPath> {
     let store = ctx.policy.as_ref()?;
+    let (mut snapshot, mut catalog_error) = (None, None);
+    load_catalog(ctx, &mut snapshot, &mut catalog_error, &info.database).await;
+    let groups = snapshot
+        .as_ref()
+        .map(|s: &Arc<Snapshot>| s.groups_of(&info.user).to_vec())
+        .unwrap_or_default();
     let mut rp = ReadPath::new(
         info.database.clone(),
         info.user.clone(),
-        store.current().for_role(&info.user, &[]),
+        store.current().for_role(&info.user, &groups),
         ctx.readpath.clone(),
         ctx.keys.clone(),
         ctx.metrics.clone(),
@@ -327,14 +333,9 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
             },
         ),
     );
-    load_catalog(ctx, &mut rp.snapshot, &mut rp.catalog_error, &info.database).await;
+    rp.snapshot = snapshot;
+    rp.catalog_error = catalog_error;
     rp.needs_refresh = false;
-    let groups = rp
-        .snapshot
-        .as_ref()
-        .map(|s| s.groups_of(&info.user).to_vec())
-        .unwrap_or_default();
-    rp.view = store.current().for_role(&info.user, &groups);
     rp.policy_generation = store.generation();
     Some(rp)
 }

@@ -57,24 +57,18 @@ pub async fn handshake(
 ) -> Result<Established, Outcome> {
     let deadline = Instant::now() + ctx.config.startup_timeout;
     let (mut client, startup, raw) = negotiate(ctx, tcp, deadline).await?;
-    let fail = |code: Code, msg: String| code.error(msg);
 
     if startup.major != 3 {
-        let e = fail(
-            Code::UnsupportedProtocol,
-            format!(
-                "unsupported frontend protocol {}.{}",
-                startup.major, startup.minor
-            ),
-        );
+        let e = Code::UnsupportedProtocol.error(format!(
+            "unsupported frontend protocol {}.{}",
+            startup.major, startup.minor
+        ));
         send_error(&mut client, &e).await;
         return Err(Outcome::Refused);
     }
     if startup.wants_replication() && !ctx.config.allow_replication {
-        let e = fail(
-            Code::ReplicationRefused,
-            "replication connections are not allowed through tokengate".into(),
-        );
+        let e = Code::ReplicationRefused
+            .error("replication connections are not allowed through tokengate");
         send_error(&mut client, &e).await;
         return Err(Outcome::Refused);
     }
