@@ -161,6 +161,7 @@ impl ReadPath {
                 }
                 _ => {}
             }
+            let changes_names = super::names::may_change_names(a, text);
             self.names.planned(a, text);
             if self.names.dirty {
                 stale = true;
@@ -178,6 +179,8 @@ impl ReadPath {
                     .audit
                     .is_some()
                     .then(|| Arc::<str>::from(text.to_string())),
+                changes_names,
+                is_ddl: plan.is_ddl,
             });
         }
         Ok(planned)

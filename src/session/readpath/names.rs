@@ -75,12 +75,18 @@ impl SessionNames {
         }
     }
 
-    /// A statement was planned: mark the state dirty if it may change it.
+    /// A statement was planned: mark the state dirty if it may change it (so the rest of its
+    /// message and pipeline resolves nothing); its completion marks it again.
     pub fn planned(&mut self, a: &StatementAnalysis, text: &str) {
         if may_change_names(a, text) {
-            self.dirty = true;
-            self.changed_in_transaction = true;
+            self.changed();
         }
+    }
+
+    /// A statement that may change the state ran (or is about to).
+    pub fn changed(&mut self) {
+        self.dirty = true;
+        self.changed_in_transaction = true;
     }
 
     /// ReadyForQuery: a transaction that changed the state has ended.
@@ -156,7 +162,7 @@ impl SessionNames {
 
 /// Statements that may change the search path, the role `"$user"` names, the temp schema or
 /// which schemas exist. Conservative: any doubt counts.
-fn may_change_names(a: &StatementAnalysis, text: &str) -> bool {
+pub fn may_change_names(a: &StatementAnalysis, text: &str) -> bool {
     if a.is_ddl || matches!(a.kind, StatementKind::Call | StatementKind::Other) {
         return true;
     }

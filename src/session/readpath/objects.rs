@@ -32,6 +32,10 @@ pub struct Planned {
     pub effect: Effect,
     /// The text, for audit records (present when an audit log is configured).
     pub text: Option<Arc<str>>,
+    /// Running it may change name resolution (search path, temp schema, schemas).
+    pub changes_names: bool,
+    /// Running it may change the catalog.
+    pub is_ddl: bool,
 }
 
 /// What a statement changes once the server confirms it.
@@ -80,6 +84,9 @@ pub struct Portal {
     pub text: Option<Arc<str>>,
     /// What executing it does (a prepared DECLARE, PREPARE, CLOSE...).
     pub effect: Effect,
+    /// Executing it may change name resolution or the catalog.
+    pub changes_names: bool,
+    pub is_ddl: bool,
     pub hold: bool,
     /// A cursor declared BINARY: its rows come in binary whatever the client asks.
     pub binary: bool,
@@ -98,6 +105,8 @@ impl Portal {
             failed: None,
             text: None,
             effect: Effect::None,
+            changes_names: false,
+            is_ddl: false,
             hold: false,
             binary: false,
             level: 0,
@@ -198,6 +207,8 @@ impl Objects {
                     sensitive: *sensitive,
                     effect: Effect::None,
                     text: None,
+                    changes_names: false,
+                    is_ddl: false,
                 }),
             ),
             (b"DEALLOCATE", Effect::Deallocate(name)) => self.closed_statement(name.as_bytes()),

@@ -390,6 +390,8 @@ impl ReadPath {
         let mut p = Portal::new(Some(planned.result.clone()), planned.sensitive);
         p.text = planned.text.clone();
         p.effect = planned.effect.clone();
+        p.changes_names = planned.changes_names;
+        p.is_ddl = planned.is_ddl;
         p.failed = st.failed.clone();
         if restricted
             && p.failed.is_none()
@@ -761,7 +763,11 @@ impl ReadPath {
             return ServerVerdict::Forward;
         };
         let effect = q.current().map(|s| s.effect.clone());
+        let changes = q
+            .current()
+            .map_or((true, true), |s| (s.changes_names, s.is_ddl));
         let internal = q.internal;
+        let restricted = q.restricted;
         q.index += 1;
         q.active = None;
         let failed = q.failed.take();
@@ -770,6 +776,9 @@ impl ReadPath {
                 self.names.finish_read();
             } else {
                 self.confirm(body, effect.as_ref());
+                if restricted {
+                    self.ran(changes);
+                }
             }
         }
         match failed {
@@ -796,14 +805,28 @@ impl ReadPath {
     /// the refusal to report instead when its result failed.
     fn execute_complete(&mut self, t: u8, body: &[u8], x: &ExecuteReply) -> Option<Refusal> {
         if t == tag::COMMAND_COMPLETE {
-            let effect = self
+            let (effect, changes) = self
                 .objects
                 .portal(&x.portal)
-                .map(|p| p.effect.clone())
-                .unwrap_or_default();
+                .map(|p| (p.effect.clone(), (p.changes_names, p.is_ddl)))
+                .unwrap_or((Effect::None, (true, true)));
             self.confirm(body, Some(&effect));
+            if x.restricted {
+                self.ran(changes);
+            }
         }
         x.failed.clone()
+    }
+
+    /// A statement completed: if it may have changed names or the catalog, they are read
+    /// again before the next statement is analysed.
+    fn ran(&mut self, (changes_names, is_ddl): (bool, bool)) {
+        if changes_names || is_ddl {
+            self.names.changed();
+        }
+        if is_ddl {
+            self.needs_refresh = true;
+        }
     }
 
     /// Writes a completed Execute's audit record (rows read from the portal so far).
