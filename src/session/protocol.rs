@@ -23,33 +23,8 @@
 //!   ErrorResponse with nothing pending may only be FATAL (the server is ending the session).
 use std::collections::VecDeque;
 
-/// Backend message tags (the server's replies).
-pub mod tag {
-    pub const PARSE_COMPLETE: u8 = b'1';
-    pub const BIND_COMPLETE: u8 = b'2';
-    pub const CLOSE_COMPLETE: u8 = b'3';
-    pub const NOTIFICATION: u8 = b'A';
-    pub const COMMAND_COMPLETE: u8 = b'C';
-    pub const COPY_DONE: u8 = b'c';
-    pub const DATA_ROW: u8 = b'D';
-    pub const COPY_DATA: u8 = b'd';
-    pub const ERROR: u8 = b'E';
-    pub const COPY_IN: u8 = b'G';
-    pub const COPY_OUT: u8 = b'H';
-    pub const COPY_BOTH: u8 = b'W';
-    pub const EMPTY_QUERY: u8 = b'I';
-    pub const BACKEND_KEY_DATA: u8 = b'K';
-    pub const NO_DATA: u8 = b'n';
-    pub const NOTICE: u8 = b'N';
-    pub const AUTHENTICATION: u8 = b'R';
-    pub const PORTAL_SUSPENDED: u8 = b's';
-    pub const PARAMETER_STATUS: u8 = b'S';
-    pub const PARAMETER_DESCRIPTION: u8 = b't';
-    pub const ROW_DESCRIPTION: u8 = b'T';
-    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
-    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
-    pub const READY_FOR_QUERY: u8 = b'Z';
-}
+/// Backend message tags (the server's replies), named in one place.
+pub use crate::wire::backend as tag;
 
 /// A frontend message that the server answers (or, for CopyDone/CopyFail, that ends a COPY).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +187,10 @@ impl<T> ProtocolState<T> {
     pub fn reply(&mut self, tag: u8, fatal: bool) -> Result<Step<T>, Mismatch> {
         use tag::*;
         let mut skipped = Vec::new();
-        if matches!(tag, NOTICE | PARAMETER_STATUS | NOTIFICATION) {
+        if matches!(
+            tag,
+            NOTICE_RESPONSE | PARAMETER_STATUS | NOTIFICATION_RESPONSE
+        ) {
             return Ok(Step {
                 skipped,
                 event: Event::Async,
@@ -232,7 +210,7 @@ impl<T> ProtocolState<T> {
                     event: Event::Async,
                 });
             }
-            if tag == ERROR && fatal {
+            if tag == ERROR_RESPONSE && fatal {
                 return Ok(Step {
                     skipped,
                     event: Event::Async,
@@ -261,7 +239,7 @@ impl<T> ProtocolState<T> {
             expected: format!("waiting for the reply to {request:?} ({stage:?})"),
         };
         // Errors first: they can end any request at any stage.
-        if tag == ERROR {
+        if tag == ERROR_RESPONSE {
             return Ok(Step {
                 event: self.error(request, stage),
                 skipped,
@@ -276,7 +254,7 @@ impl<T> ProtocolState<T> {
             | (Request::DescribePortal, Stage::Start, ROW_DESCRIPTION | NO_DATA)
             | (Request::Execute, Stage::Start | Stage::Rows, COMMAND_COMPLETE)
             | (Request::Execute, Stage::Start | Stage::Rows, PORTAL_SUSPENDED)
-            | (Request::Execute, Stage::Start, EMPTY_QUERY)
+            | (Request::Execute, Stage::Start, EMPTY_QUERY_RESPONSE)
             | (Request::Execute, Stage::CopyOutDone, COMMAND_COMPLETE)
             | (Request::Query, Stage::Between | Stage::Ending, READY_FOR_QUERY)
             | (Request::FunctionCall, Stage::Ending, READY_FOR_QUERY) => None,
@@ -287,12 +265,12 @@ impl<T> ProtocolState<T> {
             (Request::Query, Stage::Start | Stage::Between, ROW_DESCRIPTION) => Some(Stage::Rows),
             (Request::Query, Stage::Rows, DATA_ROW) => Some(Stage::Rows),
             (Request::Query, Stage::Start | Stage::Between | Stage::Rows, COMMAND_COMPLETE)
-            | (Request::Query, Stage::Start, EMPTY_QUERY)
+            | (Request::Query, Stage::Start, EMPTY_QUERY_RESPONSE)
             | (Request::Query, Stage::CopyOutDone, COMMAND_COMPLETE) => Some(Stage::Between),
-            (Request::Query, Stage::Start | Stage::Between, COPY_IN)
-            | (Request::Execute, Stage::Start, COPY_IN) => Some(Stage::CopyIn),
-            (Request::Query, Stage::Start | Stage::Between, COPY_OUT)
-            | (Request::Execute, Stage::Start, COPY_OUT) => Some(Stage::CopyOut),
+            (Request::Query, Stage::Start | Stage::Between, COPY_IN_RESPONSE)
+            | (Request::Execute, Stage::Start, COPY_IN_RESPONSE) => Some(Stage::CopyIn),
+            (Request::Query, Stage::Start | Stage::Between, COPY_OUT_RESPONSE)
+            | (Request::Execute, Stage::Start, COPY_OUT_RESPONSE) => Some(Stage::CopyOut),
             (Request::Query | Request::Execute, Stage::CopyOut, COPY_DATA) => Some(Stage::CopyOut),
             (Request::Query | Request::Execute, Stage::CopyOut, COPY_DONE) => {
                 Some(Stage::CopyOutDone)
@@ -621,8 +599,8 @@ mod tests {
     fn async_messages_come_at_any_time() {
         let mut s: ProtocolState<&str> = ProtocolState::default();
         assert_eq!(run(&mut s, b"NSA").unwrap(), Vec::<String>::new());
-        assert!(s.reply(ERROR, true).is_ok());
-        assert!(s.reply(ERROR, false).is_err());
+        assert!(s.reply(ERROR_RESPONSE, true).is_ok());
+        assert!(s.reply(ERROR_RESPONSE, false).is_err());
         assert!(s.reply(DATA_ROW, false).is_err());
         assert!(s.reply(READY_FOR_QUERY, false).is_err());
     }
@@ -633,7 +611,7 @@ mod tests {
             AUTHENTICATION,
             BACKEND_KEY_DATA,
             NEGOTIATE_PROTOCOL_VERSION,
-            COPY_BOTH,
+            COPY_BOTH_RESPONSE,
             b'x',
             0,
         ] {

@@ -350,6 +350,9 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
     );
     rp.snapshot = snapshot;
     rp.catalog_error = catalog_error;
+    for (name, value) in &info.parameters {
+        rp.names.parameter(name, value);
+    }
     rp.needs_refresh = false;
     rp.policy_generation = store.generation();
     Some(rp)
@@ -412,11 +415,14 @@ async fn refresh_readpath(ctx: &Context, shared: &Mutex<Shared>) {
         return;
     };
     if refresh {
+        // A failed reload keeps the old snapshot for group memberships, but not as proof:
+        // `needs_refresh` stays set, and restricted statements are refused until a reload
+        // succeeds (TG141).
         if snapshot.is_some() {
             rp.snapshot = snapshot;
+            rp.needs_refresh = false;
         }
         rp.catalog_error = error;
-        rp.needs_refresh = false;
     }
     let groups = rp
         .snapshot

@@ -231,7 +231,10 @@ async fn corpus(name: &str, cases: &[Steps], with_options: bool) {
             case.2,
             seen.rows,
             seen.errors,
-            seen.values.iter().map(|(p, v)| (p, String::from_utf8_lossy(v))).collect::<Vec<_>>()
+            seen.values
+                .iter()
+                .map(|(p, v)| (p, String::from_utf8_lossy(v)))
+                .collect::<Vec<_>>()
         );
     }
     let proxy = crm_proxy().await;

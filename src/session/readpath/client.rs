@@ -82,6 +82,18 @@ impl ReadPath {
                     .unwrap_or_else(|| "the catalog is not loaded".into()),
             ));
         };
+        if self.needs_refresh {
+            return Err(Refusal::new(
+                Code::SessionStateChanging,
+                format!(
+                    "the catalog has not been re-read since a statement that may have changed it{}",
+                    self.catalog_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
         let Ok(sql) = std::str::from_utf8(sql) else {
             return Err(Refusal::new(
                 Code::Unproven,

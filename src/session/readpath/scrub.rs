@@ -15,11 +15,16 @@
 //!   statement runs ends the session, TG021).
 use crate::errors::Code;
 use crate::wire::Reader;
+use crate::wire::backend::{ERROR_RESPONSE, NOTIFICATION_RESPONSE};
 use crate::wire::frame::{begin_message, end_message};
 
 /// Rebuilds an ErrorResponse (`tag` b'E') or NoticeResponse (b'N') body from its safe parts.
 pub fn rebuild(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut severity: &[u8] = if tag == b'E' { b"ERROR" } else { b"NOTICE" };
+    let mut severity: &[u8] = if tag == ERROR_RESPONSE {
+        b"ERROR"
+    } else {
+        b"NOTICE"
+    };
     let mut plain_severity: Option<&[u8]> = None;
     let mut sqlstate: &[u8] = b"XX000";
     let mut position: Option<&[u8]> = None;
@@ -48,7 +53,11 @@ pub fn rebuild(tag: u8, body: &[u8]) -> Vec<u8> {
     field(&mut out, b'S', severity);
     field(&mut out, b'V', plain_severity.unwrap_or(severity));
     field(&mut out, b'C', sqlstate);
-    let what = if tag == b'E' { "error" } else { "notice" };
+    let what = if tag == ERROR_RESPONSE {
+        "error"
+    } else {
+        "notice"
+    };
     let message = format!(
         "tokengate {}: the server's {what} (SQLSTATE {}) is withheld because the statement involves protected columns",
         Code::MessageWithheld.id(),
@@ -86,7 +95,7 @@ pub fn notification_without_payload(body: &[u8]) -> Option<Vec<u8>> {
     let channel = r.cstr().ok()?;
     r.cstr().ok()?;
     let mut out = Vec::with_capacity(channel.len() + 16);
-    let start = begin_message(&mut out, b'A');
+    let start = begin_message(&mut out, NOTIFICATION_RESPONSE);
     out.extend_from_slice(&pid.to_be_bytes());
     out.extend_from_slice(channel);
     out.push(0);

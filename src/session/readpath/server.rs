@@ -64,7 +64,7 @@ impl ReadPath {
         self.protocol.settle_front();
         self.resolve_front();
         match t {
-            tag::NOTICE => {
+            tag::NOTICE_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
                 Ok(if self.restricted() && self.front_sensitive() {
                     ServerVerdict::Replace(scrub::rebuild(t, body))
@@ -72,7 +72,7 @@ impl ReadPath {
                     ServerVerdict::Forward
                 })
             }
-            tag::NOTIFICATION => {
+            tag::NOTIFICATION_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
                 if !self.restricted() {
                     return Ok(ServerVerdict::Forward);
@@ -98,7 +98,7 @@ impl ReadPath {
                 }
                 Ok(ServerVerdict::Forward)
             }
-            tag::ERROR => self.error(body),
+            tag::ERROR_RESPONSE => self.error(body),
             _ => {
                 let step = self.protocol.reply(t, false).map_err(mismatch)?;
                 drop(step.skipped);
@@ -225,12 +225,15 @@ impl ReadPath {
         let fatal = scrub::is_fatal(body);
         // Decided before the reply moves the queue: the statement the error is about.
         let sensitive = self.restricted() && self.front_sensitive();
-        let step = self.protocol.reply(tag::ERROR, fatal).map_err(mismatch)?;
+        let step = self
+            .protocol
+            .reply(tag::ERROR_RESPONSE, fatal)
+            .map_err(mismatch)?;
         drop(step.skipped);
         self.objects.error();
         let server = || {
             if sensitive {
-                ServerVerdict::Replace(scrub::rebuild(tag::ERROR, body))
+                ServerVerdict::Replace(scrub::rebuild(tag::ERROR_RESPONSE, body))
             } else {
                 ServerVerdict::Forward
             }
@@ -270,7 +273,7 @@ impl ReadPath {
             tag::ROW_DESCRIPTION => self.query_description(body),
             tag::DATA_ROW => self.data_row(body, out),
             tag::COPY_DATA => self.copy_data(body, out),
-            tag::COPY_OUT => self.copy_out_response(body),
+            tag::COPY_OUT_RESPONSE => self.copy_out_response(body),
             tag::COPY_DONE => {
                 if self.current_failed() {
                     ServerVerdict::Drop
@@ -278,7 +281,7 @@ impl ReadPath {
                     ServerVerdict::Forward
                 }
             }
-            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY => self.statement_complete(t, body),
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE => self.statement_complete(t, body),
             _ => {
                 if matches!(self.protocol.front_mut(), Some(Pending::Query(q)) if q.internal) {
                     ServerVerdict::Drop
