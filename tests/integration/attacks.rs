@@ -678,3 +678,86 @@ async fn metrics_count_cache_use_and_clear_roles() {
     assert!(metric(&text, "tokengate_analysis_cache_hits_total") >= 1.0);
     assert!(metric(&text, "tokengate_analysis_cache_misses_total") >= 1.0);
 }
+
+/// TG110 on every path: the server's description of a result (simple Query RowDescription,
+/// and the Describe tokengate sends before each restricted Execute) must agree with the
+/// analysis. Here the catalog tokengate loaded is stale on purpose: an administrator swaps two
+/// column names behind the session's back, so the analysis thinks `open` is unprotected while
+/// the server returns the protected column under that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptions_are_cross_checked_on_the_extended_protocol() {
+    setup().await;
+    let pg = &cluster().pg;
+    pg.execute(
+        DB,
+        "CREATE TABLE public.swapped (id int, secret text, open text);
+         INSERT INTO public.swapped SELECT id, ssn, city FROM public.customers WHERE id <= 10;
+         GRANT SELECT ON public.swapped TO support;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, mask: \"***-**-####\" }\n\
+         columns:\n  public.swapped.secret: ssn\n  public.customers.ssn: ssn\n\
+         roles:\n  support: { pii: mask }\n  \"*\": { default: deny }\n",
+    )
+    .unwrap();
+    let keys = crm().keys.clone();
+    let proxy = proxy_with(|c| {
+        c.policy = Some(policy.clone());
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+    })
+    .await;
+    let s = session_with(config(proxy.addr.port(), "support", None)).await;
+    // The session has its catalog; now the columns trade names.
+    s.client.simple_query("SELECT 1").await.unwrap();
+    pg.execute(
+        DB,
+        "ALTER TABLE public.swapped RENAME secret TO tmp;
+         ALTER TABLE public.swapped RENAME open TO secret;
+         ALTER TABLE public.swapped RENAME tmp TO open;",
+    )
+    .await
+    .unwrap();
+    let oracle = &crm().oracle;
+    let mut seen = Seen::default();
+    let mut session = s;
+    seen.simple(&mut session, "SELECT open FROM swapped").await;
+    assert!(
+        seen.errors.iter().any(|e| e.message.contains("TG110")),
+        "{:?}",
+        seen.errors
+    );
+    let mut ext = Seen::default();
+    match session
+        .client
+        .query_raw("SELECT open FROM swapped", std::iter::empty::<i32>())
+        .await
+    {
+        Ok(rows) => ext.absorb_rows(rows).await,
+        Err(e) => ext.error(&e),
+    }
+    assert!(
+        ext.errors.iter().any(|e| e.message.contains("TG110")),
+        "{:?}",
+        ext.errors
+    );
+    assert!(oracle.leaks(&seen).is_empty() && oracle.leaks(&ext).is_empty());
+    // Directly, the same statement returns the SSNs.
+    let d = session_with(config(cluster().port(), "support", None)).await;
+    let rows = d
+        .client
+        .query("SELECT open FROM swapped", &[])
+        .await
+        .unwrap();
+    let mut direct = Seen::default();
+    for r in &rows {
+        direct.row(r, "direct");
+    }
+    assert!(!oracle.leaks(&direct).is_empty());
+}
