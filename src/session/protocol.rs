@@ -78,6 +78,14 @@ pub enum Stage {
     Ending,
 }
 
+/// The outcome of [`ProtocolState::find_recent`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<R> {
+    Yes(R),
+    No,
+    Unsure,
+}
+
 /// A reply that does not fit what was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the server sent {} while {expected}", describe(*tag))]
@@ -163,10 +171,19 @@ impl<T> ProtocolState<T> {
         self.queue.front().map(|e| (e.request, e.stage, &e.data))
     }
 
-    /// Visits the data of every pending request, oldest first.
-    pub fn for_each(&self, mut f: impl FnMut(&T)) {
-        for e in &self.queue {
-            f(&e.data);
+    /// The first `Some` of `f` over the most recent `limit` pending requests, newest first;
+    /// [`Found::Unsure`] when the queue is longer than `limit` and nothing was found (the
+    /// caller cannot be sure, so it refuses).
+    pub fn find_recent<R>(&self, limit: usize, mut f: impl FnMut(&T) -> Option<R>) -> Found<R> {
+        for e in self.queue.iter().rev().take(limit) {
+            if let Some(r) = f(&e.data) {
+                return Found::Yes(r);
+            }
+        }
+        if self.queue.len() > limit {
+            Found::Unsure
+        } else {
+            Found::No
         }
     }
 
@@ -641,6 +658,17 @@ mod tests {
         assert_eq!(run(&mut s, b"DDs").unwrap(), ["e"]);
         s.sent(Request::Execute, "empty");
         assert_eq!(run(&mut s, b"I").unwrap(), ["empty"]);
+    }
+
+    #[test]
+    fn recent_lookups_are_bounded() {
+        let mut s = ProtocolState::default();
+        for i in 0..10 {
+            s.sent(Request::Parse, i);
+        }
+        assert_eq!(s.find_recent(3, |d| (*d == 8).then_some(*d)), Found::Yes(8));
+        assert_eq!(s.find_recent(3, |d| (*d == 2).then_some(*d)), Found::Unsure);
+        assert_eq!(s.find_recent(20, |d| (*d == 42).then_some(*d)), Found::No);
     }
 
     #[test]

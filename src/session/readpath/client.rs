@@ -11,7 +11,7 @@ use super::{ClientVerdict, ExecuteReply, Pending, QueryReply, ReadPath, cstr, fr
 use crate::catalog::SessionCatalog;
 use crate::errors::Code;
 use crate::plan::{Named, NamedPlans, Overlay, Refusal, ResultPlan, plan_statement};
-use crate::session::protocol::Request;
+use crate::session::protocol::{Found, Request};
 use crate::sql::{StatementAnalysis, StatementKind};
 use crate::wire::frontend;
 use std::sync::Arc;
@@ -21,53 +21,64 @@ const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
 /// Names that never exist, so Bind/Execute on them fail in the server.
 const REFUSED_NAME: &[u8] = b"tokengate refused";
 
+/// How many pending requests a name lookup scans (newest first); beyond it a name counts as
+/// unknown, so a huge pipeline costs bounded work per message.
+const SCAN_LIMIT: usize = 4096;
+
 /// The plans named objects will have once the messages already sent are confirmed.
 struct Projection<'a>(&'a ReadPath);
 
+impl Projection<'_> {
+    /// The latest pending definition, if any; `Err` when the queue is too long to be sure.
+    fn pending(
+        &self,
+        f: impl Fn(&Pending) -> Option<Option<Arc<ResultPlan>>>,
+    ) -> Found<Option<Arc<ResultPlan>>> {
+        self.0.protocol.find_recent(SCAN_LIMIT, f)
+    }
+}
+
 impl Named for Projection<'_> {
     fn cursor(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
-        let mut found = self
-            .0
-            .objects
-            .portal(name.as_bytes())
-            .and_then(|p| p.plan.clone());
-        self.0.protocol.for_each(|p| {
-            if let Pending::Query(q) = p {
-                for s in &q.statements {
-                    if let Effect::Declare { name: n, plan, .. } = &s.effect
-                        && n == name
-                    {
-                        found = Some(plan.clone());
-                    }
-                }
-            }
+        let pending = self.pending(|p| match p {
+            Pending::Query(q) => q.statements.iter().rev().find_map(|s| match &s.effect {
+                Effect::Declare { name: n, plan, .. } if n == name => Some(plan.clone()),
+                _ => None,
+            }),
+            _ => None,
         });
-        found
+        match pending {
+            Found::Yes(plan) => Some(plan),
+            Found::No => self
+                .0
+                .objects
+                .portal(name.as_bytes())
+                .and_then(|p| p.plan.clone()),
+            Found::Unsure => None,
+        }
     }
 
     fn prepared(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
-        let mut found = self
-            .0
-            .objects
-            .statements
-            .get(name.as_bytes())
-            .and_then(|s| s.planned.as_ref().map(|p| p.result.clone()));
-        self.0.protocol.for_each(|p| match p {
-            Pending::Query(q) => {
-                for s in &q.statements {
-                    if let Effect::Prepare { name: n, plan, .. } = &s.effect
-                        && n == name
-                    {
-                        found = Some(plan.clone());
-                    }
-                }
-            }
+        let pending = self.pending(|p| match p {
+            Pending::Query(q) => q.statements.iter().rev().find_map(|s| match &s.effect {
+                Effect::Prepare { name: n, plan, .. } if n == name => Some(plan.clone()),
+                _ => None,
+            }),
             Pending::Parse { name: n, planned } if n == name.as_bytes() => {
-                found = planned.as_ref().map(|p| p.result.clone());
+                planned.as_ref().map(|p| p.result.clone())
             }
-            _ => {}
+            _ => None,
         });
-        found
+        match pending {
+            Found::Yes(plan) => Some(plan),
+            Found::No => self
+                .0
+                .objects
+                .statements
+                .get(name.as_bytes())
+                .and_then(|s| s.planned.as_ref().map(|p| p.result.clone())),
+            Found::Unsure => None,
+        }
     }
 }
 
@@ -487,42 +498,42 @@ impl ReadPath {
 
     /// The statement is analysed, confirmed or on its way (a Parse already sent).
     fn statement_may_be_known(&self, name: &[u8]) -> bool {
-        let mut known = self
-            .objects
-            .statements
-            .get(name)
-            .is_some_and(|s| s.planned.is_some());
-        self.protocol.for_each(|p| match p {
-            Pending::Parse { name: n, planned } if n == name => known = planned.is_some(),
-            Pending::Query(q) => {
-                for s in &q.statements {
-                    if matches!(&s.effect, Effect::Prepare { name: n, .. } if n.as_bytes() == name)
-                    {
-                        known = true;
-                    }
-                }
-            }
-            _ => {}
+        let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
+            Pending::Parse { name: n, planned } if n == name => Some(planned.is_some()),
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, Effect::Prepare { name: n, .. } if n.as_bytes() == name))
+                .then_some(true),
+            _ => None,
         });
-        known
+        match pending {
+            Found::Yes(known) => known,
+            Found::No => self
+                .objects
+                .statements
+                .get(name)
+                .is_some_and(|s| s.planned.is_some()),
+            Found::Unsure => false,
+        }
     }
 
     /// The portal is confirmed with a plan, or a Bind or DECLARE of it is on its way.
     fn portal_may_be_known(&self, name: &[u8]) -> bool {
-        let mut known = self.objects.portal(name).is_some_and(|p| p.plan.is_some());
-        self.protocol.for_each(|p| match p {
-            Pending::Bind { portal, .. } if portal == name => known = true,
-            Pending::Query(q) => {
-                for s in &q.statements {
-                    if matches!(&s.effect, Effect::Declare { name: n, .. } if n.as_bytes() == name)
-                    {
-                        known = true;
-                    }
-                }
-            }
-            _ => {}
+        let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
+            Pending::Bind { portal, .. } if portal == name => Some(true),
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, Effect::Declare { name: n, .. } if n.as_bytes() == name))
+                .then_some(true),
+            _ => None,
         });
-        known
+        match pending {
+            Found::Yes(known) => known,
+            Found::No => self.objects.portal(name).is_some_and(|p| p.plan.is_some()),
+            Found::Unsure => false,
+        }
     }
 }
 
