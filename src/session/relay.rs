@@ -452,6 +452,8 @@ enum UpstreamEnd {
     },
     ClientWriteFailed,
     Stopped,
+    /// The read path ended the session (a reply that does not match, TG020/TG021).
+    Ended,
 }
 
 /// Relays until either side ends, then closes both.
@@ -515,6 +517,7 @@ pub async fn run(ctx: &Context, est: Established) -> Outcome {
             UpstreamEnd::Eof { after_error: true } | UpstreamEnd::ClientWriteFailed => Outcome::Completed,
             UpstreamEnd::Eof { after_error: false } => Outcome::UpstreamError,
             UpstreamEnd::Stopped => Outcome::Shutdown,
+            UpstreamEnd::Ended => Outcome::ProtocolError,
         },
     }
 }
@@ -569,7 +572,14 @@ async fn read_session_names(shared: &Mutex<Shared>, wr: &mut ConnWrite) -> bool 
         let mut s = lock(shared);
         let replies = s.replies.clone();
         match s.readpath.as_mut() {
-            Some(rp) if rp.wants_names_read() => (rp.start_names_read(), replies),
+            Some(rp) if rp.wants_names_read() => {
+                let query = rp.start_names_read();
+                // Its ReadyForQuery stops a statement timer like any Query's.
+                if s.pending.len() < MAX_PENDING_TIMERS {
+                    s.pending.push_back(Instant::now());
+                }
+                (query, replies)
+            }
             _ => return true,
         }
     };
@@ -635,7 +645,7 @@ async fn upstream_pump(
             Err(RelayError::End(EndSession(r))) => {
                 tracing::warn!(code = r.code.id(), error = %r.message, "ending session");
                 write_error(&mut wr, &r.code.error(&r.message)).await;
-                return UpstreamEnd::Stopped;
+                return UpstreamEnd::Ended;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "upstream sent a malformed message");

@@ -116,7 +116,15 @@ impl ReadPath {
             snapshot: &snapshot,
             path: path.as_deref(),
         };
-        let cache = self.shared.cache(&self.database, &self.names.cache_key());
+        let key = self.names.cache_key();
+        let cache = match &self.cache {
+            Some((k, c)) if k == key => c.clone(),
+            _ => {
+                let c = self.shared.cache(&self.database, key);
+                self.cache = Some((key.to_string(), c.clone()));
+                c
+            }
+        };
         let analyses = match cache.get(sql, snapshot.generation) {
             Some(a) => {
                 self.metrics.metrics.analysis_cache_hits_total.inc();

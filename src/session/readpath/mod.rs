@@ -158,6 +158,8 @@ pub struct ReadPath {
     session: AuditSession,
     /// Reused per protected value, so rewriting a row allocates nothing in the common case.
     scratch: Vec<u8>,
+    /// The analysis cache for the current names (and its key), looked up when they change.
+    cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
 }
 
 impl ReadPath {
@@ -177,6 +179,7 @@ impl ReadPath {
             session,
             terminate: None,
             scratch: Vec::new(),
+            cache: None,
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,

@@ -40,6 +40,8 @@ pub struct SessionNames {
     read_failed: bool,
     /// `standard_conforming_strings` as the server reports it (on by default since 9.1).
     pub standard_conforming_strings: bool,
+    /// The cache key of `path`.
+    key: String,
 }
 
 impl Default for SessionNames {
@@ -51,6 +53,7 @@ impl Default for SessionNames {
             reading: Vec::new(),
             read_failed: false,
             standard_conforming_strings: true,
+            key: String::new(),
         }
     }
 }
@@ -68,10 +71,11 @@ impl SessionNames {
     }
 
     /// The analysis cache key for the current state.
-    pub fn cache_key(&self) -> String {
-        match self.current() {
-            Some(p) => p.key(),
-            None => "?".into(),
+    pub fn cache_key(&self) -> &str {
+        if self.dirty || self.path.is_none() {
+            "?"
+        } else {
+            &self.key
         }
     }
 
@@ -141,7 +145,9 @@ impl SessionNames {
             .filter(|(n, _)| *n > 0)
             .map(|(_, s)| s)
             .collect();
-        self.path = Some(Arc::new(SearchPath::new(schemas, temp)));
+        let path = SearchPath::new(schemas, temp);
+        self.key = path.key();
+        self.path = Some(Arc::new(path));
         self.dirty = false;
     }
 
