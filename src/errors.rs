@@ -26,10 +26,14 @@ pub enum Code {
     UnsupportedValue,
     LineageMismatch,
     CatalogUnavailable,
+    ProtocolMismatch,
+    SettingFromProtectedStatement,
+    MessageWithheld,
+    SessionStateChanging,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 26] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -52,6 +56,10 @@ impl Code {
         Code::UnsupportedValue,
         Code::LineageMismatch,
         Code::CatalogUnavailable,
+        Code::ProtocolMismatch,
+        Code::SettingFromProtectedStatement,
+        Code::MessageWithheld,
+        Code::SessionStateChanging,
     ];
 
     pub fn id(self) -> &'static str {
@@ -78,6 +86,10 @@ impl Code {
             Code::UnsupportedValue => "TG109",
             Code::LineageMismatch => "TG110",
             Code::CatalogUnavailable => "TG111",
+            Code::ProtocolMismatch => "TG020",
+            Code::SettingFromProtectedStatement => "TG021",
+            Code::MessageWithheld => "TG140",
+            Code::SessionStateChanging => "TG141",
         }
     }
 
@@ -102,7 +114,11 @@ impl Code {
             | Code::RowLimit
             | Code::UnsupportedValue
             | Code::LineageMismatch
-            | Code::CatalogUnavailable => "42501",
+            | Code::CatalogUnavailable
+            | Code::SettingFromProtectedStatement
+            | Code::MessageWithheld
+            | Code::SessionStateChanging => "42501",
+            Code::ProtocolMismatch => "08P01",
         }
     }
 
@@ -171,6 +187,18 @@ impl Code {
             }
             Code::AuditUnavailable => {
                 "The audit log cannot be written (disk full, permissions) and the policy fails closed (on_failure: refuse); fix the log's storage."
+            }
+            Code::ProtocolMismatch => {
+                "The server's replies no longer matched the messages sent, so tokengate ended the session rather than guess which statement rows belong to; reconnect, and report the message sequence."
+            }
+            Code::SettingFromProtectedStatement => {
+                "A statement that reads protected columns changed a reported setting (e.g. set_config('application_name', ...)); the session was ended so the value cannot be read back. Set settings from literals only."
+            }
+            Code::MessageWithheld => {
+                "The statement involves protected columns, so the server's error or notice text is withheld (only its SQLSTATE and position are kept); rerun it without the protected columns to see the server's message."
+            }
+            Code::SessionStateChanging => {
+                "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline)."
             }
             Code::ChannelBindingUnavailable => {
                 "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."

@@ -28,6 +28,7 @@ pub mod embedded_pg;
 pub mod errors;
 pub mod net;
 pub mod observe;
+pub mod plan;
 pub mod policy;
 pub mod protect;
 pub mod server;

@@ -53,8 +53,7 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
        CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg_toast%'
-   AND n.nspname NOT LIKE 'pg_temp%'";
+   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg_toast%'";
 const COLUMNS: &str = "
 SELECT a.attrelid::int8, a.attnum, a.attname::text, a.atttypid::int8
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid

@@ -241,7 +241,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
 
 /// What tokengate would do with `sql` for this role: the same planning the proxy runs.
 pub fn explain_statement(sql: &str, view: &RoleView, catalog: &crate::catalog::Snapshot) -> String {
-    use crate::session::enforce::{NamedPlans, plan_statement};
+    use crate::plan::{NamedPlans, plan_statement};
     let mut out = String::new();
     let mut named = NamedPlans::default();
     for (i, a) in crate::sql::analyze(sql, catalog).iter().enumerate() {

@@ -10,9 +10,11 @@
 //! ```
 //!
 //! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
-//! cancel keys to upstream ones.
+//! cancel keys to upstream ones. While relaying, [`protocol`] matches every server reply to the
+//! message it answers and [`readpath`] applies the policy (planning itself is in
+//! [`crate::plan`]).
 pub mod cancel;
-pub mod enforce;
+pub mod protocol;
 pub mod readpath;
 pub mod relay;
 pub mod startup;

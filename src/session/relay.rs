@@ -6,7 +6,7 @@
 //! whole and may be replaced; only then is output copied into an owned buffer (lazily, from
 //! the first replacement on). The two pumps run concurrently in one task (no cross-thread
 //! wake-ups) and share the little state they need through an uncontended mutex.
-use super::readpath::{ClientVerdict, ReadPath, ServerVerdict};
+use super::readpath::{ClientVerdict, EndSession, ReadPath, ServerVerdict};
 use super::startup::Established;
 use super::{Context, Outcome};
 use crate::catalog::Snapshot;
@@ -59,6 +59,9 @@ pub enum RelayError {
     Wire(#[from] WireError),
     #[error("unexpected message type 0x{0:02x}")]
     UnknownTag(u8),
+    /// The read path ends the session (a reply that does not match, TG020/TG021).
+    #[error("{}", .0.0.message)]
+    End(EndSession),
 }
 
 /// The per-direction protocol logic plugged into a [`Pump`].
@@ -191,6 +194,9 @@ pub struct Shared {
     client_terminated: bool,
     /// Present whenever a policy is configured.
     readpath: Option<ReadPath>,
+    /// Woken after each batch of server replies (the client side waits on it for tokengate's
+    /// own query to be answered).
+    replies: Arc<tokio::sync::Notify>,
 }
 
 /// Client → upstream: validates framing, counts statements, starts statement timers.
@@ -221,6 +227,11 @@ impl FrameHandler for ClientHandler<'_> {
                 self.terminated = true;
                 lock(self.shared).client_terminated = true;
             }
+            frontend::COPY_DONE | frontend::COPY_FAIL if self.enforcing => {
+                if let Some(rp) = lock(self.shared).readpath.as_mut() {
+                    rp.client_tag(tag);
+                }
+            }
             t if frontend::is_known_tag(t) => {}
             t => return Err(RelayError::UnknownTag(t)),
         }
@@ -231,6 +242,7 @@ impl FrameHandler for ClientHandler<'_> {
                     | frontend::PARSE
                     | frontend::BIND
                     | frontend::EXECUTE
+                    | frontend::DESCRIBE
                     | frontend::CLOSE
                     | frontend::SYNC
                     | frontend::FUNCTION_CALL
@@ -279,10 +291,8 @@ impl FrameHandler for UpstreamHandler<'_> {
             }
         }
         if self.enforcing
-            && lock(self.shared)
-                .readpath
-                .as_ref()
-                .is_some_and(|rp| rp.server_needs_body(tag))
+            && let Some(rp) = lock(self.shared).readpath.as_mut()
+            && rp.server_header(tag).map_err(RelayError::End)?
         {
             return Ok(Need::Body);
         }
@@ -294,15 +304,20 @@ impl FrameHandler for UpstreamHandler<'_> {
         let Some(rp) = s.readpath.as_mut() else {
             return Ok(Action::Forward);
         };
-        Ok(match rp.server_frame(frame, &mut self.rewritten) {
-            ServerVerdict::Forward => Action::Forward,
-            ServerVerdict::Drop => Action::Drop,
-            ServerVerdict::Replace(bytes) => {
-                scratch.extend_from_slice(&bytes);
-                self.rewritten = bytes;
-                Action::Replace
-            }
-        })
+        Ok(
+            match rp
+                .server_frame(frame, &mut self.rewritten)
+                .map_err(RelayError::End)?
+            {
+                ServerVerdict::Forward => Action::Forward,
+                ServerVerdict::Drop => Action::Drop,
+                ServerVerdict::Replace(bytes) => {
+                    scratch.extend_from_slice(&bytes);
+                    self.rewritten = bytes;
+                    Action::Replace
+                }
+            },
+        )
     }
 }
 
@@ -335,6 +350,9 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
     );
     rp.snapshot = snapshot;
     rp.catalog_error = catalog_error;
+    for (name, value) in &info.parameters {
+        rp.names.parameter(name, value);
+    }
     rp.needs_refresh = false;
     rp.policy_generation = store.generation();
     Some(rp)
@@ -374,7 +392,8 @@ async fn refresh_readpath(ctx: &Context, shared: &Mutex<Shared>) {
             return;
         };
         (
-            rp.needs_refresh || rp.snapshot.is_none(),
+            // After DDL, only once the server has answered it (a load before could miss it).
+            (rp.needs_refresh && rp.idle()) || rp.snapshot.is_none(),
             rp.database.clone(),
             rp.login.clone(),
             rp.policy_generation,
@@ -396,11 +415,14 @@ async fn refresh_readpath(ctx: &Context, shared: &Mutex<Shared>) {
         return;
     };
     if refresh {
+        // A failed reload keeps the old snapshot for group memberships, but not as proof:
+        // `needs_refresh` stays set, and restricted statements are refused until a reload
+        // succeeds (TG141).
         if snapshot.is_some() {
             rp.snapshot = snapshot;
+            rp.needs_refresh = false;
         }
         rp.catalog_error = error;
-        rp.needs_refresh = false;
     }
     let groups = rp
         .snapshot
@@ -430,6 +452,8 @@ enum UpstreamEnd {
     },
     ClientWriteFailed,
     Stopped,
+    /// The read path ended the session (a reply that does not match, TG020/TG021).
+    Ended,
 }
 
 /// Relays until either side ends, then closes both.
@@ -493,6 +517,7 @@ pub async fn run(ctx: &Context, est: Established) -> Outcome {
             UpstreamEnd::Eof { after_error: true } | UpstreamEnd::ClientWriteFailed => Outcome::Completed,
             UpstreamEnd::Eof { after_error: false } => Outcome::UpstreamError,
             UpstreamEnd::Stopped => Outcome::Shutdown,
+            UpstreamEnd::Ended => Outcome::ProtocolError,
         },
     }
 }
@@ -515,6 +540,9 @@ async fn client_pump(
     loop {
         if enforcing && !pump.buf.is_empty() {
             refresh_readpath(ctx, shared).await;
+            if !read_session_names(shared, &mut wr).await {
+                return (ClientEnd::UpstreamWriteFailed, wr);
+            }
         }
         match pump.flush_to(&mut wr).await {
             Err(e) => return (ClientEnd::Protocol(protocol_error(&e)), wr),
@@ -532,6 +560,39 @@ async fn client_pump(
                 ctx.bytes_from_client.inc_by(n as u64);
             }
         }
+    }
+}
+
+/// Before a restricted statement is analysed: when the session's search path and temp schema
+/// are unknown or may have changed, and nothing is pending, sends tokengate's own query for
+/// them and waits until the upstream side has consumed its replies. False if the upstream
+/// could not be written.
+async fn read_session_names(shared: &Mutex<Shared>, wr: &mut ConnWrite) -> bool {
+    let (query, replies) = {
+        let mut s = lock(shared);
+        let replies = s.replies.clone();
+        match s.readpath.as_mut() {
+            Some(rp) if rp.wants_names_read() => {
+                let query = rp.start_names_read();
+                // Its ReadyForQuery stops a statement timer like any Query's.
+                if s.pending.len() < MAX_PENDING_TIMERS {
+                    s.pending.push_back(Instant::now());
+                }
+                (query, replies)
+            }
+            _ => return true,
+        }
+    };
+    if wr.write_all(&query).await.is_err() || wr.flush().await.is_err() {
+        return false;
+    }
+    loop {
+        if lock(shared).readpath.as_ref().is_none_or(ReadPath::idle) {
+            return true;
+        }
+        // The upstream side calls notify_one after each batch: a wake-up between the check
+        // and this await is kept as a permit.
+        replies.notified().await;
     }
 }
 
@@ -568,10 +629,9 @@ async fn upstream_pump(
         match pump.flush_to(&mut wr).await {
             Ok(Ok(_)) => {
                 let terminate = if enforcing {
-                    lock(shared)
-                        .readpath
-                        .as_mut()
-                        .and_then(|rp| rp.terminate.take())
+                    let mut s = lock(shared);
+                    s.replies.notify_one();
+                    s.readpath.as_mut().and_then(|rp| rp.terminate.take())
                 } else {
                     None
                 };
@@ -582,6 +642,11 @@ async fn upstream_pump(
                 }
             }
             Ok(Err(_)) => return UpstreamEnd::ClientWriteFailed,
+            Err(RelayError::End(EndSession(r))) => {
+                tracing::warn!(code = r.code.id(), error = %r.message, "ending session");
+                write_error(&mut wr, &r.code.error(&r.message)).await;
+                return UpstreamEnd::Ended;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "upstream sent a malformed message");
                 ctx.metrics.upstream_errors_total.inc();

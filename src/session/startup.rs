@@ -30,6 +30,9 @@ pub struct SessionInfo {
     pub client_tls: bool,
     /// The pid of the cancel key tokengate issued to the client, if the upstream sent one.
     pub client_key_pid: Option<u32>,
+    /// ParameterStatus values the server reported during startup (e.g.
+    /// `standard_conforming_strings`), in order; the read path tracks later changes.
+    pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A session that finished authentication and is ready to relay.
@@ -106,6 +109,7 @@ pub async fn handshake(
             .to_string(),
         client_tls: client.is_tls(),
         client_key_pid: None,
+        parameters: Vec::new(),
     };
     let mut client_buf = BytesMut::with_capacity(1024);
     let mut upstream_buf = BytesMut::with_capacity(8192);
@@ -208,6 +212,15 @@ pub async fn handshake(
                 backend::READY_FOR_QUERY => {
                     write(&mut client, &frame).await?;
                     return Ok(());
+                }
+                backend::PARAMETER_STATUS => {
+                    if let Some((name, value)) =
+                        super::readpath::names::parameter_status(body)
+                        && info.parameters.len() < 64
+                    {
+                        info.parameters.push((name.to_vec(), value.to_vec()));
+                    }
+                    write(&mut client, &frame).await?
                 }
                 _ => write(&mut client, &frame).await?,
             }

@@ -24,7 +24,7 @@ pub mod types;
 mod tests;
 
 pub use cache::AnalysisCache;
-pub use catalog::{Catalog, Relation, RelationKind, StaticCatalog};
+pub use catalog::{Catalog, Relation, RelationKind, SearchPath, StaticCatalog};
 pub use fingerprint::{fingerprint, normalize, split_statements};
 pub use types::{
     Clause, OutputColumn, Problem, ProblemKind, Source, StatementAnalysis, StatementKind, Use,

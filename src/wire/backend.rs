@@ -14,6 +14,20 @@ pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 pub const ROW_DESCRIPTION: u8 = b'T';
 pub const DATA_ROW: u8 = b'D';
 pub const COMMAND_COMPLETE: u8 = b'C';
+pub const PARSE_COMPLETE: u8 = b'1';
+pub const BIND_COMPLETE: u8 = b'2';
+pub const CLOSE_COMPLETE: u8 = b'3';
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
+pub const COPY_DONE: u8 = b'c';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_IN_RESPONSE: u8 = b'G';
+pub const COPY_OUT_RESPONSE: u8 = b'H';
+pub const COPY_BOTH_RESPONSE: u8 = b'W';
+pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+pub const NO_DATA: u8 = b'n';
+pub const PORTAL_SUSPENDED: u8 = b's';
+pub const PARAMETER_DESCRIPTION: u8 = b't';
+pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
 
 /// Authentication request codes (the first int32 of an 'R' message).
 pub const AUTH_OK: i32 = 0;

@@ -83,12 +83,28 @@ impl Bind<'_> {
     /// The format code of result column `i`, following the protocol's rules: no codes means
     /// all text, one code applies to every column, otherwise one per column.
     pub fn result_format(&self, i: usize) -> i16 {
-        match self.result_formats.len() {
-            0 => 0,
-            1 => self.result_formats[0],
-            _ => self.result_formats.get(i).copied().unwrap_or(0),
-        }
+        result_format(&self.result_formats, i)
     }
+}
+
+/// The format code of result column `i` for a Bind's result format codes.
+pub fn result_format(formats: &[i16], i: usize) -> i16 {
+    match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => formats.get(i).copied().unwrap_or(0),
+    }
+}
+
+/// Encodes a Describe of a portal.
+pub fn describe_portal(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 7);
+    let start = super::frame::begin_message(&mut out, DESCRIBE);
+    out.push(b'P');
+    out.extend_from_slice(name);
+    out.push(0);
+    super::frame::end_message(&mut out, start);
+    out
 }
 
 pub fn bind(body: &[u8]) -> Result<Bind<'_>, WireError> {

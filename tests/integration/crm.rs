@@ -47,7 +47,7 @@ pub struct Crm {
 static CRM: OnceLock<Crm> = OnceLock::new();
 static CRM_INIT: Mutex<()> = Mutex::new(());
 
-const ROLE_SETUP: &str = "
+pub const ROLE_SETUP: &str = "
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_admin, support, analyst, auditor, analysts;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app_admin, support, analyst, auditor, analysts;
 GRANT CREATE ON SCHEMA public TO app_admin, support, analyst, auditor, analysts;
@@ -183,7 +183,14 @@ impl Session {
 }
 
 async fn session_at(port: u16, role: &str) -> Session {
-    let (client, mut conn) = crm_config(port, role)
+    session_with(crm_config(port, role)).await
+}
+
+/// A session with a config of the caller's (another database, startup options...).
+pub async fn session_with(config: tokio_postgres::Config) -> Session {
+    let role = config.get_user().unwrap_or_default().to_string();
+    let port = config.get_ports().first().copied().unwrap_or_default();
+    let (client, mut conn) = config
         .connect(tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("connect as {role} to port {port}: {e:?}"));
@@ -216,10 +223,15 @@ pub async fn direct(role: &str) -> Session {
 
 /// A raw protocol client logged in as `role` (SCRAM, as pg_hba asks) to the `crm` database.
 pub async fn raw_as(addr: SocketAddr, role: &str) -> Raw {
+    raw_in(addr, role, CRM_DB).await
+}
+
+/// A raw protocol client logged in as `role` to `database`.
+pub async fn raw_in(addr: SocketAddr, role: &str, database: &str) -> Raw {
     let mut raw = Raw::tcp(addr).await;
     raw.send(&startup_packet(
         196_608,
-        &[("user", role), ("database", CRM_DB)],
+        &[("user", role), ("database", database)],
     ))
     .await;
     let mut scram: Option<ScramSha256> = None;

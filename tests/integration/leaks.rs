@@ -338,10 +338,12 @@ const SIMPLE: &[Case] = &[
         Refused,
     ),
     // The policy follows the login role, whatever SET ROLE does.
+    // SET ROLE may change what "$user" names: the rest of the message is refused (TG141)
+    // until tokengate has re-read the session's search path.
     (
         "support",
         "SET ROLE app_admin; SELECT ssn, email FROM customers",
-        Rewritten,
+        Protected,
     ),
     (
         "support",

@@ -1,5 +1,6 @@
 //! Read-path decisions: from a statement's analysis and the role's view of the policy to a plan
-//! (which result columns to rewrite, how) or a refusal. Pure: no I/O; the relay applies plans.
+//! (which result columns to rewrite, how) or a refusal. Pure: no I/O, no session: the proxy's
+//! session applies plans, and `policy explain` prints them.
 //!
 //! Fail closed: a statement that cannot be proven safe for a restricted role is refused.
 use crate::catalog::Snapshot;
@@ -83,13 +84,52 @@ pub struct StatementPlan {
     /// DECLARE name CURSOR / PREPARE name: the plan FETCH / EXECUTE will use.
     pub names: Option<(StatementKind, String)>,
     pub is_ddl: bool,
+    /// A protected column is read, used or written (or the statement writes a table that has
+    /// one): the server's errors and notices about it may quote protected values.
+    pub sensitive: bool,
 }
 
-/// Cursor and SQL-level prepared statement plans a session has declared, by name.
+/// The plans of cursors (portals) and prepared statements a statement may name.
+pub trait Named {
+    /// `Some(plan)` when the cursor is known (`Some(None)`: nothing to rewrite).
+    fn cursor(&self, name: &str) -> Option<Option<Arc<ResultPlan>>>;
+    fn prepared(&self, name: &str) -> Option<Option<Arc<ResultPlan>>>;
+}
+
+/// Cursor and SQL-level prepared statement plans, by name (`policy explain`, and a message's
+/// own declarations before the server has confirmed them).
 #[derive(Debug, Default)]
 pub struct NamedPlans {
     pub cursors: HashMap<String, Option<Arc<ResultPlan>>>,
     pub prepared: HashMap<String, Option<Arc<ResultPlan>>>,
+}
+
+impl Named for NamedPlans {
+    fn cursor(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
+        self.cursors.get(name).cloned()
+    }
+    fn prepared(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
+        self.prepared.get(name).cloned()
+    }
+}
+
+/// A message's own declarations first, then what the session knows.
+pub struct Overlay<'a> {
+    pub local: &'a NamedPlans,
+    pub session: &'a dyn Named,
+}
+
+impl Named for Overlay<'_> {
+    fn cursor(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
+        self.local
+            .cursor(name)
+            .or_else(|| self.session.cursor(name))
+    }
+    fn prepared(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
+        self.local
+            .prepared(name)
+            .or_else(|| self.session.prepared(name))
+    }
 }
 
 fn policy_kind(kind: StatementKind, inner: Option<StatementKind>) -> PolicyKind {
@@ -116,8 +156,8 @@ fn is_protected(d: &ColumnDecision) -> bool {
 pub fn plan_statement(
     a: &StatementAnalysis,
     view: &RoleView,
-    catalog: &Snapshot,
-    named: &NamedPlans,
+    catalog: &dyn PlanCatalog,
+    named: &dyn Named,
 ) -> Result<StatementPlan, Refusal> {
     if let Some(p) = a.problems.first() {
         return Err(Refusal::new(Code::Unproven, p.message.clone()));
@@ -164,12 +204,26 @@ pub fn plan_statement(
         }
     }
     let result = match a.kind {
-        StatementKind::Fetch => named_result(&named.cursors, a.name.as_deref(), "cursor")?,
-        StatementKind::Execute => {
-            named_result(&named.prepared, a.name.as_deref(), "prepared statement")?
-        }
+        StatementKind::Fetch => named_result(|n| named.cursor(n), a.name.as_deref(), "cursor")?,
+        StatementKind::Execute => named_result(
+            |n| named.prepared(n),
+            a.name.as_deref(),
+            "prepared statement",
+        )?,
         _ => result_plan(a, view, catalog)?,
     };
+    let sensitive = result.as_ref().is_some_and(|r| !r.protected.is_empty())
+        || a.uses
+            .iter()
+            .any(|u| view.column(&u.column).is_some_and(is_protected))
+        || a.outputs
+            .iter()
+            .flat_map(|o| o.sources.iter())
+            .chain(a.writes.iter())
+            .any(|s| view.column(&s.column).is_some_and(is_protected))
+        || a.write_targets
+            .iter()
+            .any(|t| catalog.has_protected_column(t, view));
     let names = match a.kind {
         StatementKind::DeclareCursor | StatementKind::Prepare => {
             a.name.clone().map(|n| (a.kind, n))
@@ -180,18 +234,45 @@ pub fn plan_statement(
         result,
         names,
         is_ddl: a.is_ddl,
+        sensitive,
     })
 }
 
+/// What planning needs from the catalog: column types, and which tables hold protected
+/// columns (a write to such a table may fail with the whole row in the error's DETAIL).
+pub trait PlanCatalog {
+    fn column_type(&self, qualified: &str) -> Option<u32>;
+    /// `schema.table` (or the name as written when unresolved: then true, fail closed).
+    fn has_protected_column(&self, table: &str, view: &RoleView) -> bool;
+}
+
+impl PlanCatalog for Snapshot {
+    fn column_type(&self, qualified: &str) -> Option<u32> {
+        Snapshot::column_type(self, qualified)
+    }
+    fn has_protected_column(&self, table: &str, view: &RoleView) -> bool {
+        let Some((schema, name)) = table.split_once('.') else {
+            return true;
+        };
+        match self.relation(Some(schema), name) {
+            Some(r) => r
+                .columns
+                .iter()
+                .any(|c| view.column(&r.qualified(&c.name)).is_some_and(is_protected)),
+            None => true,
+        }
+    }
+}
+
 fn named_result(
-    map: &HashMap<String, Option<Arc<ResultPlan>>>,
+    lookup: impl Fn(&str) -> Option<Option<Arc<ResultPlan>>>,
     name: Option<&str>,
     what: &str,
 ) -> Result<Option<Arc<ResultPlan>>, Refusal> {
     // Unknown names may have been declared before tokengate could see them (or not at all):
     // without a plan, rows cannot be proven safe.
     let name = name.unwrap_or_default();
-    map.get(name).cloned().ok_or_else(|| {
+    lookup(name).ok_or_else(|| {
         Refusal::new(
             Code::Unproven,
             format!("{what} {name:?} was not declared through tokengate in this session"),
@@ -203,7 +284,7 @@ fn named_result(
 fn result_plan(
     a: &StatementAnalysis,
     view: &RoleView,
-    catalog: &Snapshot,
+    catalog: &dyn PlanCatalog,
 ) -> Result<Option<Arc<ResultPlan>>, Refusal> {
     let mut plan = ResultPlan {
         width: a.outputs.len(),

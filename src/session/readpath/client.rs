@@ -1,0 +1,621 @@
+//! Client-side decisions: every message that the server will answer is recorded in the
+//! expectation queue; statements of restricted roles are analysed and planned, and refused ones
+//! are replaced by messages PostgreSQL itself rejects.
+//!
+//! Nothing here changes the session's named objects: a Parse, Bind or DECLARE only takes effect
+//! when the server confirms it (see [`super::objects`]). Early refusals (a Bind of a statement
+//! tokengate never analysed, an Execute of a portal it never saw) look at what is confirmed plus
+//! what is on its way; the server side checks the confirmed state again when replies arrive.
+use super::objects::{Effect, Planned};
+use super::{ClientVerdict, ExecuteReply, Pending, QueryReply, ReadPath, cstr, frame};
+use crate::catalog::SessionCatalog;
+use crate::errors::Code;
+use crate::plan::{Named, NamedPlans, Overlay, Refusal, ResultPlan, plan_statement};
+use crate::session::protocol::{Found, Request};
+use crate::sql::{StatementAnalysis, StatementKind};
+use crate::wire::frontend;
+use std::sync::Arc;
+
+/// Substitute SQL that PostgreSQL rejects at parse time (a syntax error).
+const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
+/// Names that never exist, so Bind/Execute on them fail in the server.
+const REFUSED_NAME: &[u8] = b"tokengate refused";
+
+/// How many pending requests a name lookup scans (newest first); beyond it a name counts as
+/// unknown, so a huge pipeline costs bounded work per message.
+const SCAN_LIMIT: usize = 4096;
+
+/// The plans named objects will have once the messages already sent are confirmed.
+struct Projection<'a>(&'a ReadPath);
+
+impl Projection<'_> {
+    /// The latest pending definition, if any; `Err` when the queue is too long to be sure.
+    fn pending(
+        &self,
+        f: impl Fn(&Pending) -> Option<Option<Arc<ResultPlan>>>,
+    ) -> Found<Option<Arc<ResultPlan>>> {
+        self.0.protocol.find_recent(SCAN_LIMIT, f)
+    }
+}
+
+impl Named for Projection<'_> {
+    fn cursor(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
+        let pending = self.pending(|p| match p {
+            Pending::Query(q) => q.statements.iter().rev().find_map(|s| match &s.effect {
+                Effect::Declare { name: n, plan, .. } if n == name => Some(plan.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        match pending {
+            Found::Yes(plan) => Some(plan),
+            Found::No => self
+                .0
+                .objects
+                .portal(name.as_bytes())
+                .and_then(|p| p.plan.clone()),
+            Found::Unsure => None,
+        }
+    }
+
+    fn prepared(&self, name: &str) -> Option<Option<Arc<ResultPlan>>> {
+        let pending = self.pending(|p| match p {
+            Pending::Query(q) => q.statements.iter().rev().find_map(|s| match &s.effect {
+                Effect::Prepare { name: n, plan, .. } if n == name => Some(plan.clone()),
+                _ => None,
+            }),
+            Pending::Parse { name: n, planned } if n == name.as_bytes() => {
+                planned.as_ref().map(|p| p.result.clone())
+            }
+            _ => None,
+        });
+        match pending {
+            Found::Yes(plan) => Some(plan),
+            Found::No => self
+                .0
+                .objects
+                .statements
+                .get(name.as_bytes())
+                .and_then(|s| s.planned.as_ref().map(|p| p.result.clone())),
+            Found::Unsure => None,
+        }
+    }
+}
+
+impl ReadPath {
+    /// Plans every statement of `sql`, or the first refusal.
+    fn plan(&mut self, sql: &[u8]) -> Result<Vec<Planned>, Refusal> {
+        let Some(snapshot) = self.snapshot.clone() else {
+            return Err(Refusal::new(
+                Code::CatalogUnavailable,
+                self.catalog_error
+                    .clone()
+                    .unwrap_or_else(|| "the catalog is not loaded".into()),
+            ));
+        };
+        if self.needs_refresh {
+            return Err(Refusal::new(
+                Code::SessionStateChanging,
+                format!(
+                    "the catalog has not been re-read since a statement that may have changed it{}",
+                    self.catalog_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            return Err(Refusal::new(
+                Code::Unproven,
+                "the statement is not valid UTF-8",
+            ));
+        };
+        let path = self.names.current().cloned();
+        let catalog = SessionCatalog {
+            snapshot: &snapshot,
+            path: path.as_deref(),
+        };
+        let key = self.names.cache_key();
+        let cache = match &self.cache {
+            Some((k, c)) if k == key => c.clone(),
+            _ => {
+                let c = self.shared.cache(&self.database, key);
+                self.cache = Some((key.to_string(), c.clone()));
+                c
+            }
+        };
+        let analyses = match cache.get(sql, snapshot.generation) {
+            Some(a) => {
+                self.metrics.metrics.analysis_cache_hits_total.inc();
+                a
+            }
+            None => {
+                self.metrics.metrics.analysis_cache_misses_total.inc();
+                cache.get_or_analyze(sql, &catalog, snapshot.generation)
+            }
+        };
+        let texts = crate::sql::split_statements(sql);
+        let mut local = NamedPlans::default();
+        let mut planned = Vec::with_capacity(analyses.len());
+        // Set once a statement may have changed name resolution: the later ones of this
+        // message were analysed with the old names, so they resolve nothing now.
+        let mut stale = path.is_none();
+        for (i, a) in analyses.iter().enumerate() {
+            let text = texts.get(i).copied().unwrap_or(sql);
+            let reanalysed;
+            let a: &StatementAnalysis = if stale && path.is_some() {
+                let unknown = SessionCatalog {
+                    snapshot: &snapshot,
+                    path: None,
+                };
+                reanalysed = crate::sql::analyze(text, &unknown);
+                reanalysed.first().unwrap_or(a)
+            } else {
+                a
+            };
+            if stale && !a.problems.is_empty() {
+                return Err(Refusal::new(
+                    Code::SessionStateChanging,
+                    format!(
+                        "the session's search_path, temp schema or catalog may have changed before this statement ({})",
+                        a.problems[0].message
+                    ),
+                ));
+            }
+            let session = Projection(self);
+            let named = Overlay {
+                local: &local,
+                session: &session,
+            };
+            let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
+            if plan.is_ddl {
+                self.needs_refresh = true;
+            }
+            if a.kind == StatementKind::Copy
+                && let Some(result) = &plan.result
+                && text.to_ascii_lowercase().contains("csv")
+            {
+                // COPY's text/CSV choice decides how CopyData lines are split; an option the
+                // splitter would misread makes the column count disagree, which is refused.
+                let mut r = (**result).clone();
+                r.csv = true;
+                plan.result = Some(Arc::new(r));
+            }
+            let effect = effect_of(a, text, &plan);
+            match &effect {
+                Effect::Declare { name, plan: p, .. } => {
+                    local.cursors.insert(name.clone(), p.clone());
+                }
+                Effect::Prepare { name, plan: p, .. } => {
+                    local.prepared.insert(name.clone(), p.clone());
+                }
+                _ => {}
+            }
+            let changes_names = super::names::may_change_names(a, text);
+            self.names.planned(a, text);
+            if self.names.dirty {
+                stale = true;
+            }
+            let rows = if plan.names.is_some() {
+                None
+            } else {
+                plan.result
+            };
+            planned.push(Planned {
+                result: rows,
+                sensitive: plan.sensitive,
+                effect,
+                text: self
+                    .audit
+                    .is_some()
+                    .then(|| Arc::<str>::from(text.to_string())),
+                changes_names,
+                is_ddl: plan.is_ddl,
+            });
+        }
+        Ok(planned)
+    }
+
+    /// Plans a statement text and applies the role's enforcement mode. Monitor-only roles
+    /// (`enforce: false`) get no rewriting and no refusal; what would have happened is logged
+    /// and counted as `monitored`.
+    fn decide(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<(Vec<Planned>, Option<Arc<super::PendingAudit>>), Refusal> {
+        let mut outcome = self.plan(sql);
+        let rewrites = |plans: &Vec<Planned>| plans.iter().any(|p| p.result.is_some());
+        if !self.view.enforce() {
+            self.metrics.monitored.inc();
+            match &outcome {
+                Err(r) => {
+                    tracing::warn!(role = %self.login, code = r.code.id(), reason = %r.message, "monitor-only: statement would be refused")
+                }
+                Ok(plans) if rewrites(plans) => {
+                    tracing::info!(role = %self.login, "monitor-only: result would be rewritten")
+                }
+                Ok(_) => {}
+            }
+            return Ok((Vec::new(), None));
+        }
+        let touched = matches!(&outcome, Ok(plans) if rewrites(plans));
+        if let Some(log) = &self.audit
+            && crate::audit::should_audit(self.view.audit(), touched, outcome.is_err())
+            && !log.accepting()
+        {
+            outcome = Err(Refusal::new(
+                Code::AuditUnavailable,
+                "the audit log cannot be written, and statements that must be audited are refused",
+            ));
+        }
+        match &outcome {
+            Ok(plans) if rewrites(plans) => {
+                self.metrics.rewritten.inc();
+            }
+            Ok(_) => {
+                self.metrics.clear.inc();
+            }
+            Err(r) => self.refused(r, Some(sql)),
+        }
+        let pending = match &outcome {
+            Ok(plans) => self.pending(
+                sql,
+                plans
+                    .iter()
+                    .filter_map(|p| p.result.as_ref())
+                    .map(|p| p.as_ref()),
+            ),
+            Err(_) => None,
+        };
+        outcome.map(|plans| (plans, pending))
+    }
+
+    fn sent(&mut self, request: Request, pending: Pending) {
+        self.protocol.sent(request, pending);
+    }
+
+    /// A statement this role runs without analysis: counted, and the names may change unseen.
+    fn unanalysed(&mut self) {
+        self.metrics.clear.inc();
+        self.names.dirty = true;
+    }
+
+    /// Handles a client frame (tag + length + body). Only called for tags the relay routes
+    /// here: Q, P, B, E, D, C, S, F.
+    pub fn client_frame(
+        &mut self,
+        frame_bytes: &[u8],
+    ) -> Result<ClientVerdict, crate::wire::WireError> {
+        let tag = frame_bytes[0];
+        let body = &frame_bytes[5..];
+        let restricted = self.restricted();
+        match tag {
+            frontend::QUERY => {
+                let sql = frontend::query(body)?;
+                if !restricted {
+                    self.unanalysed();
+                    self.sent(Request::Query, Pending::Query(Box::default()));
+                    return Ok(ClientVerdict::Forward);
+                }
+                match self.decide(sql) {
+                    Ok((statements, audit)) => {
+                        self.sent(
+                            Request::Query,
+                            Pending::Query(Box::new(QueryReply {
+                                statements,
+                                audit,
+                                restricted: true,
+                                ..QueryReply::default()
+                            })),
+                        );
+                        Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) => {
+                        self.sent(
+                            Request::Query,
+                            Pending::Query(Box::new(QueryReply {
+                                refusal: Some(r),
+                                restricted: true,
+                                ..QueryReply::default()
+                            })),
+                        );
+                        Ok(ClientVerdict::Replace(frame(
+                            frontend::QUERY,
+                            &[REFUSED_SQL, b"\0"].concat(),
+                        )))
+                    }
+                }
+            }
+            frontend::PARSE => {
+                let p = frontend::parse(body)?;
+                let name = p.statement.to_vec();
+                if !restricted {
+                    self.unanalysed();
+                    self.sent(
+                        Request::Parse,
+                        Pending::Parse {
+                            name,
+                            planned: None,
+                        },
+                    );
+                    return Ok(ClientVerdict::Forward);
+                }
+                match self.decide(p.sql) {
+                    Ok((planned, _)) => {
+                        let planned = planned.into_iter().next().unwrap_or_default();
+                        self.sent(
+                            Request::Parse,
+                            Pending::Parse {
+                                name,
+                                planned: Some(planned),
+                            },
+                        );
+                        Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) => {
+                        self.sent(Request::Parse, Pending::Refused(r));
+                        let mut b = Vec::new();
+                        cstr(&mut b, p.statement);
+                        cstr(&mut b, REFUSED_SQL);
+                        b.extend_from_slice(&0i16.to_be_bytes());
+                        Ok(ClientVerdict::Replace(frame(frontend::PARSE, &b)))
+                    }
+                }
+            }
+            frontend::BIND => {
+                let b = frontend::bind(body)?;
+                if restricted && !self.statement_may_be_known(b.statement) {
+                    let r = Refusal::new(
+                        Code::Unproven,
+                        format!(
+                            "prepared statement {:?} was not parsed through tokengate",
+                            String::from_utf8_lossy(b.statement)
+                        ),
+                    );
+                    self.refused(&r, None);
+                    self.sent(Request::Bind, Pending::Refused(r));
+                    let mut out = Vec::new();
+                    cstr(&mut out, b.portal);
+                    cstr(&mut out, REFUSED_NAME);
+                    out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                    return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
+                }
+                self.sent(
+                    Request::Bind,
+                    Pending::Bind {
+                        portal: b.portal.to_vec(),
+                        statement: b.statement.to_vec(),
+                        formats: b.result_formats.clone(),
+                        restricted,
+                    },
+                );
+                Ok(ClientVerdict::Forward)
+            }
+            frontend::EXECUTE => {
+                let (portal, _) = frontend::execute(body)?;
+                if !restricted {
+                    self.sent(
+                        Request::Execute,
+                        Pending::Execute(Box::new(ExecuteReply {
+                            portal: portal.to_vec(),
+                            ..ExecuteReply::default()
+                        })),
+                    );
+                    return Ok(ClientVerdict::Forward);
+                }
+                if !self.portal_may_be_known(portal) {
+                    let r = Refusal::new(
+                        Code::Unproven,
+                        format!(
+                            "portal {:?} was not bound through tokengate",
+                            String::from_utf8_lossy(portal)
+                        ),
+                    );
+                    self.refused(&r, None);
+                    self.sent(Request::Execute, Pending::Refused(r));
+                    let mut out = Vec::new();
+                    cstr(&mut out, REFUSED_NAME);
+                    out.extend_from_slice(&0i32.to_be_bytes());
+                    return Ok(ClientVerdict::Replace(frame(frontend::EXECUTE, &out)));
+                }
+                // The server's own description of the portal, checked against its plan before
+                // any row is forwarded (TG110 on the extended protocol).
+                self.sent(
+                    Request::DescribePortal,
+                    Pending::Describe {
+                        statement: false,
+                        name: portal.to_vec(),
+                        internal: true,
+                    },
+                );
+                self.sent(
+                    Request::Execute,
+                    Pending::Execute(Box::new(ExecuteReply {
+                        portal: portal.to_vec(),
+                        restricted: true,
+                        ..ExecuteReply::default()
+                    })),
+                );
+                let mut out = frontend::describe_portal(portal);
+                out.extend_from_slice(frame_bytes);
+                Ok(ClientVerdict::Replace(out))
+            }
+            frontend::DESCRIBE => {
+                let (target, name) = frontend::target(body, "Describe")?;
+                let statement = target == frontend::Target::Statement;
+                self.sent(
+                    if statement {
+                        Request::DescribeStatement
+                    } else {
+                        Request::DescribePortal
+                    },
+                    Pending::Describe {
+                        statement,
+                        name: name.to_vec(),
+                        internal: false,
+                    },
+                );
+                Ok(ClientVerdict::Forward)
+            }
+            frontend::CLOSE => {
+                let (target, name) = frontend::target(body, "Close")?;
+                self.sent(
+                    Request::Close,
+                    Pending::Close {
+                        statement: target == frontend::Target::Statement,
+                        name: name.to_vec(),
+                    },
+                );
+                Ok(ClientVerdict::Forward)
+            }
+            frontend::SYNC => {
+                self.sent(Request::Sync, Pending::Sync);
+                Ok(ClientVerdict::Forward)
+            }
+            frontend::FUNCTION_CALL => {
+                if !restricted {
+                    self.unanalysed();
+                    self.sent(Request::FunctionCall, Pending::FunctionCall);
+                    return Ok(ClientVerdict::Forward);
+                }
+                // A function called by OID could return anything: not provable.
+                let r = Refusal::new(
+                    Code::Unproven,
+                    "FunctionCall messages cannot be analysed; call the function in a SELECT",
+                );
+                self.refused(&r, None);
+                self.sent(Request::FunctionCall, Pending::Refused(r));
+                let mut out = 0u32.to_be_bytes().to_vec();
+                out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                Ok(ClientVerdict::Replace(frame(frontend::FUNCTION_CALL, &out)))
+            }
+            _ => Ok(ClientVerdict::Forward),
+        }
+    }
+
+    /// Client messages whose body is not needed: CopyDone and CopyFail end a COPY FROM STDIN
+    /// (or are dropped by the server outside one).
+    pub fn client_tag(&mut self, tag: u8) {
+        match tag {
+            frontend::COPY_DONE => self.sent(Request::CopyDone, Pending::CopyEnd),
+            frontend::COPY_FAIL => self.sent(Request::CopyFail, Pending::CopyEnd),
+            _ => {}
+        }
+    }
+
+    /// The statement is analysed, confirmed or on its way (a Parse already sent).
+    fn statement_may_be_known(&self, name: &[u8]) -> bool {
+        let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
+            Pending::Parse { name: n, planned } if n == name => Some(planned.is_some()),
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, Effect::Prepare { name: n, .. } if n.as_bytes() == name))
+                .then_some(true),
+            _ => None,
+        });
+        match pending {
+            Found::Yes(known) => known,
+            Found::No => self
+                .objects
+                .statements
+                .get(name)
+                .is_some_and(|s| s.planned.is_some()),
+            Found::Unsure => false,
+        }
+    }
+
+    /// The portal is confirmed with a plan, or a Bind or DECLARE of it is on its way.
+    fn portal_may_be_known(&self, name: &[u8]) -> bool {
+        let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
+            Pending::Bind { portal, .. } if portal == name => Some(true),
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, Effect::Declare { name: n, .. } if n.as_bytes() == name))
+                .then_some(true),
+            _ => None,
+        });
+        match pending {
+            Found::Yes(known) => known,
+            Found::No => self.objects.portal(name).is_some_and(|p| p.plan.is_some()),
+            Found::Unsure => false,
+        }
+    }
+}
+
+/// What a planned statement does to the session's named objects once confirmed.
+fn effect_of(a: &StatementAnalysis, text: &str, plan: &crate::plan::StatementPlan) -> Effect {
+    let name = || a.name.clone().unwrap_or_default();
+    match a.kind {
+        StatementKind::DeclareCursor => {
+            let (hold, binary) = cursor_options(text);
+            Effect::Declare {
+                name: name(),
+                hold,
+                binary,
+                plan: plan.result.clone(),
+                sensitive: plan.sensitive,
+            }
+        }
+        StatementKind::Prepare => Effect::Prepare {
+            name: name(),
+            plan: plan.result.clone(),
+            sensitive: plan.sensitive,
+        },
+        StatementKind::Fetch => Effect::Fetch(name()),
+        StatementKind::Execute => Effect::Execute(name()),
+        StatementKind::Utility => utility_effect(a, text),
+        _ => Effect::None,
+    }
+}
+
+/// WITH HOLD and BINARY of a DECLARE (parsed; unparseable means neither, and the cursor's
+/// rows are then read as its Describe says).
+fn cursor_options(text: &str) -> (bool, bool) {
+    use sqlparser::ast::Statement;
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    match sqlparser::parser::Parser::parse_sql(&dialect, text).as_deref() {
+        Ok([Statement::Declare { stmts }]) => stmts.first().map_or((false, false), |d| {
+            (d.hold.unwrap_or(false), d.binary.unwrap_or(false))
+        }),
+        _ => (false, false),
+    }
+}
+
+/// CLOSE, DEALLOCATE and savepoint statements: the names they act on.
+fn utility_effect(a: &StatementAnalysis, text: &str) -> Effect {
+    use sqlparser::ast::Statement;
+    let first = text
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match first.as_str() {
+        "close" => Effect::Close(a.name.clone().unwrap_or_default()),
+        "deallocate" => Effect::Deallocate(a.name.clone().unwrap_or_default()),
+        "savepoint" | "release" | "rollback" | "abort" => {
+            let dialect = sqlparser::dialect::PostgreSqlDialect {};
+            let fold = crate::sql::catalog::fold;
+            match sqlparser::parser::Parser::parse_sql(&dialect, text).as_deref() {
+                Ok([Statement::Savepoint { name }]) => Effect::Savepoint(fold(name)),
+                Ok([Statement::ReleaseSavepoint { name }]) => Effect::Release(fold(name)),
+                Ok(
+                    [
+                        Statement::Rollback {
+                            savepoint: Some(name),
+                            ..
+                        },
+                    ],
+                ) => Effect::RollbackTo(fold(name)),
+                Ok([Statement::Rollback { .. }]) => Effect::None,
+                // Not understood: the confirmation then forgets every portal of the transaction
+                // (a savepoint tag without a known name), which is safe.
+                _ => Effect::None,
+            }
+        }
+        _ => Effect::None,
+    }
+}

@@ -1,0 +1,261 @@
+//! The per-session read path: decides what each client message may do, tracks every server
+//! reply against what was sent, and rewrites result rows (DataRow, CopyData) by the plan of the
+//! statement they belong to.
+//!
+//! - [`super::protocol`]: the expectation queue (which replies may come, in order); a reply
+//!   that does not fit ends the session (TG020).
+//! - [`client`]: client-side decisions: analysis, planning, refusals by substitution.
+//! - [`server`]: server-side handling: bookkeeping on confirmation, rewriting, cross-checks.
+//! - [`objects`]: statements, portals, cursors and savepoints as the server confirmed them.
+//! - [`names`]: the session's search path and temp schema, read from the server.
+//! - [`transform`]: prepared column transforms and the row rewriters.
+//! - [`scrub`]: errors, notices and notifications for restricted roles.
+//! - [`observe`]: audit records, metrics and alerts.
+//!
+//! Refusals are substitutions: a refused Query, Parse, Bind, Execute or FunctionCall is replaced
+//! by one that PostgreSQL itself rejects, and the server's ErrorResponse is then replaced by
+//! tokengate's. So PostgreSQL's own semantics apply: an aborted transaction block, and messages
+//! skipped until Sync in the extended protocol.
+//!
+//! The expectation queue is kept for every role whenever a policy is configured, so a policy
+//! reload mid-session can never attribute one statement's rows to another's plan.
+mod client;
+pub mod names;
+pub mod objects;
+mod observe;
+pub mod scrub;
+mod server;
+mod transform;
+
+pub use observe::AuditSession;
+pub use transform::ReadPathShared;
+
+use super::protocol::ProtocolState;
+use crate::alerts::Alerts;
+use crate::audit::AuditLog;
+use crate::catalog::Snapshot;
+use crate::observe::metrics::Metrics;
+use crate::plan::Refusal;
+use crate::policy::RoleView;
+use crate::protect::KeyRing;
+use names::SessionNames;
+use objects::{Objects, Planned};
+use observe::{PendingAudit, SessionMetrics};
+use std::sync::Arc;
+use transform::ActiveResult;
+
+/// What the client-side handler should do with a frame.
+pub enum ClientVerdict {
+    Forward,
+    Replace(Vec<u8>),
+}
+
+/// What the server-side handler should do with a frame.
+pub enum ServerVerdict {
+    Forward,
+    Replace(Vec<u8>),
+    Drop,
+}
+
+/// Why the session must end (TG020, TG021): the relay sends it as a FATAL error and closes.
+#[derive(Debug, Clone)]
+pub struct EndSession(pub Refusal);
+
+/// A simple Query's reply in progress.
+#[derive(Debug, Default)]
+struct QueryReply {
+    /// One per statement, in order.
+    statements: Vec<Planned>,
+    index: usize,
+    active: Option<Arc<ActiveResult>>,
+    /// Tokengate's refusal, sent in place of the server's error to the substituted query.
+    refusal: Option<Refusal>,
+    /// A refusal decided while results streamed (row limit, lineage): the rest of the current
+    /// statement's output is swallowed and this is reported in place of its CommandComplete.
+    failed: Option<Refusal>,
+    audit: Option<Arc<PendingAudit>>,
+    /// tokengate's own query (the session's names): its replies are consumed.
+    internal: bool,
+    /// Analysed for a restricted role (otherwise nothing is rewritten or checked).
+    restricted: bool,
+}
+
+impl QueryReply {
+    fn current(&self) -> Option<&Planned> {
+        self.statements.get(self.index)
+    }
+}
+
+/// An Execute's reply in progress.
+#[derive(Debug, Default)]
+struct ExecuteReply {
+    portal: Vec<u8>,
+    /// Looked up in the confirmed portals when its first reply arrives.
+    resolved: bool,
+    active: Option<Arc<ActiveResult>>,
+    failed: Option<Refusal>,
+    sensitive: bool,
+    audit: Option<Arc<PendingAudit>>,
+    restricted: bool,
+}
+
+/// What tokengate remembers about each message sent, until the server has answered it.
+#[derive(Debug)]
+enum Pending {
+    Query(Box<QueryReply>),
+    /// `planned` is `None` when the statement was not analysed (role clear at the time).
+    Parse {
+        name: Vec<u8>,
+        planned: Option<Planned>,
+    },
+    Bind {
+        portal: Vec<u8>,
+        statement: Vec<u8>,
+        formats: Vec<i16>,
+        restricted: bool,
+    },
+    Describe {
+        statement: bool,
+        name: Vec<u8>,
+        /// Injected by tokengate to cross-check an Execute: its reply is consumed.
+        internal: bool,
+    },
+    Execute(Box<ExecuteReply>),
+    Close {
+        statement: bool,
+        name: Vec<u8>,
+    },
+    Sync,
+    FunctionCall,
+    CopyEnd,
+    /// A substituted message: the server's error to it is replaced by this refusal.
+    Refused(Refusal),
+}
+
+/// The per-session state.
+pub struct ReadPath {
+    pub database: String,
+    pub login: String,
+    pub view: Arc<RoleView>,
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub catalog_error: Option<String>,
+    pub needs_refresh: bool,
+    /// The policy generation `view` was computed from.
+    pub policy_generation: u64,
+    pub shared: Arc<ReadPathShared>,
+    pub keys: Arc<KeyRing>,
+    /// The session's search path, temp schema and lexing settings.
+    pub names: SessionNames,
+    /// Set when an alert with `action: terminate` fires; the relay then ends the session.
+    pub terminate: Option<Refusal>,
+    /// The transaction status of the last ReadyForQuery.
+    pub transaction_status: u8,
+    protocol: ProtocolState<Pending>,
+    objects: Objects,
+    metrics: SessionMetrics,
+    audit: Option<Arc<AuditLog>>,
+    alerts: Arc<Alerts>,
+    session: AuditSession,
+    /// Reused per protected value, so rewriting a row allocates nothing in the common case.
+    scratch: Vec<u8>,
+    /// The analysis cache for the current names (and its key), looked up when they change.
+    cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
+}
+
+impl ReadPath {
+    pub fn new(
+        database: String,
+        login: String,
+        view: Arc<RoleView>,
+        shared: Arc<ReadPathShared>,
+        keys: Arc<KeyRing>,
+        metrics: Metrics,
+        audit: (Option<Arc<AuditLog>>, Arc<Alerts>, AuditSession),
+    ) -> Self {
+        let (audit, alerts, session) = audit;
+        ReadPath {
+            audit,
+            alerts,
+            session,
+            terminate: None,
+            scratch: Vec::new(),
+            cache: None,
+            metrics: SessionMetrics::new(metrics, &login),
+            database,
+            login,
+            view,
+            snapshot: None,
+            catalog_error: None,
+            needs_refresh: true,
+            policy_generation: 0,
+            names: SessionNames::default(),
+            transaction_status: b'I',
+            protocol: ProtocolState::default(),
+            objects: Objects::default(),
+            shared,
+            keys,
+        }
+    }
+
+    /// Without a catalog the role's groups are unknown, and a group rule may restrict it:
+    /// fail closed.
+    /// A role whose policy says `audit: all` takes the analysed path too, so every statement
+    /// is recorded.
+    pub fn restricted(&self) -> bool {
+        self.snapshot.is_none()
+            || !self.view.fully_clear()
+            || (self.audit.is_some() && self.view.audit() == Some(crate::policy::AuditLevel::All))
+    }
+
+    /// Every message sent has been answered.
+    pub fn idle(&self) -> bool {
+        self.protocol.idle()
+    }
+
+    /// Whether tokengate must re-read the session's names (or the catalog) before analysing
+    /// the next statement, and can do so now (nothing pending, transaction not aborted).
+    pub fn wants_names_read(&self) -> bool {
+        self.restricted()
+            && self.names.needs_read()
+            && self.protocol.idle()
+            && self.transaction_status != b'E'
+    }
+
+    /// The internal query that reads the session's names; its replies are consumed.
+    pub fn start_names_read(&mut self) -> Vec<u8> {
+        self.names.begin_read();
+        self.protocol.sent(
+            super::protocol::Request::Query,
+            Pending::Query(Box::new(QueryReply {
+                internal: true,
+                ..QueryReply::default()
+            })),
+        );
+        let mut body = names::READ_NAMES_SQL.as_bytes().to_vec();
+        body.push(0);
+        frame(crate::wire::frontend::QUERY, &body)
+    }
+
+    /// The session's `standard_conforming_strings`, as the server last reported it (for the
+    /// lexer; on by default).
+    pub fn standard_conforming_strings(&self) -> bool {
+        self.names.standard_conforming_strings
+    }
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    let start = crate::wire::frame::begin_message(&mut out, tag);
+    out.extend_from_slice(body);
+    crate::wire::frame::end_message(&mut out, start);
+    out
+}
+
+fn cstr(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(s);
+    out.push(0);
+}
+
+fn refusal_error(r: &Refusal) -> Vec<u8> {
+    r.code.error(&r.message).encode()
+}

@@ -1,0 +1,849 @@
+//! Server-side handling: every reply is matched against the expectation queue first (a
+//! mismatch ends the session, TG020), then bookkeeping happens on the server's confirmation,
+//! rows are rewritten by the plan of the statement they belong to, and RowDescriptions (simple
+//! Query results, Describe replies, and a Describe tokengate injects before each restricted
+//! Execute) are cross-checked against the plan (TG110).
+use super::objects::{Effect, Portal};
+use super::transform::{
+    ActiveResult, DescribedColumn, parse_row_description, rewrite_copy_line, rewrite_data_row,
+};
+use super::{
+    EndSession, ExecuteReply, Pending, QueryReply, ReadPath, ServerVerdict, frame, refusal_error,
+    scrub,
+};
+use crate::errors::Code;
+use crate::plan::{Refusal, ResultPlan};
+use crate::policy::Action as PolicyAction;
+use crate::session::protocol::{Event, Mismatch, tag};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+fn mismatch(m: Mismatch) -> EndSession {
+    EndSession(Refusal::new(Code::ProtocolMismatch, m.to_string()))
+}
+
+impl ReadPath {
+    /// Called for every server message header, before its body may have arrived. Returns
+    /// whether the whole frame is needed ([`ReadPath::server_frame`]); otherwise the reply is
+    /// matched here and the frame streams through unchanged.
+    pub fn server_header(&mut self, t: u8) -> Result<bool, EndSession> {
+        if t != tag::DATA_ROW && t != tag::COPY_DATA {
+            return Ok(true);
+        }
+        self.protocol.settle_front();
+        self.resolve_front();
+        let needs = match self.protocol.front_mut() {
+            Some(Pending::Query(q)) => {
+                q.internal
+                    || q.failed.is_some()
+                    || q.active.as_ref().is_some_and(|a| a.needs_rows())
+            }
+            Some(Pending::Execute(x)) => {
+                x.failed.is_some() || x.active.as_ref().is_some_and(|a| a.needs_rows())
+            }
+            _ => false,
+        };
+        if needs {
+            return Ok(true);
+        }
+        self.protocol.reply(t, false).map_err(mismatch)?;
+        if t == tag::DATA_ROW {
+            self.metrics.rows.inc();
+        }
+        Ok(false)
+    }
+
+    /// Handles a whole server frame.
+    pub fn server_frame(
+        &mut self,
+        frame_bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<ServerVerdict, EndSession> {
+        let t = frame_bytes[0];
+        let body = &frame_bytes[5..];
+        self.protocol.settle_front();
+        self.resolve_front();
+        match t {
+            tag::NOTICE_RESPONSE => {
+                self.protocol.reply(t, false).map_err(mismatch)?;
+                Ok(if self.restricted() && self.front_sensitive() {
+                    ServerVerdict::Replace(scrub::rebuild(t, body))
+                } else {
+                    ServerVerdict::Forward
+                })
+            }
+            tag::NOTIFICATION_RESPONSE => {
+                self.protocol.reply(t, false).map_err(mismatch)?;
+                if !self.restricted() {
+                    return Ok(ServerVerdict::Forward);
+                }
+                match scrub::notification_without_payload(body) {
+                    Some(n) => Ok(ServerVerdict::Replace(n)),
+                    None => Err(EndSession(Refusal::new(
+                        Code::ProtocolMismatch,
+                        "malformed NotificationResponse",
+                    ))),
+                }
+            }
+            tag::PARAMETER_STATUS => {
+                self.protocol.reply(t, false).map_err(mismatch)?;
+                if let Some((name, value)) = super::names::parameter_status(body) {
+                    self.names.parameter(name, value);
+                }
+                if self.restricted() && self.front_sensitive() {
+                    return Err(EndSession(Refusal::new(
+                        Code::SettingFromProtectedStatement,
+                        "a statement involving protected columns changed a reported setting",
+                    )));
+                }
+                Ok(ServerVerdict::Forward)
+            }
+            tag::ERROR_RESPONSE => self.error(body),
+            _ => {
+                let step = self.protocol.reply(t, false).map_err(mismatch)?;
+                drop(step.skipped);
+                match step.event {
+                    Event::Async => Ok(if t == tag::READY_FOR_QUERY {
+                        // A spare answer to a Sync sent inside a failed COPY.
+                        self.ready(body, None)
+                    } else {
+                        ServerVerdict::Forward
+                    }),
+                    Event::Part => self.part(t, body, out),
+                    Event::Done(pending) => self.done(t, body, pending, out),
+                }
+            }
+        }
+    }
+
+    /// Looks up, once, the confirmed portal of an Execute at the front.
+    fn resolve_front(&mut self) {
+        let Some(Pending::Execute(x)) = self.protocol.front_mut() else {
+            return;
+        };
+        if x.resolved {
+            return;
+        }
+        x.resolved = true;
+        if !x.restricted {
+            return;
+        }
+        let name = x.portal.clone();
+        let (result, text) = match self.objects.portal(&name) {
+            None => (
+                Err(Refusal::new(
+                    Code::Unproven,
+                    format!(
+                        "portal {:?} is not known to tokengate",
+                        String::from_utf8_lossy(&name)
+                    ),
+                )),
+                None,
+            ),
+            Some(p) => (self.portal_result(p), p.text.clone()),
+        };
+        let sensitive = self.objects.portal(&name).is_none_or(|p| p.sensitive);
+        let audit = match &result {
+            Ok(active) => self.pending_for_portal(text.as_ref(), active.as_ref()),
+            Err(_) => None,
+        };
+        if let Some(Pending::Execute(x)) = self.protocol.front_mut() {
+            x.sensitive = sensitive;
+            x.audit = audit;
+            match result {
+                Ok(active) => x.active = active,
+                Err(r) => x.failed = Some(r),
+            }
+        }
+    }
+
+    /// The result a portal's rows are rewritten by.
+    fn portal_result(&self, p: &Portal) -> Result<Option<Arc<ActiveResult>>, Refusal> {
+        if let Some(r) = &p.failed {
+            return Err(r.clone());
+        }
+        let Some(plan) = &p.plan else {
+            return Err(Refusal::new(
+                Code::Unproven,
+                "the portal was created without tokengate's analysis",
+            ));
+        };
+        if let Some(a) = &p.active {
+            return Ok(Some(a.clone()));
+        }
+        let Some(plan) = plan else {
+            return Ok(None);
+        };
+        // A cursor: rows in text, or binary when declared BINARY.
+        let format = i16::from(p.binary && !plan.copy);
+        ActiveResult::build(
+            plan.clone(),
+            &|c| c.type_oid,
+            &|_| format,
+            &self.shared,
+            &self.keys,
+            &self.metrics,
+            None,
+        )
+        .map(Some)
+    }
+
+    /// Whether the statement the server is working on involves protected columns (or is not
+    /// known: then it counts as sensitive).
+    fn front_sensitive(&self) -> bool {
+        match self.protocol.front() {
+            None => false,
+            Some((_, _, p)) => match p {
+                Pending::Query(q) => {
+                    q.restricted
+                        && q.current().is_none_or(|s| s.sensitive)
+                        && !q.statements.is_empty()
+                        || q.refusal.is_some()
+                }
+                Pending::Execute(x) => x.restricted && x.sensitive,
+                Pending::Parse { planned, .. } => planned.as_ref().is_some_and(|p| p.sensitive),
+                Pending::Bind {
+                    statement,
+                    restricted,
+                    ..
+                } => {
+                    *restricted
+                        && self
+                            .objects
+                            .statements
+                            .get(statement)
+                            .and_then(|s| s.planned.as_ref())
+                            .is_none_or(|p| p.sensitive)
+                }
+                Pending::Describe { .. } | Pending::Close { .. } | Pending::CopyEnd => false,
+                Pending::Sync | Pending::FunctionCall | Pending::Refused(_) => true,
+            },
+        }
+    }
+
+    fn error(&mut self, body: &[u8]) -> Result<ServerVerdict, EndSession> {
+        let fatal = scrub::is_fatal(body);
+        // Decided before the reply moves the queue: the statement the error is about.
+        let sensitive = self.restricted() && self.front_sensitive();
+        let step = self
+            .protocol
+            .reply(tag::ERROR_RESPONSE, fatal)
+            .map_err(mismatch)?;
+        drop(step.skipped);
+        self.objects.error();
+        let server = || {
+            if sensitive {
+                ServerVerdict::Replace(scrub::rebuild(tag::ERROR_RESPONSE, body))
+            } else {
+                ServerVerdict::Forward
+            }
+        };
+        Ok(match step.event {
+            Event::Async => server(),
+            Event::Done(Pending::Refused(r)) => ServerVerdict::Replace(refusal_error(&r)),
+            Event::Done(Pending::Execute(x)) => {
+                self.finish_execute(*x);
+                server()
+            }
+            Event::Done(_) => server(),
+            Event::Part => match self.protocol.front_mut() {
+                Some(Pending::Query(q)) => {
+                    q.active = None;
+                    if q.internal {
+                        self.names.failed_read();
+                        ServerVerdict::Drop
+                    } else if let Some(r) = q.refusal.take() {
+                        ServerVerdict::Replace(refusal_error(&r))
+                    } else {
+                        server()
+                    }
+                }
+                Some(Pending::Refused(r)) => {
+                    let r = r.clone();
+                    ServerVerdict::Replace(refusal_error(&r))
+                }
+                _ => server(),
+            },
+        })
+    }
+
+    /// A reply that continues the front request.
+    fn part(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) -> Result<ServerVerdict, EndSession> {
+        Ok(match t {
+            tag::ROW_DESCRIPTION => self.query_description(body),
+            tag::DATA_ROW => self.data_row(body, out),
+            tag::COPY_DATA => self.copy_data(body, out),
+            tag::COPY_OUT_RESPONSE => self.copy_out_response(body),
+            tag::COPY_DONE => {
+                if self.current_failed() {
+                    ServerVerdict::Drop
+                } else {
+                    ServerVerdict::Forward
+                }
+            }
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE => self.statement_complete(t, body),
+            _ => {
+                if matches!(self.protocol.front_mut(), Some(Pending::Query(q)) if q.internal) {
+                    ServerVerdict::Drop
+                } else {
+                    ServerVerdict::Forward
+                }
+            }
+        })
+    }
+
+    /// A reply that completes a request.
+    fn done(
+        &mut self,
+        t: u8,
+        body: &[u8],
+        pending: Pending,
+        out: &mut Vec<u8>,
+    ) -> Result<ServerVerdict, EndSession> {
+        let _ = out;
+        Ok(match pending {
+            Pending::Refused(r) => {
+                // The server accepted a message tokengate substituted to be rejected.
+                return Err(EndSession(Refusal::new(
+                    Code::ProtocolMismatch,
+                    format!(
+                        "the server accepted a refused message ({}); ending the session",
+                        r.code.id()
+                    ),
+                )));
+            }
+            Pending::Parse { name, planned } => {
+                self.objects.parsed(name, planned);
+                ServerVerdict::Forward
+            }
+            Pending::Bind {
+                portal,
+                statement,
+                formats,
+                restricted,
+            } => {
+                let p = self.bound_portal(&statement, &formats, restricted);
+                self.objects.bound(portal, p);
+                ServerVerdict::Forward
+            }
+            Pending::Close { statement, name } => {
+                if statement {
+                    self.objects.closed_statement(&name);
+                } else {
+                    self.objects.closed_portal(&name);
+                }
+                ServerVerdict::Forward
+            }
+            Pending::Describe {
+                statement,
+                name,
+                internal,
+            } => {
+                if t == tag::ROW_DESCRIPTION && self.restricted() {
+                    self.check_described(statement, &name, body);
+                }
+                if internal {
+                    ServerVerdict::Drop
+                } else {
+                    ServerVerdict::Forward
+                }
+            }
+            Pending::Execute(x) => {
+                let failed = self.execute_complete(t, body, &x);
+                self.finish_execute(*x);
+                match failed {
+                    Some(r) => ServerVerdict::Replace(refusal_error(&r)),
+                    None => ServerVerdict::Forward,
+                }
+            }
+            Pending::Sync => {
+                self.protocol.synced();
+                self.ready(body, None)
+            }
+            Pending::Query(q) => self.ready(body, Some(*q)),
+            Pending::FunctionCall | Pending::CopyEnd => self.ready(body, None),
+        })
+    }
+
+    /// ReadyForQuery: the transaction status decides which portals survive.
+    fn ready(&mut self, body: &[u8], query: Option<QueryReply>) -> ServerVerdict {
+        let status = body.first().copied().unwrap_or(b'I');
+        self.transaction_status = status;
+        self.objects.ready(status);
+        self.names.ready(status);
+        let Some(q) = query else {
+            return ServerVerdict::Forward;
+        };
+        self.objects.simple_query();
+        if q.internal {
+            return ServerVerdict::Drop;
+        }
+        self.finish_pending(q.audit);
+        ServerVerdict::Forward
+    }
+
+    /// The portal a confirmed Bind created, from the confirmed statement.
+    fn bound_portal(&self, statement: &[u8], formats: &[i16], restricted: bool) -> Portal {
+        let Some(st) = self.objects.statements.get(statement) else {
+            return Portal::new(None, true);
+        };
+        let Some(planned) = &st.planned else {
+            return Portal::new(None, true);
+        };
+        let mut p = Portal::new(Some(planned.result.clone()), planned.sensitive);
+        p.text = planned.text.clone();
+        p.effect = planned.effect.clone();
+        p.changes_names = planned.changes_names;
+        p.is_ddl = planned.is_ddl;
+        p.failed = st.failed.clone();
+        if restricted
+            && p.failed.is_none()
+            && let Some(plan) = &planned.result
+        {
+            let is_copy = plan.copy;
+            let snapshot = self.snapshot.clone();
+            match ActiveResult::build(
+                plan.clone(),
+                &|c| {
+                    if c.type_oid != 0 {
+                        c.type_oid
+                    } else {
+                        snapshot
+                            .as_ref()
+                            .and_then(|s| s.column_type(&c.decision.column))
+                            .unwrap_or(0)
+                    }
+                },
+                &|i| {
+                    if is_copy {
+                        0
+                    } else {
+                        crate::wire::frontend::result_format(formats, i)
+                    }
+                },
+                &self.shared,
+                &self.keys,
+                &self.metrics,
+                None,
+            ) {
+                Ok(a) => p.active = Some(a),
+                Err(r) => p.failed = Some(r),
+            }
+        }
+        p
+    }
+
+    /// A Describe's RowDescription, checked against the statement's or portal's plan; a
+    /// disagreement refuses every later Execute of it.
+    fn check_described(&mut self, statement: bool, name: &[u8], body: &[u8]) {
+        let Some(columns) = parse_row_description(body) else {
+            return;
+        };
+        if statement {
+            let plan = match self.objects.statements.get(name) {
+                Some(s) => match &s.planned {
+                    Some(p) => p.result.clone(),
+                    None => return,
+                },
+                None => return,
+            };
+            if let Some(r) = self.check_columns(&columns, plan.as_deref())
+                && let Some(s) = self.objects.statements.get_mut(name)
+            {
+                s.failed = Some(r);
+            }
+        } else {
+            let plan = match self.objects.portal(name).and_then(|p| p.plan.clone()) {
+                Some(p) => p,
+                None => return,
+            };
+            if let Some(r) = self.check_columns(&columns, plan.as_deref())
+                && let Some(p) = self.objects.portals.get_mut(name)
+            {
+                p.failed = Some(r.clone());
+                // The Execute that follows was resolved already if it is at the front.
+                if let Some(Pending::Execute(x)) = self.protocol.front_mut()
+                    && x.portal == name
+                {
+                    x.failed = Some(r);
+                    x.active = None;
+                }
+            }
+        }
+    }
+
+    /// Server truth: a column RowDescription attributes to a protected table column must be
+    /// protected by the plan at that position, or the two sources disagree.
+    fn check_columns(
+        &self,
+        columns: &[DescribedColumn],
+        plan: Option<&ResultPlan>,
+    ) -> Option<Refusal> {
+        if self.view.fully_clear() {
+            return None;
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if c.table_oid == 0 {
+                continue;
+            }
+            let Some((name, _)) = self
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.column_by_oid(c.table_oid, c.attnum))
+            else {
+                continue;
+            };
+            let Some(d) = self.view.column(&name) else {
+                continue;
+            };
+            if d.action == PolicyAction::Clear {
+                continue;
+            }
+            let covered = plan
+                .and_then(|p| p.protected_at(i))
+                .is_some_and(|p| p.decision.label == d.label);
+            if !covered {
+                return Some(Refusal::new(
+                    Code::LineageMismatch,
+                    format!(
+                        "the server reports result column {} as {name}, which the analysis did not see",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        if let Some(plan) = plan
+            && plan.width != columns.len()
+        {
+            return Some(Refusal::new(
+                Code::LineageMismatch,
+                format!(
+                    "the server returns {} columns where the analysis expected {}",
+                    columns.len(),
+                    plan.width
+                ),
+            ));
+        }
+        None
+    }
+
+    /// The plan a Query statement's rows come by: its own, or for FETCH and EXECUTE the one
+    /// the server confirmed for that cursor or prepared statement.
+    fn statement_result(&self, q: &QueryReply) -> Result<Option<Arc<ResultPlan>>, Refusal> {
+        let Some(s) = q.current() else {
+            return Ok(None);
+        };
+        let unknown = |what: &str, name: &str| {
+            Refusal::new(
+                Code::Unproven,
+                format!("{what} {name:?} is not known to tokengate in this session"),
+            )
+        };
+        match &s.effect {
+            Effect::Fetch(name) => match self.objects.portal(name.as_bytes()) {
+                Some(p) if p.failed.is_none() => {
+                    p.plan.clone().ok_or_else(|| unknown("cursor", name))
+                }
+                Some(p) => Err(p.failed.clone().unwrap_or_else(|| unknown("cursor", name))),
+                None => Err(unknown("cursor", name)),
+            },
+            Effect::Execute(name) => match self.objects.statements.get(name.as_bytes()) {
+                Some(st) => st
+                    .planned
+                    .as_ref()
+                    .map(|p| p.result.clone())
+                    .ok_or_else(|| unknown("prepared statement", name)),
+                None => Err(unknown("prepared statement", name)),
+            },
+            _ => Ok(s.result.clone()),
+        }
+    }
+
+    /// A RowDescription in a simple Query.
+    fn query_description(&mut self, body: &[u8]) -> ServerVerdict {
+        let (internal, restricted) = match self.protocol.front_mut() {
+            Some(Pending::Query(q)) => (q.internal, q.restricted),
+            _ => return ServerVerdict::Forward,
+        };
+        if internal {
+            return ServerVerdict::Drop;
+        }
+        if !restricted {
+            return ServerVerdict::Forward;
+        }
+        let Some(columns) = parse_row_description(body) else {
+            return ServerVerdict::Forward;
+        };
+        let outcome = match self.protocol.front() {
+            Some((_, _, Pending::Query(q))) => self.statement_result(q).and_then(|plan| match self
+                .check_columns(&columns, plan.as_deref())
+            {
+                Some(r) => Err(r),
+                None => Ok((plan, q.audit.clone())),
+            }),
+            _ => return ServerVerdict::Forward,
+        };
+        let built = outcome.and_then(|(plan, audit)| match plan {
+            None => Ok(None),
+            Some(plan) => ActiveResult::build(
+                plan,
+                &|p| columns.get(p.index).map_or(0, |c| c.type_oid),
+                &|i| columns.get(i).map_or(0, |c| c.format),
+                &self.shared,
+                &self.keys,
+                &self.metrics,
+                audit,
+            )
+            .map(Some),
+        });
+        let Some(Pending::Query(q)) = self.protocol.front_mut() else {
+            return ServerVerdict::Forward;
+        };
+        match built {
+            Ok(a) => {
+                q.active = a;
+                ServerVerdict::Forward
+            }
+            Err(r) => {
+                q.failed = Some(r);
+                ServerVerdict::Drop
+            }
+        }
+    }
+
+    fn current_active(&mut self) -> Option<Arc<ActiveResult>> {
+        match self.protocol.front_mut()? {
+            Pending::Query(q) => q.active.clone(),
+            Pending::Execute(x) => x.active.clone(),
+            _ => None,
+        }
+    }
+
+    fn current_failed(&mut self) -> bool {
+        match self.protocol.front_mut() {
+            Some(Pending::Query(q)) => q.failed.is_some(),
+            Some(Pending::Execute(x)) => x.failed.is_some(),
+            _ => false,
+        }
+    }
+
+    fn fail_current(&mut self, r: Option<Refusal>) {
+        let Some(r) = r else {
+            return;
+        };
+        let slot = match self.protocol.front_mut() {
+            Some(Pending::Query(q)) => &mut q.failed,
+            Some(Pending::Execute(x)) => &mut x.failed,
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = Some(r.clone());
+            self.metrics.refusal(&r);
+            tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "result stopped");
+        }
+    }
+
+    /// Counts a result row against its plan: the active result when it must be rewritten,
+    /// or the verdict to apply right away (dropped after a failure or over the row limit).
+    fn row_to_rewrite(&mut self) -> Result<Arc<ActiveResult>, ServerVerdict> {
+        if self.current_failed() {
+            return Err(ServerVerdict::Drop);
+        }
+        let Some(active) = self.current_active() else {
+            return Err(ServerVerdict::Forward);
+        };
+        if active.count_row() {
+            self.fail_current(active.over_limit());
+            return Err(ServerVerdict::Drop);
+        }
+        if active.transforms.is_empty() {
+            return Err(ServerVerdict::Forward);
+        }
+        Ok(active)
+    }
+
+    fn data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+        if let Some(Pending::Query(q)) = self.protocol.front_mut()
+            && q.internal
+        {
+            let mut r = crate::wire::Reader::new(body, "DataRow");
+            let ok = match (r.count16(), r.value(), r.value()) {
+                (Ok(2), Ok(Some(n)), Ok(Some(schema))) => self.names.read_row(n, schema),
+                _ => false,
+            };
+            if !ok {
+                self.names.failed_read();
+            }
+            return ServerVerdict::Drop;
+        }
+        self.metrics.rows.inc();
+        let active = match self.row_to_rewrite() {
+            Ok(a) => a,
+            Err(verdict) => return verdict,
+        };
+        match rewrite_data_row(body, &active, out, &mut self.scratch) {
+            Ok(()) => ServerVerdict::Replace(std::mem::take(out)),
+            Err(r) => {
+                self.fail_current(Some(r));
+                ServerVerdict::Drop
+            }
+        }
+    }
+
+    fn copy_data(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
+        let active = match self.row_to_rewrite() {
+            Ok(a) => a,
+            Err(verdict) => return verdict,
+        };
+        match rewrite_copy_line(body, &active) {
+            Ok(line) => {
+                *out = frame(tag::COPY_DATA, &line);
+                ServerVerdict::Replace(std::mem::take(out))
+            }
+            Err(r) => {
+                self.fail_current(Some(r));
+                ServerVerdict::Drop
+            }
+        }
+    }
+
+    fn copy_out_response(&mut self, body: &[u8]) -> ServerVerdict {
+        let binary = body.first() == Some(&1);
+        // COPY sends no RowDescription: in the simple protocol the result is built here, with
+        // the catalog's column types and text format.
+        let plan = match self.protocol.front() {
+            Some((_, _, Pending::Query(q))) if q.active.is_none() && q.restricted => {
+                match self.statement_result(q) {
+                    Ok(p) => p.map(|p| (p, q.audit.clone())),
+                    Err(r) => {
+                        self.fail_current(Some(r));
+                        return ServerVerdict::Drop;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some((plan, audit)) = plan {
+            match ActiveResult::build(
+                plan,
+                &|p| p.type_oid,
+                &|_| 0,
+                &self.shared,
+                &self.keys,
+                &self.metrics,
+                audit,
+            ) {
+                Ok(a) => {
+                    if let Some(Pending::Query(q)) = self.protocol.front_mut() {
+                        q.active = Some(a);
+                    }
+                }
+                Err(r) => {
+                    self.fail_current(Some(r));
+                    return ServerVerdict::Drop;
+                }
+            }
+        }
+        if self.current_failed() {
+            return ServerVerdict::Drop;
+        }
+        let Some(active) = self.current_active() else {
+            return ServerVerdict::Forward;
+        };
+        if binary && !active.transforms.is_empty() {
+            self.fail_current(Some(Refusal::new(
+                Code::UnsupportedValue,
+                "binary COPY of protected columns is not supported; use text or CSV",
+            )));
+            return ServerVerdict::Drop;
+        }
+        ServerVerdict::Forward
+    }
+
+    /// CommandComplete or EmptyQueryResponse of one statement of a simple Query.
+    fn statement_complete(&mut self, t: u8, body: &[u8]) -> ServerVerdict {
+        let Some(Pending::Query(q)) = self.protocol.front_mut() else {
+            return ServerVerdict::Forward;
+        };
+        let effect = q.current().map(|s| s.effect.clone());
+        let changes = q
+            .current()
+            .map_or((true, true), |s| (s.changes_names, s.is_ddl));
+        let internal = q.internal;
+        let restricted = q.restricted;
+        q.index += 1;
+        q.active = None;
+        let failed = q.failed.take();
+        if t == tag::COMMAND_COMPLETE {
+            if internal {
+                self.names.finish_read();
+            } else {
+                self.confirm(body, effect.as_ref());
+                if restricted {
+                    self.ran(changes);
+                }
+            }
+        }
+        match failed {
+            Some(r) => ServerVerdict::Replace(refusal_error(&r)),
+            None if internal => ServerVerdict::Drop,
+            None => ServerVerdict::Forward,
+        }
+    }
+
+    /// A statement's CommandComplete: its effect on named objects takes place now.
+    fn confirm(&mut self, body: &[u8], effect: Option<&Effect>) {
+        let none = Effect::None;
+        let effect = effect.unwrap_or(&none);
+        self.objects.command_complete(body, effect);
+        if body.starts_with(b"ROLLBACK") && matches!(effect, Effect::RollbackTo(_)) {
+            self.names.rolled_back_to_savepoint();
+        }
+        if body.starts_with(b"DISCARD") || body.starts_with(b"RESET") || body.starts_with(b"SET") {
+            self.names.dirty = true;
+        }
+    }
+
+    /// An Execute's CommandComplete, PortalSuspended or EmptyQueryResponse: its effect, and
+    /// the refusal to report instead when its result failed.
+    fn execute_complete(&mut self, t: u8, body: &[u8], x: &ExecuteReply) -> Option<Refusal> {
+        if t == tag::COMMAND_COMPLETE {
+            let (effect, changes) = self
+                .objects
+                .portal(&x.portal)
+                .map(|p| (p.effect.clone(), (p.changes_names, p.is_ddl)))
+                .unwrap_or((Effect::None, (true, true)));
+            self.confirm(body, Some(&effect));
+            if x.restricted {
+                self.ran(changes);
+            }
+        }
+        x.failed.clone()
+    }
+
+    /// A statement completed: if it may have changed names or the catalog, they are read
+    /// again before the next statement is analysed.
+    fn ran(&mut self, (changes_names, is_ddl): (bool, bool)) {
+        if changes_names || is_ddl {
+            self.names.changed();
+        }
+        if is_ddl {
+            self.needs_refresh = true;
+        }
+    }
+
+    /// Writes a completed Execute's audit record (rows read from the portal so far).
+    fn finish_execute(&mut self, x: ExecuteReply) {
+        if let Some(p) = x.audit {
+            let rows = x.active.map_or(0, |a| a.rows.load(Ordering::Relaxed));
+            self.finish_audit(&p, rows);
+        }
+    }
+}
+
+impl ActiveResult {
+    /// Rows must be seen whole: something to rewrite, or a row limit to count.
+    pub(super) fn needs_rows(&self) -> bool {
+        !self.transforms.is_empty() || self.plan.row_limit.is_some() || self.audit.is_some()
+    }
+}
