@@ -26,10 +26,14 @@ pub enum Code {
     UnsupportedValue,
     LineageMismatch,
     CatalogUnavailable,
+    TooDeep,
+    LexerMismatch,
+    NotBuiltin,
+    CopyOption,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 26] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -52,6 +56,10 @@ impl Code {
         Code::UnsupportedValue,
         Code::LineageMismatch,
         Code::CatalogUnavailable,
+        Code::TooDeep,
+        Code::LexerMismatch,
+        Code::NotBuiltin,
+        Code::CopyOption,
     ];
 
     pub fn id(self) -> &'static str {
@@ -78,6 +86,10 @@ impl Code {
             Code::UnsupportedValue => "TG109",
             Code::LineageMismatch => "TG110",
             Code::CatalogUnavailable => "TG111",
+            Code::TooDeep => "TG120",
+            Code::LexerMismatch => "TG121",
+            Code::NotBuiltin => "TG122",
+            Code::CopyOption => "TG123",
         }
     }
 
@@ -102,7 +114,11 @@ impl Code {
             | Code::RowLimit
             | Code::UnsupportedValue
             | Code::LineageMismatch
-            | Code::CatalogUnavailable => "42501",
+            | Code::CatalogUnavailable
+            | Code::NotBuiltin => "42501",
+            Code::TooDeep => "54001",
+            Code::LexerMismatch => "42601",
+            Code::CopyOption => "0A000",
         }
     }
 
@@ -165,6 +181,18 @@ impl Code {
             }
             Code::CatalogUnavailable => {
                 "Check catalog_user/catalog_password and the upstream; fully trusted roles are not affected."
+            }
+            Code::TooDeep => {
+                "Split the statement, or replace long OR/AND chains with IN (...) or = ANY($1)."
+            }
+            Code::LexerMismatch => {
+                "Write the statement without the construct the message names (a comment ended by a carriage return, backslashes in strings with standard_conforming_strings off, 0x/1_000 numbers, an operator sqlparser reads differently)."
+            }
+            Code::NotBuiltin => {
+                "Use built-in operators, types and functions from pg_catalog only, or ask for the role's policy to allow it."
+            }
+            Code::CopyOption => {
+                "Use COPY with FORMAT text or csv and the options DELIMITER, NULL, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only."
             }
             Code::AlertTerminated => {
                 "The role crossed an alert threshold of its policy (alerts: action terminate); see the audit log and tokengate_alerts_total."

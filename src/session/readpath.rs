@@ -156,8 +156,6 @@ pub struct ActiveResult {
     /// The audit record this result's rows count toward.
     audit: Option<Arc<PendingAudit>>,
     rows: std::sync::atomic::AtomicU64,
-    /// COPY text/CSV: how CopyData lines are split.
-    csv: bool,
 }
 
 impl ActiveResult {
@@ -179,7 +177,6 @@ impl ActiveResult {
         Ok(Arc::new(ActiveResult {
             audit,
             rows_counter: metrics.rows.clone(),
-            csv: plan.csv,
             plan,
             transforms,
             rows: Default::default(),
@@ -262,6 +259,8 @@ pub struct ReadPath {
     portal_texts: HashMap<Vec<u8>, Arc<str>>,
     /// Reused per protected value, so rewriting a row allocates nothing in the common case.
     scratch: Vec<u8>,
+    /// The session's lexing settings (standard_conforming_strings from ParameterStatus).
+    lex: crate::sql::LexSettings,
 }
 
 /// Who the audit records are about.
@@ -384,6 +383,7 @@ impl ReadPath {
             texts: HashMap::new(),
             portal_texts: HashMap::new(),
             scratch: Vec::new(),
+            lex: crate::sql::LexSettings::default(),
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,
@@ -411,6 +411,12 @@ impl ReadPath {
             || (self.audit.is_some() && self.view.audit() == Some(crate::policy::AuditLevel::All))
     }
 
+    /// Sets the session's `standard_conforming_strings` (from ParameterStatus): it changes
+    /// where string literals end, so it is part of the analysis and of its cache key.
+    pub fn set_standard_conforming_strings(&mut self, on: bool) {
+        self.lex.standard_conforming_strings = on;
+    }
+
     /// Plans every statement of `sql`, or the first refusal.
     fn plan(&mut self, sql: &[u8]) -> Result<Vec<super::enforce::StatementPlan>, Refusal> {
         let Some(snapshot) = self.snapshot.clone() else {
@@ -429,30 +435,15 @@ impl ReadPath {
         };
         let analyses = self.shared.cache(&self.database).get_or_analyze(
             sql,
+            self.lex,
             snapshot.as_ref(),
             snapshot.generation,
         );
-        let texts = crate::sql::split_statements(sql);
         let mut plans = Vec::with_capacity(analyses.len());
-        for (i, a) in analyses.iter().enumerate() {
-            let mut plan = plan_statement(a, &self.view, &snapshot, &self.named)?;
+        for a in analyses.iter() {
+            let plan = plan_statement(a, &self.view, &snapshot, &self.named)?;
             if plan.is_ddl {
                 self.needs_refresh = true;
-            }
-            if a.kind == StatementKind::Copy
-                && let Some(result) = &plan.result
-            {
-                // COPY's text/CSV choice decides how CopyData lines are split; an option the
-                // splitter would misread makes the column count disagree, which is refused.
-                let text = texts
-                    .get(i)
-                    .map(|t| t.to_ascii_lowercase())
-                    .unwrap_or_default();
-                if text.contains("csv") {
-                    let mut r = (**result).clone();
-                    r.csv = true;
-                    plan.result = Some(Arc::new(r));
-                }
             }
             // A later statement of the same message may FETCH from this cursor.
             if let Some((kind, name)) = &plan.names {
@@ -1091,6 +1082,12 @@ impl ReadPath {
             Ok(a) => a,
             Err(verdict) => return verdict,
         };
+        // COPY ... HEADER: the first line holds column names, not values.
+        if active.plan.copy_format.as_ref().is_some_and(|f| f.header)
+            && active.rows.load(std::sync::atomic::Ordering::Relaxed) == 1
+        {
+            return ServerVerdict::Forward;
+        }
         match rewrite_copy_line(body, &active) {
             Ok(line) => {
                 *out = frame(b'd', &line);
@@ -1376,42 +1373,45 @@ fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refu
         Some(c) => (c, true),
         None => (line, false),
     };
-    let sep = if active.csv { b',' } else { b'\t' };
-    let fields: Vec<&[u8]> = content.split(|&b| b == sep).collect();
+    let Some(format) = active.plan.copy_format.as_ref() else {
+        return Err(unsupported("the COPY format is unknown"));
+    };
+    let sep = format.delimiter;
+    let Some(fields) = format.split(content) else {
+        return Err(unsupported("binary rows, or a CSV value spanning lines"));
+    };
     if fields.len() != active.plan.width {
-        return Err(unsupported(
-            "the column count does not match the statement (quoted separators are not supported)",
-        ));
+        return Err(unsupported("the column count does not match the statement"));
     }
+    let null = format.null.as_bytes();
     let mut out = Vec::with_capacity(line.len() + 16);
     let mut scratch = Vec::new();
-    for (i, f) in fields.iter().enumerate() {
+    for (i, field) in fields.iter().enumerate() {
+        let f = &content[field.range.clone()];
         if i > 0 {
             out.push(sep);
         }
         let transform = active.transforms.iter().find(|(idx, _, _)| *idx == i);
         match transform {
             None => out.extend_from_slice(f),
-            Some(_) if *f == b"\\N" || (active.csv && f.is_empty()) => out.extend_from_slice(f),
+            Some(_) if !field.quoted && f == null => out.extend_from_slice(f),
             Some((_, t, counter)) => {
                 counter.inc();
-                if f.contains(&b'\\') || f.contains(&b'"') {
+                if field.quoted || f.contains(&b'\\') || f.contains(&format.quote) {
                     return Err(unsupported("escaped or quoted values in protected columns"));
                 }
                 scratch.clear();
                 match t.apply(f, &mut scratch) {
                     Ok(Output::Value) => {
-                        if scratch
-                            .iter()
-                            .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'"')
+                        if scratch.iter().any(|&b| {
+                            b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == format.quote
+                        }) || (scratch.as_slice() == null)
                         {
                             return Err(unsupported("a protected value would need escaping"));
                         }
                         out.extend_from_slice(&scratch);
                     }
-                    Ok(Output::Null) => {
-                        out.extend_from_slice(if active.csv { b"" } else { b"\\N" })
-                    }
+                    Ok(Output::Null) => out.extend_from_slice(null),
                     Err(e) => return Err(unsupported(&e.to_string())),
                 }
             }
