@@ -115,10 +115,10 @@ impl Code {
             | Code::UnsupportedValue
             | Code::LineageMismatch
             | Code::CatalogUnavailable
-            | Code::NotBuiltin => "42501",
-            Code::TooDeep => "54001",
-            Code::LexerMismatch => "42601",
-            Code::CopyOption => "0A000",
+            | Code::TooDeep
+            | Code::LexerMismatch
+            | Code::NotBuiltin
+            | Code::CopyOption => "42501",
         }
     }
 

@@ -476,11 +476,17 @@ mod tests {
             assert_eq!(refused("support", sql), Code::FilterDenied, "{sql}");
         }
         assert_eq!(
-            refused("analyst", "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql"),
+            refused(
+                "analyst",
+                "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql"
+            ),
             Code::StatementKindDenied
         );
         assert_eq!(
-            refused("analyst", "SELECT id FROM customers WHERE id OPERATOR(public.=) 1"),
+            refused(
+                "analyst",
+                "SELECT id FROM customers WHERE id OPERATOR(public.=) 1"
+            ),
             Code::NotBuiltin
         );
     }

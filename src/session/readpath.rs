@@ -834,7 +834,7 @@ impl ReadPath {
     pub fn server_needs_body(&self, tag: u8) -> bool {
         match tag {
             b'D' | b'd' => self.current_active().is_some() || self.current_failed(),
-            b'T' | b'E' | b'C' | b's' | b'I' | b'Z' | b'H' | b'c' => true,
+            b'T' | b'E' | b'C' | b's' | b'I' | b'Z' | b'H' | b'c' | b'S' => true,
             _ => false,
         }
     }
@@ -876,6 +876,14 @@ impl ReadPath {
                 v.unwrap_or(ServerVerdict::Forward)
             }
             b'E' => self.error(body),
+            b'S' => {
+                // ParameterStatus: the server's value of a setting that changes lexing.
+                let mut parts = body.split(|&b| b == 0);
+                if parts.next() == Some(b"standard_conforming_strings") {
+                    self.lex.standard_conforming_strings = parts.next() != Some(b"off");
+                }
+                ServerVerdict::Forward
+            }
             b'Z' => {
                 // Pops the Simple or Sync this ReadyForQuery answers, and anything stale before it.
                 while let Some(e) = self.queue.pop_front() {

@@ -3,6 +3,7 @@
 //! compares what arrives through tokengate with what arrives directly.
 mod harness;
 
+mod attacks_sql;
 mod audit;
 mod auth;
 mod cancel;
