@@ -534,8 +534,9 @@ const COMBINING_WORDS: &[&str] = &[
 /// sqlparser builds left-deep chains (`a OR b OR …`, `x::t::t…`, `a UNION b UNION …`)
 /// iteratively, so its recursion limit does not bound them; the tree's depth is then at most
 /// the number of combining tokens (operators, `::`, `[`, and/or/is/in/like/union/…) in one
-/// comma-separated segment, plus the same for each parenthesised (or `[…]`, `CASE … END`)
-/// group it contains, plus one per group. Computed with an explicit stack, in one pass.
+/// comma-separated segment, plus the same for each parenthesised (or `[…]`) group it
+/// contains, plus one per group. A comma only ever separates list items, so a chain never
+/// spans one; counting CASE branches together only over-estimates. Computed with an explicit stack, in one pass.
 pub fn depth_bound(tokens: &[Token], sql: &str) -> usize {
     // Per open group: (combining tokens in the current segment, deepest child of the
     // current segment, deepest segment so far).
@@ -546,16 +547,10 @@ pub fn depth_bound(tokens: &[Token], sql: &str) -> usize {
     };
     for token in tokens {
         let text = token.text(sql);
-        let opens = match token.kind {
-            Kind::Punct => text == "(" || text == "[",
-            Kind::Word => text.eq_ignore_ascii_case("case"),
-            _ => false,
-        };
-        let closes = match token.kind {
-            Kind::Punct => text == ")" || text == "]",
-            Kind::Word => text.eq_ignore_ascii_case("end"),
-            _ => false,
-        };
+        // Only brackets group: sqlparser matches them strictly (a keyword such as END could
+        // be read as a name and must not close a group early).
+        let opens = token.kind == Kind::Punct && (text == "(" || text == "[");
+        let closes = token.kind == Kind::Punct && (text == ")" || text == "]");
         let combining = match token.kind {
             Kind::Op => true,
             Kind::Punct => text == "[",

@@ -1036,6 +1036,16 @@ impl<'c> Analyzer<'c> {
             );
             return unresolved(columns);
         }
+        // pg_get_viewdef text is lexed with standard strings; a view deeper than the bound is
+        // not parsed (its tree's walks could exhaust the stack).
+        let tokens = super::lexer::tokenize(definition, super::lexer::LexSettings::default());
+        if super::lexer::depth_bound(&tokens, definition) > super::MAX_DEPTH {
+            self.problem(
+                ProblemKind::UnresolvedView,
+                format!("view {key} definition nests deeper than the analyser accepts"),
+            );
+            return unresolved(columns);
+        }
         let dialect = sqlparser::dialect::PostgreSqlDialect {};
         let query = match sqlparser::parser::Parser::parse_sql(&dialect, definition) {
             Ok(mut statements) if statements.len() == 1 => match statements.pop() {
