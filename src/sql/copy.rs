@@ -135,8 +135,15 @@ impl CopyFormat {
                 .filter(u8::is_ascii)
                 .ok_or("COPY ESCAPE must be one ASCII character")?;
         }
-        if let Some(null) = null {
-            format.null = null;
+        if let Some(null) = null
+            && null != format.null
+        {
+            // A value equal to a custom NULL marker is written as is, and the rewriter would
+            // take it for NULL and pass it through: only the defaults are accepted.
+            return Err(format!(
+                "COPY NULL other than the format's default ({:?}) is not supported",
+                format.null
+            ));
         }
         format.header = header;
         Ok(format)
@@ -262,8 +269,10 @@ mod tests {
             (text.kind, text.delimiter, text.null.as_str()),
             (CopyKind::Text, b'\t', "\\N")
         );
-        let custom = format("COPY t TO STDOUT WITH (DELIMITER '|', NULL 'nil')").unwrap();
-        assert_eq!((custom.delimiter, custom.null.as_str()), (b'|', "nil"));
+        let custom = format("COPY t TO STDOUT WITH (DELIMITER '|')").unwrap();
+        assert_eq!((custom.delimiter, custom.null.as_str()), (b'|', "\\N"));
+        assert!(format("COPY t TO STDOUT WITH (NULL 'nil')").is_err());
+        assert!(format("COPY t TO STDOUT WITH (FORMAT csv, NULL '')").is_ok());
         assert_eq!(
             format("COPY t TO STDOUT BINARY").unwrap().kind,
             CopyKind::Binary
