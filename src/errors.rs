@@ -192,7 +192,7 @@ impl Code {
                 "Use built-in operators, types and functions from pg_catalog only, or ask for the role's policy to allow it."
             }
             Code::CopyOption => {
-                "Use COPY with FORMAT text or csv and the options DELIMITER, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only (NULL only with its default)."
+                "Use COPY with FORMAT text or csv and the options DELIMITER, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only."
             }
             Code::AlertTerminated => {
                 "The role crossed an alert threshold of its policy (alerts: action terminate); see the audit log and tokengate_alerts_total."

@@ -1402,7 +1402,13 @@ fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Vec<u8>, Refu
         let transform = active.transforms.iter().find(|(idx, _, _)| *idx == i);
         match transform {
             None => out.extend_from_slice(f),
-            Some(_) if !field.quoted && f == null => out.extend_from_slice(f),
+            Some(_) if !field.quoted && f == null => {
+                // A custom NULL marker is also how a value equal to it is written.
+                if !format.null_is_unambiguous() {
+                    return Err(unsupported("a protected value equals the NULL marker"));
+                }
+                out.extend_from_slice(f)
+            }
             Some((_, t, counter)) => {
                 counter.inc();
                 if field.quoted || f.contains(&b'\\') || f.contains(&format.quote) {

@@ -135,18 +135,22 @@ impl CopyFormat {
                 .filter(u8::is_ascii)
                 .ok_or("COPY ESCAPE must be one ASCII character")?;
         }
-        if let Some(null) = null
-            && null != format.null
-        {
-            // A value equal to a custom NULL marker is written as is, and the rewriter would
-            // take it for NULL and pass it through: only the defaults are accepted.
-            return Err(format!(
-                "COPY NULL other than the format's default ({:?}) is not supported",
-                format.null
-            ));
+        if let Some(null) = null {
+            format.null = null;
         }
         format.header = header;
         Ok(format)
+    }
+
+    /// True when the NULL marker cannot be the text of a value: `\N` in text format (a real
+    /// backslash is written `\\`), the empty unquoted field in CSV (an empty string is `""`).
+    /// With any other marker, a value equal to it is written the same way as NULL.
+    pub fn null_is_unambiguous(&self) -> bool {
+        match self.kind {
+            CopyKind::Text => self.null == "\\N",
+            CopyKind::Csv => self.null.is_empty(),
+            CopyKind::Binary => true,
+        }
     }
 
     /// Splits one data line (without its line ending) into fields: on every delimiter byte in
@@ -269,10 +273,10 @@ mod tests {
             (text.kind, text.delimiter, text.null.as_str()),
             (CopyKind::Text, b'\t', "\\N")
         );
-        let custom = format("COPY t TO STDOUT WITH (DELIMITER '|')").unwrap();
-        assert_eq!((custom.delimiter, custom.null.as_str()), (b'|', "\\N"));
-        assert!(format("COPY t TO STDOUT WITH (NULL 'nil')").is_err());
-        assert!(format("COPY t TO STDOUT WITH (FORMAT csv, NULL '')").is_ok());
+        let custom = format("COPY t TO STDOUT WITH (DELIMITER '|', NULL 'nil')").unwrap();
+        assert_eq!((custom.delimiter, custom.null.as_str()), (b'|', "nil"));
+        assert!(!custom.null_is_unambiguous());
+        assert!(text.null_is_unambiguous());
         assert_eq!(
             format("COPY t TO STDOUT BINARY").unwrap().kind,
             CopyKind::Binary

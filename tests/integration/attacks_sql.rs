@@ -263,6 +263,14 @@ const COPY: &[Attack] = &[
         Proof::Plaintext,
         Protected,
     ),
+    // A custom NULL marker equal to a value: PostgreSQL writes the value as the marker.
+    attack(
+        "support",
+        &[],
+        "COPY (SELECT ssn FROM customers) TO STDOUT WITH (NULL '{SSN}')",
+        Proof::Plaintext,
+        Refused,
+    ),
     attack(
         "support",
         &[],
