@@ -73,6 +73,15 @@ const LIST_END: &[&str] = &[
     "groups",
 ];
 
+/// A literal whose reading depends on `standard_conforming_strings`: a plain, `N''` or `U&''`
+/// string holding a backslash. Kept verbatim in the key, so a statement that lexes differently
+/// under the other setting never shares an entry with one that does not: the analysis
+/// refuses it whatever the session's (possibly stale) setting says.
+fn depends_on_standard_strings(literal: &[u8]) -> bool {
+    let escaped = matches!(literal.first(), Some(b'e' | b'E' | b'$'));
+    !escaped && literal.contains(&b'\\')
+}
+
 /// The cache key: one byte for the settings, then the normalised tokens. Reuses `out`.
 pub(crate) fn normalize_into_vec(sql: &str, settings: LexSettings, out: &mut Vec<u8>) {
     out.clear();
@@ -131,7 +140,7 @@ pub(crate) fn normalize_into_vec(sql: &str, settings: LexSettings, out: &mut Vec
                 }
             }
             Kind::String => {
-                if copy {
+                if copy || depends_on_standard_strings(text) {
                     out.extend_from_slice(text);
                 } else {
                     out.extend_from_slice(PLACEHOLDER);
@@ -231,6 +240,15 @@ mod tests {
             &mut off,
         );
         assert_ne!(on, off);
+    }
+
+    #[test]
+    fn literals_that_depend_on_standard_strings_are_kept() {
+        // Lexed with the setting on, this is three literals; with it off, a literal and `ssn`.
+        let attack = r"SELECT id, '\', ' , ssn AS x FROM customers --', 'y' FROM customers";
+        let benign = "SELECT id, 'a', 'b', 'c' FROM customers";
+        assert_ne!(key(attack), key(benign));
+        assert_eq!(key(r"SELECT E'\n', '\'"), key(r"SELECT E'\t', '\'"));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn analyze_with(
         let tokens = lexer::tokenize(sql, settings);
         lexer::statements(&tokens, sql)
             .into_iter()
-            .map(|range| analyze_part(sql, &tokens[range], catalog))
+            .map(|range| analyze_part(sql, &tokens[range], catalog, settings))
             .collect()
     })
 }
@@ -86,7 +86,12 @@ fn move_cursor(sql: &str, part: &[Token]) -> Option<String> {
         .flatten()
 }
 
-fn analyze_part(sql: &str, part: &[Token], catalog: &dyn Catalog) -> StatementAnalysis {
+fn analyze_part(
+    sql: &str,
+    part: &[Token],
+    catalog: &dyn Catalog,
+    settings: LexSettings,
+) -> StatementAnalysis {
     let (Some(first), Some(last)) = (part.first(), part.last()) else {
         return unparseable("", "empty statement");
     };
@@ -120,6 +125,19 @@ fn analyze_part(sql: &str, part: &[Token], catalog: &dyn Catalog) -> StatementAn
             end: t.end - first.start,
         })
         .collect();
+    // The session's standard_conforming_strings can change under us (startup options, SET
+    // LOCAL undone by ROLLBACK, a pipelined SET whose ParameterStatus has not arrived): a
+    // statement is trusted only if it lexes the same way with the setting on and off.
+    let flipped = LexSettings {
+        standard_conforming_strings: !settings.standard_conforming_strings,
+    };
+    if lexer::tokenize(text, flipped) != local {
+        return refused(
+            text,
+            ProblemKind::LexerMismatch,
+            "a string literal ends elsewhere when standard_conforming_strings changes (a backslash before a quote)".into(),
+        );
+    }
     let theirs = match parity::sqlparser_tokens(text) {
         Ok(tokens) => tokens,
         Err(error) => return unparseable(text, &error),

@@ -530,3 +530,83 @@ async fn select_one(s: &Session) -> String {
         })
         .unwrap_or_default()
 }
+
+/// `standard_conforming_strings` set where tokengate cannot follow it in time: in the startup
+/// `options`, or by a SET pipelined with the attack before its ParameterStatus arrives. Statements
+/// whose literals end elsewhere under the other setting are refused whatever the session says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_sql_standard_conforming_strings_without_parameter_status() {
+    crm();
+    let proxy = crm_proxy().await;
+    let oracle = &crm().oracle;
+    let attack = r"SELECT id, '\', ' , ssn AS x FROM customers --', 'y' FROM customers";
+    let mut failures = Vec::new();
+    // Startup options.
+    for (port, through) in [(cluster().port(), false), (proxy.addr.port(), true)] {
+        let mut config = crm_config(port, "support");
+        config.options("-c standard_conforming_strings=off");
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        // A benign statement with the same shape under the stale setting primes the cache.
+        client
+            .simple_query("SELECT id, 'a', 'b', 'c' FROM customers")
+            .await
+            .unwrap();
+        let mut seen = Seen::default();
+        match client.simple_query(attack).await {
+            Ok(messages) => {
+                for m in messages {
+                    if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+                        seen.rows += 1;
+                        for i in 0..row.len() {
+                            if let Some(v) = row.get(i) {
+                                seen.push("DataRow (simple)", v);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => seen.error(&e),
+        }
+        if !through {
+            assert!(
+                !oracle.leaks(&seen).is_empty(),
+                "the attack must leak directly"
+            );
+        } else if let Some(f) = judge("startup options", Refused, &seen, oracle) {
+            failures.push(f);
+        }
+    }
+    // A SET pipelined with the attack in one write (raw simple protocol).
+    for (port, through) in [(cluster().port(), false), (proxy.addr.port(), true)] {
+        let mut raw = raw_as(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "support",
+        )
+        .await;
+        let mut bytes = Vec::new();
+        for sql in ["SET standard_conforming_strings = off", attack] {
+            let mut body = sql.as_bytes().to_vec();
+            body.push(0);
+            bytes.extend_from_slice(&frame(b'Q', &body));
+        }
+        raw.send(&bytes).await;
+        let mut msgs = raw.until_ready().await;
+        msgs.extend(raw.until_ready().await);
+        let mut seen = Seen::default();
+        seen.absorb(&msgs);
+        if !through {
+            assert!(
+                !oracle.leaks(&seen).is_empty(),
+                "the attack must leak directly"
+            );
+        } else if let Some(f) = judge("pipelined SET", Refused, &seen, oracle) {
+            failures.push(f);
+        }
+    }
+    report(
+        "standard_conforming_strings without ParameterStatus",
+        2,
+        &failures,
+    );
+}
