@@ -145,6 +145,11 @@ fn analyze_part(
     if let Err(difference) = parity::check(text, &local, &theirs) {
         return refused(text, ProblemKind::LexerMismatch, difference);
     }
+    let theirs = if first.is_word(sql, "copy") {
+        copy_booleans(theirs)
+    } else {
+        theirs
+    };
     let dialect = PostgreSqlDialect {};
     let mut analysis = match Parser::new(&dialect)
         .with_tokens_with_locations(theirs)
@@ -165,6 +170,51 @@ fn analyze_part(
     };
     statements::check_tokens(text, &local, &mut analysis);
     analysis
+}
+
+/// PostgreSQL reads a COPY boolean option's `on`/`off`/`1`/`0` as `true`/`false`
+/// (`WITH (FREEZE ON)`, pgbench -i); sqlparser 0.63 knows only TRUE/FALSE. Rewrites those
+/// values, in sqlparser's tokens only, after FREEZE and HEADER.
+fn copy_booleans(
+    mut tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
+    use sqlparser::tokenizer::Token as T;
+    // Only in the options, after the statement's own TO/FROM (not inside a COPY (query)).
+    let mut depth = 0usize;
+    let mut in_options = false;
+    let mut option = false;
+    for token in &mut tokens {
+        match &token.token {
+            T::Whitespace(_) => continue,
+            T::LParen => depth += 1,
+            T::RParen => depth = depth.saturating_sub(1),
+            T::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && (w.value.eq_ignore_ascii_case("to")
+                        || w.value.eq_ignore_ascii_case("from")) =>
+            {
+                in_options = true;
+            }
+            T::Word(w) if option && w.quote_style.is_none() => {
+                let value = w.value.to_ascii_lowercase();
+                if value == "on" {
+                    token.token = T::make_keyword("TRUE");
+                } else if value == "off" {
+                    token.token = T::make_keyword("FALSE");
+                }
+            }
+            T::Number(n, _) if option && (n == "1" || n == "0") => {
+                token.token = T::make_keyword(if n == "1" { "TRUE" } else { "FALSE" });
+            }
+            _ => {}
+        }
+        option = in_options
+            && matches!(&token.token, T::Word(w)
+            if w.quote_style.is_none()
+                && (w.value.eq_ignore_ascii_case("freeze") || w.value.eq_ignore_ascii_case("header")));
+    }
+    tokens
 }
 
 /// sqlparser's messages quote the token they found, which may be a literal value: keep what

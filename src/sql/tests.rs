@@ -980,6 +980,17 @@ fn copy_format_comes_from_the_statement() {
     assert_eq!(a.copy.expect("copy format").kind, CopyKind::Text);
     let a = one("COPY customers TO STDOUT WITH (ENCODING 'LATIN1')");
     assert!(has_problem(&a, ProblemKind::CopyOption));
+    // pgbench -i: PostgreSQL's booleans accept on/off/1/0.
+    let a = one("copy notes_copy from stdin with (freeze on)");
+    proven(&a);
+    assert_eq!(
+        (a.kind, a.write_targets.clone()),
+        (StatementKind::Copy, vec!["public.notes_copy".to_string()])
+    );
+    let a = one("COPY customers TO STDOUT WITH (FORMAT csv, HEADER off)");
+    assert!(!a.copy.expect("copy format").header);
+    let a = one("COPY customers TO STDOUT WITH (FORMAT csv, HEADER 1)");
+    assert!(a.copy.expect("copy format").header);
 }
 
 #[test]
