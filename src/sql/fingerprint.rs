@@ -73,13 +73,14 @@ const LIST_END: &[&str] = &[
     "groups",
 ];
 
-/// A literal whose reading depends on `standard_conforming_strings`: a plain, `N''` or `U&''`
-/// string holding a backslash. Kept verbatim in the key, so a statement that lexes differently
+/// A literal whose reading depends on the session: a plain, `N''` or `U&''` string holding a
+/// backslash (`standard_conforming_strings`), or a backslash right after a non-ASCII byte
+/// (`client_encoding`). Kept verbatim in the key, so a statement that lexes differently
 /// under the other setting never shares an entry with one that does not: the analysis
 /// refuses it whatever the session's (possibly stale) setting says.
 fn depends_on_standard_strings(literal: &[u8]) -> bool {
     let escaped = matches!(literal.first(), Some(b'e' | b'E' | b'$'));
-    !escaped && literal.contains(&b'\\')
+    (!escaped && literal.contains(&b'\\')) || super::lexer::backslash_after_non_ascii(literal)
 }
 
 /// The cache key: one byte for the settings, then the normalised tokens. Reuses `out`.

@@ -483,6 +483,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// True when a byte ≥ 0x80 is directly followed by `\`. In the client-only encodings
+/// PostgreSQL accepts (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) such a pair can be one character,
+/// so the server, which converts before lexing, would not see that backslash: a literal could
+/// end elsewhere. No valid UTF-8 text needs it, so it is refused whatever `client_encoding` is.
+pub fn backslash_after_non_ascii(text: &[u8]) -> bool {
+    text.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\')
+}
+
 /// The statements of a token list: ranges of token indices between top-level `;` tokens
 /// (PostgreSQL's grammar accepts `;` only between statements, outside `BEGIN ATOMIC` bodies
 /// and rule actions, which therefore split into parts that do not parse and are refused).

@@ -125,6 +125,13 @@ fn analyze_part(
             end: t.end - first.start,
         })
         .collect();
+    if lexer::backslash_after_non_ascii(text.as_bytes()) {
+        return refused(
+            text,
+            ProblemKind::LexerMismatch,
+            "a backslash right after a non-ASCII character (a client_encoding such as SJIS reads the pair as one character)".into(),
+        );
+    }
     // The session's standard_conforming_strings can change under us (startup options, SET
     // LOCAL undone by ROLLBACK, a pipelined SET whose ParameterStatus has not arrived): a
     // statement is trusted only if it lexes the same way with the setting on and off.

@@ -1014,6 +1014,13 @@ fn lexer_differentials_are_refused() {
     ] {
         assert!(has_problem(&one(sql), ProblemKind::LexerMismatch), "{sql}");
     }
+    // In SJIS, "Á" (C3 81) then "\" reads as C3 + one double-byte character: no backslash.
+    let a = one("SELECT E'\u{c1}\\', ssn FROM customers --'");
+    assert!(
+        has_problem(&a, ProblemKind::LexerMismatch),
+        "{:?}",
+        a.problems
+    );
     // A CR-terminated comment: both lexers see the column after it.
     let a = one("SELECT id --\r, ssn FROM customers");
     assert_eq!(a.outputs.len(), 2);

@@ -604,9 +604,31 @@ async fn attacks_sql_standard_conforming_strings_without_parameter_status() {
             failures.push(f);
         }
     }
+    // client_encoding SJIS: "\u{c1}" is C3 81 in UTF-8; with the backslash after it, SJIS
+    // reads C3 and then 81 5C as one character, so the server sees no backslash and the E''
+    // literal ends before `, ssn`.
+    let sjis = "SELECT E'\u{c1}\\', ssn FROM customers --'";
+    for (port, through) in [(cluster().port(), false), (proxy.addr.port(), true)] {
+        let mut raw = raw_as(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "support",
+        )
+        .await;
+        raw.query("SET client_encoding = 'SJIS'").await;
+        let mut seen = Seen::default();
+        seen.absorb(&raw.query(sjis).await);
+        if !through {
+            assert!(
+                !oracle.leaks(&seen).is_empty(),
+                "the attack must leak directly"
+            );
+        } else if let Some(f) = judge("client_encoding SJIS", Refused, &seen, oracle) {
+            failures.push(f);
+        }
+    }
     report(
-        "standard_conforming_strings without ParameterStatus",
-        2,
+        "session lexing settings without ParameterStatus",
+        3,
         &failures,
     );
 }
