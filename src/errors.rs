@@ -30,10 +30,14 @@ pub enum Code {
     SettingFromProtectedStatement,
     MessageWithheld,
     SessionStateChanging,
+    TooDeep,
+    LexerMismatch,
+    NotBuiltin,
+    CopyOption,
 }
 
 impl Code {
-    pub const ALL: [Code; 26] = [
+    pub const ALL: [Code; 30] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -60,6 +64,10 @@ impl Code {
         Code::SettingFromProtectedStatement,
         Code::MessageWithheld,
         Code::SessionStateChanging,
+        Code::TooDeep,
+        Code::LexerMismatch,
+        Code::NotBuiltin,
+        Code::CopyOption,
     ];
 
     pub fn id(self) -> &'static str {
@@ -90,6 +98,10 @@ impl Code {
             Code::SettingFromProtectedStatement => "TG021",
             Code::MessageWithheld => "TG140",
             Code::SessionStateChanging => "TG141",
+            Code::TooDeep => "TG120",
+            Code::LexerMismatch => "TG121",
+            Code::NotBuiltin => "TG122",
+            Code::CopyOption => "TG123",
         }
     }
 
@@ -117,7 +129,11 @@ impl Code {
             | Code::CatalogUnavailable
             | Code::SettingFromProtectedStatement
             | Code::MessageWithheld
-            | Code::SessionStateChanging => "42501",
+            | Code::SessionStateChanging
+            | Code::TooDeep
+            | Code::LexerMismatch
+            | Code::NotBuiltin
+            | Code::CopyOption => "42501",
             Code::ProtocolMismatch => "08P01",
         }
     }
@@ -181,6 +197,18 @@ impl Code {
             }
             Code::CatalogUnavailable => {
                 "Check catalog_user/catalog_password and the upstream; fully trusted roles are not affected."
+            }
+            Code::TooDeep => {
+                "Split the statement, or replace long OR/AND chains with IN (...) or = ANY($1)."
+            }
+            Code::LexerMismatch => {
+                "Write the statement without the construct the message names (a comment ended by a carriage return, backslashes in strings with standard_conforming_strings off, 0x/1_000 numbers, an operator sqlparser reads differently)."
+            }
+            Code::NotBuiltin => {
+                "Use built-in operators, types and functions from pg_catalog only, or ask for the role's policy to allow it."
+            }
+            Code::CopyOption => {
+                "Use COPY with FORMAT text or csv and the options DELIMITER, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only."
             }
             Code::AlertTerminated => {
                 "The role crossed an alert threshold of its policy (alerts: action terminate); see the audit log and tokengate_alerts_total."

@@ -39,6 +39,10 @@ impl Refusal {
             Code::UnsupportedValue => "unsupported_value",
             Code::LineageMismatch => "lineage_mismatch",
             Code::CatalogUnavailable => "catalog_unavailable",
+            Code::TooDeep => "too_deep",
+            Code::LexerMismatch => "lexer_mismatch",
+            Code::NotBuiltin => "not_builtin",
+            Code::CopyOption => "copy_option",
             _ => "other",
         }
     }
@@ -59,8 +63,8 @@ pub struct ResultPlan {
     pub width: usize,
     pub protected: Vec<ProtectedColumn>,
     pub row_limit: Option<(u64, String)>,
-    /// For COPY ... TO: CopyData lines are CSV rather than COPY text format.
-    pub csv: bool,
+    /// For COPY ... TO: the format CopyData lines are in (from the parsed options).
+    pub copy_format: Option<crate::sql::CopyFormat>,
     /// COPY ... TO: rows are CopyData in COPY's own text format, whatever Bind asked for.
     pub copy: bool,
 }
@@ -142,6 +146,7 @@ fn policy_kind(kind: StatementKind, inner: Option<StatementKind>) -> PolicyKind 
         StatementKind::Delete => PolicyKind::Delete,
         StatementKind::Copy => PolicyKind::Copy,
         StatementKind::Ddl => PolicyKind::Ddl,
+        StatementKind::Code => PolicyKind::Code,
         // PREPARE x AS INSERT ... is judged by what it prepares.
         StatementKind::Prepare => inner.map_or(PolicyKind::Utility, |k| policy_kind(k, None)),
         _ => PolicyKind::Utility,
@@ -160,7 +165,7 @@ pub fn plan_statement(
     named: &dyn Named,
 ) -> Result<StatementPlan, Refusal> {
     if let Some(p) = a.problems.first() {
-        return Err(Refusal::new(Code::Unproven, p.message.clone()));
+        return Err(Refusal::new(p.kind.code(), p.message.clone()));
     }
     let kind = policy_kind(a.kind, a.inner_kind);
     if !view.statement_allowed(kind) {
@@ -175,15 +180,20 @@ pub fn plan_statement(
     for u in &a.uses {
         if let Some(d) = view.column(&u.column)
             && is_protected(d)
-            && (d.action == Action::Deny || !d.may_filter)
+            && (d.action == Action::Deny || !d.may_filter || !u.direct)
         {
+            // filter_on allows comparing the column itself, never an expression over it.
+            let rule = if d.action != Action::Deny && d.may_filter {
+                "filter_on allows comparisons of the column itself, not of an expression over it"
+            } else {
+                &d.filter_rule
+            };
             return Err(Refusal::new(
                 Code::FilterDenied,
                 format!(
-                    "protected column {} is used in {} ({})",
+                    "protected column {} is used in {} ({rule})",
                     u.column,
                     clause_name(u.clause),
-                    d.filter_rule
                 ),
             ));
         }
@@ -290,7 +300,7 @@ fn result_plan(
         width: a.outputs.len(),
         protected: Vec::new(),
         row_limit: view.row_limit_rule().map(|l| (l.rows, l.rule.to_string())),
-        csv: false,
+        copy_format: a.copy.clone(),
         copy: a.kind == StatementKind::Copy,
     };
     for (index, out) in a.outputs.iter().enumerate() {
@@ -363,6 +373,8 @@ fn clause_name(c: Clause) -> &'static str {
         Clause::Case => "a CASE condition",
         Clause::Filter => "an aggregate FILTER",
         Clause::Explain => "an EXPLAIN",
+        Clause::SetOperation => "UNION/INTERSECT/EXCEPT",
+        Clause::Distinct => "DISTINCT",
         Clause::Other => "a condition",
     }
 }
@@ -498,7 +510,7 @@ mod tests {
         assert_eq!(
             refused(
                 "support",
-                "SELECT email FROM customers UNION SELECT phone FROM customers"
+                "SELECT email FROM customers UNION ALL SELECT phone FROM customers"
             ),
             Code::AmbiguousColumn
         );
@@ -514,6 +526,49 @@ mod tests {
         assert_eq!(
             refused("nobody", "SELECT email FROM customers"),
             Code::ColumnDenied
+        );
+    }
+
+    #[test]
+    fn filter_on_allows_the_column_itself_only() {
+        for sql in [
+            "SELECT id FROM customers WHERE email = 'a@b.c'",
+            "SELECT id FROM customers WHERE email IN ('a', 'b') OR email IS NULL",
+            "SELECT c.id FROM customers c JOIN customers d ON c.email = d.email",
+            "SELECT id, email FROM customers ORDER BY 2",
+        ] {
+            assert!(decide("analyst", sql).is_ok(), "{sql}");
+        }
+        for sql in [
+            "SELECT id FROM customers WHERE email::int = 1",
+            "SELECT id FROM customers WHERE lower(email) = 'a'",
+            "SELECT id FROM customers ORDER BY length(email)",
+        ] {
+            assert_eq!(refused("analyst", sql), Code::FilterDenied, "{sql}");
+        }
+        // Without filter_on, every comparison of a protected column is refused.
+        for sql in [
+            "SELECT email FROM customers INTERSECT SELECT 'a@b.c'",
+            "SELECT email FROM customers EXCEPT SELECT 'a@b.c'",
+            "SELECT DISTINCT ssn FROM customers",
+            "SELECT id, ssn FROM customers ORDER BY (2)",
+            "SELECT id, ssn FROM customers GROUP BY 1, 2",
+        ] {
+            assert_eq!(refused("support", sql), Code::FilterDenied, "{sql}");
+        }
+        assert_eq!(
+            refused(
+                "analyst",
+                "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql"
+            ),
+            Code::StatementKindDenied
+        );
+        assert_eq!(
+            refused(
+                "analyst",
+                "SELECT id FROM customers WHERE id OPERATOR(public.=) 1"
+            ),
+            Code::NotBuiltin
         );
     }
 

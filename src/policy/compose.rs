@@ -59,7 +59,7 @@ pub struct RoleView {
     fully_clear: bool,
     row_limit: Option<RowLimit>,
     statements: StatementSet,
-    statement_rules: [Option<Arc<str>>; 7],
+    statement_rules: [Option<Arc<str>>; 8],
     enforce: bool,
     enforce_rule: String,
     audit: Option<AuditLevel>,
@@ -216,17 +216,31 @@ impl Policy {
                 rule: self.rule_text(r, "row_limit", pos),
             });
 
-        let mut statements = StatementSet::ALL;
-        let mut statement_rules: [Option<Arc<str>>; 7] = Default::default();
+        let mut statements = if rules.is_empty() {
+            StatementSet::DEFAULT
+        } else {
+            StatementSet::ALL
+        };
+        let mut statement_rules: [Option<Arc<str>>; 8] = Default::default();
         for r in &rules {
             statements = StatementSet(statements.0 & r.statements.0);
             for kind in StatementKind::ALL {
                 if !r.statements.contains(kind) && statement_rules[kind as usize].is_none() {
-                    let pos = r.statements_pos.unwrap_or(r.pos);
-                    statement_rules[kind as usize] =
-                        Some(Arc::from(self.rule_text(r, "statements", pos)));
+                    let text = match r.statements_pos {
+                        None if kind == StatementKind::Code => format!(
+                            "roles.{}: creating code is allowed only when statements.allow lists `code`",
+                            r.path_name()
+                        ),
+                        pos => self.rule_text(r, "statements", pos.unwrap_or(r.pos)),
+                    };
+                    statement_rules[kind as usize] = Some(Arc::from(text));
                 }
             }
+        }
+        if rules.is_empty() {
+            statement_rules[StatementKind::Code as usize] = Some(Arc::from(
+                "no rule matches this role: creating code is not allowed",
+            ));
         }
 
         let (enforce, enforce_rule) = if rules.is_empty() {
@@ -258,7 +272,7 @@ impl Policy {
 
         let fully_clear = labels.iter().all(|d| d.action == Action::Clear)
             && row_limit.is_none()
-            && statements == StatementSet::ALL;
+            && statements.0 & StatementSet::DEFAULT.0 == StatementSet::DEFAULT.0;
         RoleView {
             matched: rules.iter().map(|r| r.name.clone()).collect(),
             labels,

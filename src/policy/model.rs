@@ -100,10 +100,15 @@ pub enum StatementKind {
     /// Everything else: transaction control, SET/SHOW/RESET, LISTEN/NOTIFY, PREPARE,
     /// EXECUTE, DEALLOCATE, DISCARD, VACUUM, ANALYZE, EXPLAIN, CALL, DO.
     Utility,
+    /// Creating or changing code the analyser never sees: functions, procedures, operators,
+    /// types, domains, casts, aggregates, triggers, rules, views, policies, schemas,
+    /// non-constant defaults and checks. Not in the default set: only a rule's
+    /// `statements: { allow: [...] }` that lists `code` allows it.
+    Code,
 }
 
 impl StatementKind {
-    pub const ALL: [StatementKind; 7] = [
+    pub const ALL: [StatementKind; 8] = [
         StatementKind::Select,
         StatementKind::Insert,
         StatementKind::Update,
@@ -111,6 +116,7 @@ impl StatementKind {
         StatementKind::Copy,
         StatementKind::Ddl,
         StatementKind::Utility,
+        StatementKind::Code,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,6 +127,7 @@ impl StatementKind {
             StatementKind::Copy => "copy",
             StatementKind::Ddl => "ddl",
             StatementKind::Utility => "utility",
+            StatementKind::Code => "code",
         }
     }
     pub(crate) fn bit(self) -> u8 {
@@ -135,7 +142,9 @@ keyword_impls!(StatementKind);
 pub struct StatementSet(pub(crate) u8);
 
 impl StatementSet {
-    pub const ALL: StatementSet = StatementSet(0x7f);
+    pub const ALL: StatementSet = StatementSet(0xff);
+    /// What a rule allows when it says nothing (or only `deny:`): every kind but `code`.
+    pub const DEFAULT: StatementSet = StatementSet(0x7f);
     pub fn contains(self, kind: StatementKind) -> bool {
         self.0 & kind.bit() != 0
     }

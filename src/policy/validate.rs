@@ -424,7 +424,7 @@ impl Checker {
             actions: Vec::new(),
             row_limit: None,
             filter_on: None,
-            statements: StatementSet::ALL,
+            statements: StatementSet::DEFAULT,
             statements_pos: None,
             enforce: true,
             enforce_pos: None,
@@ -564,7 +564,10 @@ impl Checker {
     }
 
     fn statements(&mut self, node: &Node, path: &str) -> StatementSet {
-        let mut allowed = StatementSet::ALL.0;
+        // `allow:` lists the only kinds allowed (and is the only way to allow `code`);
+        // `deny:` removes kinds from that, or from the default set.
+        let mut allowed: Option<u8> = None;
+        let mut denied = 0u8;
         if !matches!(node.value, Value::Map(_)) {
             self.err(
                 node.pos,
@@ -605,12 +608,12 @@ impl Checker {
                 }
             }
             if is_allow {
-                allowed &= bits;
+                allowed = Some(allowed.unwrap_or(StatementSet::ALL.0) & bits);
             } else {
-                allowed &= !bits;
+                denied |= bits;
             }
         }
-        StatementSet(allowed & StatementSet::ALL.0)
+        StatementSet(allowed.unwrap_or(StatementSet::DEFAULT.0) & !denied & StatementSet::ALL.0)
     }
 
     fn alerts(&mut self, node: &Node, path: &str) -> Alerts {

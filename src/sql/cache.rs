@@ -11,6 +11,7 @@
 
 use super::catalog::Catalog;
 use super::fingerprint::normalize_into_vec;
+use super::lexer::LexSettings;
 use super::types::StatementAnalysis;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,10 +43,15 @@ impl AnalysisCache {
         }
     }
 
-    /// The cached analysis of `sql` under `catalog_generation`, if any.
-    pub fn get(&self, sql: &str, catalog_generation: u64) -> Option<Analyses> {
-        let mut key = Vec::with_capacity(sql.len());
-        normalize_into_vec(sql, &mut key);
+    /// The cached analysis of `sql` under `settings` and `catalog_generation`, if any.
+    pub fn get(
+        &self,
+        sql: &str,
+        settings: LexSettings,
+        catalog_generation: u64,
+    ) -> Option<Analyses> {
+        let mut key = Vec::with_capacity(sql.len() + 1);
+        normalize_into_vec(sql, settings, &mut key);
         self.get_normalized(&key, catalog_generation)
     }
 
@@ -62,20 +68,23 @@ impl AnalysisCache {
         Some(promoted)
     }
 
-    /// Returns the cached analysis, or analyses `sql` with `catalog` and caches it.
+    /// Returns the cached analysis, or analyses `sql` with `catalog` and caches it. The key is
+    /// the statement as PostgreSQL lexes it under the session's `settings` (see
+    /// [`super::fingerprint`]), so `settings` is part of it.
     pub fn get_or_analyze(
         &self,
         sql: &str,
+        settings: LexSettings,
         catalog: &dyn Catalog,
         catalog_generation: u64,
     ) -> Analyses {
-        let mut key = Vec::with_capacity(sql.len());
-        normalize_into_vec(sql, &mut key);
+        let mut key = Vec::with_capacity(sql.len() + 1);
+        normalize_into_vec(sql, settings, &mut key);
         if let Some(found) = self.get_normalized(&key, catalog_generation) {
             return found;
         }
         // Analyse outside the lock: parsing is the slow part.
-        let analyses = Arc::new(super::analyze(sql, catalog));
+        let analyses = Arc::new(super::analyze_with(sql, catalog, settings));
         let mut inner = self.lock();
         if inner.catalog_generation != catalog_generation {
             if catalog_generation < inner.catalog_generation {
@@ -121,6 +130,10 @@ mod tests {
     use super::*;
     use crate::sql::StaticCatalog;
 
+    const ON: LexSettings = LexSettings {
+        standard_conforming_strings: true,
+    };
+
     fn catalog() -> StaticCatalog {
         StaticCatalog::new().with_table("public", "t", &["id", "secret"])
     }
@@ -128,8 +141,8 @@ mod tests {
     #[test]
     fn literal_variants_hit_the_same_entry() {
         let cache = AnalysisCache::new(16);
-        let first = cache.get_or_analyze("SELECT secret FROM t WHERE id = 1", &catalog(), 1);
-        let second = cache.get("select secret from t where id = 2", 1);
+        let first = cache.get_or_analyze("SELECT secret FROM t WHERE id = 1", ON, &catalog(), 1);
+        let second = cache.get("select secret from t where id = 2", ON, 1);
         assert!(second.is_some_and(|s| Arc::ptr_eq(&s, &first)));
         assert_eq!(cache.len(), 1);
     }
@@ -137,31 +150,47 @@ mod tests {
     #[test]
     fn generation_change_invalidates() {
         let cache = AnalysisCache::new(16);
-        cache.get_or_analyze("SELECT secret FROM t", &catalog(), 1);
-        assert!(cache.get("SELECT secret FROM t", 2).is_none());
-        cache.get_or_analyze("SELECT id FROM t", &catalog(), 2);
-        assert!(cache.get("SELECT secret FROM t", 2).is_none());
-        assert!(cache.get("SELECT id FROM t", 2).is_some());
+        cache.get_or_analyze("SELECT secret FROM t", ON, &catalog(), 1);
+        assert!(cache.get("SELECT secret FROM t", ON, 2).is_none());
+        cache.get_or_analyze("SELECT id FROM t", ON, &catalog(), 2);
+        assert!(cache.get("SELECT secret FROM t", ON, 2).is_none());
+        assert!(cache.get("SELECT id FROM t", ON, 2).is_some());
     }
 
     #[test]
     fn bounded_and_recent_entries_survive() {
         let cache = AnalysisCache::new(4);
         for i in 0..20 {
-            cache.get_or_analyze(&format!("SELECT id AS c{i} FROM t"), &catalog(), 1);
+            cache.get_or_analyze(&format!("SELECT id AS c{i} FROM t"), ON, &catalog(), 1);
             // Keep one statement hot.
-            cache.get_or_analyze("SELECT secret FROM t", &catalog(), 1);
+            cache.get_or_analyze("SELECT secret FROM t", ON, &catalog(), 1);
         }
         assert!(cache.len() <= 4, "{}", cache.len());
-        assert!(cache.get("SELECT secret FROM t", 1).is_some());
-        assert!(cache.get("SELECT id AS c0 FROM t", 1).is_none());
+        assert!(cache.get("SELECT secret FROM t", ON, 1).is_some());
+        assert!(cache.get("SELECT id AS c0 FROM t", ON, 1).is_none());
     }
 
     #[test]
     fn ordinal_variants_do_not_share_entries() {
         let cache = AnalysisCache::new(16);
-        let two = cache.get_or_analyze("SELECT id, secret FROM t ORDER BY 2", &catalog(), 1);
-        let one = cache.get_or_analyze("SELECT id, secret FROM t ORDER BY 1", &catalog(), 1);
+        let two = cache.get_or_analyze("SELECT id, secret FROM t ORDER BY 2", ON, &catalog(), 1);
+        let one = cache.get_or_analyze("SELECT id, secret FROM t ORDER BY 1", ON, &catalog(), 1);
         assert_ne!(two[0].uses, one[0].uses);
+    }
+
+    #[test]
+    fn standard_conforming_strings_changes_the_entry() {
+        let cache = AnalysisCache::new(16);
+        let off = LexSettings {
+            standard_conforming_strings: false,
+        };
+        let plain = "SELECT id FROM t WHERE secret = 'a\\d'";
+        assert!(cache.get_or_analyze(plain, ON, &catalog(), 1)[0].is_proven());
+        assert!(cache.get(plain, off, 1).is_none());
+        assert!(cache.get_or_analyze(plain, off, &catalog(), 1)[0].is_proven());
+        // A literal whose end depends on the setting is refused whatever the session says.
+        let sql = r"SELECT id FROM t WHERE secret = 'a\' OR id = 1 --'";
+        assert!(!cache.get_or_analyze(sql, ON, &catalog(), 1)[0].is_proven());
+        assert!(!cache.get_or_analyze(sql, off, &catalog(), 1)[0].is_proven());
     }
 }

@@ -23,6 +23,9 @@ use std::ops::ControlFlow;
 const MAX_VIEW_DEPTH: usize = 16;
 /// Recursive CTEs are re-evaluated until their sources stop growing, at most this many times.
 const MAX_RECURSIVE_PASSES: usize = 8;
+/// Recursive walks grow their stack by this much when less than the red zone is left.
+const STACK_RED_ZONE: usize = 256 << 10;
+const STACK_GROWTH: usize = 8 << 20;
 
 /// A column visible in a scope, with the base columns behind it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,20 +112,145 @@ impl<'c> Analyzer<'c> {
         }
     }
 
+    /// Records uses of `sources` in `clause`: direct for a column compared as itself
+    /// (passthrough), indirect for a value derived from it.
     fn add_uses(&mut self, sources: &[Source], clause: Clause) {
         for source in sources {
-            let used = Use {
-                column: source.column.clone(),
-                clause,
-            };
-            if !self.uses.contains(&used) {
-                self.uses.push(used);
+            self.add_use(&source.column, clause, source.passthrough);
+        }
+    }
+
+    fn add_use(&mut self, column: &str, clause: Clause, direct: bool) {
+        let used = Use {
+            column: column.to_owned(),
+            clause,
+            direct,
+        };
+        if !self.uses.contains(&used) {
+            self.uses.push(used);
+        }
+    }
+
+    /// Records every source as an indirect use (an expression over the column is compared).
+    fn add_indirect_uses(&mut self, sources: &[Source], clause: Clause) {
+        for source in sources {
+            self.add_use(&source.column, clause, false);
+        }
+    }
+
+    /// A sort or grouping key (window PARTITION/ORDER BY, aggregate ORDER BY, CASE operand):
+    /// the column itself is a direct use, an expression over it an indirect one.
+    fn sort_key(&mut self, expr: &Expr, scope: &Scope, clause: Clause) {
+        let sources = self.expr(expr, scope);
+        self.add_uses(&sources, clause);
+    }
+
+    /// A condition (WHERE, HAVING, JOIN ON, CASE WHEN, FILTER, LIMIT): through AND/OR/NOT, the
+    /// operands of comparisons are direct uses when they are the column itself; any other
+    /// expression's columns are indirect uses.
+    fn predicate(&mut self, expr: &Expr, scope: &Scope, clause: Clause) {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_GROWTH, || {
+            self.predicate_inner(expr, scope, clause)
+        })
+    }
+
+    fn predicate_inner(&mut self, expr: &Expr, scope: &Scope, clause: Clause) {
+        use sqlparser::ast::BinaryOperator as Op;
+        match expr {
+            Expr::Nested(inner) => self.predicate(inner, scope, clause),
+            Expr::UnaryOp {
+                op: sqlparser::ast::UnaryOperator::Not,
+                expr,
+            } => self.predicate(expr, scope, clause),
+            Expr::BinaryOp {
+                left,
+                op: Op::And | Op::Or,
+                right,
+            } => {
+                self.predicate(left, scope, clause);
+                self.predicate(right, scope, clause);
+            }
+            Expr::BinaryOp {
+                left,
+                op: Op::Eq | Op::NotEq | Op::Lt | Op::LtEq | Op::Gt | Op::GtEq,
+                right,
+            } => {
+                self.sort_key(left, scope, clause);
+                self.sort_key(right, scope, clause);
+            }
+            Expr::IsNull(e) | Expr::IsNotNull(e) => self.sort_key(e, scope, clause),
+            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+                self.sort_key(a, scope, clause);
+                self.sort_key(b, scope, clause);
+            }
+            Expr::InList { expr, list, .. } => {
+                self.sort_key(expr, scope, clause);
+                for item in list {
+                    self.sort_key(item, scope, clause);
+                }
+            }
+            Expr::InSubquery { expr, subquery, .. } => {
+                self.sort_key(expr, scope, clause);
+                let cols = self.query(subquery, Some(scope));
+                let sources: Vec<Source> = cols.into_iter().flat_map(|c| c.sources).collect();
+                self.add_uses(&sources, clause);
+            }
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                for e in [expr, low, high] {
+                    self.sort_key(e, scope, clause);
+                }
+            }
+            Expr::Like {
+                expr,
+                pattern,
+                escape_char: None,
+                any: false,
+                ..
+            }
+            | Expr::ILike {
+                expr,
+                pattern,
+                escape_char: None,
+                any: false,
+                ..
+            } => {
+                self.sort_key(expr, scope, clause);
+                self.sort_key(pattern, scope, clause);
+            }
+            Expr::AnyOp {
+                left,
+                compare_op: Op::Eq | Op::NotEq | Op::Lt | Op::LtEq | Op::Gt | Op::GtEq,
+                right,
+                ..
+            }
+            | Expr::AllOp {
+                left,
+                compare_op: Op::Eq | Op::NotEq | Op::Lt | Op::LtEq | Op::Gt | Op::GtEq,
+                right,
+            } => {
+                self.sort_key(left, scope, clause);
+                match right.as_ref() {
+                    Expr::Subquery(query) => {
+                        let cols = self.query(query, Some(scope));
+                        let sources: Vec<Source> =
+                            cols.into_iter().flat_map(|c| c.sources).collect();
+                        self.add_uses(&sources, clause);
+                    }
+                    other => self.sort_key(other, scope, clause),
+                }
+            }
+            _ => {
+                let sources = self.expr(expr, scope);
+                self.add_indirect_uses(&sources, clause);
             }
         }
     }
 
-    fn use_expr(&mut self, expr: &Expr, scope: &Scope, clause: Clause) {
-        let sources = self.expr(expr, scope);
+    /// Every output of a set operation or DISTINCT is compared.
+    fn compare_rows(&mut self, cols: &[Col], clause: Clause) {
+        let sources: Vec<Source> = cols.iter().flat_map(|c| c.sources.clone()).collect();
         self.add_uses(&sources, clause);
     }
 
@@ -135,6 +263,12 @@ impl<'c> Analyzer<'c> {
     }
 
     fn query(&mut self, query: &Query, parent: Option<&Scope>) -> Vec<Col> {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_GROWTH, || {
+            self.query_inner(query, parent)
+        })
+    }
+
+    fn query_inner(&mut self, query: &Query, parent: Option<&Scope>) -> Vec<Col> {
         let pushed = if let Some(with) = &query.with {
             self.ctes.push(Vec::new());
             for cte in &with.cte_tables {
@@ -174,13 +308,13 @@ impl<'c> Analyzer<'c> {
                 }
             }
             for expr in limit_exprs {
-                self.use_expr(expr, &limit_scope, Clause::Limit);
+                self.predicate(expr, &limit_scope, Clause::Limit);
             }
         }
         if let Some(fetch) = &query.fetch
             && let Some(quantity) = &fetch.quantity
         {
-            self.use_expr(quantity, &limit_scope, Clause::Limit);
+            self.predicate(quantity, &limit_scope, Clause::Limit);
         }
         if query.for_clause.is_some()
             || query.settings.is_some()
@@ -203,7 +337,10 @@ impl<'c> Analyzer<'c> {
         parent: Option<&Scope>,
     ) -> Vec<Col> {
         let SetExpr::SetOperation {
-            left, right, op, ..
+            left,
+            right,
+            op,
+            set_quantifier,
         } = query.body.as_ref()
         else {
             // WITH RECURSIVE without a self-reference behaves like a plain CTE.
@@ -218,6 +355,10 @@ impl<'c> Analyzer<'c> {
                 frame.push((name.to_owned(), cols.clone()));
             }
             let step = self.set_expr(right, parent, None);
+            if compares_rows(*op, *set_quantifier) {
+                self.compare_rows(&cols.clone(), Clause::SetOperation);
+                self.compare_rows(&step, Clause::SetOperation);
+            }
             let merged = self.union_columns(cols.clone(), step, *op);
             if merged == cols {
                 break;
@@ -263,14 +404,32 @@ impl<'c> Analyzer<'c> {
         parent: Option<&Scope>,
         order_by: Option<&OrderBy>,
     ) -> Vec<Col> {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_GROWTH, || {
+            self.set_expr_inner(body, parent, order_by)
+        })
+    }
+
+    fn set_expr_inner(
+        &mut self,
+        body: &SetExpr,
+        parent: Option<&Scope>,
+        order_by: Option<&OrderBy>,
+    ) -> Vec<Col> {
         let cols = match body {
             SetExpr::Select(select) => return self.select(select, parent, order_by),
             SetExpr::Query(query) => self.query(query, parent),
             SetExpr::SetOperation {
-                left, op, right, ..
+                left,
+                op,
+                right,
+                set_quantifier,
             } => {
                 let left = self.set_expr(left, parent, None);
                 let right = self.set_expr(right, parent, None);
+                if compares_rows(*op, *set_quantifier) {
+                    self.compare_rows(&left, Clause::SetOperation);
+                    self.compare_rows(&right, Clause::SetOperation);
+                }
                 self.union_columns(left, right, *op)
             }
             SetExpr::Values(values) => {
@@ -359,7 +518,7 @@ impl<'c> Analyzer<'c> {
             self.add_from_item(item, &mut scope);
         }
         if let Some(selection) = &select.selection {
-            self.use_expr(selection, &scope, Clause::Where);
+            self.predicate(selection, &scope, Clause::Where);
         }
         let outputs = self.projection(&select.projection, &scope);
 
@@ -376,12 +535,15 @@ impl<'c> Analyzer<'c> {
             }
         }
         if let Some(having) = &select.having {
-            self.use_expr(having, &scope, Clause::Having);
+            self.predicate(having, &scope, Clause::Having);
         }
         for window in &select.named_window {
             if let sqlparser::ast::NamedWindowExpr::WindowSpec(spec) = &window.1 {
                 self.window_spec(spec, &scope);
             }
+        }
+        if let Some(sqlparser::ast::Distinct::Distinct) = &select.distinct {
+            self.compare_rows(&outputs, Clause::Distinct);
         }
         if let Some(sqlparser::ast::Distinct::On(exprs)) = &select.distinct {
             for expr in exprs {
@@ -431,7 +593,20 @@ impl<'c> Analyzer<'c> {
         scope: &Scope,
         prefer_output: bool,
     ) -> Vec<Source> {
-        if let Expr::Value(value) = expr
+        // PostgreSQL reads `(2)` as the constant 2: a position too.
+        let mut bare = expr;
+        while let Expr::Nested(inner) = bare {
+            bare = inner;
+        }
+        if let Expr::GroupingSets(sets) | Expr::Cube(sets) | Expr::Rollup(sets) = bare {
+            let mut sources = Vec::new();
+            for item in sets.iter().flatten() {
+                let found = self.output_reference(item, outputs, scope, prefer_output);
+                extend_unique(&mut sources, found);
+            }
+            return sources;
+        }
+        if let Expr::Value(value) = bare
             && let Value::Number(n, _) = &value.value
         {
             return match n
@@ -469,10 +644,19 @@ impl<'c> Analyzer<'c> {
                     name: output_name(expr),
                     sources: self.expr(expr, scope),
                 }),
-                SelectItem::ExprWithAlias { expr, alias } => outputs.push(Col {
-                    name: fold(alias),
-                    sources: self.expr(expr, scope),
-                }),
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    if alias.quote_style == Some('\'') {
+                        // PostgreSQL reads `name 'text'` as a typed literal, never an alias.
+                        self.problem(
+                            ProblemKind::Unsupported,
+                            "a string used as a column alias (PostgreSQL reads it as a typed literal)",
+                        );
+                    }
+                    outputs.push(Col {
+                        name: fold(alias),
+                        sources: self.expr(expr, scope),
+                    })
+                }
                 SelectItem::ExprWithAliases { expr, aliases } => {
                     let sources = self.expr(expr, scope);
                     for alias in aliases {
@@ -545,7 +729,7 @@ impl<'c> Analyzer<'c> {
                 }
             };
             match constraint {
-                JoinConstraint::On(expr) => self.use_expr(expr, scope, Clause::JoinOn),
+                JoinConstraint::On(expr) => self.predicate(expr, scope, Clause::JoinOn),
                 JoinConstraint::Using(names) => {
                     let names: Vec<String> = names
                         .iter()
@@ -852,6 +1036,16 @@ impl<'c> Analyzer<'c> {
             );
             return unresolved(columns);
         }
+        // pg_get_viewdef text is lexed with standard strings; a view deeper than the bound is
+        // not parsed (its tree's walks could exhaust the stack).
+        let tokens = super::lexer::tokenize(definition, super::lexer::LexSettings::default());
+        if super::lexer::depth_bound(&tokens, definition) > super::MAX_DEPTH {
+            self.problem(
+                ProblemKind::UnresolvedView,
+                format!("view {key} definition nests deeper than the analyser accepts"),
+            );
+            return unresolved(columns);
+        }
         let dialect = sqlparser::dialect::PostgreSqlDialect {};
         let query = match sqlparser::parser::Parser::parse_sql(&dialect, definition) {
             Ok(mut statements) if statements.len() == 1 => match statements.pop() {
@@ -1015,6 +1209,12 @@ impl<'c> Analyzer<'c> {
     /// The sources of an expression's value. Side effects: uses (CASE conditions, FILTER,
     /// window clauses, subqueries' own clauses) and problems.
     fn expr(&mut self, expr: &Expr, scope: &Scope) -> Vec<Source> {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_GROWTH, || {
+            self.expr_inner(expr, scope)
+        })
+    }
+
+    fn expr_inner(&mut self, expr: &Expr, scope: &Scope) -> Vec<Source> {
         match expr {
             Expr::Identifier(ident) => self.column(&[fold(ident)], scope),
             Expr::CompoundIdentifier(idents) => {
@@ -1032,11 +1232,11 @@ impl<'c> Analyzer<'c> {
             } => {
                 // A branch returns its value unchanged (passthrough); conditions are uses.
                 if let Some(operand) = operand {
-                    self.use_expr(operand, scope, Clause::Case);
+                    self.sort_key(operand, scope, Clause::Case);
                 }
                 let mut sources = Vec::new();
                 for when in conditions {
-                    self.use_expr(&when.condition, scope, Clause::Case);
+                    self.predicate(&when.condition, scope, Clause::Case);
                     extend_unique(&mut sources, self.expr(&when.result, scope));
                 }
                 if let Some(else_result) = else_result {
@@ -1143,7 +1343,12 @@ impl<'c> Analyzer<'c> {
         derive(sources, "expression")
     }
 
-    fn check_function(&mut self, schema: Option<&str>, function: &str, name: &ObjectName) {
+    pub(crate) fn check_function(
+        &mut self,
+        schema: Option<&str>,
+        function: &str,
+        name: &ObjectName,
+    ) {
         match functions::classify(schema, function) {
             FunctionClass::Traceable => {}
             FunctionClass::DataExposing => self.problem(
@@ -1178,11 +1383,11 @@ impl<'c> Analyzer<'c> {
                     match clause {
                         FunctionArgumentClause::OrderBy(items) => {
                             for item in items {
-                                self.use_expr(&item.expr, scope, Clause::OrderBy);
+                                self.sort_key(&item.expr, scope, Clause::OrderBy);
                             }
                         }
                         FunctionArgumentClause::Limit(expr) => {
-                            self.use_expr(expr, scope, Clause::Limit)
+                            self.predicate(expr, scope, Clause::Limit)
                         }
                         FunctionArgumentClause::IgnoreOrRespectNulls(_)
                         | FunctionArgumentClause::Separator(_) => {}
@@ -1204,7 +1409,7 @@ impl<'c> Analyzer<'c> {
             extend_unique(&mut sources, ordered);
         }
         if let Some(filter) = &function.filter {
-            self.use_expr(filter, scope, Clause::Filter);
+            self.predicate(filter, scope, Clause::Filter);
         }
         if let Some(WindowType::WindowSpec(spec)) = &function.over {
             self.window_spec(spec, scope);
@@ -1245,10 +1450,10 @@ impl<'c> Analyzer<'c> {
 
     fn window_spec(&mut self, spec: &sqlparser::ast::WindowSpec, scope: &Scope) {
         for expr in &spec.partition_by {
-            self.use_expr(expr, scope, Clause::Window);
+            self.sort_key(expr, scope, Clause::Window);
         }
         for item in &spec.order_by {
-            self.use_expr(&item.expr, scope, Clause::Window);
+            self.sort_key(&item.expr, scope, Clause::Window);
         }
     }
 }
@@ -1585,4 +1790,10 @@ fn first_words(text: &str) -> String {
         .take(4)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// UNION ALL keeps every row; UNION (DISTINCT), INTERSECT [ALL] and EXCEPT [ALL] compare rows.
+fn compares_rows(op: SetOperator, quantifier: sqlparser::ast::SetQuantifier) -> bool {
+    use sqlparser::ast::SetQuantifier as Q;
+    !(op == SetOperator::Union && matches!(quantifier, Q::All | Q::AllByName))
 }

@@ -5,6 +5,7 @@
 //! is for the policy.
 
 use super::catalog::{Catalog, fold};
+use super::lexer::{Kind, Token};
 use super::lineage::{Analyzer, Col, extend_unique, split_name};
 use super::types::{Clause, OutputColumn, ProblemKind, Source, StatementAnalysis, StatementKind};
 use sqlparser::ast::{
@@ -18,7 +19,13 @@ use std::ops::ControlFlow;
 pub(crate) fn analyze_statement(statement: &Statement, catalog: &dyn Catalog) -> StatementAnalysis {
     let mut analyzer = Analyzer::new(catalog);
     let mut analysis = StatementAnalysis::new(StatementKind::Other);
-    let kind = dispatch(statement, &mut analyzer, &mut analysis);
+    // Code-creating statements are decided on their kind alone (policy kind `code`).
+    let kind = if creates_code(statement) {
+        StatementKind::Code
+    } else {
+        dispatch(statement, &mut analyzer, &mut analysis)
+    };
+    check_objects(statement, &mut analyzer);
     analysis.kind = kind;
     analysis.is_ddl = analysis.is_ddl || kind == StatementKind::Ddl;
     analysis.uses = analyzer.uses;
@@ -109,8 +116,17 @@ fn dispatch(
             StatementKind::Merge
         }
         Statement::Copy {
-            source, to, target, ..
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
         } => {
+            match super::copy::CopyFormat::from_options(options, legacy_options) {
+                Ok(format) => analysis.copy = Some(format),
+                Err(why) => analyzer.problem(ProblemKind::CopyOption, why),
+            }
             copy_statement(source, *to, target, analyzer, analysis);
             StatementKind::Copy
         }
@@ -177,6 +193,7 @@ fn dispatch(
                 .collect();
             for source in sources {
                 let used = super::types::Use {
+                    direct: source.passthrough,
                     column: source.column,
                     clause: Clause::Explain,
                 };
@@ -601,4 +618,312 @@ fn max_parameter(statement: &Statement) -> usize {
     let mut placeholders = Placeholders(0);
     let _ = statement.visit(&mut placeholders);
     placeholders.0
+}
+
+// ------------------------------------------------------------------ code the analyser never sees
+
+/// True for statements that create or change objects whose code runs later, in statements
+/// that never name it: functions, procedures, operators, types, domains, casts, aggregates,
+/// triggers, rules, views, policies, event triggers, conversions, extensions, schemas (which
+/// shadow `public` through `$user`), LOAD, and tables, columns or indexes with non-constant
+/// DEFAULT, CHECK, GENERATED or index expressions, or columns of non-built-in types (a domain
+/// runs its CHECK). Plain tables (temp ones too), sequences and indexes on columns are not code.
+pub(crate) fn creates_code(statement: &Statement) -> bool {
+    use sqlparser::ast::{AlterTableOperation as Alter, ColumnOption, TableConstraint};
+    let column_is_code = |def: &sqlparser::ast::ColumnDef| {
+        !is_builtin_type(&def.data_type)
+            || def.options.iter().any(|o| match &o.option {
+                ColumnOption::Default(expr) => !is_constant(expr),
+                ColumnOption::Generated {
+                    generation_expr, ..
+                } => generation_expr.is_some(),
+                ColumnOption::Null
+                | ColumnOption::NotNull
+                | ColumnOption::PrimaryKey(_)
+                | ColumnOption::Unique(_)
+                | ColumnOption::ForeignKey(_)
+                | ColumnOption::Collation(_)
+                | ColumnOption::Comment(_)
+                | ColumnOption::Identity(_) => false,
+                _ => true,
+            })
+    };
+    match statement {
+        Statement::CreateTable(create) => {
+            create.columns.iter().any(column_is_code)
+                || create
+                    .constraints
+                    .iter()
+                    .any(|c| matches!(c, TableConstraint::Check { .. }))
+        }
+        Statement::CreateIndex(index) => {
+            index.predicate.is_some()
+                || index
+                    .columns
+                    .iter()
+                    .any(|c| !matches!(c.column.expr, Expr::Identifier(_)))
+        }
+        Statement::AlterTable(alter) => alter.operations.iter().any(|op| match op {
+            Alter::AddColumn { column_def, .. } => column_is_code(column_def),
+            Alter::DropColumn { .. }
+            | Alter::RenameColumn { .. }
+            | Alter::RenameTable { .. }
+            | Alter::DropConstraint { .. }
+            | Alter::RenameConstraint { .. } => false,
+            Alter::AlterColumn { op, .. } => !matches!(
+                op,
+                sqlparser::ast::AlterColumnOperation::SetNotNull
+                    | sqlparser::ast::AlterColumnOperation::DropNotNull
+                    | sqlparser::ast::AlterColumnOperation::DropDefault
+            ),
+            _ => true,
+        }),
+        Statement::CreateSequence { .. }
+        | Statement::CreateRole(_)
+        | Statement::CreateDatabase { .. } => false,
+        Statement::Query(_)
+        | Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => false,
+        other => {
+            let text = other.to_string();
+            let mut words = text.split_whitespace().map(str::to_ascii_uppercase);
+            matches!(
+                words.next().as_deref(),
+                Some("CREATE" | "ALTER" | "LOAD" | "IMPORT")
+            )
+        }
+    }
+}
+
+/// A DEFAULT that runs no code: a literal, a signed number, NULL.
+fn is_constant(expr: &Expr) -> bool {
+    match expr {
+        Expr::Value(_) => true,
+        Expr::Nested(e) => is_constant(e),
+        Expr::UnaryOp { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
+        _ => false,
+    }
+}
+
+/// Built-in types (as sqlparser prints them, lower case, without modifiers or array
+/// brackets). Anything else may be a domain (its CHECK runs code) or a user type whose input
+/// function is user code. Unqualified names resolve to pg_catalog first unless the session's
+/// search_path lists pg_catalog later (the session refuses that search_path).
+const BUILTIN_TYPES: &[&str] = &[
+    "smallint",
+    "int2",
+    "integer",
+    "int",
+    "int4",
+    "bigint",
+    "int8",
+    "real",
+    "float4",
+    "double precision",
+    "float8",
+    "float",
+    "numeric",
+    "decimal",
+    "dec",
+    "money",
+    "text",
+    "varchar",
+    "character varying",
+    "char varying",
+    "char",
+    "character",
+    "bpchar",
+    "name",
+    "bytea",
+    "boolean",
+    "bool",
+    "date",
+    "time",
+    "timetz",
+    "time with time zone",
+    "time without time zone",
+    "timestamp",
+    "timestamptz",
+    "timestamp with time zone",
+    "timestamp without time zone",
+    "interval",
+    "json",
+    "jsonb",
+    "jsonpath",
+    "uuid",
+    "xml",
+    "inet",
+    "cidr",
+    "macaddr",
+    "macaddr8",
+    "bit",
+    "varbit",
+    "bit varying",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "int4range",
+    "int8range",
+    "numrange",
+    "tsrange",
+    "tstzrange",
+    "daterange",
+    "int4multirange",
+    "int8multirange",
+    "nummultirange",
+    "tsmultirange",
+    "tstzmultirange",
+    "datemultirange",
+    "oid",
+    "regclass",
+    "regtype",
+    "regproc",
+    "regprocedure",
+    "regoper",
+    "regoperator",
+    "regnamespace",
+    "regrole",
+    "regconfig",
+    "regdictionary",
+    "regcollation",
+    "xid",
+    "xid8",
+    "cid",
+    "tid",
+    "pg_lsn",
+    "serial",
+    "bigserial",
+    "smallserial",
+    "serial2",
+    "serial4",
+    "serial8",
+    "txid_snapshot",
+    "pg_snapshot",
+    "unknown",
+    "record",
+];
+
+pub(crate) fn is_builtin_type(data_type: &sqlparser::ast::DataType) -> bool {
+    let printed = data_type.to_string().to_ascii_lowercase();
+    // Drop modifiers `(10,2)` and array brackets `[]`, `[3]`.
+    let mut plain = String::with_capacity(printed.len());
+    let mut depth = 0usize;
+    for c in printed.chars() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let plain = plain.split_whitespace().collect::<Vec<_>>().join(" ");
+    let plain = plain.strip_suffix(" array").unwrap_or(&plain);
+    let name = plain.strip_prefix("pg_catalog.").unwrap_or(plain);
+    BUILTIN_TYPES.contains(&name)
+}
+
+/// Every cast, typed literal and function call in the statement, wherever it is (also in
+/// clauses the lineage does not walk): types must be built-ins, functions are classified as
+/// the lineage classifies them.
+fn check_objects(statement: &Statement, analyzer: &mut Analyzer) {
+    struct Objects {
+        types: Vec<String>,
+        functions: Vec<ObjectName>,
+    }
+    impl Visitor for Objects {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Cast { data_type, .. } if !is_builtin_type(data_type) => {
+                    self.types.push(data_type.to_string());
+                }
+                Expr::TypedString(typed) if !is_builtin_type(&typed.data_type) => {
+                    self.types.push(typed.data_type.to_string());
+                }
+                Expr::Function(function) => self.functions.push(function.name.clone()),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut objects = Objects {
+        types: Vec::new(),
+        functions: Vec::new(),
+    };
+    let _ = statement.visit(&mut objects);
+    for name in objects.types {
+        analyzer.problem(
+            ProblemKind::NotBuiltin,
+            format!("type {name} is not a known built-in type (a domain or user type runs code)"),
+        );
+    }
+    for name in objects.functions {
+        let (schema, function) = split_name(&name);
+        analyzer.check_function(schema.as_deref(), &function, &name);
+    }
+}
+
+/// Built-in operator names (pg_operator.oprname in pg_catalog, PostgreSQL 13–18).
+const BUILTIN_OPERATORS: &[&str] = &[
+    "!=", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&", "&<", "&<|",
+    "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->", "->>", "-|-", "/", "<",
+    "<#>", "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=", ">", ">=", ">>", ">>=", ">^",
+    "?", "?#", "?&", "?-", "?-|", "?|", "?||", "@", "@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|",
+    "|&>", "|/", "|>>", "||", "||/", "~", "~*", "~<=~", "~<~", "~=", "~>=~", "~>~", "~~", "~~*",
+];
+
+/// Token-level checks on the text PostgreSQL will run: every operator is a built-in name, and
+/// `OPERATOR(...)` names one in pg_catalog. A user-defined operator (in pg_temp, the role's
+/// schema, or anywhere on the search_path) runs a function the analyser never sees.
+pub(crate) fn check_tokens(text: &str, tokens: &[Token], analysis: &mut StatementAnalysis) {
+    let mut problem = |message: String| {
+        let p = super::types::Problem {
+            kind: ProblemKind::NotBuiltin,
+            message,
+        };
+        if !analysis.problems.contains(&p) {
+            analysis.problems.push(p);
+        }
+    };
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = tokens[i];
+        let word = token.text(text);
+        if token.kind == Kind::Op && !matches!(word, "::" | ":=" | "=>") {
+            if !BUILTIN_OPERATORS.contains(&word) {
+                problem(format!("operator {word} is not a built-in operator"));
+            }
+        } else if token.is_word(text, "operator")
+            && tokens.get(i + 1).is_some_and(|t| t.is_punct(text, "("))
+        {
+            let close = tokens[i + 1..]
+                .iter()
+                .position(|t| t.is_punct(text, ")"))
+                .map_or(tokens.len(), |p| i + 1 + p);
+            let inner: Vec<&str> = tokens[i + 2..close].iter().map(|t| t.text(text)).collect();
+            let builtin = match inner.as_slice() {
+                [op] => BUILTIN_OPERATORS.contains(op),
+                [schema, ".", op] => {
+                    schema.eq_ignore_ascii_case("pg_catalog") && BUILTIN_OPERATORS.contains(op)
+                }
+                _ => false,
+            };
+            if !builtin {
+                problem(format!(
+                    "OPERATOR({}) is not a pg_catalog built-in operator",
+                    inner.join("")
+                ));
+            }
+            i = close;
+        }
+        i += 1;
+    }
 }

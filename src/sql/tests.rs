@@ -720,3 +720,308 @@ mod fuzz {
         }
     }
 }
+
+// ------------------------------------------------------------ issue 9 / issue 12 additions
+
+fn has_direct_use(analysis: &StatementAnalysis, name: &str, clause: Clause, direct: bool) -> bool {
+    analysis
+        .uses
+        .iter()
+        .any(|u| u.column == col(name) && u.clause == clause && u.direct == direct)
+}
+
+/// Runs `f` on a thread with a tokio worker's default stack (2 MiB).
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .expect("spawn")
+        .join()
+        .expect("the analysis thread must not die")
+}
+
+#[test]
+fn depth_bound_is_exact_at_the_limit() {
+    // `SELECT id + 1 + … FROM customers`: depth = number of `+` plus one.
+    let chain = |n: usize| format!("SELECT id{} FROM customers", " + 1".repeat(n));
+    let below = chain(MAX_DEPTH - 1);
+    let above = chain(MAX_DEPTH);
+    let (below, above) = on_small_stack(move || (one(&below), one(&above)));
+    assert!(
+        !has_problem(&below, ProblemKind::TooDeep),
+        "{:?}",
+        below.problems
+    );
+    proven(&below);
+    assert!(
+        has_problem(&above, ProblemKind::TooDeep),
+        "{:?}",
+        above.problems
+    );
+    assert_eq!(above.problems[0].kind.code(), crate::errors::Code::TooDeep);
+}
+
+#[test]
+fn long_chains_and_many_parameters_never_overflow() {
+    let or_chain: Vec<String> = (0..2000).map(|i| format!("id={i}")).collect();
+    let params: Vec<String> = (1..=3000).map(|i| format!("id=${i}")).collect();
+    let in_list: Vec<String> = (1..=3000).map(|i| format!("${i}")).collect();
+    let statements = vec![
+        format!(
+            "SELECT email FROM customers WHERE {}",
+            or_chain.join(" OR ")
+        ),
+        format!(
+            "SELECT email FROM customers WHERE {}",
+            or_chain.join(" AND ")
+        ),
+        format!("SELECT email FROM customers WHERE {}", params.join(" OR ")),
+        format!("SELECT 'a'{} FROM customers", " || 'b'".repeat(5000)),
+        format!("SELECT id{} FROM customers", "::int".repeat(5000)),
+        format!("SELECT 1{}", " UNION SELECT 1".repeat(3000)),
+        format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000)),
+        format!(
+            "SELECT {}1{} FROM customers",
+            "(SELECT ".repeat(5000),
+            ")".repeat(5000)
+        ),
+        format!("SELECT {}1", "NOT ".repeat(5000)),
+        format!("SELECT {}1", "- ".repeat(5000)),
+    ];
+    let results = on_small_stack(move || {
+        statements
+            .iter()
+            .map(|s| (s.len(), one(s)))
+            .collect::<Vec<_>>()
+    });
+    for (len, analysis) in results {
+        assert!(
+            !analysis.is_proven(),
+            "a {len}-byte deep statement was proven"
+        );
+    }
+    let list = format!(
+        "SELECT email FROM customers WHERE id IN ({})",
+        in_list.join(",")
+    );
+    let analysis = on_small_stack(move || one(&list));
+    proven(&analysis);
+    assert_eq!(analysis.parameters, 3000);
+}
+
+#[test]
+fn parenthesised_positions_are_positions() {
+    for sql in [
+        "SELECT id, ssn FROM customers ORDER BY (2)",
+        "SELECT id, ssn FROM customers ORDER BY ((2))",
+        "SELECT id, ssn FROM customers GROUP BY 1, (2)",
+        "SELECT DISTINCT ON (2) id, ssn FROM customers",
+        "SELECT id, ssn FROM customers GROUP BY ROLLUP (1, 2)",
+    ] {
+        let a = one(sql);
+        assert!(
+            a.uses.iter().any(|u| u.column == col("ssn")),
+            "{sql}: {:?}",
+            a.uses
+        );
+    }
+}
+
+#[test]
+fn comparing_operations_are_uses() {
+    for (sql, clause) in [
+        (
+            "SELECT ssn FROM customers INTERSECT SELECT '123-45-6789'",
+            Clause::SetOperation,
+        ),
+        (
+            "SELECT ssn FROM customers EXCEPT SELECT '123-45-6789'",
+            Clause::SetOperation,
+        ),
+        (
+            "SELECT birth_date FROM customers INTERSECT ALL SELECT DATE '1980-01-01'",
+            Clause::SetOperation,
+        ),
+        (
+            "SELECT ssn FROM customers UNION SELECT 'x'",
+            Clause::SetOperation,
+        ),
+        ("SELECT DISTINCT ssn FROM customers", Clause::Distinct),
+    ] {
+        let a = one(sql);
+        let name = if sql.contains("birth_date") {
+            "birth_date"
+        } else {
+            "ssn"
+        };
+        assert!(
+            has_direct_use(&a, name, clause, true),
+            "{sql}: {:?}",
+            a.uses
+        );
+    }
+    // UNION ALL keeps every row: no comparison.
+    let a = one("SELECT ssn FROM customers UNION ALL SELECT 'x'");
+    assert!(a.uses.is_empty(), "{:?}", a.uses);
+}
+
+#[test]
+fn only_the_column_itself_is_a_direct_use() {
+    for sql in [
+        "SELECT id FROM customers WHERE ssn = '1'",
+        "SELECT id FROM customers WHERE ssn IN ('1', '2')",
+        "SELECT id FROM customers WHERE ssn IS NULL",
+        "SELECT id FROM customers WHERE NOT (ssn <> '1') AND id = 3",
+        "SELECT id FROM customers WHERE ssn = ANY(ARRAY['1'])",
+        "SELECT id FROM customers WHERE ssn IN (SELECT ssn FROM customers)",
+    ] {
+        let a = one(sql);
+        assert!(
+            has_direct_use(&a, "ssn", Clause::Where, true),
+            "{sql}: {:?}",
+            a.uses
+        );
+        assert!(
+            !has_direct_use(&a, "ssn", Clause::Where, false),
+            "{sql}: {:?}",
+            a.uses
+        );
+    }
+    for sql in [
+        "SELECT id FROM customers WHERE ssn::int = 1",
+        "SELECT id FROM customers WHERE lower(ssn) = '1'",
+        "SELECT id FROM customers WHERE length(ssn) > 3",
+        "SELECT id FROM customers WHERE (ssn || 'x') = 'x'",
+        "SELECT id FROM customers WHERE ssn ~ '^1'",
+        "SELECT id FROM customers WHERE CASE WHEN ssn::int > 0 THEN true END",
+    ] {
+        let a = one(sql);
+        assert!(
+            a.uses.iter().any(|u| u.column == col("ssn") && !u.direct),
+            "{sql}: {:?}",
+            a.uses
+        );
+    }
+}
+
+#[test]
+fn code_creating_statements_have_their_own_kind() {
+    for sql in [
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+        "CREATE OR REPLACE FUNCTION pg_temp.f(text) RETURNS text AS 'select $1' LANGUAGE sql",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "CREATE VIEW customers AS SELECT 1 AS id",
+        "CREATE DOMAIN d AS text CHECK (VALUE <> '')",
+        "CREATE TYPE mood AS ENUM ('a')",
+        "CREATE TRIGGER t BEFORE INSERT ON notes_copy FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE SCHEMA me",
+        "CREATE TEMP TABLE x (a text DEFAULT current_setting('x'))",
+        "CREATE TEMP TABLE x (a int CHECK (a > 0))",
+        "CREATE TEMP TABLE x (a d)",
+        "ALTER TABLE notes_copy ALTER COLUMN txt SET DEFAULT lower('x')",
+        "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT random()",
+        "CREATE INDEX ON notes_copy ((txt::int))",
+    ] {
+        assert_eq!(one(sql).kind, StatementKind::Code, "{sql}");
+    }
+    for sql in [
+        "CREATE TEMP TABLE x (id int, name text DEFAULT 'n', n numeric(10,2) NOT NULL)",
+        "CREATE TABLE y (id bigint PRIMARY KEY, at timestamp with time zone, tags text[])",
+        "DROP TABLE notes_copy",
+        "ALTER TABLE notes_copy ADD COLUMN z int",
+        "CREATE INDEX ON notes_copy (txt)",
+    ] {
+        let a = one(sql);
+        assert_eq!(a.kind, StatementKind::Ddl, "{sql}");
+    }
+}
+
+#[test]
+fn operators_types_and_casts_must_be_built_in() {
+    for sql in [
+        "SELECT id FROM customers WHERE id OPERATOR(pg_temp.+) 1",
+        "SELECT id FROM customers WHERE id OPERATOR(public.=) 1",
+        "SELECT id FROM customers WHERE id OPERATOR(=) 1 AND id <=> 2",
+        "SELECT id::mydomain FROM customers",
+        "SELECT CAST(id AS public.mytype) FROM customers",
+    ] {
+        let a = one(sql);
+        assert!(
+            has_problem(&a, ProblemKind::NotBuiltin),
+            "{sql}: {:?}",
+            a.problems
+        );
+    }
+    // Operators sqlparser splits differently are refused by the parity gate.
+    assert!(!one("SELECT id FROM customers WHERE id OPERATOR(pg_temp.===) 1").is_proven());
+    // `type 'text'` is a typed literal to PostgreSQL, a string alias to sqlparser.
+    let a = one("SELECT email 'x' FROM customers");
+    assert!(
+        has_problem(&a, ProblemKind::Unsupported),
+        "{:?}",
+        a.problems
+    );
+    for sql in [
+        "SELECT id FROM customers WHERE id OPERATOR(pg_catalog.=) 1",
+        "SELECT id::text, id::bigint, CAST(id AS numeric(10,2)), created_at::date FROM customers",
+        "SELECT ARRAY[id]::int[] FROM customers",
+        "SELECT id FROM customers WHERE email LIKE 'a%' AND id <> 1 AND id >= 2",
+    ] {
+        proven(&one(sql));
+    }
+}
+
+#[test]
+fn copy_format_comes_from_the_statement() {
+    let a = one("COPY customers (id, email) TO STDOUT WITH (FORMAT csv, DELIMITER ';')");
+    let format = a.copy.expect("copy format");
+    assert_eq!((format.kind, format.delimiter), (CopyKind::Csv, b';'));
+    let a = one("COPY (SELECT 'p,q,s' AS csv, ssn, 'r' FROM customers) TO STDOUT");
+    assert_eq!(a.copy.expect("copy format").kind, CopyKind::Text);
+    let a = one("COPY customers TO STDOUT WITH (ENCODING 'LATIN1')");
+    assert!(has_problem(&a, ProblemKind::CopyOption));
+    // pgbench -i: PostgreSQL's booleans accept on/off/1/0.
+    let a = one("copy notes_copy from stdin with (freeze on)");
+    proven(&a);
+    assert_eq!(
+        (a.kind, a.write_targets.clone()),
+        (StatementKind::Copy, vec!["public.notes_copy".to_string()])
+    );
+    let a = one("COPY customers TO STDOUT WITH (FORMAT csv, HEADER off)");
+    assert!(!a.copy.expect("copy format").header);
+    let a = one("COPY customers TO STDOUT WITH (FORMAT csv, HEADER 1)");
+    assert!(a.copy.expect("copy format").header);
+}
+
+#[test]
+fn lexer_differentials_are_refused() {
+    let off = LexSettings {
+        standard_conforming_strings: false,
+    };
+    // With standard_conforming_strings off, PostgreSQL runs `, ssn FROM customers --'`.
+    let sql = r"SELECT 'a\', ssn FROM customers --'";
+    let a = analyze_with(sql, &demo(), off);
+    assert!(
+        has_problem(&a[0], ProblemKind::LexerMismatch),
+        "{:?}",
+        a[0].problems
+    );
+    for sql in [
+        "SELECT 'a'\n'b' FROM customers",
+        "SELECT 0x1F FROM customers",
+        "SELECT 1_000 FROM customers",
+        "SELECT 123abc FROM customers",
+    ] {
+        assert!(has_problem(&one(sql), ProblemKind::LexerMismatch), "{sql}");
+    }
+    // In SJIS, "Á" (C3 81) then "\" reads as C3 + one double-byte character: no backslash.
+    let a = one("SELECT E'\u{c1}\\', ssn FROM customers --'");
+    assert!(
+        has_problem(&a, ProblemKind::LexerMismatch),
+        "{:?}",
+        a.problems
+    );
+    // A CR-terminated comment: both lexers see the column after it.
+    let a = one("SELECT id --\r, ssn FROM customers");
+    assert_eq!(a.outputs.len(), 2);
+}

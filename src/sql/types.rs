@@ -23,6 +23,10 @@ pub enum StatementKind {
     Prepare,
     Execute,
     Call,
+    /// Creates or alters code or objects that run code the analyser never sees: functions,
+    /// procedures, operators, types, domains, casts, aggregates, triggers, rules, views,
+    /// policies, defaults and checks with expressions. The policy kind `code`.
+    Code,
     Other,
 }
 
@@ -38,6 +42,7 @@ impl StatementKind {
             Self::Delete => "delete",
             Self::Copy => "copy",
             Self::Ddl => "ddl",
+            Self::Code => "code",
             _ => "other",
         }
     }
@@ -101,6 +106,10 @@ pub enum Clause {
     Filter,
     /// An output of a statement under EXPLAIN (ANALYZE row counts leak).
     Explain,
+    /// UNION (without ALL), INTERSECT and EXCEPT compare whole rows.
+    SetOperation,
+    /// SELECT DISTINCT compares whole rows.
+    Distinct,
     /// Anything else (e.g. ON CONFLICT conditions, MERGE conditions).
     Other,
 }
@@ -110,6 +119,12 @@ pub enum Clause {
 pub struct Use {
     pub column: String,
     pub clause: Clause,
+    /// True when the column itself is compared, sorted or grouped: an operand of `=`, `<>`,
+    /// `<`…, `IN`, `BETWEEN`, `LIKE`, `IS [NOT] NULL`, `IS [NOT] DISTINCT FROM`, `= ANY`, a
+    /// join's USING, or an item of ORDER BY / GROUP BY / DISTINCT / a set operation. False
+    /// when an expression over it is (`ssn::int = 1`, `lower(email) = …`), which can raise
+    /// an error that quotes the value: `filter_on` allows only direct uses.
+    pub direct: bool,
 }
 
 /// Why an analysis is not proven; the caller refuses restricted roles when any is present.
@@ -137,6 +152,29 @@ pub enum ProblemKind {
     NestedWrite,
     /// A construct the analyser does not model.
     Unsupported,
+    /// The statement nests deeper than [`super::MAX_DEPTH`].
+    TooDeep,
+    /// PostgreSQL's lexer and sqlparser's tokenizer split the text differently, or the text
+    /// lexes differently in some PostgreSQL version.
+    LexerMismatch,
+    /// An operator, type or cast that is not a known built-in (user code can hide behind it).
+    NotBuiltin,
+    /// A COPY option tokengate does not understand.
+    CopyOption,
+}
+
+impl ProblemKind {
+    /// The catalogue code a refusal for this problem carries.
+    pub fn code(self) -> crate::errors::Code {
+        use crate::errors::Code;
+        match self {
+            Self::TooDeep => Code::TooDeep,
+            Self::LexerMismatch => Code::LexerMismatch,
+            Self::NotBuiltin => Code::NotBuiltin,
+            Self::CopyOption => Code::CopyOption,
+            _ => Code::Unproven,
+        }
+    }
 }
 
 /// A reason the analysis is incomplete, with a message naming the construct.
@@ -167,6 +205,8 @@ pub struct StatementAnalysis {
     pub is_ddl: bool,
     /// The highest `$n` parameter number referenced.
     pub parameters: usize,
+    /// For COPY: the data format, from the parsed options.
+    pub copy: Option<super::copy::CopyFormat>,
 }
 
 impl StatementAnalysis {
@@ -180,8 +220,9 @@ impl StatementAnalysis {
             writes: Vec::new(),
             write_targets: Vec::new(),
             problems: Vec::new(),
-            is_ddl: kind == StatementKind::Ddl,
+            is_ddl: matches!(kind, StatementKind::Ddl | StatementKind::Code),
             parameters: 0,
+            copy: None,
         }
     }
 

@@ -182,7 +182,7 @@ impl Session {
     }
 }
 
-async fn session_at(port: u16, role: &str) -> Session {
+pub async fn session_at(port: u16, role: &str) -> Session {
     session_with(crm_config(port, role)).await
 }
 

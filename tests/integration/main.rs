@@ -4,6 +4,7 @@
 mod harness;
 
 mod attacks;
+mod attacks_sql;
 mod audit;
 mod auth;
 mod cancel;

@@ -125,17 +125,20 @@ impl ReadPath {
                 c
             }
         };
-        let analyses = match cache.get(sql, snapshot.generation) {
+        let lex = crate::sql::LexSettings {
+            standard_conforming_strings: self.names.standard_conforming_strings,
+        };
+        let analyses = match cache.get(sql, lex, snapshot.generation) {
             Some(a) => {
                 self.metrics.metrics.analysis_cache_hits_total.inc();
                 a
             }
             None => {
                 self.metrics.metrics.analysis_cache_misses_total.inc();
-                cache.get_or_analyze(sql, &catalog, snapshot.generation)
+                cache.get_or_analyze(sql, lex, &catalog, snapshot.generation)
             }
         };
-        let texts = crate::sql::split_statements(sql);
+        let texts = crate::sql::split_statements(sql, lex);
         let mut local = NamedPlans::default();
         let mut planned = Vec::with_capacity(analyses.len());
         // Set once a statement may have changed name resolution: the later ones of this
@@ -149,7 +152,7 @@ impl ReadPath {
                     snapshot: &snapshot,
                     path: None,
                 };
-                reanalysed = crate::sql::analyze(text, &unknown);
+                reanalysed = crate::sql::analyze_with(text, &unknown, lex);
                 reanalysed.first().unwrap_or(a)
             } else {
                 a
@@ -168,19 +171,9 @@ impl ReadPath {
                 local: &local,
                 session: &session,
             };
-            let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
+            let plan = plan_statement(a, &self.view, &catalog, &named)?;
             if plan.is_ddl {
                 self.needs_refresh = true;
-            }
-            if a.kind == StatementKind::Copy
-                && let Some(result) = &plan.result
-                && text.to_ascii_lowercase().contains("csv")
-            {
-                // COPY's text/CSV choice decides how CopyData lines are split; an option the
-                // splitter would misread makes the column count disagree, which is refused.
-                let mut r = (**result).clone();
-                r.csv = true;
-                plan.result = Some(Arc::new(r));
             }
             let effect = effect_of(a, text, &plan);
             match &effect {

@@ -695,6 +695,12 @@ impl ReadPath {
             Ok(a) => a,
             Err(verdict) => return verdict,
         };
+        // COPY ... HEADER: the first line holds column names, not values.
+        if active.plan.copy_format.as_ref().is_some_and(|f| f.header)
+            && active.rows.load(Ordering::Relaxed) == 1
+        {
+            return ServerVerdict::Forward;
+        }
         match rewrite_copy_line(body, &active) {
             Ok(line) => {
                 *out = frame(tag::COPY_DATA, &line);

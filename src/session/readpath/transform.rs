@@ -141,8 +141,6 @@ pub struct ActiveResult {
     /// The audit record this result's rows count toward.
     pub(super) audit: Option<Arc<PendingAudit>>,
     pub(super) rows: AtomicU64,
-    /// COPY text/CSV: how CopyData lines are split.
-    csv: bool,
 }
 
 impl ActiveResult {
@@ -163,7 +161,6 @@ impl ActiveResult {
         }
         Ok(Arc::new(ActiveResult {
             audit,
-            csv: plan.csv,
             plan,
             transforms,
             rows: Default::default(),
@@ -287,42 +284,51 @@ pub(super) fn rewrite_copy_line(line: &[u8], active: &ActiveResult) -> Result<Ve
         Some(c) => (c, true),
         None => (line, false),
     };
-    let sep = if active.csv { b',' } else { b'\t' };
-    let fields: Vec<&[u8]> = content.split(|&b| b == sep).collect();
+    let Some(format) = active.plan.copy_format.as_ref() else {
+        return Err(unsupported("the COPY format is unknown"));
+    };
+    let sep = format.delimiter;
+    let Some(fields) = format.split(content) else {
+        return Err(unsupported("binary rows, or a CSV value spanning lines"));
+    };
     if fields.len() != active.plan.width {
-        return Err(unsupported(
-            "the column count does not match the statement (quoted separators are not supported)",
-        ));
+        return Err(unsupported("the column count does not match the statement"));
     }
+    let null = format.null.as_bytes();
     let mut out = Vec::with_capacity(line.len() + 16);
     let mut scratch = Vec::new();
-    for (i, f) in fields.iter().enumerate() {
+    for (i, field) in fields.iter().enumerate() {
+        let f = &content[field.range.clone()];
         if i > 0 {
             out.push(sep);
         }
         let transform = active.transforms.iter().find(|(idx, _, _)| *idx == i);
         match transform {
             None => out.extend_from_slice(f),
-            Some(_) if *f == b"\\N" || (active.csv && f.is_empty()) => out.extend_from_slice(f),
+            Some(_) if !field.quoted && f == null => {
+                // A custom NULL marker is also how a value equal to it is written.
+                if !format.null_is_unambiguous() {
+                    return Err(unsupported("a protected value equals the NULL marker"));
+                }
+                out.extend_from_slice(f)
+            }
             Some((_, t, counter)) => {
                 counter.inc();
-                if f.contains(&b'\\') || f.contains(&b'"') {
+                if field.quoted || f.contains(&b'\\') || f.contains(&format.quote) {
                     return Err(unsupported("escaped or quoted values in protected columns"));
                 }
                 scratch.clear();
                 match t.apply(f, &mut scratch) {
                     Ok(Output::Value) => {
-                        if scratch
-                            .iter()
-                            .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'"')
+                        if scratch.iter().any(|&b| {
+                            b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == format.quote
+                        }) || (scratch.as_slice() == null)
                         {
                             return Err(unsupported("a protected value would need escaping"));
                         }
                         out.extend_from_slice(&scratch);
                     }
-                    Ok(Output::Null) => {
-                        out.extend_from_slice(if active.csv { b"" } else { b"\\N" })
-                    }
+                    Ok(Output::Null) => out.extend_from_slice(null),
                     Err(e) => return Err(unsupported(&e.to_string())),
                 }
             }
