@@ -26,10 +26,13 @@ pub enum Code {
     UnsupportedValue,
     LineageMismatch,
     CatalogUnavailable,
+    TooManyConnections,
+    UpstreamTimeout,
+    IdleTimeout,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 25] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -52,6 +55,9 @@ impl Code {
         Code::UnsupportedValue,
         Code::LineageMismatch,
         Code::CatalogUnavailable,
+        Code::TooManyConnections,
+        Code::UpstreamTimeout,
+        Code::IdleTimeout,
     ];
 
     pub fn id(self) -> &'static str {
@@ -78,13 +84,18 @@ impl Code {
             Code::UnsupportedValue => "TG109",
             Code::LineageMismatch => "TG110",
             Code::CatalogUnavailable => "TG111",
+            Code::TooManyConnections => "TG035",
+            Code::UpstreamTimeout => "TG036",
+            Code::IdleTimeout => "TG037",
         }
     }
 
     pub fn sqlstate(self) -> &'static str {
         match self {
             Code::UpstreamUnavailable => "08001",
-            Code::UpstreamLost => "08006",
+            Code::UpstreamLost | Code::UpstreamTimeout => "08006",
+            Code::TooManyConnections => "53300",
+            Code::IdleTimeout => "57P05",
             Code::MalformedMessage | Code::MessageTooLarge | Code::StartupTimeout => "08P01",
             Code::ReplicationRefused => "42501",
             Code::ShuttingDown => "57P01",
@@ -172,6 +183,13 @@ impl Code {
             Code::AuditUnavailable => {
                 "The audit log cannot be written (disk full, permissions) and the policy fails closed (on_failure: refuse); fix the log's storage."
             }
+            Code::TooManyConnections => {
+                "tokengate serves at most max_client_connections sessions (also bounded by its file descriptor limit); retry later, use a connection pool, or raise the limit."
+            }
+            Code::UpstreamTimeout => {
+                "The upstream stopped answering (query_timeout, or a stalled network path); check the upstream and the network, or raise query_timeout_secs."
+            }
+            Code::IdleTimeout => "The session was idle longer than idle_timeout_secs; reconnect.",
             Code::ChannelBindingUnavailable => {
                 "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."
             }

@@ -54,6 +54,51 @@ pub struct Context {
     /// The audit log, when configured (set by the server after opening it).
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// Admission control: sessions served now, and connections being refused.
+    pub admission: Admission,
+}
+
+/// How many client sessions run at once (`max_client_connections`, lowered to what the
+/// file descriptor limit allows), and how many over-limit connections are being answered.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// The effective limit (set by the server at startup).
+    pub max_sessions: std::sync::atomic::AtomicUsize,
+    sessions: std::sync::atomic::AtomicUsize,
+    refusing: std::sync::atomic::AtomicUsize,
+}
+
+/// Over-limit connections answered with 53300 at once; beyond this they are closed without a
+/// message, so a flood cannot use the descriptors the admitted sessions need.
+const MAX_REFUSING: usize = 16;
+/// How long an over-limit connection has to send its StartupMessage.
+const REFUSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A held admission slot; released on drop.
+struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    fn admit(&self) -> Option<Slot<'_>> {
+        let max = self.max_sessions.load(Ordering::Relaxed);
+        let slot = Slot(&self.sessions);
+        (self.sessions.fetch_add(1, Ordering::AcqRel) < max).then_some(slot)
+    }
+
+    fn refusing(&self) -> Option<Slot<'_>> {
+        let slot = Slot(&self.refusing);
+        (self.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING).then_some(slot)
+    }
+
+    /// Sessions being served now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
 }
 
 impl Context {
@@ -86,13 +131,20 @@ impl Context {
                     user: user.clone(),
                     password: config.catalog_password.clone(),
                     ttl: config.catalog_ttl,
+                    lock_timeout: config.catalog_lock_timeout,
+                    statement_timeout: config.catalog_statement_timeout,
                 },
                 connector.clone(),
                 metrics.catalog_refresh_total.clone(),
             )),
             _ => None,
         };
+        let admission = Admission {
+            max_sessions: std::sync::atomic::AtomicUsize::new(config.max_client_connections),
+            ..Admission::default()
+        };
         Context {
+            admission,
             catalog,
             readpath: Arc::default(),
             audit: None,
@@ -197,6 +249,22 @@ impl Outcome {
 /// Serves one accepted TCP connection to the end and records its outcome.
 pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    if let Some(keepalive) = &ctx.config.tcp_keepalive {
+        let _ = keepalive.apply(&tcp);
+    }
+    let Some(_slot) = ctx.admission.admit() else {
+        let outcome = match ctx.admission.refusing() {
+            Some(_refusing) => {
+                let max = ctx.admission.max_sessions.load(Ordering::Relaxed);
+                let e = crate::errors::Code::TooManyConnections
+                    .error(format!("sorry, too many clients already ({max} sessions)"));
+                startup::refuse(&ctx, tcp, e, REFUSE_WITHIN).await
+            }
+            None => Outcome::Refused,
+        };
+        count_outcome(&ctx, outcome);
+        return;
+    };
     ctx.metrics.connections_active.inc();
     let outcome = match startup::handshake(&ctx, tcp, peer).await {
         Ok(established) => {
@@ -211,6 +279,10 @@ pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAdd
     };
     tracing::debug!(%peer, outcome = outcome.label(), "connection closed");
     ctx.metrics.connections_active.dec();
+    count_outcome(&ctx, outcome);
+}
+
+fn count_outcome(ctx: &Context, outcome: Outcome) {
     ctx.metrics
         .connections_total
         .get_or_create(&OutcomeLabel {

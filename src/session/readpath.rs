@@ -257,6 +257,9 @@ pub struct ReadPath {
     session: AuditSession,
     /// Set when an alert with `action: terminate` fires; the relay then ends the session.
     pub terminate: Option<Refusal>,
+    /// Audit records were queued since the last ReadyForQuery: with `fsync: always` the relay
+    /// waits for them to be durable before forwarding the next one ([`Self::durable_ticket`]).
+    audit_queued: bool,
     /// Statement texts by prepared statement and portal name, for audit records.
     texts: HashMap<Vec<u8>, Arc<str>>,
     portal_texts: HashMap<Vec<u8>, Arc<str>>,
@@ -381,6 +384,7 @@ impl ReadPath {
             alerts,
             session,
             terminate: None,
+            audit_queued: false,
             texts: HashMap::new(),
             portal_texts: HashMap::new(),
             scratch: Vec::new(),
@@ -483,7 +487,7 @@ impl ReadPath {
             self.metrics.monitored.inc();
             match &outcome {
                 Err(r) => {
-                    tracing::warn!(role = %self.login, code = r.code.id(), reason = %r.message, "monitor-only: statement would be refused")
+                    tracing::warn!(role = %self.login, code = r.code.id(), reason = %crate::observe::logging::redact_literals(&r.message), "monitor-only: statement would be refused")
                 }
                 Ok(plans) if rewrites(plans) => {
                     tracing::info!(role = %self.login, "monitor-only: result would be rewritten")
@@ -561,8 +565,23 @@ impl ReadPath {
             record.rows = rows;
             record.duration_ms = pending.started.elapsed().as_secs_f64() * 1000.0;
             log.record(record);
+            self.audit_queued = true;
         }
         self.observe_alerts(values, false);
+    }
+
+    /// Before a ReadyForQuery reaches the client: a ticket to wait on when records were
+    /// queued since the last one and the log promises durability (`fsync: always`).
+    pub fn durable_ticket(&mut self) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        if !std::mem::take(&mut self.audit_queued) {
+            return None;
+        }
+        self.audit.as_ref()?.durable()
+    }
+
+    /// Whether a record that could not be made durable must end the session.
+    pub fn audit_fails_closed(&self) -> bool {
+        self.audit.as_ref().is_some_and(|a| a.fails_closed())
     }
 
     /// A record about this session and statement; callers add decisions, refusal, rows.
@@ -606,7 +625,7 @@ impl ReadPath {
     /// Counts, logs and audits a refusal.
     fn refused(&mut self, r: &Refusal, sql: Option<&[u8]>) {
         self.metrics.refusal(r);
-        tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
+        tracing::info!(role = %self.login, code = r.code.id(), reason = %crate::observe::logging::redact_literals(&r.message), "statement refused");
         if let Some(log) = &self.audit {
             let mut record =
                 self.audit_record(sql.map(|s| String::from_utf8_lossy(s).into_owned()));
@@ -1037,7 +1056,7 @@ impl ReadPath {
             && let Some(r) = r
         {
             self.metrics.refusal(&r);
-            tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "result stopped");
+            tracing::info!(role = %self.login, code = r.code.id(), reason = %crate::observe::logging::redact_literals(&r.message), "result stopped");
             *failed = Some(r);
         }
     }

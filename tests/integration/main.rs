@@ -15,5 +15,6 @@ mod messages;
 mod policy;
 mod psql;
 mod queries;
+mod robust;
 mod tls;
 mod usability;
