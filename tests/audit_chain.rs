@@ -388,9 +388,13 @@ fn verify_reports_a_torn_line_and_goes_on_after_the_restart() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 40]).unwrap(); // the crash
     write_log(AuditConfig::new(&path), &ring(1), 4..7); // the restart
-    let (result, torn) =
-        tokengate::cli::audit::verify_paths_reporting(&[path.clone()], &ring(1), "audit", false)
-            .unwrap();
+    let (result, torn) = tokengate::cli::audit::verify_paths_reporting(
+        std::slice::from_ref(&path),
+        &ring(1),
+        "audit",
+        false,
+    )
+    .unwrap();
     assert_eq!(torn.len(), 1, "{torn:?}");
     assert_eq!((torn[0].kind, torn[0].line), (BreakKind::Truncated, 4));
     // Records 0..3 before and 4..7 after the torn line; the torn record (3) is lost.
