@@ -200,6 +200,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
+        // From here on SIGHUP never ends the process, even during startup: tokio keeps its
+        // handler installed for the life of the process once a listener exists.
+        let _early_hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let server = match RunningServer::start(config).await {
             Ok(s) => s,
             Err(e) => {

@@ -210,7 +210,7 @@ pub struct Shared {
     client_terminated: bool,
     /// Present whenever a policy is configured.
     readpath: Option<ReadPath>,
-    /// When the client last sent bytes (kept only with `idle_timeout`).
+    /// When the client last sent bytes (kept only with `idle_timeout` or `query_timeout`).
     client_active: Option<Instant>,
 }
 
@@ -568,7 +568,7 @@ async fn client_pump(
             Ok(0) | Err(_) => return (ClientEnd::Eof, wr),
             Ok(n) => {
                 ctx.bytes_from_client.inc_by(n as u64);
-                if ctx.config.idle_timeout.is_some() {
+                if ctx.config.idle_timeout.is_some() || ctx.config.query_timeout.is_some() {
                     lock(shared).client_active = Some(Instant::now());
                 }
             }
@@ -720,7 +720,7 @@ mod timeouts {
         let s = lock(shared);
         let waiting = s.pending.front().copied();
         let query_at = query.map(|q| match waiting {
-            Some(start) => start.max(upstream_active) + q,
+            Some(start) => start.max(last_activity(&s, upstream_active)) + q,
             None => now + q / 2,
         });
         let idle_at = idle.map(|i| match waiting {
@@ -740,7 +740,9 @@ mod timeouts {
         match s.pending.front() {
             Some(start) => {
                 let q = ctx.config.query_timeout?;
-                if (*start).max(upstream_active).elapsed() < q {
+                // Silence on both legs: a client still streaming (COPY FROM STDIN) is not
+                // waiting on the upstream yet; once its writes block, it stops counting.
+                if (*start).max(last_activity(&s, upstream_active)).elapsed() < q {
                     return None;
                 }
                 drop(s);
