@@ -7,8 +7,8 @@
 //!
 //! A reload never weakens protection by accident:
 //! - a file must have its sections and a `"*"` rule ([`super::weaken::require_sections`]);
-//! - the watcher loads a file only once it is stable: the same bytes, size and mtime read
-//!   twice, [`SETTLE`] apart (an in-place write is seen half-done otherwise);
+//! - the watcher and SIGHUP load a file only once it is stable: the same bytes, size and
+//!   mtime read twice, [`SETTLE`] apart (an in-place write is seen half-done otherwise);
 //! - a policy that protects less than the one in force ([`super::weaken::weakenings`]) is
 //!   logged at error and held: only SIGHUP (or [`PolicyStore::reload_now`]) applies it, or
 //!   the watcher when `allow_weakening_reload` is set.
@@ -186,9 +186,10 @@ impl PolicyStore {
         Ok(true)
     }
 
-    /// The file's text once it reads the same twice [`SETTLE`] apart (bytes, size and
-    /// mtime), or `None` when it keeps changing or cannot be read (logged).
-    fn read_settled(&self) -> Option<String> {
+    /// Reloads once the file reads the same twice [`SETTLE`] apart (bytes, size and mtime):
+    /// an in-place write is never loaded half-done. A file that keeps changing is skipped
+    /// (the next change tries again); one that cannot be read is reported as a failed reload.
+    fn reload_settled(&self, trigger: Trigger) {
         let path = &self.inner.path;
         let read = || -> std::io::Result<(Vec<u8>, u64, Option<std::time::SystemTime>)> {
             let bytes = std::fs::read(path)?;
@@ -196,27 +197,28 @@ impl PolicyStore {
             Ok((bytes, meta.len(), meta.modified().ok()))
         };
         let mut last = None;
+        let mut unreadable = 0;
         for _ in 0..SETTLE_ATTEMPTS {
             let now = match read() {
                 Ok(r) => r,
-                Err(e) => {
-                    // A rename in progress; an error that persists is reported by the next
-                    // explicit reload or event.
-                    tracing::debug!(file = %path.display(), error = %e, "policy file not readable yet");
+                // A rename in progress clears quickly; an error that persists is reported.
+                Err(_) if unreadable < 3 => {
+                    unreadable += 1;
                     last = None;
                     std::thread::sleep(SETTLE);
                     continue;
                 }
+                Err(_) => {
+                    let _ = self.reload(trigger, None);
+                    return;
+                }
             };
             if last.as_ref() == Some(&now) {
                 let (bytes, _, _) = now;
-                return match String::from_utf8(bytes) {
-                    Ok(text) => Some(text),
-                    Err(_) => {
-                        tracing::error!(file = %path.display(), "policy file is not UTF-8; keeping the policy in force");
-                        None
-                    }
-                };
+                // Not UTF-8: the reload from the file reports it.
+                let text = String::from_utf8(bytes).ok();
+                let _ = self.reload(trigger, text);
+                return;
             }
             last = Some(now);
             std::thread::sleep(SETTLE);
@@ -225,7 +227,6 @@ impl PolicyStore {
             file = %path.display(),
             "policy file kept changing; not reloaded (the next change tries again)"
         );
-        None
     }
 
     /// Starts reloading on SIGHUP and on changes to the policy file. Must be called inside a
@@ -271,9 +272,7 @@ impl PolicyStore {
             if relevant {
                 // Runs on the debouncer's own thread: off the data path. Errors are
                 // logged and counted inside.
-                if let Some(text) = store.read_settled() {
-                    let _ = store.reload(Trigger::Watcher, Some(text));
-                }
+                store.reload_settled(Trigger::Watcher);
             }
         })
         .map_err(|source| WatchError::Notify {
