@@ -214,6 +214,20 @@ impl Keepalive {
             .with_retries(self.count);
         socket2::SockRef::from(tcp).set_tcp_keepalive(&params)
     }
+
+    /// [`apply`](Self::apply), plus `TCP_USER_TIMEOUT` of the same length (as libpq's
+    /// `tcp_user_timeout`): keepalive probes only run on an idle connection, so without it a
+    /// query sent into a black hole is retransmitted for ~15 minutes. Upstream sockets only:
+    /// on the client leg it could cut a client that merely stopped reading for a while.
+    pub fn apply_upstream(&self, tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+        self.apply(tcp)?;
+        #[cfg(target_os = "linux")]
+        {
+            let dead_after = self.idle + self.interval * self.count;
+            socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(dead_after))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

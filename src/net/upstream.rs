@@ -83,7 +83,7 @@ impl Connector {
             })?;
         let _ = tcp.set_nodelay(true);
         if let Some(keepalive) = &self.keepalive {
-            let _ = keepalive.apply(&tcp);
+            let _ = keepalive.apply_upstream(&tcp);
         }
         let Some(tls) = &self.tls else {
             return Ok(Conn::Plain(tcp));

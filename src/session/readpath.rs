@@ -257,8 +257,8 @@ pub struct ReadPath {
     session: AuditSession,
     /// Set when an alert with `action: terminate` fires; the relay then ends the session.
     pub terminate: Option<Refusal>,
-    /// Audit records were queued since the last ReadyForQuery: with `fsync: always` the relay
-    /// waits for them to be durable before forwarding the next one ([`Self::durable_ticket`]).
+    /// Audit records were queued by the frame just handled: with `fsync: always` the relay
+    /// waits for them to be durable before forwarding it ([`Self::durable_ticket`]).
     audit_queued: bool,
     /// Statement texts by prepared statement and portal name, for audit records.
     texts: HashMap<Vec<u8>, Arc<str>>,
@@ -570,8 +570,8 @@ impl ReadPath {
         self.observe_alerts(values, false);
     }
 
-    /// Before a ReadyForQuery reaches the client: a ticket to wait on when records were
-    /// queued since the last one and the log promises durability (`fsync: always`).
+    /// After a server frame: a ticket to wait on before forwarding it when it completed audit
+    /// records and the log promises durability (`fsync: always`).
     pub fn durable_ticket(&mut self) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         if !std::mem::take(&mut self.audit_queued) {
             return None;

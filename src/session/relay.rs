@@ -326,11 +326,10 @@ impl FrameHandler for UpstreamHandler<'_> {
                 Action::Replace
             }
         };
-        // Audit durability: with `fsync: always`, the records this ReadyForQuery completes
-        // must be durable before it (and the batch it ends) reaches the client.
-        if frame[0] == backend::READY_FOR_QUERY
-            && let Some(ticket) = rp.durable_ticket()
-        {
+        // Audit durability: with `fsync: always`, a record this frame completed (at
+        // CommandComplete, PortalSuspended or ReadyForQuery) must be durable before the batch
+        // holding the frame reaches the client.
+        if let Some(ticket) = rp.durable_ticket() {
             self.durable = Some(Hold {
                 ticket,
                 must_succeed: rp.audit_fails_closed(),
