@@ -809,3 +809,44 @@ async fn with_fsync_always_the_record_is_on_disk_before_ready_for_query() {
         );
     }
 }
+
+/// `ss` lines for established TCP sockets matching `filter`, with their timers.
+fn sockets(filter: &str) -> String {
+    let out = Command::new("ss")
+        .args(["-tnoH", "state", "established", filter])
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn client_and_upstream_sockets_have_tcp_keepalive() {
+    let stall = Stall::start(None).await;
+    let fwd = stall.addr;
+    let proxy = proxy_with(move |c| {
+        c.upstream = Upstream::parse(&format!("postgres://{fwd}?sslmode=disable")).unwrap();
+    })
+    .await;
+    let client = connect(&pg_config(proxy.addr.port(), "trust_user", "")).await;
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    // tokengate's end of the client connection, and its connection to the upstream.
+    // A socket shows its keepalive timer once idle (no data in flight).
+    let (mut client_leg, mut upstream_leg) = (String::new(), String::new());
+    let both = eventually(10, async || {
+        client_leg = sockets(&format!("( sport = :{} )", proxy.addr.port()));
+        upstream_leg = sockets(&format!("( dport = :{} )", fwd.port()));
+        client_leg.contains("keepalive") && upstream_leg.contains("keepalive")
+    })
+    .await;
+    assert!(
+        both,
+        "client leg: {client_leg}\nupstream leg: {upstream_leg}"
+    );
+}
