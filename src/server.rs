@@ -90,9 +90,11 @@ fn ignore_hangups() -> Result<AbortOnDrop, ServerError> {
 const RESERVED_FDS: usize = 64;
 
 /// `max_client_connections`, lowered so that sessions (two descriptors each) cannot use up
-/// the process's file descriptor limit (`ulimit -n`), which would starve accept and /healthz.
+/// the process's file descriptor limit, which would starve accept and /healthz. The soft
+/// limit is first raised to the hard one (as Go and nginx do): a default soft limit of 1024
+/// would otherwise cap tokengate at a few hundred sessions.
 fn sessions_within_fd_limit(configured: usize) -> usize {
-    let Some(limit) = open_files_limit() else {
+    let Some(limit) = raise_open_files_limit() else {
         return configured;
     };
     let fit = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
@@ -101,22 +103,32 @@ fn sessions_within_fd_limit(configured: usize) -> usize {
             open_files_limit = limit,
             max_client_connections = configured,
             effective = fit,
-            "the file descriptor limit allows fewer sessions than max_client_connections; raise ulimit -n"
+            "the file descriptor limit allows fewer sessions than max_client_connections; raise ulimit -n (the hard limit)"
         );
         return fit;
     }
     configured
 }
 
-/// The soft RLIMIT_NOFILE, read from /proc (Linux) so no unsafe code is needed.
-fn open_files_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// Raises the soft RLIMIT_NOFILE to the hard limit (capped, since the kernel refuses
+/// "unlimited" for this resource) and returns the soft limit in force; `None` when unlimited.
+fn raise_open_files_limit() -> Option<usize> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    const CAP: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum.unwrap_or(CAP).min(CAP);
+    if limit.current.is_some_and(|c| c < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise the open files limit");
+        }
+    }
+    getrlimit(Resource::Nofile)
+        .current
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
 }
 
 impl RunningServer {

@@ -850,3 +850,19 @@ async fn client_and_upstream_sockets_have_tcp_keepalive() {
         "client leg: {client_leg}\nupstream leg: {upstream_leg}"
     );
 }
+
+#[tokio::test]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let serve = Serve::start(None, "ulimit -S -n 256;", &[], &[])
+        .ready()
+        .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  SOFT  HARD  files"
+    assert_eq!(fields[3], fields[4], "{line}");
+    assert_ne!(fields[3], "256", "{line}");
+}
