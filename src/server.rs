@@ -62,7 +62,7 @@ pub struct RunningServer {
 /// logrotate send it, and its default action would end the process.
 struct Watch {
     _policy: Option<crate::policy::store::WatchHandle>,
-    _hangup: Option<AbortOnDrop>,
+    _hangup: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -73,14 +73,27 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Without a policy there is nothing to reload: SIGHUP is logged and otherwise ignored.
-fn ignore_hangups() -> Result<AbortOnDrop, ServerError> {
+/// SIGHUP in every mode: the audit log is reopened (after an external rotation); the policy,
+/// if any, is reloaded by its own watcher; without either, the signal is only logged.
+fn on_hangup(
+    audit: Option<Arc<crate::audit::AuditLog>>,
+    has_policy: bool,
+) -> Result<AbortOnDrop, ServerError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())
         .map_err(|e| ServerError::Watch(crate::policy::store::WatchError::Signal(e)))?;
     Ok(AbortOnDrop(tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: no policy configured, nothing to reload");
+            match &audit {
+                Some(log) => {
+                    tracing::info!("SIGHUP: reopening the audit log");
+                    log.reopen();
+                }
+                None if !has_policy => {
+                    tracing::info!("SIGHUP: no policy or audit log configured, nothing to reload");
+                }
+                None => {}
+            }
         }
     })))
 }
@@ -206,14 +219,14 @@ impl RunningServer {
                 store.set_allow_weakening_reload(context.config.allow_weakening_reload);
                 Watch {
                     _policy: Some(store.spawn_watchers()?),
-                    _hangup: None,
+                    _hangup: on_hangup(context.audit.clone(), true)?,
                 }
             }
             None => {
                 tracing::info!("no policy: relaying without protection");
                 Watch {
                     _policy: None,
-                    _hangup: Some(ignore_hangups()?),
+                    _hangup: on_hangup(context.audit.clone(), false)?,
                 }
             }
         };

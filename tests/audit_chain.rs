@@ -487,3 +487,28 @@ async fn fsync_always_tickets_are_false_while_the_log_fails() {
     log.record(record(1));
     assert!(!log.durable().unwrap().await.unwrap());
 }
+
+/// SIGHUP reopens the log: after an external rotation (logrotate renames the file), new
+/// records go to a new file at the path, and the chain continues across the two.
+#[test]
+fn reopen_after_an_external_rotation_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let rotated = dir.path().join("audit.log-20260101");
+    let (_registry, metrics) = Metrics::standalone();
+    let log = AuditLog::open(AuditConfig::new(&path), &ring(1), &metrics).unwrap();
+    for n in 0..3 {
+        log.record(record(n));
+    }
+    assert!(log.flush());
+    std::fs::rename(&path, &rotated).unwrap();
+    log.reopen();
+    for n in 3..5 {
+        log.record(record(n));
+    }
+    assert!(log.flush());
+    drop(log);
+    assert_eq!(lines(&rotated).len(), 3);
+    assert_eq!(lines(&path).len(), 2);
+    assert_eq!(verify(&[rotated, path], &ring(1)), Ok(5));
+}

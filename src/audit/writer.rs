@@ -57,6 +57,9 @@ enum Message {
     /// Answer once everything queued before is written and synced (`fsync: always`): whether
     /// it is durable. Sessions wait for it before the client sees ReadyForQuery.
     Durable(tokio::sync::oneshot::Sender<bool>),
+    /// Sync and close the file; the next write opens `path` again (after an external
+    /// rotation renamed it away: SIGHUP).
+    Reopen,
 }
 
 /// State the session's side reads without touching the writer.
@@ -190,6 +193,12 @@ impl AuditLog {
             }
             Err(_) => None,
         }
+    }
+
+    /// Closes the file after writing what is queued; the next record opens the path again,
+    /// creating it (0600) if an external rotation moved it away. The chain continues.
+    pub fn reopen(&self) {
+        let _ = self.sender.try_send(Message::Reopen);
     }
 
     /// True when an unwritten record must fail the statement's session rather than be lost
@@ -429,6 +438,13 @@ impl Writer {
             }
             Message::Flush(reply) => replies.push(reply),
             Message::Durable(ticket) => durable.push(ticket),
+            Message::Reopen => {
+                // Records queued before the reopen go to the old file, later ones to the new.
+                self.write_pending();
+                self.sync();
+                self.file = None;
+                self.needs_newline = false;
+            }
         }
     }
 

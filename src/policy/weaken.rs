@@ -62,7 +62,8 @@ fn top_level_keys(text: &str) -> BTreeSet<&str> {
 /// - each rule only `old` has: its removal weakens any group composition it took part in,
 ///   unless it showed everything in clear, and a login named after it now falls to `"*"`.
 ///
-/// A column that loses its label becomes clear for everyone: it shows up as such.
+/// A column that loses its label becomes clear for everyone: it shows up as such. A masked
+/// column whose mask changes counts as weaker too (a mask is not ordered by how much it shows).
 pub fn weakenings(old: &Policy, new: &Policy) -> Vec<String> {
     let mut out = Vec::new();
     let columns: BTreeSet<String> = old
@@ -126,7 +127,11 @@ fn compare(
         let after = new.column(column);
         let action = |d: Option<&super::ColumnDecision>| d.map_or(Action::Clear, |d| d.action);
         let (a, b) = (action(before), action(after));
-        if b < a {
+        let mask = |d: Option<&super::ColumnDecision>| d.and_then(|d| d.mask.clone());
+        if a == Action::Mask && b == Action::Mask && mask(before) != mask(after) {
+            // A different mask may show more (`last4` -> `first:20`): treated as weaker.
+            out.push(format!("roles.{name}: {column}: mask changed"));
+        } else if b < a {
             let why = if after.is_none() {
                 " (no longer labelled)"
             } else {
