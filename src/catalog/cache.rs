@@ -83,6 +83,13 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg_toast%'
    AND n.nspname NOT LIKE 'pg_temp%'";
+/// [`RELATIONS`] without the view definitions (which wait for locks on the views' tables).
+const RELATIONS_WITHOUT_DEFINITIONS: &str = "
+SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text, NULL::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg_toast%'
+   AND n.nspname NOT LIKE 'pg_temp%'";
 const COLUMNS: &str = "
 SELECT a.attrelid::int8, a.attnum, a.attname::text, a.atttypid::int8
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
@@ -252,7 +259,7 @@ impl Inner {
             .await
             .map_err(query_err)?;
         let driver = tokio::spawn(connection);
-        let snapshot = load_snapshot(&client, generation).await;
+        let snapshot = load_snapshot_tolerant(&client, generation).await;
         drop(client);
         let _ = driver.await;
         snapshot.map_err(query_err)
@@ -266,6 +273,72 @@ pub async fn load_snapshot(
     generation: u64,
 ) -> Result<Snapshot, tokio_postgres::Error> {
     let relations = client.query(RELATIONS, &[]).await?;
+    finish_snapshot(client, generation, relations, HashMap::new()).await
+}
+
+/// A view whose definition could not be read because its tables were locked: text the
+/// analyser cannot parse, so statements reading that view are refused for restricted roles
+/// (fail closed), while every other relation stays usable.
+pub const DEFINITION_UNAVAILABLE: &str =
+    "-- tokengate: the view definition could not be read (its tables were locked)";
+
+/// [`load_snapshot`] that survives a locked table: `pg_get_viewdef` waits for the locks of
+/// the tables a view reads (VACUUM FULL, ALTER TABLE, LOCK TABLE). When the relations query
+/// hits `lock_timeout`, the relations are read without definitions, then each view's
+/// definition alone with a short lock timeout; the ones still locked become
+/// [`DEFINITION_UNAVAILABLE`].
+async fn load_snapshot_tolerant(
+    client: &tokio_postgres::Client,
+    generation: u64,
+) -> Result<Snapshot, tokio_postgres::Error> {
+    let relations = match client.query(RELATIONS, &[]).await {
+        Ok(relations) => {
+            return finish_snapshot(client, generation, relations, HashMap::new()).await;
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            client.query(RELATIONS_WITHOUT_DEFINITIONS, &[]).await?
+        }
+        Err(e) => return Err(e),
+    };
+    client.batch_execute("SET lock_timeout = '100ms'").await?;
+    let mut definitions = HashMap::new();
+    let mut locked = 0;
+    for row in &relations {
+        let relkind: String = row.get(3);
+        if !matches!(relkind.as_str(), "v" | "m") {
+            continue;
+        }
+        let oid: i64 = row.get(0);
+        let definition = match client
+            .query_one("SELECT pg_get_viewdef($1::int8::oid)", &[&oid])
+            .await
+        {
+            Ok(r) => r
+                .get::<_, Option<String>>(0)
+                .unwrap_or_else(|| DEFINITION_UNAVAILABLE.to_string()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                locked += 1;
+                DEFINITION_UNAVAILABLE.to_string()
+            }
+            Err(e) => return Err(e),
+        };
+        definitions.insert(oid as u32, definition);
+    }
+    tracing::warn!(
+        locked_views = locked,
+        "catalog: views whose tables are locked are loaded without their definitions; restricted statements reading them are refused until the next refresh"
+    );
+    finish_snapshot(client, generation, relations, definitions).await
+}
+
+/// Columns and memberships, and the snapshot built from them and `relations`
+/// (`definitions` overrides the relations' own definition column).
+async fn finish_snapshot(
+    client: &tokio_postgres::Client,
+    generation: u64,
+    relations: Vec<tokio_postgres::Row>,
+    mut definitions: HashMap<u32, String>,
+) -> Result<Snapshot, tokio_postgres::Error> {
     let columns = client.query(COLUMNS, &[]).await?;
     let memberships = client.query(MEMBERSHIPS, &[]).await?;
 
@@ -291,7 +364,7 @@ pub async fn load_snapshot(
                 name: row.get(2),
                 kind: RelationKind::from_relkind(relkind.bytes().next().unwrap_or(b'r')),
                 columns: by_oid.remove(&oid).unwrap_or_default(),
-                definition: row.get(4),
+                definition: definitions.remove(&oid).or_else(|| row.get(4)),
             }
         })
         .collect();

@@ -866,3 +866,63 @@ async fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
     assert_eq!(fields[3], fields[4], "{line}");
     assert_ne!(fields[3], "256", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_catalog_load_survives_a_locked_view_base_table() {
+    crm();
+    let admin = cluster().pg.connect_admin(DB).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS robust_locked2 (id int, secret text);
+             CREATE OR REPLACE VIEW robust_locked2_view AS SELECT id, secret FROM robust_locked2;
+             GRANT SELECT ON robust_locked2, robust_locked2_view TO PUBLIC;",
+        )
+        .await
+        .unwrap();
+    let locker = cluster().pg.connect_admin(DB).await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE robust_locked2 IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    // A fresh tokengate: no snapshot yet, and the view's definition cannot be read.
+    let keys = crm().keys.clone();
+    let proxy = proxy_with(move |c| {
+        c.policy = Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/demo.yaml"
+        )));
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+        c.catalog_lock_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let session = |role: &'static str| {
+        let mut c = pg_config(proxy.addr.port(), role, password(role));
+        c.dbname(DB);
+        c
+    };
+    let outcome = tokio::time::timeout(HANG, async {
+        // A clear role and a restricted one both work on unrelated tables.
+        for role in ["app_admin", "support"] {
+            let s = connect(&session(role)).await;
+            let n: i64 = s
+                .query_one("SELECT count(*) FROM items", &[])
+                .await
+                .unwrap_or_else(|e| panic!("{role}: {e}"))
+                .get(0);
+            assert_eq!(n, 1000);
+        }
+        // The restricted role cannot read the view whose definition is unknown.
+        let s = connect(&session("support")).await;
+        s.simple_query("SELECT secret FROM robust_locked2_view")
+            .await
+            .expect_err("a view tokengate cannot see into is refused")
+    })
+    .await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let err = outcome.expect("sessions waited for the lock");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    assert!(db.message().starts_with("tokengate TG"), "{db:?}");
+}
