@@ -170,7 +170,7 @@ pub struct ServeConfig {
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub allow_replication: bool,
-    /// Worker threads, each with its own listener (SO_REUSEPORT); 0 = one per core.
+    /// Worker threads, each accepting on the process's one listening socket; 0 = one per core.
     pub workers: usize,
     /// The service role tokengate reads the upstream's catalog as (needed with a policy).
     pub catalog_user: Option<String>,
