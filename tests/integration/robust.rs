@@ -926,3 +926,19 @@ async fn a_first_catalog_load_survives_a_locked_view_base_table() {
     assert_eq!(db.code().code(), "42501", "{db:?}");
     assert!(db.message().starts_with("tokengate TG"), "{db:?}");
 }
+
+#[tokio::test]
+async fn idle_sessions_are_closed_after_idle_timeout() {
+    let proxy = proxy_with(|c| c.idle_timeout = Some(Duration::from_secs(1))).await;
+    let (mut raw, _) = Raw::login(proxy.addr, "trust_user", &[]).await;
+    assert!(raw.query("SELECT 1").await.iter().any(|m| m.tag == b'D'));
+    // A statement longer than the idle timeout is not idle.
+    let msgs = raw.query("SELECT pg_sleep(1.5)").await;
+    assert!(msgs.iter().any(|m| m.tag == b'D'), "{msgs:?}");
+    // Then nothing: closed with 57P05.
+    let m = raw.recv().await.expect("an ErrorResponse");
+    assert_eq!(m.tag, b'E', "{m:?}");
+    assert_eq!(m.field(b'C').as_deref(), Some("57P05"), "{m:?}");
+    assert!(m.field(b'M').unwrap_or_default().contains("TG037"), "{m:?}");
+    assert_eq!(raw.recv().await, None, "closed");
+}
