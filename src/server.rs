@@ -98,52 +98,6 @@ fn on_hangup(
     })))
 }
 
-/// File descriptors kept for everything but sessions: listeners, runtimes, the admin
-/// endpoint, catalog connections, the audit log, the policy watcher.
-const RESERVED_FDS: usize = 64;
-
-/// `max_client_connections`, lowered so that sessions (two descriptors each) cannot use up
-/// the process's file descriptor limit, which would starve accept and /healthz. The soft
-/// limit is first raised to the hard one (as Go and nginx do): a default soft limit of 1024
-/// would otherwise cap tokengate at a few hundred sessions.
-fn sessions_within_fd_limit(configured: usize) -> usize {
-    let Some(limit) = raise_open_files_limit() else {
-        return configured;
-    };
-    let fit = (limit.saturating_sub(RESERVED_FDS) / 2).max(1);
-    if fit < configured {
-        tracing::warn!(
-            open_files_limit = limit,
-            max_client_connections = configured,
-            effective = fit,
-            "the file descriptor limit allows fewer sessions than max_client_connections; raise ulimit -n (the hard limit)"
-        );
-        return fit;
-    }
-    configured
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit (capped, since the kernel refuses
-/// "unlimited" for this resource) and returns the soft limit in force; `None` when unlimited.
-fn raise_open_files_limit() -> Option<usize> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    const CAP: u64 = 1 << 20;
-    let limit = getrlimit(Resource::Nofile);
-    let target = limit.maximum.unwrap_or(CAP).min(CAP);
-    if limit.current.is_some_and(|c| c < target) {
-        let raised = Rlimit {
-            current: Some(target),
-            maximum: limit.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::debug!(error = %e, "could not raise the open files limit");
-        }
-    }
-    getrlimit(Resource::Nofile)
-        .current
-        .map(|c| usize::try_from(c).unwrap_or(usize::MAX))
-}
-
 impl RunningServer {
     /// Binds the listeners and starts serving in the current tokio runtime.
     pub async fn start(config: ServeConfig) -> Result<RunningServer, ServerError> {
@@ -207,11 +161,9 @@ impl RunningServer {
             keys,
         );
         context.audit = audit;
-        let max_sessions = sessions_within_fd_limit(context.config.max_client_connections);
         context
             .admission
-            .max_sessions
-            .store(max_sessions, std::sync::atomic::Ordering::Relaxed);
+            .fit_fd_limit(context.config.max_client_connections);
         let context = Arc::new(context);
         let policy_watch = match &policy {
             Some(store) => {

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
-//! cancel keys to upstream ones.
+//! cancel keys to upstream ones; [`admission`] decides whether a connection is served at all.
+pub mod admission;
 pub mod cancel;
 pub mod enforce;
 pub mod readpath;
@@ -23,6 +24,7 @@ use crate::net::upstream::Connector;
 use crate::observe::metrics::{DirectionLabel, Metrics, OutcomeLabel};
 use crate::policy::store::PolicyStore;
 use crate::protect::KeyRing;
+use admission::Admission;
 use cancel::CancelRegistry;
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
@@ -56,49 +58,6 @@ pub struct Context {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Admission control: sessions served now, and connections being refused.
     pub admission: Admission,
-}
-
-/// How many client sessions run at once (`max_client_connections`, lowered to what the
-/// file descriptor limit allows), and how many over-limit connections are being answered.
-#[derive(Debug, Default)]
-pub struct Admission {
-    /// The effective limit (set by the server at startup).
-    pub max_sessions: std::sync::atomic::AtomicUsize,
-    sessions: std::sync::atomic::AtomicUsize,
-    refusing: std::sync::atomic::AtomicUsize,
-}
-
-/// Over-limit connections answered with 53300 at once; beyond this they are closed without a
-/// message, so a flood cannot use the descriptors the admitted sessions need.
-const MAX_REFUSING: usize = 16;
-/// How long an over-limit connection has to send its StartupMessage.
-const REFUSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A held admission slot; released on drop.
-struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Admission {
-    fn admit(&self) -> Option<Slot<'_>> {
-        let max = self.max_sessions.load(Ordering::Relaxed);
-        let slot = Slot(&self.sessions);
-        (self.sessions.fetch_add(1, Ordering::AcqRel) < max).then_some(slot)
-    }
-
-    fn refusing(&self) -> Option<Slot<'_>> {
-        let slot = Slot(&self.refusing);
-        (self.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING).then_some(slot)
-    }
-
-    /// Sessions being served now.
-    pub fn sessions(&self) -> usize {
-        self.sessions.load(Ordering::Relaxed)
-    }
 }
 
 impl Context {
@@ -139,10 +98,7 @@ impl Context {
             )),
             _ => None,
         };
-        let admission = Admission {
-            max_sessions: std::sync::atomic::AtomicUsize::new(config.max_client_connections),
-            ..Admission::default()
-        };
+        let admission = Admission::new(config.max_client_connections);
         Context {
             admission,
             catalog,
@@ -255,10 +211,10 @@ pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAdd
     let Some(_slot) = ctx.admission.admit() else {
         let outcome = match ctx.admission.refusing() {
             Some(_refusing) => {
-                let max = ctx.admission.max_sessions.load(Ordering::Relaxed);
+                let max = ctx.admission.max_sessions();
                 let e = crate::errors::Code::TooManyConnections
                     .error(format!("sorry, too many clients already ({max} sessions)"));
-                startup::refuse(&ctx, tcp, e, REFUSE_WITHIN).await
+                startup::refuse(&ctx, tcp, e, admission::REFUSE_WITHIN).await
             }
             None => Outcome::Refused,
         };
