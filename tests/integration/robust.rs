@@ -727,7 +727,7 @@ async fn a_weakening_edit_waits_for_an_explicit_reload() {
         &full.replace(support_rule, "support:   { default: clear }"),
     );
     let series = "tokengate_policy_reloads_total{result=\"held\"}";
-    assert_eq!(metric_reaching(&proxy, series, 1.0).await, 1.0);
+    assert!(metric_reaching(&proxy, series, 1.0).await >= 1.0, "held");
     let s = via(&proxy, "support").await;
     let ssn: String = s
         .client
