@@ -942,3 +942,26 @@ async fn idle_sessions_are_closed_after_idle_timeout() {
     assert!(m.field(b'M').unwrap_or_default().contains("TG037"), "{m:?}");
     assert_eq!(raw.recv().await, None, "closed");
 }
+
+#[tokio::test]
+async fn an_upstream_stalled_during_startup_is_an_upstream_error() {
+    let stall = Stall::start(None).await;
+    stall.blackhole.store(true, Ordering::SeqCst);
+    let fwd = stall.addr;
+    let proxy = proxy_with(move |c| {
+        c.upstream = Upstream::parse(&format!("postgres://{fwd}?sslmode=disable")).unwrap();
+        c.startup_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut raw = Raw::tcp(proxy.addr).await;
+    raw.send(&startup_packet(
+        196_608,
+        &[("user", "trust_user"), ("database", DB)],
+    ))
+    .await;
+    let m = raw.recv().await.expect("an ErrorResponse");
+    assert_eq!(m.tag, b'E', "{m:?}");
+    // The client did its part: the upstream's silence is not the client's protocol error.
+    assert_eq!(m.field(b'C').as_deref(), Some("08006"), "{m:?}");
+    assert!(m.field(b'M').unwrap_or_default().contains("TG036"), "{m:?}");
+}
