@@ -21,10 +21,23 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
+        // One descriptor in reserve: when the process runs out (EMFILE), it is given up so
+        // that /healthz and /readyz can still be accepted, then taken back.
+        let mut reserve = reserve_fd();
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+            if reserve.is_none() {
+                reserve = reserve_fd();
+            }
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) if is_out_of_fds(&e) && reserve.is_some() => {
+                    reserve = None;
+                    continue;
+                }
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let ctx = ctx.clone();
             let registry = registry.clone();
@@ -41,6 +54,15 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+fn reserve_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// EMFILE (process limit) or ENFILE (system limit).
+fn is_out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 fn respond(req: &Request<Incoming>, ctx: &Context, registry: &Registry) -> Response<Full<Bytes>> {

@@ -131,6 +131,16 @@ pub struct FileConfig {
     pub catalog_ttl_secs: Option<u64>,
     /// `audit: { path, fsync, max_bytes, on_failure, redact_text, key_name, queue_capacity }`
     pub audit: Option<crate::audit::AuditConfig>,
+    pub max_client_connections: Option<usize>,
+    pub tcp_keepalive: Option<bool>,
+    pub tcp_keepalive_idle_secs: Option<u64>,
+    pub tcp_keepalive_interval_secs: Option<u64>,
+    pub tcp_keepalive_count: Option<u32>,
+    pub query_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub catalog_lock_timeout_ms: Option<u64>,
+    pub catalog_statement_timeout_ms: Option<u64>,
+    pub allow_weakening_reload: Option<bool>,
 }
 
 impl FileConfig {
@@ -160,7 +170,7 @@ pub struct ServeConfig {
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub allow_replication: bool,
-    /// Worker threads, each with its own listener (SO_REUSEPORT); 0 = one per core.
+    /// Worker threads, each accepting on the process's one listening socket; 0 = one per core.
     pub workers: usize,
     /// The service role tokengate reads the upstream's catalog as (needed with a policy).
     pub catalog_user: Option<String>,
@@ -169,6 +179,55 @@ pub struct ServeConfig {
     pub catalog_ttl: Duration,
     /// The hash-chained audit log (off when `None`).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Client sessions served at once; further clients get 53300 "too many clients".
+    pub max_client_connections: usize,
+    /// TCP keepalive on client and upstream sockets (`None`: off).
+    pub tcp_keepalive: Option<Keepalive>,
+    /// A request waiting longer than this for its ReadyForQuery ends the session with an
+    /// upstream error (`None`: no limit).
+    pub query_timeout: Option<Duration>,
+    /// A session with nothing in flight and no traffic for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// `lock_timeout` and `statement_timeout` of the catalog queries.
+    pub catalog_lock_timeout: Duration,
+    pub catalog_statement_timeout: Duration,
+    /// Let the file watcher apply a policy that protects less than the one in force (by
+    /// default only SIGHUP applies such a policy).
+    pub allow_weakening_reload: bool,
+}
+
+/// TCP keepalive timing (idle time before the first probe, between probes, probes before
+/// the connection is declared dead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// Applies the keepalive to a connected socket.
+    pub fn apply(&self, tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.count);
+        socket2::SockRef::from(tcp).set_tcp_keepalive(&params)
+    }
+
+    /// [`apply`](Self::apply), plus `TCP_USER_TIMEOUT` of the same length (as libpq's
+    /// `tcp_user_timeout`): keepalive probes only run on an idle connection, so without it a
+    /// query sent into a black hole is retransmitted for ~15 minutes. Upstream sockets only:
+    /// on the client leg it could cut a client that merely stopped reading for a while.
+    pub fn apply_upstream(&self, tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+        self.apply(tcp)?;
+        #[cfg(target_os = "linux")]
+        {
+            let dead_after = self.idle + self.interval * self.count;
+            socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(dead_after))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +241,17 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9187";
 /// Larger than any Bind or CopyData a driver sends in practice, small enough that a hostile
 /// length cannot exhaust memory. PostgreSQL's own ceiling is 1 GiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// PostgreSQL's own `max_connections` is far lower; this bounds tokengate's memory and file
+/// descriptors (two per session), not the upstream's.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
+/// Like PgBouncer's defaults on Linux: a dead peer is noticed after about two minutes.
+pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(60),
+    interval: Duration::from_secs(10),
+    count: 6,
+};
+pub const DEFAULT_CATALOG_LOCK_TIMEOUT: Duration = Duration::from_millis(2000);
+pub const DEFAULT_CATALOG_STATEMENT_TIMEOUT: Duration = Duration::from_millis(10_000);
 
 impl ServeConfig {
     /// A config for tests and the demo: relay `upstream` from an OS-assigned port.
@@ -203,8 +273,39 @@ impl ServeConfig {
             catalog_password: None,
             catalog_ttl: Duration::from_secs(60),
             audit: None,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            tcp_keepalive: Some(DEFAULT_KEEPALIVE),
+            query_timeout: None,
+            idle_timeout: None,
+            catalog_lock_timeout: DEFAULT_CATALOG_LOCK_TIMEOUT,
+            catalog_statement_timeout: DEFAULT_CATALOG_STATEMENT_TIMEOUT,
+            allow_weakening_reload: false,
         }
     }
+}
+
+/// `0` or unset: no timeout.
+pub fn optional_secs(secs: Option<u64>) -> Option<Duration> {
+    secs.filter(|s| *s > 0).map(Duration::from_secs)
+}
+
+/// Keepalive from the config file's keys over [`DEFAULT_KEEPALIVE`]; `tcp_keepalive: false`
+/// turns it off.
+pub fn keepalive_from(
+    enabled: Option<bool>,
+    idle_secs: Option<u64>,
+    interval_secs: Option<u64>,
+    count: Option<u32>,
+) -> Option<Keepalive> {
+    if enabled == Some(false) {
+        return None;
+    }
+    let d = DEFAULT_KEEPALIVE;
+    Some(Keepalive {
+        idle: idle_secs.map_or(d.idle, Duration::from_secs),
+        interval: interval_secs.map_or(d.interval, Duration::from_secs),
+        count: count.unwrap_or(d.count),
+    })
 }
 
 pub fn parse_addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {

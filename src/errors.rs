@@ -34,10 +34,13 @@ pub enum Code {
     LexerMismatch,
     NotBuiltin,
     CopyOption,
+    TooManyConnections,
+    UpstreamTimeout,
+    IdleTimeout,
 }
 
 impl Code {
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 33] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -68,6 +71,9 @@ impl Code {
         Code::LexerMismatch,
         Code::NotBuiltin,
         Code::CopyOption,
+        Code::TooManyConnections,
+        Code::UpstreamTimeout,
+        Code::IdleTimeout,
     ];
 
     pub fn id(self) -> &'static str {
@@ -102,13 +108,18 @@ impl Code {
             Code::LexerMismatch => "TG121",
             Code::NotBuiltin => "TG122",
             Code::CopyOption => "TG123",
+            Code::TooManyConnections => "TG035",
+            Code::UpstreamTimeout => "TG036",
+            Code::IdleTimeout => "TG037",
         }
     }
 
     pub fn sqlstate(self) -> &'static str {
         match self {
             Code::UpstreamUnavailable => "08001",
-            Code::UpstreamLost => "08006",
+            Code::UpstreamLost | Code::UpstreamTimeout => "08006",
+            Code::TooManyConnections => "53300",
+            Code::IdleTimeout => "57P05",
             Code::MalformedMessage | Code::MessageTooLarge | Code::StartupTimeout => "08P01",
             Code::ReplicationRefused => "42501",
             Code::ShuttingDown => "57P01",
@@ -228,6 +239,13 @@ impl Code {
             Code::SessionStateChanging => {
                 "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline)."
             }
+            Code::TooManyConnections => {
+                "tokengate serves at most max_client_connections sessions (also bounded by its file descriptor limit); retry later, use a connection pool, or raise the limit."
+            }
+            Code::UpstreamTimeout => {
+                "The upstream stopped answering (query_timeout, or a stalled network path); check the upstream and the network, or raise query_timeout_secs."
+            }
+            Code::IdleTimeout => "The session was idle longer than idle_timeout_secs; reconnect.",
             Code::ChannelBindingUnavailable => {
                 "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."
             }

@@ -22,6 +22,10 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr}: the address is in use (is another tokengate already running there?); a second instance never shares a listening address"
+    )]
+    AddressInUse { addr: SocketAddr },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -51,7 +55,47 @@ pub struct RunningServer {
     force_close: Arc<watch::Sender<bool>>,
     workers_done: Vec<tokio::sync::oneshot::Receiver<()>>,
     /// Reloads the policy on SIGHUP and file changes while the server runs.
-    _policy_watch: Option<crate::policy::store::WatchHandle>,
+    _policy_watch: Watch,
+}
+
+/// What answers SIGHUP while the server runs. Every mode handles it: systemd's ExecReload and
+/// logrotate send it, and its default action would end the process.
+struct Watch {
+    _policy: Option<crate::policy::store::WatchHandle>,
+    _hangup: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// SIGHUP in every mode: the audit log is reopened (after an external rotation); the policy,
+/// if any, is reloaded by its own watcher; without either, the signal is only logged.
+fn on_hangup(
+    audit: Option<Arc<crate::audit::AuditLog>>,
+    has_policy: bool,
+) -> Result<AbortOnDrop, ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| ServerError::Watch(crate::policy::store::WatchError::Signal(e)))?;
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match &audit {
+                Some(log) => {
+                    tracing::info!("SIGHUP: reopening the audit log");
+                    log.reopen();
+                }
+                None if !has_policy => {
+                    tracing::info!("SIGHUP: no policy or audit log configured, nothing to reload");
+                }
+                None => {}
+            }
+        }
+    })))
 }
 
 impl RunningServer {
@@ -87,7 +131,8 @@ impl RunningServer {
             config.upstream.clone(),
             upstream_tls,
             config.connect_timeout,
-        );
+        )
+        .with_keepalive(config.tcp_keepalive);
         let (force_tx, force_rx) = watch::channel(false);
         let force_tx = Arc::new(force_tx);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -116,15 +161,25 @@ impl RunningServer {
             keys,
         );
         context.audit = audit;
+        context
+            .admission
+            .fit_fd_limit(context.config.max_client_connections);
         let context = Arc::new(context);
         let policy_watch = match &policy {
             Some(store) => {
                 tracing::info!(path = %store.path().display(), generation = store.generation(), "policy loaded");
-                Some(store.spawn_watchers()?)
+                store.set_allow_weakening_reload(context.config.allow_weakening_reload);
+                Watch {
+                    _policy: Some(store.spawn_watchers()?),
+                    _hangup: on_hangup(context.audit.clone(), true)?,
+                }
             }
             None => {
                 tracing::info!("no policy: relaying without protection");
-                None
+                Watch {
+                    _policy: None,
+                    _hangup: on_hangup(context.audit.clone(), false)?,
+                }
             }
         };
         let registry = Arc::new(registry);
@@ -138,12 +193,21 @@ impl RunningServer {
             None => None,
         };
         tokio::spawn(probe_upstream(context.clone(), stop_rx.clone()));
-        // Thread per core: each worker has its own current-thread runtime and its own
-        // SO_REUSEPORT listener, so a session never wakes another thread (measured: the
-        // work-stealing runtime spent ~0.3 futex calls per pgbench transaction).
-        let mut addr = listen;
+        // One listening socket for the process, without SO_REUSEPORT, so that a second
+        // process on the same address fails to start instead of taking a share of the
+        // connections. Thread per core: each worker has its own current-thread runtime and
+        // accepts on its own duplicate of the socket, so a session never wakes another
+        // thread (measured: the work-stealing runtime spent ~0.3 futex calls per pgbench
+        // transaction).
+        let listener = bind_listener(listen).map_err(|source| bind_error(listen, source))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| bind_error(listen, source))?;
         let mut done = Vec::with_capacity(workers);
         for i in 0..workers {
+            let listener = listener
+                .try_clone()
+                .map_err(|source| bind_error(addr, source))?;
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let (ctx, stop, force) = (context.clone(), stop_rx.clone(), force_tx.clone());
@@ -161,29 +225,29 @@ impl RunningServer {
                         }
                     };
                     runtime.block_on(async move {
-                        let listener = match bind_reuseport(addr) {
+                        let listener = match TcpListener::from_std(listener) {
                             Ok(l) => l,
                             Err(e) => {
                                 let _ = bound_tx.send(Err(e));
                                 return;
                             }
                         };
-                        let _ = bound_tx.send(listener.local_addr());
+                        let _ = bound_tx.send(Ok(()));
                         accept_loop(listener, ctx, stop, force, drain).await;
                     });
                     let _ = done_tx.send(());
                 })
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            // The first worker resolves port 0; the others share its port.
-            addr = bound_rx
+            bound_rx
                 .recv()
                 .map_err(|_| ServerError::Bind {
                     addr,
-                    source: std::io::Error::other("worker thread ended before binding"),
+                    source: std::io::Error::other("worker thread ended before accepting"),
                 })?
                 .map_err(|source| ServerError::Bind { addr, source })?;
             done.push(done_rx);
         }
+        drop(listener);
         tracing::info!(%addr, upstream = %context.connector.address(), "tokengate listening");
         Ok(RunningServer {
             addr,
@@ -222,16 +286,24 @@ impl Drop for RunningServer {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
+/// Binds the process's listening socket. SO_REUSEADDR only lets a restart bind over
+/// connections in TIME_WAIT: Linux still refuses it while another socket listens there.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn bind_error(addr: SocketAddr, source: std::io::Error) -> ServerError {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        ServerError::AddressInUse { addr }
     } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+        ServerError::Bind { addr, source }
+    }
 }
 
 async fn accept_loop(
@@ -242,6 +314,7 @@ async fn accept_loop(
     drain: Duration,
 ) {
     let mut sessions = tokio::task::JoinSet::new();
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = stop.changed() => {
@@ -252,8 +325,12 @@ async fn accept_loop(
                     sessions.spawn(session::serve_connection(ctx.clone(), tcp, peer));
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say so once a
+                    // second at most. The admin listener keeps a descriptor in reserve.
+                    if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed (out of file descriptors?)");
+                        warned = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -378,3 +378,137 @@ fn the_cli_prints_ok_or_the_first_break_with_exit_codes() {
     let (code, out) = tokengate(&["audit", "verify", missing.to_str().unwrap(), "--keys", k]);
     assert_eq!(code, 2, "{out}");
 }
+
+/// Issue 12: after a crash tore the last line and tokengate restarted, verify reports the
+/// torn line as `truncated` and goes on to verify what was written after the restart.
+#[test]
+fn verify_reports_a_torn_line_and_goes_on_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = single_log(dir.path(), 4);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 40]).unwrap(); // the crash
+    write_log(AuditConfig::new(&path), &ring(1), 4..7); // the restart
+    let (result, torn) = tokengate::cli::audit::verify_paths_reporting(
+        std::slice::from_ref(&path),
+        &ring(1),
+        "audit",
+        false,
+    )
+    .unwrap();
+    assert_eq!(torn.len(), 1, "{torn:?}");
+    assert_eq!((torn[0].kind, torn[0].line), (BreakKind::Truncated, 4));
+    // Records 0..3 before and 4..7 after the torn line; the torn record (3) is lost.
+    assert_eq!(result.map(|s| s.records), Ok(6));
+    // The CLI says so and exits 1 (records were lost).
+    let keys = dir.path().join("keys.json");
+    ring(1).write_new(&keys, false).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["audit", "verify"])
+        .arg(&path)
+        .arg("--keys")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("TRUNCATED:") && stdout.contains("truncated"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("6 records"), "{stdout}");
+    // Tampering after the torn line is still found.
+    let mut all = lines(&path);
+    all[5] = all[5].replace("\"rows\":5", "\"rows\":6");
+    write_lines(&path, &all);
+    let (result, _) =
+        tokengate::cli::audit::verify_paths_reporting(&[path], &ring(1), "audit", false).unwrap();
+    assert_eq!(result.unwrap_err().kind, BreakKind::Edited);
+}
+
+/// Issue 12: an existing log readable by others is refused, as the key file is.
+#[test]
+fn an_audit_log_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = single_log(dir.path(), 2);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_registry, metrics) = Metrics::standalone();
+    let err = AuditLog::open(AuditConfig::new(&path), &ring(1), &metrics).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("644") && text.contains("chmod 600"), "{text}");
+}
+
+/// Issue 12: with `fsync: always`, a durability ticket taken after a record is answered only
+/// once that record is on disk; the session waits for it before ReadyForQuery.
+#[tokio::test]
+async fn fsync_always_tickets_answer_once_records_are_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (_registry, metrics) = Metrics::standalone();
+    let config = AuditConfig {
+        fsync: FsyncMode::Always,
+        ..AuditConfig::new(&path)
+    };
+    let log = AuditLog::open(config, &ring(1), &metrics).unwrap();
+    for n in 0..50 {
+        log.record(record(n));
+        let ticket = log.durable().expect("fsync: always gives tickets");
+        assert!(ticket.await.unwrap(), "durable");
+        // No flush: the line is already in the file.
+        assert_eq!(lines(&path).len() as u64, n + 1);
+    }
+    let interval = AuditLog::open(
+        AuditConfig::new(dir.path().join("other.log")),
+        &ring(1),
+        &metrics,
+    )
+    .unwrap();
+    assert!(
+        interval.durable().is_none(),
+        "interval promises no durability"
+    );
+}
+
+/// Issue 12: a ticket is `false` when the log cannot be written (the session then ends
+/// instead of reporting success).
+#[tokio::test]
+async fn fsync_always_tickets_are_false_while_the_log_fails() {
+    let (_registry, metrics) = Metrics::standalone();
+    let config = AuditConfig {
+        fsync: FsyncMode::Always,
+        on_failure: OnFailure::Refuse,
+        ..AuditConfig::new("/dev/full")
+    };
+    let log = AuditLog::open(config, &ring(1), &metrics).unwrap();
+    log.record(record(1));
+    assert!(!log.durable().unwrap().await.unwrap());
+}
+
+/// SIGHUP reopens the log: after an external rotation (logrotate renames the file), new
+/// records go to a new file at the path, and the chain continues across the two.
+#[test]
+fn reopen_after_an_external_rotation_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let rotated = dir.path().join("audit.log-20260101");
+    let (_registry, metrics) = Metrics::standalone();
+    let log = AuditLog::open(AuditConfig::new(&path), &ring(1), &metrics).unwrap();
+    for n in 0..3 {
+        log.record(record(n));
+    }
+    assert!(log.flush());
+    std::fs::rename(&path, &rotated).unwrap();
+    log.reopen();
+    for n in 3..5 {
+        log.record(record(n));
+    }
+    assert!(log.flush());
+    drop(log);
+    assert_eq!(lines(&rotated).len(), 3);
+    assert_eq!(lines(&path).len(), 2);
+    assert_eq!(verify(&[rotated, path], &ring(1)), Ok(5));
+}

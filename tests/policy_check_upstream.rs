@@ -141,7 +141,7 @@ async fn check_and_explain_against_a_live_database() {
     let clean = dir.path().join("clean.yaml");
     std::fs::write(
         &clean,
-        "version: 1\nlabels:\n  x: { class: pii }\ncolumns:\n  public.payments.amount: x\n",
+        "version: 1\nlabels:\n  x: { class: pii }\ncolumns:\n  public.payments.amount: x\nroles:\n  \"*\": { default: deny }\n",
     )
     .unwrap();
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)

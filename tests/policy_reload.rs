@@ -9,7 +9,7 @@ use tokengate::policy::{PolicyStore, StatementKind};
 /// A valid policy whose analyst row limit marks which version is in force.
 fn policy_with_limit(limit: u64) -> String {
     format!(
-        "version: 1\nlabels:\n  email: {{ class: pii, token: email }}\ncolumns:\n  public.customers.email: email\nroles:\n  analyst: {{ pii: token, row_limit: {limit} }}\n"
+        "version: 1\nlabels:\n  email: {{ class: pii, token: email }}\ncolumns:\n  public.customers.email: email\nroles:\n  analyst: {{ pii: token, row_limit: {limit} }}\n  \"*\": {{ default: deny }}\n"
     )
 }
 
@@ -163,4 +163,81 @@ async fn dropping_the_handle_stops_watching() {
     .await;
     assert_eq!(limit_in_force(&store), Some(110));
     assert_eq!(reloads(&metrics, "ok"), 1);
+}
+
+/// The policy with the analyst's email action, to tell strengthening from weakening.
+fn policy_with_action(action: &str) -> String {
+    policy_with_limit(100).replace("pii: token", &format!("pii: {action}"))
+}
+
+fn email_action(store: &PolicyStore) -> tokengate::policy::Action {
+    store
+        .current()
+        .for_role("analyst", &[])
+        .column("public.customers.email")
+        .unwrap()
+        .action
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_holds_a_weakening_edit_until_an_explicit_reload() {
+    use tokengate::policy::Action;
+    let (_dir, path, store, metrics) = setup(100);
+    let _watch = store.spawn_watchers().unwrap();
+    // Stronger: applied by the watcher.
+    atomic_save(&path, &policy_with_action("mask"));
+    wait_for("the stronger policy", || {
+        email_action(&store) == Action::Mask
+    })
+    .await;
+    // Weaker (mask -> clear): held, counted, the old policy stays.
+    atomic_save(&path, &policy_with_action("clear"));
+    wait_for("the hold to be counted", || reloads(&metrics, "held") >= 1).await;
+    assert_eq!(email_action(&store), Action::Mask);
+    // A cut that drops the column's label is weaker too (and a cut before roles: is invalid).
+    std::fs::write(
+        &path,
+        "version: 1\nlabels: {}\ncolumns: {}\nroles:\n  \"*\": { default: deny }\n",
+    )
+    .unwrap();
+    wait_for("the second hold", || reloads(&metrics, "held") >= 2).await;
+    std::fs::write(&path, "version: 1\n").unwrap();
+    wait_for("the cut to be rejected", || reloads(&metrics, "error") >= 1).await;
+    assert_eq!(email_action(&store), Action::Mask);
+    // The operator's explicit reload applies what the file says.
+    atomic_save(&path, &policy_with_action("clear"));
+    store.reload_now().unwrap();
+    assert_eq!(email_action(&store), Action::Clear);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_weakening_reload_lets_the_watcher_apply_it() {
+    use tokengate::policy::Action;
+    let (_dir, path, store, _metrics) = setup(100);
+    store.set_allow_weakening_reload(true);
+    let _watch = store.spawn_watchers().unwrap();
+    atomic_save(&path, &policy_with_action("clear"));
+    wait_for("the weaker policy", || {
+        email_action(&store) == Action::Clear
+    })
+    .await;
+}
+
+#[test]
+fn a_file_without_its_sections_or_catch_all_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let (_registry, metrics) = Metrics::standalone();
+    for text in [
+        "version: 1\n".to_string(),
+        "version: 1\nlabels:\n  email: { class: pii }\n".to_string(),
+        policy_with_limit(1).replace("  \"*\": { default: deny }\n", ""),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let err = PolicyStore::load(&path, metrics.clone())
+            .err()
+            .expect(&text)
+            .to_string();
+        assert!(err.contains("section") || err.contains("\"*\""), "{err}");
+    }
 }

@@ -6,7 +6,7 @@ use tokengate::policy::PolicyStore;
 
 fn policy_with_limit(limit: u64) -> String {
     format!(
-        "version: 1\nlabels:\n  email: {{ class: pii }}\nroles:\n  analyst: {{ pii: mask, row_limit: {limit} }}\n"
+        "version: 1\nlabels:\n  email: {{ class: pii }}\ncolumns:\n  public.customers.email: email\nroles:\n  analyst: {{ pii: mask, row_limit: {limit} }}\n  \"*\": {{ default: deny }}\n"
     )
 }
 

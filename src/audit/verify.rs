@@ -79,9 +79,38 @@ pub struct Verifier<'r> {
     tail: bool,
     last: Option<Last>,
     summary: Summary,
+    torn: Vec<Break>,
 }
 
 impl<'r> Verifier<'r> {
+    /// Lines cut by a crash after which the chain went on intact (each a `truncated`).
+    pub fn torn_lines(&self) -> &[Break] {
+        &self.torn
+    }
+
+    /// True when `next` is a whole record that links to the last verified one (or starts the
+    /// chain): the line before it was torn by a crash, not tampered with.
+    fn continues_after_torn_line(&self, next: Option<&[u8]>) -> bool {
+        let Some(text) = next.and_then(|raw| std::str::from_utf8(raw).ok()) else {
+            return false;
+        };
+        let Ok(parsed) = parse_line(text) else {
+            return false;
+        };
+        let Ok(key) = self.key(parsed.kv) else {
+            return false;
+        };
+        if parsed.mac != key.seal_mac(&parsed.body) {
+            return false;
+        }
+        match &self.last {
+            Some(last) => {
+                parsed.seq == last.seq + 1 && parsed.prev == key.link(last.line.as_bytes())
+            }
+            None => parsed.seq == 0 && parsed.prev == GENESIS,
+        }
+    }
+
     /// `tail`: the files are the end of a longer chain (older files archived), so the first
     /// record need not be seq 0.
     pub fn new(ring: &'r KeyRing, key_name: &'r str, tail: bool) -> Self {
@@ -91,6 +120,7 @@ impl<'r> Verifier<'r> {
             tail,
             last: None,
             summary: Summary::default(),
+            torn: Vec::new(),
         }
     }
 
@@ -132,7 +162,21 @@ impl<'r> Verifier<'r> {
                         ),
                     ));
                 }
-                Err(reason) => return Err(brk(BreakKind::Malformed, reason)),
+                Err(reason) => {
+                    if self.continues_after_torn_line(lines.get(index + 1).copied()) {
+                        // A crash cut this line; tokengate restarted, ended it with a newline
+                        // and continued the chain from the record before it.
+                        self.torn.push(brk(
+                            BreakKind::Truncated,
+                            format!(
+                                "partial line ({} bytes) left by a crash during a write; the chain continues after it ({reason})",
+                                raw.len()
+                            ),
+                        ));
+                        continue;
+                    }
+                    return Err(brk(BreakKind::Malformed, reason));
+                }
             };
             let key = self
                 .key(parsed.kv)

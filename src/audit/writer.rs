@@ -43,6 +43,10 @@ pub enum AuditError {
     Resume { path: PathBuf, reason: String },
     #[error("audit writer thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "audit log {path} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {path}"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
 }
 
 enum Message {
@@ -50,6 +54,12 @@ enum Message {
     /// Write what is queued (retrying a failing file at once) and answer whether the log is
     /// healthy.
     Flush(SyncSender<bool>),
+    /// Answer once everything queued before is written and synced (`fsync: always`): whether
+    /// it is durable. Sessions wait for it before the client sees ReadyForQuery.
+    Durable(tokio::sync::oneshot::Sender<bool>),
+    /// Sync and close the file; the next write opens `path` again (after an external
+    /// rotation renamed it away: SIGHUP).
+    Reopen,
 }
 
 /// State the session's side reads without touching the writer.
@@ -71,6 +81,8 @@ struct Shared {
 /// The audit log handle the sessions share (`Arc<AuditLog>`).
 pub struct AuditLog {
     sender: SyncSender<Message>,
+    /// `fsync: always`: sessions wait for durability before ReadyForQuery.
+    durable: bool,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -91,6 +103,7 @@ impl AuditLog {
         keys: &KeyRing,
         metrics: &Metrics,
     ) -> Result<Self, AuditError> {
+        refuse_loose_permissions(&config.path)?;
         let version = active_version(keys, &config.key_name)?;
         let key = ChainKey::new(keys.get(&config.key_name, Some(version))?, version);
         let (chain, needs_newline) = resume_chain(&config.path, key)?;
@@ -107,6 +120,7 @@ impl AuditLog {
             healthy: metrics.audit_healthy.clone(),
         });
         shared.healthy.set(1);
+        let durable = config.fsync == FsyncMode::Always;
         let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
         let mut writer = Writer {
             config,
@@ -119,6 +133,7 @@ impl AuditLog {
             unsynced: false,
             last_sync: Instant::now(),
             shared: shared.clone(),
+            dropped_in_batch: false,
         };
         // Open now so a bad path shows up in the log at startup, not at the first record;
         // a failure here is handled like any write failure (retried, per on_failure).
@@ -131,6 +146,7 @@ impl AuditLog {
             .map_err(AuditError::Thread)?;
         Ok(AuditLog {
             sender,
+            durable,
             shared,
             thread: Mutex::new(Some(thread)),
         })
@@ -160,6 +176,37 @@ impl AuditLog {
                 || self.shared.queued.load(Ordering::Relaxed) >= self.shared.capacity)
     }
 
+    /// With `fsync: always`, a ticket answered once every record queued before this call is
+    /// on disk and synced (`true`), or could not be (`false`); `None` in the other modes.
+    /// Many sessions' tickets share one write and one fsync.
+    pub fn durable(&self) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        if !self.durable {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.sender.try_send(Message::Durable(tx)) {
+            Ok(()) => Some(rx),
+            Err(TrySendError::Full(Message::Durable(tx)))
+            | Err(TrySendError::Disconnected(Message::Durable(tx))) => {
+                let _ = tx.send(false);
+                Some(rx)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Closes the file after writing what is queued; the next record opens the path again,
+    /// creating it (0600) if an external rotation moved it away. The chain continues.
+    pub fn reopen(&self) {
+        let _ = self.sender.try_send(Message::Reopen);
+    }
+
+    /// True when an unwritten record must fail the statement's session rather than be lost
+    /// quietly (`on_failure: refuse`).
+    pub fn fails_closed(&self) -> bool {
+        self.shared.on_failure == OnFailure::Refuse
+    }
+
     /// True when the last write attempt succeeded.
     pub fn healthy(&self) -> bool {
         !self.shared.failing.load(Ordering::Relaxed)
@@ -187,6 +234,35 @@ impl Drop for AuditLog {
             let _ = thread.join();
         }
     }
+}
+
+/// An existing log readable by group or others is refused, as the key file is: records
+/// hold statement text and client addresses. New files are created 0600.
+fn refuse_loose_permissions(path: &Path) -> Result<(), AuditError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(AuditError::Permissions {
+                        path: path.to_owned(),
+                        mode,
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(AuditError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The active version of `name`. `KeyRing` has no accessor for it, so it is read from the
@@ -282,6 +358,8 @@ struct Writer {
     unsynced: bool,
     last_sync: Instant,
     shared: Arc<Shared>,
+    /// A record was dropped since the last durability answer: that answer is `false`.
+    dropped_in_batch: bool,
 }
 
 impl Writer {
@@ -295,12 +373,13 @@ impl Writer {
                 Duration::from_secs(3600)
             };
             let mut replies = Vec::new();
+            let mut durable = Vec::new();
             match receiver.recv_timeout(timeout) {
                 Ok(message) => {
-                    self.take(message, &mut replies);
+                    self.take(message, &mut replies, &mut durable);
                     // Drain what else is queued into one batch (group commit).
                     while let Ok(message) = receiver.try_recv() {
-                        self.take(message, &mut replies);
+                        self.take(message, &mut replies, &mut durable);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -327,10 +406,22 @@ impl Writer {
             for reply in replies {
                 let _ = reply.send(healthy);
             }
+            // With fsync: always every batch written above was synced by write_batch; with
+            // a backlog left (failing), it is not durable.
+            let dropped = std::mem::take(&mut self.dropped_in_batch);
+            let synced = healthy && self.backlog.is_empty() && self.lost == 0 && !dropped;
+            for ticket in durable {
+                let _ = ticket.send(synced);
+            }
         }
     }
 
-    fn take(&mut self, message: Message, replies: &mut Vec<SyncSender<bool>>) {
+    fn take(
+        &mut self,
+        message: Message,
+        replies: &mut Vec<SyncSender<bool>>,
+        durable: &mut Vec<tokio::sync::oneshot::Sender<bool>>,
+    ) {
         match message {
             Message::Record(mut record) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -346,17 +437,28 @@ impl Writer {
                 }
             }
             Message::Flush(reply) => replies.push(reply),
+            Message::Durable(ticket) => durable.push(ticket),
+            Message::Reopen => {
+                // Records queued before the reopen go to the old file, later ones to the new.
+                self.write_pending();
+                self.sync();
+                self.file = None;
+                self.needs_newline = false;
+            }
         }
     }
 
     fn lose(&mut self, n: u64) {
+        self.dropped_in_batch = true;
         self.lost += n;
         self.shared.dropped.inc_by(n);
     }
 
     /// Writes the loss notice (if any) and the backlog, rotating between lines as needed.
     fn write_pending(&mut self) {
-        self.lost += self.shared.lost_before_queue.swap(0, Ordering::Relaxed);
+        let dropped = self.shared.lost_before_queue.swap(0, Ordering::Relaxed);
+        self.dropped_in_batch |= dropped > 0;
+        self.lost += dropped;
         while self.lost > 0 || !self.backlog.is_empty() {
             match self.write_batch() {
                 Ok(()) => self.recovered(),

@@ -56,6 +56,17 @@ pub fn verify_paths(
     key_name: &str,
     tail: bool,
 ) -> Result<Result<Summary, Break>, VerifyError> {
+    verify_paths_reporting(files, ring, key_name, tail).map(|(result, _)| result)
+}
+
+/// [`verify_paths`], plus the lines torn by a crash that verification went past (each is
+/// reported as `truncated`).
+pub fn verify_paths_reporting(
+    files: &[PathBuf],
+    ring: &KeyRing,
+    key_name: &str,
+    tail: bool,
+) -> Result<(Result<Summary, Break>, Vec<Break>), VerifyError> {
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let mut verifier = Verifier::new(ring, key_name, tail);
     for name in chain_order(&names) {
@@ -64,10 +75,10 @@ pub fn verify_paths(
             source,
         })?;
         if let Err(brk) = verifier.verify_file(&name, &content) {
-            return Ok(Err(brk));
+            return Ok((Err(brk), verifier.torn_lines().to_vec()));
         }
     }
-    Ok(Ok(verifier.summary()))
+    Ok((Ok(verifier.summary()), verifier.torn_lines().to_vec()))
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
@@ -78,12 +89,20 @@ fn verify(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match verify_paths(&args.files, &ring, &args.key, args.tail) {
+    let (result, torn) = match verify_paths_reporting(&args.files, &ring, &args.key, args.tail) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-        Ok(Ok(summary)) => {
+    };
+    // A line torn by a crash is reported (its record is lost) and verification goes on with
+    // what was written after the restart; the exit status is then 1.
+    for brk in &torn {
+        println!("TRUNCATED: {brk}");
+    }
+    match result {
+        Ok(summary) => {
             print!("OK: {} records", summary.records);
             if summary.first_seq.is_some_and(|s| s > 0) {
                 print!(" (from seq {})", summary.first_seq.unwrap_or_default());
@@ -94,10 +113,17 @@ fn verify(args: VerifyArgs) -> ExitCode {
                     summary.lost
                 );
             }
+            if !torn.is_empty() {
+                print!("; {} line(s) truncated by a crash (see above)", torn.len());
+            }
             println!();
-            ExitCode::SUCCESS
+            if torn.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
-        Ok(Err(brk)) => {
+        Err(brk) => {
             println!("BROKEN: {brk}");
             ExitCode::from(1)
         }

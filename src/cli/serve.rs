@@ -67,6 +67,20 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TOKENGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Client sessions served at once; more get 53300 "too many clients" [default: 10000].
+    #[arg(long, env = "TOKENGATE_MAX_CLIENT_CONNECTIONS")]
+    pub max_client_connections: Option<usize>,
+    /// Seconds a request may wait with no byte from the upstream before the session ends
+    /// with an upstream error; 0 = no limit [default: 0].
+    #[arg(long, env = "TOKENGATE_QUERY_TIMEOUT")]
+    pub query_timeout: Option<u64>,
+    /// Seconds an idle session (nothing in flight) is kept; 0 = forever [default: 0].
+    #[arg(long, env = "TOKENGATE_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Let the policy file watcher apply a change that protects less (by default only SIGHUP
+    /// applies such a change).
+    #[arg(long, env = "TOKENGATE_ALLOW_WEAKENING_RELOAD")]
+    pub allow_weakening_reload: bool,
 }
 
 impl ServeArgs {
@@ -147,6 +161,27 @@ impl ServeArgs {
                 (Some(path), None) => Some(crate::audit::AuditConfig::new(path)),
                 (None, a) => a,
             },
+            max_client_connections: self
+                .max_client_connections
+                .or(file.max_client_connections)
+                .unwrap_or(config::DEFAULT_MAX_CLIENT_CONNECTIONS),
+            tcp_keepalive: config::keepalive_from(
+                file.tcp_keepalive,
+                file.tcp_keepalive_idle_secs,
+                file.tcp_keepalive_interval_secs,
+                file.tcp_keepalive_count,
+            ),
+            query_timeout: config::optional_secs(self.query_timeout.or(file.query_timeout_secs)),
+            idle_timeout: config::optional_secs(self.idle_timeout.or(file.idle_timeout_secs)),
+            catalog_lock_timeout: file
+                .catalog_lock_timeout_ms
+                .map_or(config::DEFAULT_CATALOG_LOCK_TIMEOUT, Duration::from_millis),
+            catalog_statement_timeout: file.catalog_statement_timeout_ms.map_or(
+                config::DEFAULT_CATALOG_STATEMENT_TIMEOUT,
+                Duration::from_millis,
+            ),
+            allow_weakening_reload: self.allow_weakening_reload
+                || file.allow_weakening_reload.unwrap_or(false),
         };
         Ok((config, log_format))
     }
@@ -165,6 +200,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
+        // From here on SIGHUP never ends the process, even during startup: tokio keeps its
+        // handler installed for the life of the process once a listener exists.
+        let _early_hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let server = match RunningServer::start(config).await {
             Ok(s) => s,
             Err(e) => {

@@ -33,6 +33,7 @@ pub struct Connector {
     pub upstream: Upstream,
     tls: Option<Arc<ClientConfig>>,
     timeout: Duration,
+    keepalive: Option<crate::config::Keepalive>,
 }
 
 impl Connector {
@@ -41,7 +42,20 @@ impl Connector {
             upstream,
             tls,
             timeout,
+            keepalive: None,
         }
+    }
+
+    /// TCP keepalive on every connection opened (a dead upstream host is then noticed even
+    /// while a session waits for a reply).
+    pub fn with_keepalive(mut self, keepalive: Option<crate::config::Keepalive>) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// The connect timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn address(&self) -> String {
@@ -68,6 +82,9 @@ impl Connector {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
+        if let Some(keepalive) = &self.keepalive {
+            let _ = keepalive.apply_upstream(&tcp);
+        }
         let Some(tls) = &self.tls else {
             return Ok(Conn::Plain(tcp));
         };

@@ -8,6 +8,7 @@
 //! - [`compose`]: [`Policy::for_role`] and the cached [`RoleView`] the read path queries.
 //! - [`explain`]: per-output-column and per-use decisions for `policy explain`.
 //! - [`store`]: [`PolicyStore`], the atomically swapped current policy and its reloaders.
+//! - [`weaken`]: whether a file is whole, and what a new policy would protect less.
 //! - [`detect`]: pure detectors for values and names that look sensitive (`policy check`).
 pub mod compose;
 pub mod detect;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod node;
 pub mod store;
 pub mod validate;
+pub mod weaken;
 
 pub use compose::{ColumnDecision, RoleView, RowLimit};
 pub use error::{Diagnostic, PolicyError};

@@ -4,6 +4,14 @@
 //! snapshot for that statement, so a reload never changes a statement half-way. Reloads
 //! parse and validate off the data path (the file watcher's thread, or `spawn_blocking` for
 //! SIGHUP) and either swap in a whole valid policy or keep the old one.
+//!
+//! A reload never weakens protection by accident:
+//! - a file must have its sections and a `"*"` rule ([`super::weaken::require_sections`]);
+//! - the watcher and SIGHUP load a file only once it is stable: the same bytes, size and
+//!   mtime read twice, [`SETTLE`] apart (an in-place write is seen half-done otherwise);
+//! - a policy that protects less than the one in force ([`super::weaken::weakenings`]) is
+//!   logged at error and held: only SIGHUP (or [`PolicyStore::reload_now`]) applies it, or
+//!   the watcher when `allow_weakening_reload` is set.
 use super::error::PolicyError;
 use super::model::Policy;
 use crate::observe::metrics::{Metrics, ResultLabel};
@@ -18,6 +26,12 @@ use std::time::Duration;
 /// Editors save atomically (write a temp file, rename it over); ~200 ms lets the burst of
 /// events settle into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// A file must read the same twice this far apart before the watcher loads it.
+const SETTLE: Duration = Duration::from_millis(300);
+/// How long the watcher waits for a file that keeps changing before it gives up (the next
+/// change event tries again).
+const SETTLE_ATTEMPTS: u32 = 40;
 
 /// Kubernetes updates a mounted ConfigMap by swapping this symlinked directory; the policy
 /// file's own name never appears in the events.
@@ -36,6 +50,16 @@ struct Inner {
     /// The text of the policy in force, so duplicate file events don't bump the generation.
     text: Mutex<String>,
     metrics: Metrics,
+    /// Let the watcher apply weakening policies too (`allow_weakening_reload`).
+    allow_weakening: std::sync::atomic::AtomicBool,
+}
+
+/// Who asked for a reload: the watcher may not weaken protection on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Watcher,
+    /// SIGHUP or an explicit call: the operator's intent.
+    Explicit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +87,7 @@ impl PolicyStore {
                 generation: AtomicU64::new(1),
                 text: Mutex::new(text),
                 metrics,
+                allow_weakening: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -81,61 +106,127 @@ impl PolicyStore {
         &self.inner.path
     }
 
-    /// Reads, validates and swaps in the file now. Blocking (file I/O and parsing): call it
-    /// from a blocking context. On error the old policy stays and the error is returned.
+    /// Reads, validates and swaps in the file now, even when it protects less than the policy
+    /// in force (that is logged at warn). Blocking (file I/O and parsing): call it from a
+    /// blocking context. On error the old policy stays and the error is returned.
     pub fn reload_now(&self) -> Result<u64, PolicyError> {
-        self.reload(false)
+        self.reload(Trigger::Explicit, None)
+            .map(|_| self.generation())
     }
 
-    /// `skip_unchanged`: file events often come in pairs; an identical file is not a new
-    /// generation.
-    fn reload(&self, skip_unchanged: bool) -> Result<u64, PolicyError> {
+    /// Lets the file watcher apply policies that protect less than the one in force.
+    pub fn set_allow_weakening_reload(&self, allow: bool) {
+        self.inner.allow_weakening.store(allow, Ordering::Relaxed);
+    }
+
+    /// Reloads from `text` (already read by the watcher) or from the file. Returns whether a
+    /// new generation is in force.
+    fn reload(&self, trigger: Trigger, text: Option<String>) -> Result<bool, PolicyError> {
         // One reload at a time, so generations and the stored text stay in step.
         let mut text_in_force = match self.inner.text.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let result = read_and_build(&self.inner.path);
+        let shown = self.inner.path.display().to_string();
+        let result = match text {
+            Some(text) => build(text, &shown),
+            None => read_and_build(&self.inner.path),
+        };
         let metrics = &self.inner.metrics;
-        match result {
-            Ok((policy, text)) => {
-                if skip_unchanged && text == *text_in_force {
-                    return Ok(self.generation());
-                }
-                self.inner.current.store(Arc::new(policy));
-                let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                *text_in_force = text;
-                metrics
-                    .policy_reloads_total
-                    .get_or_create(&ResultLabel {
-                        result: "ok".into(),
-                    })
-                    .inc();
-                metrics
-                    .policy_generation
-                    .set(i64::try_from(generation).unwrap_or(i64::MAX));
-                tracing::info!(
-                    file = %self.inner.path.display(),
-                    generation,
-                    "policy reloaded"
-                );
-                Ok(generation)
-            }
+        let count = |result: &str| {
+            metrics
+                .policy_reloads_total
+                .get_or_create(&ResultLabel {
+                    result: result.into(),
+                })
+                .inc();
+        };
+        let (policy, text) = match result {
+            Ok(built) => built,
             Err(err) => {
-                metrics
-                    .policy_reloads_total
-                    .get_or_create(&ResultLabel {
-                        result: "error".into(),
-                    })
-                    .inc();
+                count("error");
                 tracing::error!(
-                    file = %self.inner.path.display(),
+                    file = %shown,
                     kept_generation = self.generation(),
                     "policy reload rejected, keeping the policy in force:\n{err}"
                 );
-                Err(err)
+                return Err(err);
             }
+        };
+        // File events often come in pairs; an identical file is not a new generation.
+        if trigger == Trigger::Watcher && text == *text_in_force {
+            return Ok(false);
         }
+        let weaker = super::weaken::weakenings(&self.current(), &policy);
+        if !weaker.is_empty() {
+            let list = weaker.join("\n  ");
+            if trigger == Trigger::Watcher && !self.inner.allow_weakening.load(Ordering::Relaxed) {
+                count("held");
+                tracing::error!(
+                    file = %shown,
+                    kept_generation = self.generation(),
+                    "policy change NOT applied: it would protect less than the policy in force. \
+                     Send SIGHUP to apply it (or set allow_weakening_reload). It weakens:\n  {list}"
+                );
+                return Ok(false);
+            }
+            tracing::warn!(
+                file = %shown,
+                "applying a policy that protects less than the one it replaces:\n  {list}"
+            );
+        }
+        self.inner.current.store(Arc::new(policy));
+        let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *text_in_force = text;
+        count("ok");
+        metrics
+            .policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        tracing::info!(file = %shown, generation, "policy reloaded");
+        Ok(true)
+    }
+
+    /// Reloads once the file reads the same twice [`SETTLE`] apart (bytes, size and mtime):
+    /// an in-place write is never loaded half-done. A file that keeps changing is skipped
+    /// (the next change tries again); one that cannot be read is reported as a failed reload.
+    fn reload_settled(&self, trigger: Trigger) {
+        let path = &self.inner.path;
+        let read = || -> std::io::Result<(Vec<u8>, u64, Option<std::time::SystemTime>)> {
+            let bytes = std::fs::read(path)?;
+            let meta = std::fs::metadata(path)?;
+            Ok((bytes, meta.len(), meta.modified().ok()))
+        };
+        let mut last = None;
+        let mut unreadable = 0;
+        for _ in 0..SETTLE_ATTEMPTS {
+            let now = match read() {
+                Ok(r) => r,
+                // A rename in progress clears quickly; an error that persists is reported.
+                Err(_) if unreadable < 3 => {
+                    unreadable += 1;
+                    last = None;
+                    std::thread::sleep(SETTLE);
+                    continue;
+                }
+                Err(_) => {
+                    let _ = self.reload(trigger, None);
+                    return;
+                }
+            };
+            if last.as_ref() == Some(&now) {
+                let (bytes, _, _) = now;
+                // Not UTF-8: the reload from the file reports it.
+                let text = String::from_utf8(bytes).ok();
+                let _ = self.reload(trigger, text);
+                return;
+            }
+            last = Some(now);
+            std::thread::sleep(SETTLE);
+        }
+        tracing::warn!(
+            file = %path.display(),
+            "policy file kept changing; not reloaded (the next change tries again)"
+        );
     }
 
     /// Starts reloading on SIGHUP and on changes to the policy file. Must be called inside a
@@ -181,7 +272,7 @@ impl PolicyStore {
             if relevant {
                 // Runs on the debouncer's own thread: off the data path. Errors are
                 // logged and counted inside.
-                let _ = store.reload(true);
+                store.reload_settled(Trigger::Watcher);
             }
         })
         .map_err(|source| WatchError::Notify {
@@ -206,7 +297,8 @@ impl PolicyStore {
                 tracing::info!("SIGHUP: reloading policy");
                 let store = store.clone();
                 // Parsing is CPU work and file I/O: keep it off the async workers.
-                let _ = tokio::task::spawn_blocking(move || store.reload(false)).await;
+                let _ = tokio::task::spawn_blocking(move || store.reload(Trigger::Explicit, None))
+                    .await;
             }
         }))
     }
@@ -232,6 +324,12 @@ pub(crate) fn read_and_build(path: &Path) -> Result<(Policy, String), PolicyErro
         path: shown.clone(),
         source,
     })?;
-    let policy = Policy::from_yaml(&text, &shown)?;
+    build(text, &shown)
+}
+
+/// A policy file's text to a whole policy: valid, with its sections and catch-all.
+fn build(text: String, shown: &str) -> Result<(Policy, String), PolicyError> {
+    let policy = Policy::from_yaml(&text, shown)?;
+    super::weaken::require_sections(&policy, &text)?;
     Ok((policy, text))
 }

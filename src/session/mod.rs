@@ -12,7 +12,8 @@
 //! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
 //! cancel keys to upstream ones. While relaying, [`protocol`] matches every server reply to the
 //! message it answers and [`readpath`] applies the policy (planning itself is in
-//! [`crate::plan`]).
+//! [`crate::plan`]). [`admission`] decides whether a connection is served at all.
+pub mod admission;
 pub mod cancel;
 pub mod protocol;
 pub mod readpath;
@@ -25,6 +26,7 @@ use crate::net::upstream::Connector;
 use crate::observe::metrics::{DirectionLabel, Metrics, OutcomeLabel};
 use crate::policy::store::PolicyStore;
 use crate::protect::KeyRing;
+use admission::Admission;
 use cancel::CancelRegistry;
 use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
@@ -56,6 +58,8 @@ pub struct Context {
     /// The audit log, when configured (set by the server after opening it).
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// Admission control: sessions served now, and connections being refused.
+    pub admission: Admission,
 }
 
 impl Context {
@@ -88,13 +92,17 @@ impl Context {
                     user: user.clone(),
                     password: config.catalog_password.clone(),
                     ttl: config.catalog_ttl,
+                    lock_timeout: config.catalog_lock_timeout,
+                    statement_timeout: config.catalog_statement_timeout,
                 },
                 connector.clone(),
                 metrics.catalog_refresh_total.clone(),
             )),
             _ => None,
         };
+        let admission = Admission::new(config.max_client_connections);
         Context {
+            admission,
             catalog,
             readpath: Arc::default(),
             audit: None,
@@ -199,6 +207,22 @@ impl Outcome {
 /// Serves one accepted TCP connection to the end and records its outcome.
 pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    if let Some(keepalive) = &ctx.config.tcp_keepalive {
+        let _ = keepalive.apply(&tcp);
+    }
+    let Some(_slot) = ctx.admission.admit() else {
+        let outcome = match ctx.admission.refusing() {
+            Some(_refusing) => {
+                let max = ctx.admission.max_sessions();
+                let e = crate::errors::Code::TooManyConnections
+                    .error(format!("sorry, too many clients already ({max} sessions)"));
+                startup::refuse(&ctx, tcp, e, admission::REFUSE_WITHIN).await
+            }
+            None => Outcome::Refused,
+        };
+        count_outcome(&ctx, outcome);
+        return;
+    };
     ctx.metrics.connections_active.inc();
     let outcome = match startup::handshake(&ctx, tcp, peer).await {
         Ok(established) => {
@@ -213,6 +237,10 @@ pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAdd
     };
     tracing::debug!(%peer, outcome = outcome.label(), "connection closed");
     ctx.metrics.connections_active.dec();
+    count_outcome(&ctx, outcome);
+}
+
+fn count_outcome(ctx: &Context, outcome: Outcome) {
     ctx.metrics
         .connections_total
         .get_or_create(&OutcomeLabel {

@@ -62,12 +62,25 @@ pub enum RelayError {
     /// The read path ends the session (a reply that does not match, TG020/TG021).
     #[error("{}", .0.0.message)]
     End(EndSession),
+    #[error("the audit records of this output could not be made durable")]
+    AuditNotDurable,
+}
+
+/// What a handler's output waits for before it is written (audit durability).
+pub struct Hold {
+    pub ticket: tokio::sync::oneshot::Receiver<bool>,
+    /// A `false` answer withholds the output and ends the session (`on_failure: refuse`).
+    pub must_succeed: bool,
 }
 
 /// The per-direction protocol logic plugged into a [`Pump`].
 pub trait FrameHandler {
     fn on_header(&mut self, tag: u8) -> Result<Need, RelayError>;
     fn on_frame(&mut self, frame: &[u8], scratch: &mut Vec<u8>) -> Result<Action, RelayError>;
+    /// Audit durability hook: something to wait for before the processed output is written.
+    fn hold_output(&mut self) -> Option<Hold> {
+        None
+    }
 }
 
 /// The result of processing the buffered input.
@@ -163,6 +176,12 @@ impl<H: FrameHandler> Pump<H> {
         wr: &mut ConnWrite,
     ) -> Result<Result<usize, std::io::Error>, RelayError> {
         let out = self.process()?;
+        if let Some(hold) = self.handler.hold_output()
+            && !hold.ticket.await.unwrap_or(false)
+            && hold.must_succeed
+        {
+            return Err(RelayError::AuditNotDurable);
+        }
         let written = match out {
             Output::Direct(0) => return Ok(Ok(0)),
             Output::Direct(n) => {
@@ -197,6 +216,8 @@ pub struct Shared {
     /// Woken after each batch of server replies (the client side waits on it for tokengate's
     /// own query to be answered).
     replies: Arc<tokio::sync::Notify>,
+    /// When the client last sent bytes (kept only with `idle_timeout` or `query_timeout`).
+    client_active: Option<Instant>,
 }
 
 /// Client → upstream: validates framing, counts statements, starts statement timers.
@@ -276,6 +297,8 @@ pub struct UpstreamHandler<'a> {
     last_tag: u8,
     enforcing: bool,
     rewritten: Vec<u8>,
+    /// The audit writer's answer to wait for before writing (see `hold_output`).
+    durable: Option<Hold>,
 }
 
 impl FrameHandler for UpstreamHandler<'_> {
@@ -304,20 +327,32 @@ impl FrameHandler for UpstreamHandler<'_> {
         let Some(rp) = s.readpath.as_mut() else {
             return Ok(Action::Forward);
         };
-        Ok(
-            match rp
-                .server_frame(frame, &mut self.rewritten)
-                .map_err(RelayError::End)?
-            {
-                ServerVerdict::Forward => Action::Forward,
-                ServerVerdict::Drop => Action::Drop,
-                ServerVerdict::Replace(bytes) => {
-                    scratch.extend_from_slice(&bytes);
-                    self.rewritten = bytes;
-                    Action::Replace
-                }
-            },
-        )
+        let action = match rp
+            .server_frame(frame, &mut self.rewritten)
+            .map_err(RelayError::End)?
+        {
+            ServerVerdict::Forward => Action::Forward,
+            ServerVerdict::Drop => Action::Drop,
+            ServerVerdict::Replace(bytes) => {
+                scratch.extend_from_slice(&bytes);
+                self.rewritten = bytes;
+                Action::Replace
+            }
+        };
+        // Audit durability: with `fsync: always`, a record this frame completed (at
+        // CommandComplete, PortalSuspended or ReadyForQuery) must be durable before the batch
+        // holding the frame reaches the client.
+        if let Some(ticket) = rp.durable_ticket() {
+            self.durable = Some(Hold {
+                ticket,
+                must_succeed: rp.audit_fails_closed(),
+            });
+        }
+        Ok(action)
+    }
+
+    fn hold_output(&mut self) -> Option<Hold> {
+        self.durable.take()
     }
 }
 
@@ -558,6 +593,9 @@ async fn client_pump(
             Ok(0) | Err(_) => return (ClientEnd::Eof, wr),
             Ok(n) => {
                 ctx.bytes_from_client.inc_by(n as u64);
+                if ctx.config.idle_timeout.is_some() || ctx.config.query_timeout.is_some() {
+                    lock(shared).client_active = Some(Instant::now());
+                }
             }
         }
     }
@@ -620,11 +658,13 @@ async fn upstream_pump(
         last_tag: 0,
         enforcing,
         rewritten: Vec::new(),
+        durable: None,
     };
     let mut pump = Pump::new(handler, initial, MAX_UPSTREAM_FRAME);
     let mut force_close = ctx.force_close.clone();
     let mut stop_open = true;
     let mut force_open = true;
+    let mut upstream_active = Instant::now();
     loop {
         match pump.flush_to(&mut wr).await {
             Ok(Ok(_)) => {
@@ -640,6 +680,17 @@ async fn upstream_pump(
                     write_error(&mut wr, &r.code.error(&r.message)).await;
                     return UpstreamEnd::Stopped;
                 }
+            }
+            Err(RelayError::AuditNotDurable) => {
+                let e = Code::AuditUnavailable.error(
+                    "the statement's audit record could not be made durable; the session is closed",
+                );
+                let fatal = ErrorFields {
+                    severity: crate::wire::backend::Severity::Fatal,
+                    ..e
+                };
+                write_error(&mut wr, &fatal).await;
+                return UpstreamEnd::Stopped;
             }
             Ok(Err(_)) => return UpstreamEnd::ClientWriteFailed,
             Err(RelayError::End(EndSession(r))) => {
@@ -659,8 +710,15 @@ async fn upstream_pump(
             }
         }
         pump.make_room();
+        let check_at = timeouts::next_check(ctx, shared, upstream_active);
         tokio::select! {
             biased;
+            _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now)), if check_at.is_some() => {
+                if let Some((e, end)) = timeouts::expired(ctx, shared, upstream_active) {
+                    write_error(&mut wr, &e).await;
+                    return end;
+                }
+            }
             r = &mut stop, if stop_open => {
                 stop_open = false;
                 if let Ok(error) = r {
@@ -696,9 +754,86 @@ async fn upstream_pump(
                 }
                 Ok(n) => {
                     ctx.bytes_from_upstream.inc_by(n as u64);
+                    upstream_active = Instant::now();
                 }
             },
         }
+    }
+}
+
+/// `query_timeout` and `idle_timeout`, checked by the upstream pump's timer.
+mod timeouts {
+    use super::{Context, ErrorFields, Instant, Mutex, Shared, UpstreamEnd, lock};
+    use crate::errors::Code;
+
+    /// When to look again, or `None` when no timeout is configured. An idle session with a
+    /// query timeout is looked at every half timeout, so a request is failed at most 1.5×
+    /// `query_timeout` after the upstream went silent.
+    pub(super) fn next_check(
+        ctx: &Context,
+        shared: &Mutex<Shared>,
+        upstream_active: Instant,
+    ) -> Option<Instant> {
+        let (query, idle) = (ctx.config.query_timeout, ctx.config.idle_timeout);
+        if query.is_none() && idle.is_none() {
+            return None;
+        }
+        let now = Instant::now();
+        let s = lock(shared);
+        let waiting = s.pending.front().copied();
+        let query_at = query.map(|q| match waiting {
+            Some(start) => start.max(last_activity(&s, upstream_active)) + q,
+            None => now + q / 2,
+        });
+        let idle_at = idle.map(|i| match waiting {
+            None => last_activity(&s, upstream_active) + i,
+            Some(_) => now + i,
+        });
+        [query_at, idle_at].into_iter().flatten().min()
+    }
+
+    /// The error that ends the session when a timeout expired.
+    pub(super) fn expired(
+        ctx: &Context,
+        shared: &Mutex<Shared>,
+        upstream_active: Instant,
+    ) -> Option<(ErrorFields, UpstreamEnd)> {
+        let s = lock(shared);
+        match s.pending.front() {
+            Some(start) => {
+                let q = ctx.config.query_timeout?;
+                // Silence on both legs: a client still streaming (COPY FROM STDIN) is not
+                // waiting on the upstream yet; once its writes block, it stops counting.
+                if (*start).max(last_activity(&s, upstream_active)).elapsed() < q {
+                    return None;
+                }
+                drop(s);
+                ctx.metrics.upstream_errors_total.inc();
+                tracing::warn!(upstream = %ctx.connector.address(), secs = q.as_secs_f64(), "upstream silent past query_timeout; closing the session");
+                let e = Code::UpstreamTimeout.error(format!(
+                    "upstream {} sent nothing for {}s while a request was waiting (query_timeout)",
+                    ctx.connector.address(),
+                    q.as_secs_f64()
+                ));
+                Some((e, UpstreamEnd::Eof { after_error: false }))
+            }
+            None => {
+                let i = ctx.config.idle_timeout?;
+                if last_activity(&s, upstream_active).elapsed() < i {
+                    return None;
+                }
+                let e = Code::IdleTimeout.error(format!(
+                    "the session was idle for {}s (idle_timeout)",
+                    i.as_secs_f64()
+                ));
+                Some((e, UpstreamEnd::Stopped))
+            }
+        }
+    }
+
+    fn last_activity(s: &Shared, upstream_active: Instant) -> Instant {
+        s.client_active
+            .map_or(upstream_active, |c| c.max(upstream_active))
     }
 }
 

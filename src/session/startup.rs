@@ -13,6 +13,7 @@ use crate::wire::startup::{
 };
 use bytes::BytesMut;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
@@ -126,7 +127,8 @@ pub async fn handshake(
             .await
             {
                 Ok(f) => f,
-                Err(FrameError::Io(Io::Timeout)) => return Err(timeout_error()),
+                // Waiting on the upstream, not on the client: an upstream error (08006).
+                Err(FrameError::Io(Io::Timeout)) => return Err(upstream_stalled(ctx)),
                 Err(_) => {
                     ctx.metrics.upstream_errors_total.inc();
                     return Err((
@@ -255,6 +257,36 @@ fn timeout_error() -> StartupFailure {
         Some(Code::StartupTimeout.error("startup and authentication did not complete in time")),
         Outcome::StartupTimeout,
     )
+}
+
+fn upstream_stalled(ctx: &Context) -> StartupFailure {
+    ctx.metrics.upstream_errors_total.inc();
+    (
+        Some(Code::UpstreamTimeout.error(format!(
+            "upstream {} did not answer during startup within startup_timeout",
+            ctx.connector.address()
+        ))),
+        Outcome::UpstreamError,
+    )
+}
+
+/// Answers a connection tokengate will not serve (e.g. over `max_client_connections`) the
+/// way PostgreSQL does: after transport negotiation and the StartupMessage, with `error`.
+/// Cancel requests on such a connection are still forwarded.
+pub async fn refuse(
+    ctx: &Context,
+    tcp: TcpStream,
+    error: ErrorFields,
+    within: Duration,
+) -> Outcome {
+    let deadline = Instant::now() + within.min(ctx.config.startup_timeout);
+    match negotiate(ctx, tcp, deadline).await {
+        Ok((mut client, _, _)) => {
+            send_error(&mut client, &error).await;
+            Outcome::Refused
+        }
+        Err(outcome) => outcome,
+    }
 }
 
 fn malformed(what: &str) -> ErrorFields {

@@ -18,6 +18,8 @@ fn cache(refreshes: Counter) -> CatalogCache {
             user: "postgres".into(),
             password: Some(SUPERUSER_PW.into()),
             ttl: Duration::from_secs(600),
+            lock_timeout: tokengate::config::DEFAULT_CATALOG_LOCK_TIMEOUT,
+            statement_timeout: tokengate::config::DEFAULT_CATALOG_STATEMENT_TIMEOUT,
         },
         Connector::new(upstream, None, Duration::from_secs(5)),
         refreshes,

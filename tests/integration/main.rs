@@ -17,5 +17,6 @@ mod messages;
 mod policy;
 mod psql;
 mod queries;
+mod robust;
 mod tls;
 mod usability;

@@ -82,6 +82,9 @@ async fn running_server_hot_reloads_and_keeps_the_last_good_policy() {
         c.policy = Some(p);
         c.catalog_user = Some("postgres".into());
         c.catalog_password = Some(SUPERUSER_PW.into());
+        // The edit below gives a new role clear access: a weakening the watcher applies
+        // only with this setting (tests/integration/robust.rs covers the default).
+        c.allow_weakening_reload = true;
     })
     .await;
     assert_eq!(generation_and_errors(&proxy).await, (1.0, 0.0));

@@ -223,7 +223,7 @@ impl ReadPath {
             self.metrics.monitored.inc();
             match &outcome {
                 Err(r) => {
-                    tracing::warn!(role = %self.login, code = r.code.id(), reason = %r.message, "monitor-only: statement would be refused")
+                    tracing::warn!(role = %self.login, code = r.code.id(), reason = %crate::observe::logging::redact_literals(&r.message), "monitor-only: statement would be refused")
                 }
                 Ok(plans) if rewrites(plans) => {
                     tracing::info!(role = %self.login, "monitor-only: result would be rewritten")

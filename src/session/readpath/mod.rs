@@ -148,6 +148,9 @@ pub struct ReadPath {
     pub names: SessionNames,
     /// Set when an alert with `action: terminate` fires; the relay then ends the session.
     pub terminate: Option<Refusal>,
+    /// Audit records were queued by the frame just handled: with `fsync: always` the relay
+    /// waits for them to be durable before forwarding it ([`Self::durable_ticket`]).
+    audit_queued: bool,
     /// The transaction status of the last ReadyForQuery.
     pub transaction_status: u8,
     protocol: ProtocolState<Pending>,
@@ -178,6 +181,7 @@ impl ReadPath {
             alerts,
             session,
             terminate: None,
+            audit_queued: false,
             scratch: Vec::new(),
             cache: None,
             metrics: SessionMetrics::new(metrics, &login),

@@ -135,8 +135,23 @@ impl ReadPath {
             record.rows = rows;
             record.duration_ms = pending.started.elapsed().as_secs_f64() * 1000.0;
             log.record(record);
+            self.audit_queued = true;
         }
         self.observe_alerts(values, false);
+    }
+
+    /// After a server frame: a ticket to wait on before forwarding it when it completed audit
+    /// records and the log promises durability (`fsync: always`).
+    pub fn durable_ticket(&mut self) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        if !std::mem::take(&mut self.audit_queued) {
+            return None;
+        }
+        self.audit.as_ref()?.durable()
+    }
+
+    /// Whether a record that could not be made durable must end the session.
+    pub fn audit_fails_closed(&self) -> bool {
+        self.audit.as_ref().is_some_and(|a| a.fails_closed())
     }
 
     /// A record about this session and statement; callers add decisions, refusal, rows.
@@ -180,7 +195,7 @@ impl ReadPath {
     /// Counts, logs and audits a refusal.
     pub(super) fn refused(&mut self, r: &Refusal, sql: Option<&[u8]>) {
         self.metrics.refusal(r);
-        tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "statement refused");
+        tracing::info!(role = %self.login, code = r.code.id(), reason = %crate::observe::logging::redact_literals(&r.message), "statement refused");
         if let Some(log) = &self.audit {
             let mut record =
                 self.audit_record(sql.map(|s| String::from_utf8_lossy(s).into_owned()));

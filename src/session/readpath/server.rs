@@ -639,7 +639,7 @@ impl ReadPath {
         if slot.is_none() {
             *slot = Some(r.clone());
             self.metrics.refusal(&r);
-            tracing::info!(role = %self.login, code = r.code.id(), reason = %r.message, "result stopped");
+            tracing::info!(role = %self.login, code = r.code.id(), reason = %crate::observe::logging::redact_literals(&r.message), "result stopped");
         }
     }
 
