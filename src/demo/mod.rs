@@ -81,6 +81,8 @@ pub async fn start(
         .map_err(|e| DemoError::Task(e.to_string()))?;
     config.listen = listen;
     config.admin = admin;
+    // Ctrl-C should end a throwaway demo promptly, open psql sessions or not.
+    config.drain_timeout = std::time::Duration::from_secs(2);
     config.policy = Some(policy_path);
     config.keys = Some(keys_path);
     config.catalog_user = Some("postgres".into());

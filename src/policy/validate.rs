@@ -3,6 +3,7 @@
 //! carries on with what it could read, so one mistake does not hide the next.
 use super::error::{Diagnostic, PolicyError};
 use super::formats::{mask_fits_token, parse_mask_spec, parse_token_format};
+use super::hints;
 use super::model::{
     Action, ActionEntry, AlertAction, Alerts, AuditLevel, Class, ColumnEntry, ColumnName, Label,
     Policy, RoleRule, StatementKind, StatementSet, Target, WILDCARD_ROLE,
@@ -33,13 +34,21 @@ pub fn build(text: &str, source: &str) -> Result<Policy, PolicyError> {
     let root = match node::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            return Err(invalid(vec![Diagnostic {
-                pos: e.pos,
-                message: format!("YAML syntax error: {}", e.message),
-            }]));
+            // Say what is wrong in plain words, where it is, when it is a known mistake.
+            let diagnostic = match hints::explain_syntax_error(text, e.pos) {
+                Some((pos, message)) => Diagnostic::at(pos, message),
+                None => Diagnostic {
+                    pos: e.pos,
+                    message: format!("YAML syntax error: {}", e.message),
+                },
+            };
+            return Err(invalid(vec![diagnostic]));
         }
     };
-    let mut checker = Checker::default();
+    let mut checker = Checker {
+        text: text.to_string(),
+        ..Checker::default()
+    };
     let policy = checker.policy(&root, source);
     if checker.diags.is_empty() {
         Ok(policy)
@@ -53,6 +62,8 @@ pub fn build(text: &str, source: &str) -> Result<Policy, PolicyError> {
 #[derive(Default)]
 struct Checker {
     diags: Vec<Diagnostic>,
+    /// The file's text, for hints that look at how a value was written.
+    text: String,
 }
 
 impl Checker {
@@ -97,9 +108,15 @@ impl Checker {
         match &node.value {
             Value::Str(s) => Some(s),
             other => {
+                let hint = match other {
+                    Value::Null => hints::null_value_hint(&self.text, node.pos)
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
                 self.err(
                     node.pos,
-                    format!("{what} must be a string, found {}", other.kind()),
+                    format!("{what} must be a string, found {}{hint}", other.kind()),
                 );
                 None
             }
@@ -551,10 +568,13 @@ impl Checker {
         match Action::from_str(s) {
             Ok(a) => Some(a),
             Err(()) => {
+                let meant = hints::action_synonym(s)
+                    .map(|a| format!(" (did you mean '{a}'?)"))
+                    .unwrap_or_default();
                 self.err(
                     node.pos,
                     format!(
-                        "{path}: unknown action '{s}'; allowed: {}",
+                        "{path}: unknown action '{s}'{meant}; allowed: {}",
                         list_of(Action::ALL.iter().map(|a| a.as_str()))
                     ),
                 );

@@ -12,6 +12,7 @@ mod demo;
 mod faults;
 mod leaks;
 mod messages;
+mod metrics;
 mod policy;
 mod psql;
 mod queries;
