@@ -66,21 +66,43 @@ fn stage<'a>(stages: &'a [Stage], name: &str) -> &'a Stage {
         .unwrap_or_else(|| panic!("no stage {name}"))
 }
 
-/// Lines of `.dockerignore` (simple patterns: a name, a top-level path, or `*.ext`).
+/// `*` matches any run of characters (no other wildcards are used in .dockerignore here).
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// Whether `.dockerignore` keeps `rel` (a path relative to the context) out of the context:
+/// a pattern matches the path, a leading directory of it, or (for `*.ext`) its file name.
 fn ignored(rel: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(root().join(".dockerignore")) else {
         return false;
     };
     let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let rel_text = rel.to_str().unwrap_or("");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .any(|pattern| match pattern.strip_prefix('*') {
-            Some(suffix) => name.ends_with(suffix),
-            None => match pattern.strip_suffix('*') {
-                Some(prefix) => rel.to_str().is_some_and(|r| r.starts_with(prefix)),
-                None => rel == Path::new(pattern) || rel.starts_with(pattern),
-            },
+        .any(|pattern| {
+            glob(pattern, rel_text)
+                || rel
+                    .ancestors()
+                    .any(|a| a.to_str().is_some_and(|a| glob(pattern, a)))
+                || (pattern.starts_with('*') && glob(pattern, name))
         })
 }
 
@@ -228,7 +250,14 @@ fn runtime_images_have_what_tokengate_needs_at_run_time() {
     );
 
     // The build context never carries build output, git data or key material.
-    for path in ["target", ".git", "keys.json", "server.key", "ca.pem"] {
+    for path in [
+        "target",
+        ".git",
+        "keys.json",
+        "server.key",
+        "ca.pem",
+        "deploy/x/keys.json",
+    ] {
         assert!(
             ignored(Path::new(path)),
             ".dockerignore must exclude {path}"

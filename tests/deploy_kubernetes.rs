@@ -206,7 +206,7 @@ async fn pod_becomes_ready_with_the_manifests_env_args_and_files() {
              CREATE ROLE analyst LOGIN PASSWORD 'analyst-pw';
              CREATE TABLE customers (id int PRIMARY KEY, email text, phone text);
              CREATE TABLE payments (id int PRIMARY KEY, card_number text);
-             INSERT INTO customers VALUES (1, 'ada@example.com', '+1 555 0134 222');
+             INSERT INTO customers VALUES (1, 'ada.lovelace@example.com', '+1 555 0134 222');
              GRANT SELECT ON customers, payments TO analyst;"
         ),
     )
@@ -394,7 +394,7 @@ async fn pod_becomes_ready_with_the_manifests_env_args_and_files() {
         .await
         .unwrap_or_else(|e| panic!("{e}:\n{}", logs()))
         .get(0);
-    assert_ne!(email, "ada@example.com", "analyst gets a token");
+    assert_ne!(email, "ada.lovelace@example.com", "analyst gets a token");
     assert!(email.ends_with("@example.com"), "{email}");
     drop(client);
     let audit_path = env

@@ -20,11 +20,16 @@ const INDICATORS: &[(char, &str)] = &[
 /// at or before the line the parser complained about.
 pub fn explain_syntax_error(text: &str, parser_pos: Option<Pos>) -> Option<(Pos, String)> {
     let last_line = parser_pos.map_or(u32::MAX, |p| p.line.saturating_add(1));
-    let found = [tab_indent(text), unquoted_indicator(text), bad_indent(text)]
-        .into_iter()
-        .flatten()
-        .filter(|(pos, _)| pos.line <= last_line)
-        .min_by_key(|(pos, _)| *pos);
+    let found = [
+        tab_indent(text),
+        unquoted_indicator(text),
+        comment_in_flow(text),
+        bad_indent(text),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|(pos, _)| pos.line <= last_line)
+    .min_by_key(|(pos, _)| *pos);
     found
 }
 
@@ -204,23 +209,48 @@ fn flow_balance(body: &str) -> i32 {
     depth
 }
 
-/// For a value that YAML read as null: a `#` right after the key started a comment.
+/// For a value that YAML read as null: a `#` after the key started a comment.
 pub fn null_value_hint(text: &str, pos: Pos) -> Option<String> {
     let line = text
         .lines()
         .nth(usize::try_from(pos.line).ok()?.checked_sub(1)?)?;
     let after = line.get(usize::try_from(pos.column).ok()?.saturating_sub(1)..)?;
-    let start = line[..line.len() - after.len()].trim_end();
-    let comment = after.trim_start();
-    (comment.starts_with('#') && (start.ends_with(':') || start.ends_with(','))).then(|| {
-        let word = comment
-            .split(|c: char| c == ' ' || c == ',' || c == '}')
-            .next()
-            .unwrap_or(comment);
-        format!(
-            "in YAML a `#` after a space starts a comment; write the value in quotes: \"{word}\""
-        )
-    })
+    let value = after.trim_start_matches([':', ' ']);
+    value.starts_with('#').then(|| comment_message(value))
+}
+
+fn comment_message(value: &str) -> String {
+    let word = value.split([' ', ',', '}', ']']).next().unwrap_or(value);
+    format!(
+        "{word} must be in quotes: unquoted, YAML reads ` #` as the start of a comment; \
+         write \"{word}\""
+    )
+}
+
+/// `{ mask: ###-##-#### }`: the comment swallows the closing bracket.
+fn comment_in_flow(text: &str) -> Option<(Pos, String)> {
+    for (n, line) in lines(text) {
+        let bytes = line.as_bytes();
+        let (mut quote, mut depth) = (None, 0);
+        for (i, &b) in bytes.iter().enumerate() {
+            match (quote, b) {
+                (Some(q), _) if b == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'"' | b'\'') => quote = Some(b),
+                (None, b'{' | b'[') => depth += 1,
+                (None, b'}' | b']') => depth -= 1,
+                (None, b'#') if i > 0 && bytes[i - 1] == b' ' => {
+                    let before = line[..i].trim_end();
+                    if depth > 0 && before.ends_with([':', ',', '{', '[']) {
+                        return Some((at(n, i + 1), comment_message(&line[i..])));
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 /// Words DBAs write for an action, and the action they mean.
