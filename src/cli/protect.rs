@@ -249,7 +249,12 @@ fn run_values(
             .iter()
             .enumerate()
             .try_for_each(|(index, value)| handle(index + 1, value.as_bytes(), &mut out));
-        stdout.write_all(&out).map_err(write_error).and(step)
+        if step.is_err() {
+            // Print the values before the failure, as the stdin path does.
+            let _ = stdout.write_all(&out);
+            out.clear();
+        }
+        step
     };
     let result = result.and_then(|()| {
         stdout.write_all(&out).map_err(write_error)?;

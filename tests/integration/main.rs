@@ -16,5 +16,6 @@ mod metrics;
 mod policy;
 mod psql;
 mod queries;
+mod serve;
 mod tls;
 mod usability;
