@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 /// Resolves relation names to their columns, as PostgreSQL would.
 pub trait Catalog {
-    /// Resolves a relation as PostgreSQL would with search_path `pg_catalog, "$user", public`
-    /// when `schema` is `None`. Names arrive already folded (unquoted → lower case). Return `None`
+    /// Resolves a relation; when `schema` is `None`, in `pg_catalog` then `public` (a session's
+    /// own `search_path` and `"$user"` are not followed). Names arrive already folded (unquoted → lower case). Return `None`
     /// if unknown: the analyser then reports the relation as unresolved and the caller refuses.
     fn relation(&self, schema: Option<&str>, name: &str) -> Option<Relation>;
 }
