@@ -15,7 +15,7 @@ pub const POLICY: &str = include_str!("../../policies/demo.yaml");
 pub const DATABASE: &str = "crm";
 
 /// Login roles the demo creates, with their passwords. The policy for them is
-/// `policies/demo.yaml` once read-path enforcement is on.
+/// `policies/demo.yaml`.
 pub const ROLES: &[(&str, &str)] = &[
     ("app_admin", "admin-demo-pw"),
     ("support", "support-demo-pw"),
