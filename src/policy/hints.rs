@@ -20,7 +20,7 @@ const INDICATORS: &[(char, &str)] = &[
 /// at or before the line the parser complained about.
 pub fn explain_syntax_error(text: &str, parser_pos: Option<Pos>) -> Option<(Pos, String)> {
     let last_line = parser_pos.map_or(u32::MAX, |p| p.line.saturating_add(1));
-    let found = [
+    [
         tab_indent(text),
         unquoted_indicator(text),
         comment_in_flow(text),
@@ -29,8 +29,7 @@ pub fn explain_syntax_error(text: &str, parser_pos: Option<Pos>) -> Option<(Pos,
     .into_iter()
     .flatten()
     .filter(|(pos, _)| pos.line <= last_line)
-    .min_by_key(|(pos, _)| *pos);
-    found
+    .min_by_key(|(pos, _)| *pos)
 }
 
 /// A position from 1-based line and column numbers.
@@ -79,9 +78,7 @@ fn unquoted_indicator(text: &str) -> Option<(Pos, String)> {
                         continue;
                     };
                     if let Some((_, what)) = INDICATORS.iter().find(|(c, _)| *c == first) {
-                        let end = value
-                            .find(|c: char| matches!(c, ',' | '}' | ']') || c == ' ')
-                            .unwrap_or(value.len());
+                        let end = value.find([',', '}', ']', ' ']).unwrap_or(value.len());
                         let word = &value[..end];
                         let column = i + 1 + (rest.len() - value.len()) + 1;
                         return Some((
