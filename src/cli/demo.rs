@@ -7,10 +7,10 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where tokengate listens.
-    #[arg(long, default_value = "127.0.0.1:6432")]
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
     /// Admin endpoint (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "127.0.0.1:9187")]
+    #[arg(long, default_value = crate::config::DEFAULT_ADMIN)]
     pub admin: std::net::SocketAddr,
     /// Number of customers to generate.
     #[arg(long, default_value_t = 1000)]

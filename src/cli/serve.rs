@@ -259,3 +259,90 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// With nothing set, `serve` runs on the defaults of `config` (the one place they live),
+    /// and its `--help` states those same defaults.
+    #[test]
+    fn defaults_come_from_config_and_help_states_them() {
+        let args = ServeArgs {
+            upstream: Some("postgres://db:5432".into()),
+            ..ServeArgs::default()
+        };
+        let (c, format) = args.resolve().unwrap();
+        let base = ServeConfig::for_upstream(c.upstream.clone());
+        assert_eq!(c.listen.to_string(), config::DEFAULT_LISTEN);
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some(config::DEFAULT_ADMIN)
+        );
+        assert_eq!(
+            (
+                c.max_message_bytes,
+                c.startup_timeout,
+                c.connect_timeout,
+                c.drain_timeout,
+                c.catalog_ttl,
+                c.workers,
+                c.allow_replication
+            ),
+            (
+                base.max_message_bytes,
+                base.startup_timeout,
+                base.connect_timeout,
+                base.drain_timeout,
+                base.catalog_ttl,
+                base.workers,
+                base.allow_replication
+            )
+        );
+        assert_eq!(format, LogFormat::Text);
+
+        let cli = crate::cli::Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let help = |id: &str| {
+            serve
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        let secs = |d: Duration| format!("[default: {}s]", d.as_secs());
+        for (id, expected) in [
+            ("listen", format!("[default: {}]", config::DEFAULT_LISTEN)),
+            ("admin", format!("[default: {}]", config::DEFAULT_ADMIN)),
+            (
+                "max_message_bytes",
+                format!("[default: {}]", config::DEFAULT_MAX_MESSAGE_BYTES),
+            ),
+            ("startup_timeout", secs(config::DEFAULT_STARTUP_TIMEOUT)),
+            ("connect_timeout", secs(config::DEFAULT_CONNECT_TIMEOUT)),
+            ("drain_timeout", secs(config::DEFAULT_DRAIN_TIMEOUT)),
+            ("catalog_ttl", secs(config::DEFAULT_CATALOG_TTL)),
+        ] {
+            let text = help(id);
+            assert!(
+                text.contains(&expected),
+                "--{id}: {text:?} lacks {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_parse_from_flags() {
+        let args = ServeArgs {
+            upstream: Some("postgres://db".into()),
+            drain_timeout: Some(config::parse_duration("45s").unwrap()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            args.resolve().unwrap().0.drain_timeout,
+            Duration::from_secs(45)
+        );
+    }
+}
