@@ -28,8 +28,10 @@ pub fn init(format: LogFormat) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // Colour codes only for a person at a terminal, never in files, pipes or log collectors.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colour codes only for a person at a terminal (and not with NO_COLOR), never in files,
+    // pipes or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
