@@ -250,6 +250,30 @@ fn comment_in_flow(text: &str) -> Option<(Pos, String)> {
     None
 }
 
+/// For a `key:` with nothing after it: when the next line is not indented deeper, its settings
+/// were meant to be nested under it.
+pub fn nothing_nested(text: &str, key: Pos) -> Option<String> {
+    let index = usize::try_from(key.line).ok()?.checked_sub(1)?;
+    let mut rest = text.lines().skip(index);
+    let key_line = content(rest.next()?);
+    let value = key_line.trim_end();
+    if !value.ends_with(':') {
+        return None;
+    }
+    let indent = key_line.len() - key_line.trim_start().len();
+    let next = rest.map(content).find(|l| !l.trim().is_empty())?;
+    let next_indent = next.len() - next.trim_start().len();
+    (next_indent <= indent).then(|| {
+        format!(
+            "nothing is indented under `{}`: the lines meant for it must start further right \
+             than column {} (e.g. {} spaces)",
+            value.trim(),
+            indent + 1,
+            indent + 2
+        )
+    })
+}
+
 /// Words DBAs write for an action, and the action they mean.
 pub fn action_synonym(word: &str) -> Option<&'static str> {
     Some(match word.to_ascii_lowercase().as_str() {

@@ -504,3 +504,42 @@ fn syntax_errors_stop_parsing_with_a_position() {
     assert!(errs[0].0 >= 3, "{errs:?}");
     assert!(errs[0].2.starts_with("YAML syntax error"));
 }
+
+#[test]
+fn indentation_mistakes_get_plain_hints() {
+    // Settings not indented under their label.
+    let errs = errors("version: 1\nlabels:\n  email:\n  class: pii\n");
+    assert!(
+        errs[0].2.contains("nothing is indented under `email:`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].2.contains("`class` is a setting of a label"),
+        "{errs:?}"
+    );
+    // A role option written at the level of the roles.
+    let errs = errors(
+        "version: 1\nlabels:\n  email: { class: pii }\nroles:\n  support:\n    pii: mask\n  filter_on: [email]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, 7);
+    assert!(
+        errs[0].2.contains("indent it under the role above"),
+        "{errs:?}"
+    );
+    // Syntax errors in plain words, at the line that is off.
+    assert_one_error(
+        "version: 1\nroles:\n  support:\n    pii: mask\n   financial: mask\n",
+        5,
+        4,
+        "lines up with no key above it",
+    );
+    assert_one_error(
+        "version: 1\nlabels:\n  ssn: { class: pii, mask: ***-**-#### }\n",
+        3,
+        28,
+        "write \"***-**-####\"",
+    );
+    let errs = errors("version: 1\nlabels:\n  ssn:\n    class: pii\n    mask: ###-##-####\n");
+    assert!(errs[0].2.contains("start of a comment"), "{errs:?}");
+}

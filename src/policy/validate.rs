@@ -104,6 +104,22 @@ impl Checker {
         out
     }
 
+    /// Why an entry under `labels:`/`roles:` is not a mapping, when indentation is the cause:
+    /// its settings are not indented under it, or it is itself a setting (`class`,
+    /// `filter_on`...) that belongs under the entry above.
+    fn nesting_hint(&self, key: &Key, is_option: bool, entry: &str) -> String {
+        if is_option {
+            return format!(
+                "; `{}` is a setting of a {entry}, not a {entry}: indent it under the {entry} \
+                 above it",
+                key.name
+            );
+        }
+        hints::nothing_nested(&self.text, key.pos)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default()
+    }
+
     fn string<'a>(&mut self, node: &'a Node, what: &str) -> Option<&'a str> {
         match &node.value {
             Value::Str(s) => Some(s),
@@ -264,10 +280,12 @@ impl Checker {
             let (mut token, mut mask) = (None, None);
             let mut class_written = false;
             if !matches!(value.value, Value::Map(_)) {
+                let option = matches!(name, "class" | "token" | "mask" | "description");
+                let hint = self.nesting_hint(key, option, "label");
                 self.err(
                     value.pos,
                     format!(
-                        "{what} must be a mapping like {{ class: pii, token: email }}, found {}",
+                        "{what} must be a mapping like {{ class: pii, token: email }}, found {}{hint}",
                         value.value.kind()
                     ),
                 );
@@ -412,10 +430,12 @@ impl Checker {
                 continue;
             }
             if !matches!(value.value, Value::Map(_)) {
+                let hint =
+                    self.nesting_hint(key, RULE_OPTIONS.contains(&key.name.as_str()), "role");
                 self.err(
                     value.pos,
                     format!(
-                        "roles.{} must be a mapping like {{ pii: mask, default: deny }}, found {}",
+                        "roles.{} must be a mapping like {{ pii: mask, default: deny }}, found {}{hint}",
                         key.name,
                         value.value.kind()
                     ),
