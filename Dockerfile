@@ -23,7 +23,8 @@ FROM debian:bookworm-slim AS base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --home /nonexistent --shell /usr/sbin/nologin tokengate
+ && groupadd --system --gid 10001 tokengate \
+ && useradd --system --uid 10001 --gid 10001 --home /nonexistent --shell /usr/sbin/nologin tokengate
 COPY --from=build /src/target/release/tokengate /usr/local/bin/tokengate
 COPY policies /etc/tokengate/policies
 EXPOSE 6432 9187
