@@ -34,6 +34,8 @@ ENTRYPOINT ["/usr/local/bin/tokengate"]
 # and a writable /tmp, and listens on all interfaces so `-p 6432:6432` reaches it.
 FROM base AS demo
 RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d \
+ && mkdir -p /etc/postgresql-common \
+ && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf \
  && apt-get update \
  && apt-get install -y --no-install-recommends postgresql-15 postgresql-client-15 \
  && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d
