@@ -3,7 +3,7 @@
 #
 #   docker build -t tokengate .                  # the server image (default target)
 #   docker build -t tokengate-demo --target demo .
-#   docker run --rm -it -p 6432:6432 tokengate-demo
+#   docker run --rm -it --init -p 6432:6432 tokengate-demo   # --init reaps what the demo starts
 #
 # tests/deploy_docker.rs copies exactly the files this build stage COPYs into an empty
 # directory and checks that they compile (`cargo check --locked --offline`).
