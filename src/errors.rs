@@ -68,8 +68,8 @@ codes! {
     StartupTimeout {
         id: "TG005",
         sqlstate: "08P01",
-        meaning: "The connection did not finish startup and authentication within `startup_timeout_secs` (default 30).",
-        hint: "The connection did not complete startup and authentication in time; raise startup_timeout_secs if clients are slow.",
+        meaning: "The connection did not finish startup and authentication within `startup_timeout` (default 30s).",
+        hint: "The connection did not complete startup and authentication in time; raise startup_timeout (e.g. 60s) if clients are slow.",
     }
     ReplicationRefused {
         id: "TG006",
