@@ -120,26 +120,36 @@ pub struct FileConfig {
     pub policy: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub max_message_bytes: Option<usize>,
-    pub startup_timeout_secs: Option<u64>,
-    pub connect_timeout_secs: Option<u64>,
-    pub drain_timeout_secs: Option<u64>,
+    /// Durations take `30s`, `500ms`, `5m`, `1h30m`; a plain number is seconds.
+    #[serde(alias = "startup_timeout")]
+    pub startup_timeout_secs: Option<ConfigDuration>,
+    #[serde(alias = "connect_timeout")]
+    pub connect_timeout_secs: Option<ConfigDuration>,
+    #[serde(alias = "drain_timeout")]
+    pub drain_timeout_secs: Option<ConfigDuration>,
     pub allow_replication: Option<bool>,
     pub log_format: Option<String>,
     pub workers: Option<usize>,
     pub catalog_user: Option<String>,
     pub catalog_password: Option<String>,
-    pub catalog_ttl_secs: Option<u64>,
+    #[serde(alias = "catalog_ttl")]
+    pub catalog_ttl_secs: Option<ConfigDuration>,
     /// `audit: { path, fsync, max_bytes, on_failure, redact_text, key_name, queue_capacity }`
     pub audit: Option<crate::audit::AuditConfig>,
     pub max_client_connections: Option<usize>,
     pub tcp_keepalive: Option<bool>,
-    pub tcp_keepalive_idle_secs: Option<u64>,
-    pub tcp_keepalive_interval_secs: Option<u64>,
+    #[serde(alias = "tcp_keepalive_idle")]
+    pub tcp_keepalive_idle_secs: Option<ConfigDuration>,
+    #[serde(alias = "tcp_keepalive_interval")]
+    pub tcp_keepalive_interval_secs: Option<ConfigDuration>,
     pub tcp_keepalive_count: Option<u32>,
-    pub query_timeout_secs: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub catalog_lock_timeout_ms: Option<u64>,
-    pub catalog_statement_timeout_ms: Option<u64>,
+    #[serde(alias = "query_timeout")]
+    pub query_timeout_secs: Option<ConfigDuration>,
+    #[serde(alias = "idle_timeout")]
+    pub idle_timeout_secs: Option<ConfigDuration>,
+    /// Durations (`2s`, `500ms`); a plain number is seconds.
+    pub catalog_lock_timeout: Option<ConfigDuration>,
+    pub catalog_statement_timeout: Option<ConfigDuration>,
     pub allow_weakening_reload: Option<bool>,
 }
 
@@ -236,6 +246,7 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+// The defaults, in one place: `serve`'s flags, the config file and `for_upstream` use these.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9187";
 /// Larger than any Bind or CopyData a driver sends in practice, small enough that a hostile
@@ -252,6 +263,77 @@ pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
 };
 pub const DEFAULT_CATALOG_LOCK_TIMEOUT: Duration = Duration::from_millis(2000);
 pub const DEFAULT_CATALOG_STATEMENT_TIMEOUT: Duration = Duration::from_millis(10_000);
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CATALOG_TTL: Duration = Duration::from_secs(60);
+
+/// A duration in the config file: a number of seconds (`30`) or a duration text (`30s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(ConfigDuration(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t)
+                .map(ConfigDuration)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses a duration as people write it: `30s`, `500ms`, `5m`, `1h30m`, `1h 30m`, `2d`
+/// (units ms, s, m, h, d and their long forms). A plain number is seconds, as before.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "{text:?} is not a duration (examples: 30s, 500ms, 5m, 1h30m; a plain number is seconds)"
+        )
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let millis_per_unit: u64 = match &rest[..unit_len] {
+            "ms" | "msec" | "msecs" | "millis" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            _ => return Err(invalid()),
+        };
+        let part = number.checked_mul(millis_per_unit).ok_or_else(invalid)?;
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or_else(invalid)?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(total)
+}
 
 impl ServeConfig {
     /// A config for tests and the demo: relay `upstream` from an OS-assigned port.
@@ -264,14 +346,14 @@ impl ServeConfig {
             policy: None,
             keys: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            startup_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             allow_replication: false,
             workers: 0,
             catalog_user: None,
             catalog_password: None,
-            catalog_ttl: Duration::from_secs(60),
+            catalog_ttl: DEFAULT_CATALOG_TTL,
             audit: None,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             tcp_keepalive: Some(DEFAULT_KEEPALIVE),
@@ -285,16 +367,16 @@ impl ServeConfig {
 }
 
 /// `0` or unset: no timeout.
-pub fn optional_secs(secs: Option<u64>) -> Option<Duration> {
-    secs.filter(|s| *s > 0).map(Duration::from_secs)
+pub fn optional_duration(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
 }
 
 /// Keepalive from the config file's keys over [`DEFAULT_KEEPALIVE`]; `tcp_keepalive: false`
 /// turns it off.
 pub fn keepalive_from(
     enabled: Option<bool>,
-    idle_secs: Option<u64>,
-    interval_secs: Option<u64>,
+    idle: Option<Duration>,
+    interval: Option<Duration>,
     count: Option<u32>,
 ) -> Option<Keepalive> {
     if enabled == Some(false) {
@@ -302,8 +384,8 @@ pub fn keepalive_from(
     }
     let d = DEFAULT_KEEPALIVE;
     Some(Keepalive {
-        idle: idle_secs.map_or(d.idle, Duration::from_secs),
-        interval: interval_secs.map_or(d.interval, Duration::from_secs),
+        idle: idle.unwrap_or(d.idle),
+        interval: interval.unwrap_or(d.interval),
         count: count.unwrap_or(d.count),
     })
 }
@@ -354,6 +436,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sslrootcert"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_units_and_plain_numbers_are_seconds() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(secs("30"), Ok(30_000));
+        assert_eq!(secs("30s"), Ok(30_000));
+        assert_eq!(secs(" 500ms "), Ok(500));
+        assert_eq!(secs("5m"), Ok(300_000));
+        assert_eq!(secs("1h30m"), Ok(5_400_000));
+        assert_eq!(secs("1h 30m 5s"), Ok(5_405_000));
+        assert_eq!(secs("2 minutes"), Ok(120_000));
+        assert_eq!(secs("1d"), Ok(86_400_000));
+        for bad in [
+            "",
+            "s",
+            "30x",
+            "-5s",
+            "1.5s",
+            "30s5",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let e = parse_duration("thirty").unwrap_err();
+        assert!(
+            e.contains("30s") && e.contains("plain number is seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_durations_take_numbers_or_text_under_either_key() {
+        let c: FileConfig = serde_saphyr::from_str(
+            "drain_timeout_secs: 45\nstartup_timeout: 1m\nconnect_timeout_secs: \"2s\"\ncatalog_ttl: 90\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.drain_timeout_secs,
+            Some(ConfigDuration(Duration::from_secs(45)))
+        );
+        assert_eq!(
+            c.startup_timeout_secs,
+            Some(ConfigDuration(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            c.connect_timeout_secs,
+            Some(ConfigDuration(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            c.catalog_ttl_secs,
+            Some(ConfigDuration(Duration::from_secs(90)))
+        );
+        let e = serde_saphyr::from_str::<FileConfig>("drain_timeout: soon\n").unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
     }
 
     #[test]

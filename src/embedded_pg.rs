@@ -5,7 +5,9 @@
 //! When running as root, every PostgreSQL process runs as the `postgres` OS user (the server
 //! refuses to run as root). Cleanup does not depend on our process ending cleanly: the server
 //! runs under a small shell that waits on a pipe from us; when the pipe closes (drop, panic or
-//! exit) it stops the server and deletes the directory.
+//! exit) it stops the server and deletes the directory. The shell and the server run in a
+//! process group of their own, so a terminal's Ctrl-C (SIGINT to the whole foreground group)
+//! reaches only us: we stop the server through the pipe and delete the directory ourselves.
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -236,6 +238,9 @@ rm -rf "$2"
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Out of the terminal's foreground group: Ctrl-C must not kill the guardian
+            // before it cleans up.
+            .process_group(0)
             .spawn()
             .map_err(io("starting postgres"))?;
         let stdin = child.stdin.take().ok_or_else(|| EmbeddedPgError::Step {
@@ -320,12 +325,41 @@ rm -rf "$2"
         Ok(())
     }
 
-    /// Stops the server and removes its directory, waiting for both.
+    /// Stops the server and removes its directory (data, sockets and anything the caller put
+    /// there, such as the demo's key file), waiting for both.
     pub fn stop(&self) {
         let taken = self.guard.lock().ok().and_then(|mut g| g.take());
         if let Some((mut child, stdin)) = taken {
             drop(stdin);
             let _ = child.wait();
+            // The guardian removes the directory; if it was killed before it could, stop a
+            // server it left behind and remove the directory here.
+            if self.root.exists() {
+                self.stop_orphaned_server();
+                let _ = std::fs::remove_dir_all(&self.root);
+            }
+        }
+    }
+}
+
+impl EmbeddedPostgres {
+    /// Asks a postmaster whose guardian is gone to shut down (SIGINT: fast shutdown) and
+    /// waits, boundedly, for it to remove its pid file.
+    fn stop_orphaned_server(&self) {
+        let pidfile = self.root.join("data/postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pidfile.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

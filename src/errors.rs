@@ -1,152 +1,257 @@
 //! The catalogue of errors tokengate reports to clients. Each code has a stable id (`TG001`),
-//! an SQLSTATE and a hint. `docs/errors.md` documents the same list; a test keeps them in step.
+//! an SQLSTATE, a meaning and a hint, written once in the [`codes!`] table below.
+//! `docs/errors.md` shows the same table; a test checks it row for row (and rewrites it with
+//! `TOKENGATE_BLESS_DOCS=1 cargo test --lib errors::`).
 use crate::wire::backend::{ErrorFields, Severity};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Code {
-    UpstreamUnavailable,
-    UpstreamLost,
-    MalformedMessage,
-    MessageTooLarge,
-    StartupTimeout,
-    ReplicationRefused,
-    ShuttingDown,
-    UnsupportedProtocol,
-    ChannelBindingUnavailable,
-    AlertTerminated,
-    AuditUnavailable,
-    Unproven,
-    StatementKindDenied,
-    FilterDenied,
-    WriteDenied,
-    ColumnDenied,
-    DerivedDenied,
-    AmbiguousColumn,
-    RowLimit,
-    UnsupportedValue,
-    LineageMismatch,
-    CatalogUnavailable,
-    ProtocolMismatch,
-    SettingFromProtectedStatement,
-    MessageWithheld,
-    SessionStateChanging,
-    TooDeep,
-    LexerMismatch,
-    NotBuiltin,
-    CopyOption,
-    TooManyConnections,
-    UpstreamTimeout,
-    IdleTimeout,
+/// What one code is: its id, SQLSTATE, what it means (docs) and the hint the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeInfo {
+    pub id: &'static str,
+    pub sqlstate: &'static str,
+    pub meaning: &'static str,
+    pub hint: &'static str,
+}
+
+/// Defines [`Code`], [`Code::ALL`] and [`Code::info`] from one table. To add a code, add one
+/// entry: `Variant { id: "TGnnn", sqlstate: "xxxxx", meaning: "...", hint: "..." }`.
+macro_rules! codes {
+    ($($variant:ident { id: $id:literal, sqlstate: $sqlstate:literal, meaning: $meaning:literal, hint: $hint:literal, })*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($variant,)*
+        }
+
+        impl Code {
+            /// Every code, in id order.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            pub const fn info(self) -> &'static CodeInfo {
+                match self {
+                    $(Code::$variant => &CodeInfo {
+                        id: $id,
+                        sqlstate: $sqlstate,
+                        meaning: $meaning,
+                        hint: $hint,
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    UpstreamUnavailable {
+        id: "TG001",
+        sqlstate: "08001",
+        meaning: "tokengate could not connect to the upstream PostgreSQL (refused, unreachable, timeout, or TLS negotiation failed under the configured `sslmode`). The message names the upstream address.",
+        hint: "Check that the upstream PostgreSQL is running and reachable from tokengate, and its sslmode settings; /readyz shows upstream health.",
+    }
+    UpstreamLost {
+        id: "TG002",
+        sqlstate: "08006",
+        meaning: "The upstream connection was lost in the middle of a session without the server sending an error.",
+        hint: "The upstream server closed the connection or became unreachable; reconnect when it is back.",
+    }
+    MalformedMessage {
+        id: "TG003",
+        sqlstate: "08P01",
+        meaning: "The client sent a malformed message (bad length, unknown message type, or a startup packet that is not valid). The session ends; other sessions go on.",
+        hint: "The client sent bytes that are not a valid PostgreSQL protocol message; check the driver.",
+    }
+    MessageTooLarge {
+        id: "TG004",
+        sqlstate: "08P01",
+        meaning: "A client message is larger than `max_message_bytes` (default 64 MiB). The session ends.",
+        hint: "Send smaller messages (e.g. split large COPY or Bind payloads) or raise max_message_bytes.",
+    }
+    StartupTimeout {
+        id: "TG005",
+        sqlstate: "08P01",
+        meaning: "The connection did not finish startup and authentication within `startup_timeout` (default 30s).",
+        hint: "The connection did not complete startup and authentication in time; raise startup_timeout (e.g. 60s) if clients are slow.",
+    }
+    ReplicationRefused {
+        id: "TG006",
+        sqlstate: "42501",
+        meaning: "The client asked for a replication connection (`replication=...`), which would bypass every policy.",
+        hint: "Replication connections bypass tokengate's policies; set allow_replication: true only if that is intended.",
+    }
+    ShuttingDown {
+        id: "TG007",
+        sqlstate: "57P01",
+        meaning: "tokengate is shutting down and its drain period ended.",
+        hint: "tokengate is shutting down; reconnect to another replica.",
+    }
+    UnsupportedProtocol {
+        id: "TG008",
+        sqlstate: "0A000",
+        meaning: "The client asked for a protocol major version other than 3.",
+        hint: "tokengate speaks protocol 3.x; upgrade the client driver.",
+    }
+    ChannelBindingUnavailable {
+        id: "TG009",
+        sqlstate: "28000",
+        meaning: "The client uses SCRAM and supports channel binding on its TLS connection to tokengate, while the upstream leg is TLS too. Channel binding cannot cross a TLS-terminating proxy, and PostgreSQL's downgrade protection would reject the login with \"SCRAM channel binding negotiation error\"; tokengate says why instead.",
+        hint: "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network.",
+    }
+    AlertTerminated {
+        id: "TG010",
+        sqlstate: "57P01",
+        meaning: "The session was ended because its role crossed an alert threshold whose action is `terminate` (protected values or refusals per minute).",
+        hint: "The role crossed an alert threshold of its policy (alerts: action terminate); see the audit log and tokengate_alerts_total.",
+    }
+    ProtocolMismatch {
+        id: "TG020",
+        sqlstate: "08P01",
+        meaning: "The server sent a reply that does not fit the messages the session sent (checked for every reply code, in order, by the protocol state). tokengate ends the session instead of attributing rows to a guessed statement; nothing of that reply is forwarded.",
+        hint: "The server's replies no longer matched the messages sent, so tokengate ended the session rather than guess which statement rows belong to; reconnect, and report the message sequence.",
+    }
+    SettingFromProtectedStatement {
+        id: "TG021",
+        sqlstate: "42501",
+        meaning: "A statement that reads, uses or writes protected columns changed a setting the server reports (ParameterStatus, e.g. `set_config('application_name', ...)`). The session is ended so the value can't be read back with SHOW or current_setting.",
+        hint: "A statement that reads protected columns changed a reported setting (e.g. set_config('application_name', ...)); the session was ended so the value cannot be read back. Set settings from literals only.",
+    }
+    TooManyConnections {
+        id: "TG035",
+        sqlstate: "53300",
+        meaning: "sorry, too many clients already: tokengate already serves `max_client_connections` sessions (or as many as its file descriptor limit allows). Sent after the StartupMessage, as PostgreSQL does.",
+        hint: "tokengate serves at most max_client_connections sessions (also bounded by its file descriptor limit); retry later, use a connection pool, or raise the limit.",
+    }
+    UpstreamTimeout {
+        id: "TG036",
+        sqlstate: "08006",
+        meaning: "The upstream stopped answering: a request waited longer than `query_timeout` for its result, or the upstream did not answer during startup. The session is closed.",
+        hint: "The upstream stopped answering (query_timeout, or a stalled network path); check the upstream and the network, or raise query_timeout (e.g. 60s).",
+    }
+    IdleTimeout {
+        id: "TG037",
+        sqlstate: "57P05",
+        meaning: "The session was idle (nothing in flight, no traffic) longer than `idle_timeout` and was closed.",
+        hint: "The session was idle longer than idle_timeout; reconnect.",
+    }
+    Unproven {
+        id: "TG101",
+        sqlstate: "42501",
+        meaning: "tokengate cannot prove this statement safe for your role (it could not parse or resolve it, or it calls a function whose output it cannot trace).",
+        hint: "Rewrite the statement with plain column references to known tables, or ask for the role's policy to allow it.",
+    }
+    StatementKindDenied {
+        id: "TG102",
+        sqlstate: "42501",
+        meaning: "The role's policy does not allow this kind of statement.",
+        hint: "See the role's `statements:` rule in the policy.",
+    }
+    FilterDenied {
+        id: "TG103",
+        sqlstate: "42501",
+        meaning: "The statement uses a protected column in WHERE, JOIN, ORDER BY, GROUP BY, HAVING, a window or DISTINCT ON, which would let values be inferred.",
+        hint: "Filter on unprotected columns, or add the label to the role's `filter_on` list.",
+    }
+    WriteDenied {
+        id: "TG104",
+        sqlstate: "42501",
+        meaning: "The statement would copy protected values into stored data (CREATE TABLE AS, SELECT INTO, INSERT ... SELECT, UPDATE ... SET from another column).",
+        hint: "Copy unprotected columns only, or run it as a role that sees the values in clear.",
+    }
+    ColumnDenied {
+        id: "TG105",
+        sqlstate: "42501",
+        meaning: "The statement returns a column whose label the role may not see at all (action deny).",
+        hint: "Remove the column from the select list.",
+    }
+    DerivedDenied {
+        id: "TG106",
+        sqlstate: "42501",
+        meaning: "The statement returns an expression computed from a protected column (a function, operator, cast or aggregate), which could reveal it.",
+        hint: "Select the column itself (it is then tokenized or masked) or drop the expression.",
+    }
+    AmbiguousColumn {
+        id: "TG107",
+        sqlstate: "42501",
+        meaning: "One result column carries values of protected columns with different labels or actions (e.g. a UNION of email and phone).",
+        hint: "Return the columns separately.",
+    }
+    RowLimit {
+        id: "TG108",
+        sqlstate: "42501",
+        meaning: "The result exceeded the role's row limit and was stopped (not truncated silently).",
+        hint: "Add a LIMIT or a narrower WHERE clause, or ask for a higher row_limit.",
+    }
+    UnsupportedValue {
+        id: "TG109",
+        sqlstate: "42501",
+        meaning: "A protected column's type or wire format has no transform (for example a binary COPY or an unsupported type), so it is refused rather than sent in clear.",
+        hint: "Select the column in text format, cast in a view the policy labels, or use a supported type.",
+    }
+    LineageMismatch {
+        id: "TG110",
+        sqlstate: "42501",
+        meaning: "The server's description of a result column disagrees with tokengate's analysis of the SQL, so the statement is refused.",
+        hint: "Report the statement; select protected columns by plain reference.",
+    }
+    CatalogUnavailable {
+        id: "TG111",
+        sqlstate: "42501",
+        meaning: "tokengate could not read the upstream catalog it needs to enforce the policy for your role.",
+        hint: "Check catalog_user/catalog_password and the upstream; fully trusted roles are not affected.",
+    }
+    AuditUnavailable {
+        id: "TG112",
+        sqlstate: "58030",
+        meaning: "The audit log cannot be written and `on_failure: refuse` is configured, so statements that must be audited are refused (fail closed).",
+        hint: "The audit log cannot be written (disk full, permissions) and the policy fails closed (on_failure: refuse); fix the log's storage.",
+    }
+    TooDeep {
+        id: "TG120",
+        sqlstate: "42501",
+        meaning: "The statement nests deeper than the analyser accepts (1,000 levels, counting each operator of a chain such as `id=0 OR id=1 OR …` and each parenthesis). Refused before it is parsed, so no statement can exhaust a stack.",
+        hint: "Split the statement, or replace long OR/AND chains with IN (...) or = ANY($1).",
+    }
+    LexerMismatch {
+        id: "TG121",
+        sqlstate: "42501",
+        meaning: "PostgreSQL's lexer and the analyser's parser would read the text differently (a `--` comment ended by a carriage return, a string whose end depends on `standard_conforming_strings`, a string continued across a newline, an operator or literal form sqlparser reads otherwise), or the text lexes differently across PostgreSQL versions (`0x1F`, `1_000`, `123abc`, identifiers over 63 bytes).",
+        hint: "Write the statement without the construct the message names (a comment ended by a carriage return, backslashes in strings with standard_conforming_strings off, 0x/1_000 numbers, an operator sqlparser reads differently).",
+    }
+    NotBuiltin {
+        id: "TG122",
+        sqlstate: "42501",
+        meaning: "The statement uses an operator, type or cast that is not a known PostgreSQL built-in (`OPERATOR(myschema.+)`, `::mydomain`), so it could run code the analyser never sees.",
+        hint: "Use built-in operators, types and functions from pg_catalog only, or ask for the role's policy to allow it.",
+    }
+    CopyOption {
+        id: "TG123",
+        sqlstate: "42501",
+        meaning: "A COPY option tokengate cannot apply to the rows (an unknown format, a non-UTF8 ENCODING, a delimiter that is not one ASCII character, an option it does not know).",
+        hint: "Use COPY with FORMAT text or csv and the options DELIMITER, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only.",
+    }
+    MessageWithheld {
+        id: "TG140",
+        sqlstate: "42501",
+        meaning: "A statement involving protected columns failed or raised a notice; the server's text (message, DETAIL, HINT, CONTEXT...) could quote protected values, so only its severity, own SQLSTATE and position are kept.",
+        hint: "The statement involves protected columns, so the server's error or notice text is withheld (only its SQLSTATE and position are kept); rerun it without the protected columns to see the server's message.",
+    }
+    SessionStateChanging {
+        id: "TG141",
+        sqlstate: "42501",
+        meaning: "The statement came before tokengate could re-read the session's search_path, temp schema or catalog after a statement that may have changed them (SET/RESET/set_config/DISCARD/DDL, or the end of a transaction that changed them).",
+        hint: "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline).",
+    }
 }
 
 impl Code {
-    pub const ALL: [Code; 33] = [
-        Code::UpstreamUnavailable,
-        Code::UpstreamLost,
-        Code::MalformedMessage,
-        Code::MessageTooLarge,
-        Code::StartupTimeout,
-        Code::ReplicationRefused,
-        Code::ShuttingDown,
-        Code::UnsupportedProtocol,
-        Code::ChannelBindingUnavailable,
-        Code::AlertTerminated,
-        Code::AuditUnavailable,
-        Code::Unproven,
-        Code::StatementKindDenied,
-        Code::FilterDenied,
-        Code::WriteDenied,
-        Code::ColumnDenied,
-        Code::DerivedDenied,
-        Code::AmbiguousColumn,
-        Code::RowLimit,
-        Code::UnsupportedValue,
-        Code::LineageMismatch,
-        Code::CatalogUnavailable,
-        Code::ProtocolMismatch,
-        Code::SettingFromProtectedStatement,
-        Code::MessageWithheld,
-        Code::SessionStateChanging,
-        Code::TooDeep,
-        Code::LexerMismatch,
-        Code::NotBuiltin,
-        Code::CopyOption,
-        Code::TooManyConnections,
-        Code::UpstreamTimeout,
-        Code::IdleTimeout,
-    ];
-
     pub fn id(self) -> &'static str {
-        match self {
-            Code::UpstreamUnavailable => "TG001",
-            Code::UpstreamLost => "TG002",
-            Code::MalformedMessage => "TG003",
-            Code::MessageTooLarge => "TG004",
-            Code::StartupTimeout => "TG005",
-            Code::ReplicationRefused => "TG006",
-            Code::ShuttingDown => "TG007",
-            Code::UnsupportedProtocol => "TG008",
-            Code::ChannelBindingUnavailable => "TG009",
-            Code::AlertTerminated => "TG010",
-            Code::AuditUnavailable => "TG112",
-            Code::Unproven => "TG101",
-            Code::StatementKindDenied => "TG102",
-            Code::FilterDenied => "TG103",
-            Code::WriteDenied => "TG104",
-            Code::ColumnDenied => "TG105",
-            Code::DerivedDenied => "TG106",
-            Code::AmbiguousColumn => "TG107",
-            Code::RowLimit => "TG108",
-            Code::UnsupportedValue => "TG109",
-            Code::LineageMismatch => "TG110",
-            Code::CatalogUnavailable => "TG111",
-            Code::ProtocolMismatch => "TG020",
-            Code::SettingFromProtectedStatement => "TG021",
-            Code::MessageWithheld => "TG140",
-            Code::SessionStateChanging => "TG141",
-            Code::TooDeep => "TG120",
-            Code::LexerMismatch => "TG121",
-            Code::NotBuiltin => "TG122",
-            Code::CopyOption => "TG123",
-            Code::TooManyConnections => "TG035",
-            Code::UpstreamTimeout => "TG036",
-            Code::IdleTimeout => "TG037",
-        }
+        self.info().id
     }
 
     pub fn sqlstate(self) -> &'static str {
-        match self {
-            Code::UpstreamUnavailable => "08001",
-            Code::UpstreamLost | Code::UpstreamTimeout => "08006",
-            Code::TooManyConnections => "53300",
-            Code::IdleTimeout => "57P05",
-            Code::MalformedMessage | Code::MessageTooLarge | Code::StartupTimeout => "08P01",
-            Code::ReplicationRefused => "42501",
-            Code::ShuttingDown => "57P01",
-            Code::UnsupportedProtocol => "0A000",
-            Code::ChannelBindingUnavailable => "28000",
-            Code::AlertTerminated => "57P01",
-            Code::AuditUnavailable => "58030",
-            Code::Unproven
-            | Code::StatementKindDenied
-            | Code::FilterDenied
-            | Code::WriteDenied
-            | Code::ColumnDenied
-            | Code::DerivedDenied
-            | Code::AmbiguousColumn
-            | Code::RowLimit
-            | Code::UnsupportedValue
-            | Code::LineageMismatch
-            | Code::CatalogUnavailable
-            | Code::SettingFromProtectedStatement
-            | Code::MessageWithheld
-            | Code::SessionStateChanging
-            | Code::TooDeep
-            | Code::LexerMismatch
-            | Code::NotBuiltin
-            | Code::CopyOption => "42501",
-            Code::ProtocolMismatch => "08P01",
-        }
+        self.info().sqlstate
+    }
+
+    pub fn hint(self) -> &'static str {
+        self.info().hint
     }
 
     /// Connection problems end the session; policy refusals (TG1xx) keep it usable.
@@ -155,100 +260,6 @@ impl Code {
             Severity::Error
         } else {
             Severity::Fatal
-        }
-    }
-
-    pub fn hint(self) -> &'static str {
-        match self {
-            Code::UpstreamUnavailable => {
-                "Check that the upstream PostgreSQL is running and reachable from tokengate, and its sslmode settings; /readyz shows upstream health."
-            }
-            Code::UpstreamLost => {
-                "The upstream server closed the connection or became unreachable; reconnect when it is back."
-            }
-            Code::MalformedMessage => {
-                "The client sent bytes that are not a valid PostgreSQL protocol message; check the driver."
-            }
-            Code::MessageTooLarge => {
-                "Send smaller messages (e.g. split large COPY or Bind payloads) or raise max_message_bytes."
-            }
-            Code::StartupTimeout => {
-                "The connection did not complete startup and authentication in time; raise startup_timeout_secs if clients are slow."
-            }
-            Code::ReplicationRefused => {
-                "Replication connections bypass tokengate's policies; set allow_replication: true only if that is intended."
-            }
-            Code::ShuttingDown => "tokengate is shutting down; reconnect to another replica.",
-            Code::UnsupportedProtocol => {
-                "tokengate speaks protocol 3.x; upgrade the client driver."
-            }
-            Code::Unproven => {
-                "Rewrite the statement with plain column references to known tables, or ask for the role's policy to allow it."
-            }
-            Code::StatementKindDenied => "See the role's `statements:` rule in the policy.",
-            Code::FilterDenied => {
-                "Filter on unprotected columns, or add the label to the role's `filter_on` list."
-            }
-            Code::WriteDenied => {
-                "Copy unprotected columns only, or run it as a role that sees the values in clear."
-            }
-            Code::ColumnDenied => "Remove the column from the select list.",
-            Code::DerivedDenied => {
-                "Select the column itself (it is then tokenized or masked) or drop the expression."
-            }
-            Code::AmbiguousColumn => "Return the columns separately.",
-            Code::RowLimit => {
-                "Add a LIMIT or a narrower WHERE clause, or ask for a higher row_limit."
-            }
-            Code::UnsupportedValue => {
-                "Select the column in text format, cast in a view the policy labels, or use a supported type."
-            }
-            Code::LineageMismatch => {
-                "Report the statement; select protected columns by plain reference."
-            }
-            Code::CatalogUnavailable => {
-                "Check catalog_user/catalog_password and the upstream; fully trusted roles are not affected."
-            }
-            Code::TooDeep => {
-                "Split the statement, or replace long OR/AND chains with IN (...) or = ANY($1)."
-            }
-            Code::LexerMismatch => {
-                "Write the statement without the construct the message names (a comment ended by a carriage return, backslashes in strings with standard_conforming_strings off, 0x/1_000 numbers, an operator sqlparser reads differently)."
-            }
-            Code::NotBuiltin => {
-                "Use built-in operators, types and functions from pg_catalog only, or ask for the role's policy to allow it."
-            }
-            Code::CopyOption => {
-                "Use COPY with FORMAT text or csv and the options DELIMITER, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only."
-            }
-            Code::AlertTerminated => {
-                "The role crossed an alert threshold of its policy (alerts: action terminate); see the audit log and tokengate_alerts_total."
-            }
-            Code::AuditUnavailable => {
-                "The audit log cannot be written (disk full, permissions) and the policy fails closed (on_failure: refuse); fix the log's storage."
-            }
-            Code::ProtocolMismatch => {
-                "The server's replies no longer matched the messages sent, so tokengate ended the session rather than guess which statement rows belong to; reconnect, and report the message sequence."
-            }
-            Code::SettingFromProtectedStatement => {
-                "A statement that reads protected columns changed a reported setting (e.g. set_config('application_name', ...)); the session was ended so the value cannot be read back. Set settings from literals only."
-            }
-            Code::MessageWithheld => {
-                "The statement involves protected columns, so the server's error or notice text is withheld (only its SQLSTATE and position are kept); rerun it without the protected columns to see the server's message."
-            }
-            Code::SessionStateChanging => {
-                "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline)."
-            }
-            Code::TooManyConnections => {
-                "tokengate serves at most max_client_connections sessions (also bounded by its file descriptor limit); retry later, use a connection pool, or raise the limit."
-            }
-            Code::UpstreamTimeout => {
-                "The upstream stopped answering (query_timeout, or a stalled network path); check the upstream and the network, or raise query_timeout_secs."
-            }
-            Code::IdleTimeout => "The session was idle longer than idle_timeout_secs; reconnect.",
-            Code::ChannelBindingUnavailable => {
-                "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."
-            }
         }
     }
 
@@ -264,18 +275,87 @@ impl Code {
     }
 }
 
+/// The rows of docs/errors.md's table for the codes whose severity is `severity`.
+pub fn markdown_table(severity: Severity) -> String {
+    let mut out = String::from(
+        "| Code | SQLSTATE | Meaning | Hint (sent to the client) |\n|---|---|---|---|\n",
+    );
+    for code in Code::ALL.iter().filter(|c| c.severity() == severity) {
+        let i = code.info();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            i.id,
+            i.sqlstate,
+            i.meaning.replace('|', "\\|"),
+            i.hint.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DOC: &str = "docs/errors.md";
+
+    /// docs/errors.md with its two tables replaced by the ones generated from [`Code`].
+    fn regenerated(doc: &str) -> String {
+        let mut out = String::new();
+        let mut tables = [
+            markdown_table(Severity::Fatal),
+            markdown_table(Severity::Error),
+        ]
+        .into_iter();
+        let mut lines = doc.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.starts_with("| Code |") {
+                while lines.peek().is_some_and(|l| l.starts_with('|')) {
+                    lines.next();
+                }
+                out.push_str(&tables.next().unwrap_or_default());
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     #[test]
-    fn ids_are_unique_and_documented() {
-        let doc = include_str!("../docs/errors.md");
+    fn docs_errors_md_is_the_catalogue() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC);
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let expected = regenerated(&doc);
+        if doc != expected && std::env::var_os("TOKENGATE_BLESS_DOCS").is_some() {
+            std::fs::write(&path, &expected).unwrap();
+            return;
+        }
+        assert_eq!(
+            doc, expected,
+            "{DOC} differs from src/errors.rs; run TOKENGATE_BLESS_DOCS=1 cargo test --lib errors::"
+        );
+        assert_eq!(doc.matches("| Code |").count(), 2);
+    }
+
+    #[test]
+    fn ids_are_unique_ordered_and_well_formed() {
         let mut seen = std::collections::HashSet::new();
+        let mut last = "";
         for code in Code::ALL {
-            assert!(seen.insert(code.id()), "duplicate id {}", code.id());
-            let row = format!("| {} | {} |", code.id(), code.sqlstate());
-            assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
+            let i = code.info();
+            assert!(seen.insert(i.id), "duplicate id {}", i.id);
+            assert!(i.id > last, "{} is out of order", i.id);
+            last = i.id;
+            assert!(
+                i.id.len() == 5
+                    && i.id.starts_with("TG")
+                    && i.id[2..].bytes().all(|b| b.is_ascii_digit()),
+                "{}",
+                i.id
+            );
+            assert_eq!(i.sqlstate.len(), 5, "{}", i.id);
+            assert!(!i.meaning.is_empty() && !i.hint.is_empty(), "{}", i.id);
         }
     }
 

@@ -53,7 +53,8 @@ pub struct RunningServer {
     pub registry: Arc<Registry>,
     stop_accepting: watch::Sender<bool>,
     force_close: Arc<watch::Sender<bool>>,
-    workers_done: Vec<tokio::sync::oneshot::Receiver<()>>,
+    /// Each worker reports how many sessions it had to close when the drain period ended.
+    workers_done: Vec<tokio::sync::oneshot::Receiver<usize>>,
     /// Reloads the policy on SIGHUP and file changes while the server runs.
     _policy_watch: Watch,
 }
@@ -209,7 +210,7 @@ impl RunningServer {
                 .try_clone()
                 .map_err(|source| bind_error(addr, source))?;
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<usize>();
             let (ctx, stop, force) = (context.clone(), stop_rx.clone(), force_tx.clone());
             std::thread::Builder::new()
                 .name(format!("tokengate-w{i}"))
@@ -224,18 +225,18 @@ impl RunningServer {
                             return;
                         }
                     };
-                    runtime.block_on(async move {
+                    let closed = runtime.block_on(async move {
                         let listener = match TcpListener::from_std(listener) {
                             Ok(l) => l,
                             Err(e) => {
                                 let _ = bound_tx.send(Err(e));
-                                return;
+                                return 0;
                             }
                         };
                         let _ = bound_tx.send(Ok(()));
-                        accept_loop(listener, ctx, stop, force, drain).await;
+                        accept_loop(listener, ctx, stop, force, drain).await
                     });
-                    let _ = done_tx.send(());
+                    let _ = done_tx.send(closed);
                 })
                 .map_err(|source| ServerError::Bind { addr, source })?;
             bound_rx
@@ -261,12 +262,23 @@ impl RunningServer {
         })
     }
 
-    /// Stops accepting, drains, and returns when every session has ended.
+    /// Stops accepting, drains, and returns when every session has ended. Logs once for the
+    /// whole server, not once per worker.
     pub async fn shutdown(mut self) {
+        tracing::info!(
+            open = self.context.metrics.connections_active.get(),
+            drain_secs = self.context.config.drain_timeout.as_secs(),
+            "shutting down: no new connections, draining sessions"
+        );
         let _ = self.stop_accepting.send(true);
+        let mut closed = 0;
         for done in std::mem::take(&mut self.workers_done) {
-            let _ = done.await;
+            closed += done.await.unwrap_or(0);
         }
+        if closed > 0 {
+            tracing::warn!(closed, "drain period over, sessions closed");
+        }
+        tracing::info!("tokengate stopped");
     }
 
     /// The Prometheus text of this server's metrics.
@@ -312,7 +324,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     force_close: Arc<watch::Sender<bool>>,
     drain: Duration,
-) {
+) -> usize {
     let mut sessions = tokio::task::JoinSet::new();
     let mut warned: Option<tokio::time::Instant> = None;
     loop {
@@ -339,17 +351,13 @@ async fn accept_loop(
     }
     drop(listener);
     ctx.health.set_draining();
-    tracing::info!(
-        open = sessions.len(),
-        drain_secs = drain.as_secs(),
-        "draining sessions"
-    );
     let drained = tokio::time::timeout(drain, async {
         while sessions.join_next().await.is_some() {}
     })
     .await;
+    let mut closed = 0;
     if drained.is_err() {
-        tracing::warn!(open = sessions.len(), "drain period over, closing sessions");
+        closed = sessions.len();
         let _ = force_close.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while sessions.join_next().await.is_some() {}
@@ -357,7 +365,7 @@ async fn accept_loop(
         .await;
         sessions.abort_all();
     }
-    tracing::info!("tokengate stopped");
+    closed
 }
 
 /// Keeps /readyz honest while no sessions are connecting.

@@ -191,3 +191,83 @@ fn keygen_add_keeps_existing_keys_and_rotates_versions() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The README's `cut -d, -f3 customers.csv | tokengate token …`: a header line and a bad value
+/// no longer stop the run when asked; `--on-error empty` keeps one output line per input line.
+#[test]
+fn bulk_token_handles_headers_and_bad_values_line_for_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(dir.path());
+    let base = [
+        "token",
+        "--keys",
+        keys.as_str(),
+        "--label",
+        "email",
+        "--format",
+        "email",
+    ];
+    let csv_column = "email\nada.lovelace@example.com\nnot-an-email\ngrace.hopper@example.org\n";
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        tokengate(&args, Some(csv_column))
+    };
+
+    // Default (fail): the header is a bad value, nothing after it is printed.
+    let fail = run(&[]);
+    assert_eq!(fail.status.code(), Some(1));
+    assert!(stdout_lines(&fail).is_empty());
+    assert!(String::from_utf8_lossy(&fail.stderr).contains("value 1"));
+
+    // The header passes through, the bad value becomes an empty line: 4 lines in, 4 out.
+    let empty = run(&["--skip-header", "--on-error", "empty"]);
+    assert!(empty.status.success(), "{empty:?}");
+    let lines = stdout_lines(&empty);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0], "email");
+    assert!(lines[1].ends_with("@example.com") && lines[1] != "ada.lovelace@example.com");
+    assert_eq!(lines[2], "");
+    assert!(lines[3].ends_with("@example.org"));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("value 3"), "{stderr}");
+    assert!(
+        !stderr.contains("not-an-email"),
+        "values never appear in messages"
+    );
+
+    // skip leaves bad values out.
+    let skip = run(&["--skip-header", "--on-error", "skip"]);
+    assert!(skip.status.success());
+    assert_eq!(stdout_lines(&skip).len(), 3);
+
+    // The same tokens whichever way the values arrive.
+    let direct = tokengate(&[&base[..], &["ada.lovelace@example.com"]].concat(), None);
+    assert_eq!(stdout_lines(&direct)[0], lines[1]);
+}
+
+/// `--help` shows the format syntax that works (options after a colon, comma-separated).
+#[test]
+fn token_help_shows_the_working_format_syntax() {
+    let help = tokengate(&["token", "--help"], None);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("digits:small=mask"), "{text}");
+    assert!(!text.contains("digits,small"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(dir.path());
+    for format in ["digits:small=mask", "card:keep-last4,small=null"] {
+        let out = tokengate(
+            &[
+                "token",
+                "--keys",
+                &keys,
+                "--label",
+                "x",
+                "--format",
+                format,
+                "4111111111111111",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{format}: {out:?}");
+    }
+}

@@ -131,11 +131,14 @@ async fn check_and_explain_against_a_live_database() {
         "{out}"
     );
     assert!(out.contains("ALLOWED"), "{out}");
-    let (_, out) = explain_sql("SELECT lower(ssn) FROM customers");
+    // A refused statement is a failure (exit 1), so scripts and CI can test statements.
+    let (code, out) = explain_sql("SELECT lower(ssn) FROM customers");
     assert!(out.contains("REFUSED TG106 (SQLSTATE 42501)"), "{out}");
     assert!(out.contains("via lower"), "{out}");
-    let (_, out) = explain_sql("SELECT id FROM customers WHERE ssn = '1'");
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = explain_sql("SELECT id FROM customers WHERE ssn = '1'");
     assert!(out.contains("REFUSED TG103"), "{out}");
+    assert_eq!(code, Some(1), "{out}");
 
     // Once the database matches the policy, check is clean.
     let clean = dir.path().join("clean.yaml");

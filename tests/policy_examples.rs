@@ -134,3 +134,20 @@ fn gdpr_policy() {
     );
     assert!(p.for_role("dpo", &[]).fully_clear());
 }
+
+/// `policy explain` with a statement but no database cannot decide it: it says so and exits 2
+/// (0 means allowed, 1 refused), so a CI job never mistakes "not checked" for "allowed".
+#[test]
+fn explain_without_upstream_does_not_pass_a_statement() {
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["policy", "explain", "--policy"])
+        .arg(&policy)
+        .args(["--role", "support", "SELECT lower(email) FROM customers"])
+        .env_remove("TOKENGATE_UPSTREAM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("needs --upstream"), "{stdout}");
+}

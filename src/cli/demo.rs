@@ -7,10 +7,10 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where tokengate listens.
-    #[arg(long, default_value = "127.0.0.1:6432")]
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
     /// Admin endpoint (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "127.0.0.1:9187")]
+    #[arg(long, default_value = crate::config::DEFAULT_ADMIN)]
     pub admin: std::net::SocketAddr,
     /// Number of customers to generate.
     #[arg(long, default_value_t = 1000)]
@@ -23,6 +23,8 @@ pub fn run(args: DemoArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
+        // Handlers first: a Ctrl-C while PostgreSQL starts must still clean up.
+        let shutdown = super::serve::shutdown_signal();
         let demo = match demo::start(args.listen, Some(args.admin), args.customers).await {
             Ok(d) => d,
             Err(e) => {
@@ -32,7 +34,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
         };
         println!("{}", demo::banner(&demo));
         println!("What each role sees for SELECT id, full_name, email, phone, ssn, birth_date FROM customers LIMIT 3:{}", demo::preview(&demo).await);
-        super::serve::wait_for_shutdown_signal().await;
+        shutdown.await;
         eprintln!("stopping the demo and removing its database...");
         let demo::Demo { server, pg } = demo;
         server.shutdown().await;

@@ -15,7 +15,8 @@ pub enum PolicyCommand {
     /// Validate a policy file (every error, with file:line:column); with --upstream, also
     /// report labelled columns that don't exist and unlabelled columns that look sensitive.
     Check(CheckArgs),
-    /// Show what a role gets: every labelled column's decision and the rule behind it.
+    /// Show what a role gets: every labelled column's decision and the rule behind it; with a
+    /// statement, whether tokengate would run it (exit 0) or refuse it (exit 1).
     Explain(ExplainArgs),
 }
 
@@ -229,25 +230,42 @@ fn explain(args: ExplainArgs) -> ExitCode {
     if let Some(sql) = &args.sql {
         println!();
         match &snapshot {
-            Some(snap) => print!("{}", explain_statement(sql, &view, snap)),
-            None => println!(
-                "statement: {sql}\nnote: per-statement analysis needs --upstream: the live catalog \
-                 expands * and resolves every column and view."
-            ),
+            Some(snap) => {
+                let (text, refused) = explain_statement(sql, &view, snap);
+                print!("{text}");
+                // Scripts and CI can test a statement: refused is a failure.
+                if refused {
+                    return ExitCode::FAILURE;
+                }
+            }
+            None => {
+                println!(
+                    "statement: {sql}\nnote: per-statement analysis needs --upstream: the live catalog \
+                     expands * and resolves every column and view."
+                );
+                return ExitCode::from(2);
+            }
         }
     }
     ExitCode::SUCCESS
 }
 
-/// What tokengate would do with `sql` for this role: the same planning the proxy runs.
-pub fn explain_statement(sql: &str, view: &RoleView, catalog: &crate::catalog::Snapshot) -> String {
+/// What tokengate would do with `sql` for this role: the same planning the proxy runs. The
+/// flag says whether any statement is refused.
+pub fn explain_statement(
+    sql: &str,
+    view: &RoleView,
+    catalog: &crate::catalog::Snapshot,
+) -> (String, bool) {
     use crate::plan::{NamedPlans, plan_statement};
     let mut out = String::new();
+    let mut refused = false;
     let mut named = NamedPlans::default();
     for (i, a) in crate::sql::analyze(sql, catalog).iter().enumerate() {
         out.push_str(&format!("statement {}: {:?}\n", i + 1, a.kind));
         match plan_statement(a, view, catalog, &named) {
             Err(r) => {
+                refused = true;
                 out.push_str(&format!(
                     "  REFUSED {} (SQLSTATE {}): {}\n  hint: {}\n",
                     r.code.id(),
@@ -304,7 +322,7 @@ pub fn explain_statement(sql: &str, view: &RoleView, catalog: &crate::catalog::S
             }
         }
     }
-    out
+    (out, refused)
 }
 
 /// The role's decisions as text: header lines, then one row per labelled column.

@@ -37,8 +37,10 @@ pub struct TokenArgs {
     /// Label: tokens of the same value differ between labels.
     #[arg(long)]
     pub label: String,
-    /// Token format: digits, alnum, email[:tokenize-domain], card[:keep-last4], integer,
-    /// date[:FROM..TO], text; options may add small=refuse|mask|null.
+    /// Token format NAME[:OPTION,OPTION...]: digits, alnum, email[:tokenize-domain],
+    /// card[:keep-last4], integer, date[:FROM..TO], text. Options follow a colon and are
+    /// separated by commas; any format takes small=refuse|mask|null, e.g. digits:small=mask
+    /// or card:keep-last4,small=null.
     #[arg(long)]
     pub format: String,
     /// Key name in the key file.
@@ -50,6 +52,8 @@ pub struct TokenArgs {
     /// Reverse: print the original value of each token.
     #[arg(long)]
     pub reveal: bool,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
     /// Values; when none are given, one value per line is read from stdin.
     pub values: Vec<String>,
 }
@@ -66,6 +70,8 @@ pub struct MaskArgs {
     /// Label mixed into hash masks.
     #[arg(long, default_value = "")]
     pub label: String,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
     /// Values; when none are given, one value per line is read from stdin.
     pub values: Vec<String>,
 }
@@ -119,7 +125,7 @@ pub fn token(args: TokenArgs) -> ExitCode {
         Ok(transform) => transform,
         Err(error) => return config_error(error),
     };
-    run_values(args.values, |value, out| {
+    run_values(args.values, &args.bulk, |value, out| {
         if args.reveal {
             transform.reveal(value, out)
         } else {
@@ -146,59 +152,128 @@ pub fn mask(args: MaskArgs) -> ExitCode {
         Ok(transform) => transform,
         Err(error) => return config_error(error),
     };
-    run_values(args.values, |value, out| transform.apply(value, out))
+    run_values(args.values, &args.bulk, |value, out| {
+        transform.apply(value, out)
+    })
+}
+
+/// What bulk `token`/`mask`/`--reveal` does with a value it cannot transform. The message
+/// on stderr gives the value's line number, never its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnError {
+    /// Stop at the first bad value with exit status 1 (the lines before it are printed).
+    #[default]
+    Fail,
+    /// Print an empty line in its place: one output line per input line, e.g. to `paste`
+    /// the result back next to the other columns.
+    Empty,
+    /// Print nothing for it; the output has fewer lines than the input.
+    Skip,
+}
+
+/// The options every bulk command shares.
+#[derive(Args, Debug, Default)]
+pub struct BulkArgs {
+    /// What to do with a value that cannot be transformed (a header line, a malformed value).
+    #[arg(long, value_enum, default_value_t = OnError::Fail)]
+    pub on_error: OnError,
+    /// Copy the first stdin line to the output unchanged (a CSV header such as `email`).
+    #[arg(long)]
+    pub skip_header: bool,
 }
 
 /// Applies `transform` to each value (arguments, or stdin lines) and prints one result a line;
-/// SQL NULL prints as `\N`. Stops at the first bad value.
+/// SQL NULL prints as `\N`. Output is buffered: one `write` per 64 KiB, not one per line.
 fn run_values(
     values: Vec<String>,
+    bulk: &BulkArgs,
     transform: impl Fn(&[u8], &mut Vec<u8>) -> Result<Output, crate::protect::ProtectError>,
 ) -> ExitCode {
-    let stdout = std::io::stdout();
-    let mut stdout = stdout.lock();
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut out = Vec::new();
-    let mut handle = |position: usize, value: &[u8]| -> Result<(), ExitCode> {
-        out.clear();
-        match transform(value, &mut out) {
+    let mut refused = 0usize;
+    let mut handle = |position: usize, value: &[u8], out: &mut Vec<u8>| -> Result<(), ExitCode> {
+        let start = out.len();
+        match transform(value, out) {
             Ok(Output::Value) => out.push(b'\n'),
             Ok(Output::Null) => out.extend_from_slice(b"\\N\n"),
             Err(error) => {
+                out.truncate(start);
                 eprintln!("tokengate: value {position}: {error}");
-                return Err(ExitCode::from(EXIT_BAD_VALUE));
-            }
-        }
-        stdout
-            .write_all(&out)
-            .map_err(|error| config_error(format!("writing output: {error}")))
-    };
-    let result = if values.is_empty() {
-        let stdin = std::io::stdin();
-        let mut position = 0;
-        let mut result = Ok(());
-        for line in stdin.lock().lines() {
-            position += 1;
-            let line = match line {
-                Ok(line) => line,
-                Err(error) => {
-                    result = Err(config_error(format!("reading stdin: {error}")));
-                    break;
+                refused += 1;
+                match bulk.on_error {
+                    OnError::Fail => return Err(ExitCode::from(EXIT_BAD_VALUE)),
+                    OnError::Empty => out.push(b'\n'),
+                    OnError::Skip => {}
                 }
-            };
-            result = handle(position, line.trim_end_matches('\r').as_bytes());
-            if result.is_err() {
-                break;
             }
         }
-        result
+        Ok(())
+    };
+    let write_error = |error: std::io::Error| config_error(format!("writing output: {error}"));
+    let result = if values.is_empty() {
+        let mut stdin = std::io::stdin().lock();
+        let mut line = Vec::new();
+        let mut position = 0;
+        loop {
+            line.clear();
+            match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(error) => break Err(config_error(format!("reading stdin: {error}"))),
+            }
+            position += 1;
+            let mut value = line.as_slice();
+            value = value.strip_suffix(b"\n").unwrap_or(value);
+            value = value.strip_suffix(b"\r").unwrap_or(value);
+            let step = if position == 1 && bulk.skip_header {
+                out.extend_from_slice(value);
+                out.push(b'\n');
+                Ok(())
+            } else {
+                handle(position, value, &mut out)
+            };
+            // Flush what was transformed before a failure too, then stop.
+            if out.len() >= 1 << 16 || step.is_err() {
+                if let Err(error) = stdout.write_all(&out) {
+                    break Err(write_error(error));
+                }
+                out.clear();
+            }
+            if let Err(code) = step {
+                break Err(code);
+            }
+        }
     } else {
-        values
+        let step = values
             .iter()
             .enumerate()
-            .try_for_each(|(index, value)| handle(index + 1, value.as_bytes()))
+            .try_for_each(|(index, value)| handle(index + 1, value.as_bytes(), &mut out));
+        if step.is_err() {
+            // Print the values before the failure, as the stdin path does.
+            let _ = stdout.write_all(&out);
+            out.clear();
+        }
+        step
     };
+    let result = result.and_then(|()| {
+        stdout.write_all(&out).map_err(write_error)?;
+        stdout.flush().map_err(write_error)
+    });
+    if result.is_ok() && refused > 0 {
+        eprintln!(
+            "tokengate: {refused} value(s) could not be transformed ({})",
+            match bulk.on_error {
+                OnError::Empty => "printed as empty lines",
+                _ => "left out",
+            }
+        );
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(code) => code,
+        Err(code) => {
+            let _ = stdout.flush();
+            code
+        }
     }
 }

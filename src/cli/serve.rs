@@ -36,15 +36,15 @@ pub struct ServeArgs {
     /// Largest client message accepted, in bytes [default: 67108864].
     #[arg(long, env = "TOKENGATE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Seconds a client has to finish startup and authentication [default: 30].
-    #[arg(long, env = "TOKENGATE_STARTUP_TIMEOUT")]
-    pub startup_timeout: Option<u64>,
-    /// Seconds to wait for an upstream connection [default: 5].
-    #[arg(long, env = "TOKENGATE_CONNECT_TIMEOUT")]
-    pub connect_timeout: Option<u64>,
-    /// Seconds sessions may drain after SIGTERM/SIGINT before they are closed [default: 30].
-    #[arg(long, env = "TOKENGATE_DRAIN_TIMEOUT")]
-    pub drain_timeout: Option<u64>,
+    /// Time a client has to finish startup and authentication, e.g. 30s [default: 30s].
+    #[arg(long, env = "TOKENGATE_STARTUP_TIMEOUT", value_parser = config::parse_duration)]
+    pub startup_timeout: Option<Duration>,
+    /// Time to wait for an upstream connection, e.g. 5s [default: 5s].
+    #[arg(long, env = "TOKENGATE_CONNECT_TIMEOUT", value_parser = config::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Time sessions may drain after SIGTERM/SIGINT before they are closed [default: 30s].
+    #[arg(long, env = "TOKENGATE_DRAIN_TIMEOUT", value_parser = config::parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Let replication connections through (they bypass policies).
     #[arg(long, env = "TOKENGATE_ALLOW_REPLICATION")]
     pub allow_replication: bool,
@@ -57,9 +57,9 @@ pub struct ServeArgs {
     /// Its password (prefer the env var to the flag).
     #[arg(long, env = "TOKENGATE_CATALOG_PASSWORD", hide_env_values = true)]
     pub catalog_password: Option<String>,
-    /// Seconds a catalog snapshot is used before it is reloaded [default: 60].
-    #[arg(long, env = "TOKENGATE_CATALOG_TTL")]
-    pub catalog_ttl: Option<u64>,
+    /// How long a catalog snapshot is used before it is reloaded [default: 60s].
+    #[arg(long, env = "TOKENGATE_CATALOG_TTL", value_parser = config::parse_duration)]
+    pub catalog_ttl: Option<Duration>,
     /// Audit log file (hash-chained JSON lines; needs an `audit` key in the key file). The
     /// config file's `audit:` section sets rotation, fsync and failure behaviour.
     #[arg(long, env = "TOKENGATE_AUDIT_LOG")]
@@ -70,13 +70,13 @@ pub struct ServeArgs {
     /// Client sessions served at once; more get 53300 "too many clients" [default: 10000].
     #[arg(long, env = "TOKENGATE_MAX_CLIENT_CONNECTIONS")]
     pub max_client_connections: Option<usize>,
-    /// Seconds a request may wait with no byte from the upstream before the session ends
-    /// with an upstream error; 0 = no limit [default: 0].
-    #[arg(long, env = "TOKENGATE_QUERY_TIMEOUT")]
-    pub query_timeout: Option<u64>,
-    /// Seconds an idle session (nothing in flight) is kept; 0 = forever [default: 0].
-    #[arg(long, env = "TOKENGATE_IDLE_TIMEOUT")]
-    pub idle_timeout: Option<u64>,
+    /// How long a request may wait with no byte from the upstream before the session ends
+    /// with an upstream error, e.g. 30s; 0 = no limit [default: 0].
+    #[arg(long, env = "TOKENGATE_QUERY_TIMEOUT", value_parser = config::parse_duration)]
+    pub query_timeout: Option<Duration>,
+    /// How long an idle session (nothing in flight) is kept, e.g. 10m; 0 = forever [default: 0].
+    #[arg(long, env = "TOKENGATE_IDLE_TIMEOUT", value_parser = config::parse_duration)]
+    pub idle_timeout: Option<Duration>,
     /// Let the policy file watcher apply a change that protects less (by default only SIGHUP
     /// applies such a change).
     #[arg(long, env = "TOKENGATE_ALLOW_WEAKENING_RELOAD")]
@@ -127,9 +127,11 @@ impl ServeArgs {
             })?,
             (None, None) => LogFormat::Text,
         };
-        let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
-            Duration::from_secs(flag.or(file).unwrap_or(default))
-        };
+        // Durations: a flag or env var, else the file, else the default in `config`.
+        let duration =
+            |flag: Option<Duration>, file: Option<config::ConfigDuration>, default: Duration| {
+                flag.or(file.map(|d| d.0)).unwrap_or(default)
+            };
         let config = ServeConfig {
             listen: config::parse_addr("listen", &listen)?,
             upstream: Upstream::parse(&upstream)?,
@@ -145,14 +147,30 @@ impl ServeArgs {
                 .max_message_bytes
                 .or(file.max_message_bytes)
                 .unwrap_or(config::DEFAULT_MAX_MESSAGE_BYTES),
-            startup_timeout: secs(self.startup_timeout, file.startup_timeout_secs, 30),
-            connect_timeout: secs(self.connect_timeout, file.connect_timeout_secs, 5),
-            drain_timeout: secs(self.drain_timeout, file.drain_timeout_secs, 30),
+            startup_timeout: duration(
+                self.startup_timeout,
+                file.startup_timeout_secs,
+                config::DEFAULT_STARTUP_TIMEOUT,
+            ),
+            connect_timeout: duration(
+                self.connect_timeout,
+                file.connect_timeout_secs,
+                config::DEFAULT_CONNECT_TIMEOUT,
+            ),
+            drain_timeout: duration(
+                self.drain_timeout,
+                file.drain_timeout_secs,
+                config::DEFAULT_DRAIN_TIMEOUT,
+            ),
             allow_replication: self.allow_replication || file.allow_replication.unwrap_or(false),
             workers: self.workers.or(file.workers).unwrap_or(0),
             catalog_user: self.catalog_user.or(file.catalog_user),
             catalog_password: self.catalog_password.or(file.catalog_password),
-            catalog_ttl: secs(self.catalog_ttl, file.catalog_ttl_secs, 60),
+            catalog_ttl: duration(
+                self.catalog_ttl,
+                file.catalog_ttl_secs,
+                config::DEFAULT_CATALOG_TTL,
+            ),
             audit: match (self.audit_log, file.audit) {
                 (Some(path), Some(mut a)) => {
                     a.path = path;
@@ -167,23 +185,62 @@ impl ServeArgs {
                 .unwrap_or(config::DEFAULT_MAX_CLIENT_CONNECTIONS),
             tcp_keepalive: config::keepalive_from(
                 file.tcp_keepalive,
-                file.tcp_keepalive_idle_secs,
-                file.tcp_keepalive_interval_secs,
+                file.tcp_keepalive_idle_secs.map(|d| d.0),
+                file.tcp_keepalive_interval_secs.map(|d| d.0),
                 file.tcp_keepalive_count,
             ),
-            query_timeout: config::optional_secs(self.query_timeout.or(file.query_timeout_secs)),
-            idle_timeout: config::optional_secs(self.idle_timeout.or(file.idle_timeout_secs)),
-            catalog_lock_timeout: file
-                .catalog_lock_timeout_ms
-                .map_or(config::DEFAULT_CATALOG_LOCK_TIMEOUT, Duration::from_millis),
-            catalog_statement_timeout: file.catalog_statement_timeout_ms.map_or(
-                config::DEFAULT_CATALOG_STATEMENT_TIMEOUT,
-                Duration::from_millis,
+            query_timeout: config::optional_duration(
+                self.query_timeout
+                    .or(file.query_timeout_secs.map(|d| d.0)),
             ),
+            idle_timeout: config::optional_duration(
+                self.idle_timeout.or(file.idle_timeout_secs.map(|d| d.0)),
+            ),
+            catalog_lock_timeout: file
+                .catalog_lock_timeout
+                .map_or(config::DEFAULT_CATALOG_LOCK_TIMEOUT, |d| d.0),
+            catalog_statement_timeout: file
+                .catalog_statement_timeout
+                .map_or(config::DEFAULT_CATALOG_STATEMENT_TIMEOUT, |d| d.0),
             allow_weakening_reload: self.allow_weakening_reload
                 || file.allow_weakening_reload.unwrap_or(false),
         };
         Ok((config, log_format))
+    }
+}
+
+/// Checks that need the policy file, before anything binds: a policy whose roles get tokens
+/// or keyed hash masks needs a key file, or every such query would fail later.
+fn startup_checks(config: &ServeConfig) -> Result<(), String> {
+    let Some(path) = &config.policy else {
+        return Ok(());
+    };
+    if config.keys.is_some() {
+        return Ok(());
+    }
+    let policy = crate::policy::Policy::load(path).map_err(|e| e.to_string())?;
+    let keyed = policy.roles().iter().find_map(|rule| {
+        policy
+            .for_role(&rule.name, &[])
+            .columns()
+            .find(|d| match d.action {
+                crate::policy::Action::Token => true,
+                crate::policy::Action::Mask => d
+                    .mask
+                    .as_ref()
+                    .is_some_and(|m| m.kind() == crate::policy::formats::MaskKind::Hash),
+                _ => false,
+            })
+            .map(|d| format!("{} ({})", d.column, d.rule))
+    });
+    match keyed {
+        Some(example) => Err(format!(
+            "the policy {} tokenizes or hashes values (e.g. {example}) but no key file is \
+             configured; create one with `tokengate keygen --out keys.json` and pass --keys \
+             (TOKENGATE_KEYS, or keys: in the config file)",
+            path.display()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -195,6 +252,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = startup_checks(&config) {
+        eprintln!("tokengate: {e}");
+        return ExitCode::from(2);
+    }
     logging::init(log_format);
     let Some(runtime) = super::runtime() else {
         return ExitCode::FAILURE;
@@ -203,6 +264,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         // From here on SIGHUP never ends the process, even during startup: tokio keeps its
         // handler installed for the life of the process once a listener exists.
         let _early_hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let shutdown = shutdown_signal();
         let server = match RunningServer::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -213,26 +275,116 @@ pub fn run(args: ServeArgs) -> ExitCode {
         if let Some(admin) = server.admin_addr {
             tracing::info!(%admin, "admin endpoint: /metrics /healthz /readyz");
         }
-        wait_for_shutdown_signal().await;
-        tracing::info!("shutdown requested");
+        shutdown.await;
         server.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// SIGTERM or SIGINT.
-pub async fn wait_for_shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called (inside a runtime), so a
+/// signal that arrives before the future is first polled is not lost to the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the only way out is being killed; wait forever.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the only way out is being killed; wait forever.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// With nothing set, `serve` runs on the defaults of `config` (the one place they live),
+    /// and its `--help` states those same defaults.
+    #[test]
+    fn defaults_come_from_config_and_help_states_them() {
+        let args = ServeArgs {
+            upstream: Some("postgres://db:5432".into()),
+            ..ServeArgs::default()
+        };
+        let (c, format) = args.resolve().unwrap();
+        let base = ServeConfig::for_upstream(c.upstream.clone());
+        assert_eq!(c.listen.to_string(), config::DEFAULT_LISTEN);
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some(config::DEFAULT_ADMIN)
+        );
+        assert_eq!(
+            (
+                c.max_message_bytes,
+                c.startup_timeout,
+                c.connect_timeout,
+                c.drain_timeout,
+                c.catalog_ttl,
+                c.workers,
+                c.allow_replication
+            ),
+            (
+                base.max_message_bytes,
+                base.startup_timeout,
+                base.connect_timeout,
+                base.drain_timeout,
+                base.catalog_ttl,
+                base.workers,
+                base.allow_replication
+            )
+        );
+        assert_eq!(format, LogFormat::Text);
+
+        let cli = crate::cli::Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let help = |id: &str| {
+            serve
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        let secs = |d: Duration| format!("[default: {}s]", d.as_secs());
+        for (id, expected) in [
+            ("listen", format!("[default: {}]", config::DEFAULT_LISTEN)),
+            ("admin", format!("[default: {}]", config::DEFAULT_ADMIN)),
+            (
+                "max_message_bytes",
+                format!("[default: {}]", config::DEFAULT_MAX_MESSAGE_BYTES),
+            ),
+            ("startup_timeout", secs(config::DEFAULT_STARTUP_TIMEOUT)),
+            ("connect_timeout", secs(config::DEFAULT_CONNECT_TIMEOUT)),
+            ("drain_timeout", secs(config::DEFAULT_DRAIN_TIMEOUT)),
+            ("catalog_ttl", secs(config::DEFAULT_CATALOG_TTL)),
+        ] {
+            let text = help(id);
+            assert!(
+                text.contains(&expected),
+                "--{id}: {text:?} lacks {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_parse_from_flags() {
+        let args = ServeArgs {
+            upstream: Some("postgres://db".into()),
+            drain_timeout: Some(config::parse_duration("45s").unwrap()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            args.resolve().unwrap().0.drain_timeout,
+            Duration::from_secs(45)
+        );
     }
 }

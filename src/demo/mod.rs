@@ -15,7 +15,7 @@ pub const POLICY: &str = include_str!("../../policies/demo.yaml");
 pub const DATABASE: &str = "crm";
 
 /// Login roles the demo creates, with their passwords. The policy for them is
-/// `policies/demo.yaml` once read-path enforcement is on.
+/// `policies/demo.yaml`.
 pub const ROLES: &[(&str, &str)] = &[
     ("app_admin", "admin-demo-pw"),
     ("support", "support-demo-pw"),
@@ -81,6 +81,8 @@ pub async fn start(
         .map_err(|e| DemoError::Task(e.to_string()))?;
     config.listen = listen;
     config.admin = admin;
+    // Ctrl-C should end a throwaway demo promptly, open psql sessions or not.
+    config.drain_timeout = std::time::Duration::from_secs(2);
     config.policy = Some(policy_path);
     config.keys = Some(keys_path);
     config.catalog_user = Some("postgres".into());

@@ -49,7 +49,13 @@ pub fn init(format: LogFormat) {
     // silenced targets back on.
     let quiet = tracing_subscriber::filter::filter_fn(|meta| !silenced(meta.target()));
     let registry = tracing_subscriber::registry().with(filter).with(quiet);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal (and not with NO_COLOR), never in files,
+    // pipes or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => registry.with(layer).try_init(),
         LogFormat::Json => registry.with(layer.json()).try_init(),

@@ -4,17 +4,17 @@
 //! - [`node`]: the located YAML tree (serde-saphyr, strict booleans, duplicates kept).
 //! - [`validate`]: tree to [`Policy`], collecting every error with `file:line:column`.
 //! - [`model`]: labels, columns, role rules, actions, classes, statement kinds.
+//! - [`hints`]: plain-words explanations of common YAML and policy mistakes.
 //! - [`formats`]: token format names and mask specs (to be swapped for `protect`'s parsers).
 //! - [`compose`]: [`Policy::for_role`] and the cached [`RoleView`] the read path queries.
-//! - [`explain`]: per-output-column and per-use decisions for `policy explain`.
 //! - [`store`]: [`PolicyStore`], the atomically swapped current policy and its reloaders.
 //! - [`weaken`]: whether a file is whole, and what a new policy would protect less.
 //! - [`detect`]: pure detectors for values and names that look sensitive (`policy check`).
 pub mod compose;
 pub mod detect;
 pub mod error;
-pub mod explain;
 pub mod formats;
+pub mod hints;
 pub mod model;
 pub mod node;
 pub mod store;
@@ -23,7 +23,6 @@ pub mod weaken;
 
 pub use compose::{ColumnDecision, RoleView, RowLimit};
 pub use error::{Diagnostic, PolicyError};
-pub use explain::{Clause, ColumnUse, Explanation, OutputColumn, SourceColumn, explain};
 pub use formats::{MaskSpec, TokenFormat};
 pub use model::{Action, AuditLevel, Class, ColumnName, Policy, StatementKind};
 pub use store::{PolicyStore, WatchError, WatchHandle};

@@ -1,6 +1,5 @@
-//! Validation, composition and explain tests on in-memory policies.
+//! Validation and composition tests on in-memory policies.
 use super::*;
-use crate::policy::explain::{Clause, ColumnUse, OutputColumn, SourceColumn};
 use crate::policy::model::StatementKind;
 
 const SKETCH: &str = r#"version: 1
@@ -420,7 +419,7 @@ fn unknown_action() {
         &text,
         5,
         19,
-        "unknown action 'hide'; allowed: clear, token, mask, null, deny",
+        "unknown action 'hide' (did you mean 'deny'?); allowed: clear, token, mask, null, deny",
     );
 }
 
@@ -506,52 +505,41 @@ fn syntax_errors_stop_parsing_with_a_position() {
     assert!(errs[0].2.starts_with("YAML syntax error"));
 }
 
-// ---- explain ----
-
 #[test]
-fn explain_applies_actions_derivation_and_filter_rules() {
-    let p = sketch();
-    let v = p.for_role("analyst", &[]);
-    let src = |c: &str, through: bool| SourceColumn {
-        column: c.into(),
-        passed_through: through,
-    };
-    let outputs = vec![
-        OutputColumn {
-            name: "email".into(),
-            sources: vec![src("public.customers.email", true)],
-        },
-        OutputColumn {
-            name: "city".into(),
-            sources: vec![src("public.customers.city", true)],
-        },
-        OutputColumn {
-            name: "lower".into(),
-            sources: vec![src("public.customers.email", false)],
-        },
-    ];
-    let uses = vec![
-        ColumnUse {
-            column: "public.customers.phone".into(),
-            clause: Clause::Where,
-        },
-        ColumnUse {
-            column: "public.payments.card_number".into(),
-            clause: Clause::OrderBy,
-        },
-    ];
-    let e = explain(&v, &outputs, &uses);
-    assert_eq!(e.outputs[0].action, Action::Token);
-    assert_eq!(e.outputs[1].action, Action::Clear);
-    assert_eq!(e.outputs[2].action, Action::Deny);
-    assert!(e.outputs[2].reason.contains("derived"));
-    assert!(e.uses[0].allowed);
-    assert!(!e.uses[1].allowed);
-    assert!(e.refusal.as_deref().unwrap().starts_with("column lower"));
-
-    let admin = p.for_role("app_admin", &[]);
-    let e = explain(&admin, &outputs, &uses);
-    assert!(e.outputs.iter().all(|o| o.action == Action::Clear));
-    assert!(e.uses.iter().all(|u| u.allowed));
-    assert!(e.refusal.is_none());
+fn indentation_mistakes_get_plain_hints() {
+    // Settings not indented under their label.
+    let errs = errors("version: 1\nlabels:\n  email:\n  class: pii\n");
+    assert!(
+        errs[0].2.contains("nothing is indented under `email:`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].2.contains("`class` is a setting of a label"),
+        "{errs:?}"
+    );
+    // A role option written at the level of the roles.
+    let errs = errors(
+        "version: 1\nlabels:\n  email: { class: pii }\nroles:\n  support:\n    pii: mask\n  filter_on: [email]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, 7);
+    assert!(
+        errs[0].2.contains("indent it under the role above"),
+        "{errs:?}"
+    );
+    // Syntax errors in plain words, at the line that is off.
+    assert_one_error(
+        "version: 1\nroles:\n  support:\n    pii: mask\n   financial: mask\n",
+        5,
+        4,
+        "lines up with no key above it",
+    );
+    assert_one_error(
+        "version: 1\nlabels:\n  ssn: { class: pii, mask: ***-**-#### }\n",
+        3,
+        28,
+        "write \"***-**-####\"",
+    );
+    let errs = errors("version: 1\nlabels:\n  ssn:\n    class: pii\n    mask: ###-##-####\n");
+    assert!(errs[0].2.contains("start of a comment"), "{errs:?}");
 }

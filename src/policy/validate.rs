@@ -3,6 +3,7 @@
 //! carries on with what it could read, so one mistake does not hide the next.
 use super::error::{Diagnostic, PolicyError};
 use super::formats::{mask_fits_token, parse_mask_spec, parse_token_format};
+use super::hints;
 use super::model::{
     Action, ActionEntry, AlertAction, Alerts, AuditLevel, Class, ColumnEntry, ColumnName, Label,
     Policy, RoleRule, StatementKind, StatementSet, Target, WILDCARD_ROLE,
@@ -33,13 +34,21 @@ pub fn build(text: &str, source: &str) -> Result<Policy, PolicyError> {
     let root = match node::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            return Err(invalid(vec![Diagnostic {
-                pos: e.pos,
-                message: format!("YAML syntax error: {}", e.message),
-            }]));
+            // Say what is wrong in plain words, where it is, when it is a known mistake.
+            let diagnostic = match hints::explain_syntax_error(text, e.pos) {
+                Some((pos, message)) => Diagnostic::at(pos, message),
+                None => Diagnostic {
+                    pos: e.pos,
+                    message: format!("YAML syntax error: {}", e.message),
+                },
+            };
+            return Err(invalid(vec![diagnostic]));
         }
     };
-    let mut checker = Checker::default();
+    let mut checker = Checker {
+        text: text.to_string(),
+        ..Checker::default()
+    };
     let policy = checker.policy(&root, source);
     if checker.diags.is_empty() {
         Ok(policy)
@@ -53,6 +62,8 @@ pub fn build(text: &str, source: &str) -> Result<Policy, PolicyError> {
 #[derive(Default)]
 struct Checker {
     diags: Vec<Diagnostic>,
+    /// The file's text, for hints that look at how a value was written.
+    text: String,
 }
 
 impl Checker {
@@ -93,13 +104,35 @@ impl Checker {
         out
     }
 
+    /// Why an entry under `labels:`/`roles:` is not a mapping, when indentation is the cause:
+    /// its settings are not indented under it, or it is itself a setting (`class`,
+    /// `filter_on`...) that belongs under the entry above.
+    fn nesting_hint(&self, key: &Key, is_option: bool, entry: &str) -> String {
+        if is_option {
+            return format!(
+                "; `{}` is a setting of a {entry}, not a {entry}: indent it under the {entry} \
+                 above it",
+                key.name
+            );
+        }
+        hints::nothing_nested(&self.text, key.pos)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default()
+    }
+
     fn string<'a>(&mut self, node: &'a Node, what: &str) -> Option<&'a str> {
         match &node.value {
             Value::Str(s) => Some(s),
             other => {
+                let hint = match other {
+                    Value::Null => hints::null_value_hint(&self.text, node.pos)
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
                 self.err(
                     node.pos,
-                    format!("{what} must be a string, found {}", other.kind()),
+                    format!("{what} must be a string, found {}{hint}", other.kind()),
                 );
                 None
             }
@@ -247,10 +280,12 @@ impl Checker {
             let (mut token, mut mask) = (None, None);
             let mut class_written = false;
             if !matches!(value.value, Value::Map(_)) {
+                let option = matches!(name, "class" | "token" | "mask" | "description");
+                let hint = self.nesting_hint(key, option, "label");
                 self.err(
                     value.pos,
                     format!(
-                        "{what} must be a mapping like {{ class: pii, token: email }}, found {}",
+                        "{what} must be a mapping like {{ class: pii, token: email }}, found {}{hint}",
                         value.value.kind()
                     ),
                 );
@@ -395,10 +430,12 @@ impl Checker {
                 continue;
             }
             if !matches!(value.value, Value::Map(_)) {
+                let hint =
+                    self.nesting_hint(key, RULE_OPTIONS.contains(&key.name.as_str()), "role");
                 self.err(
                     value.pos,
                     format!(
-                        "roles.{} must be a mapping like {{ pii: mask, default: deny }}, found {}",
+                        "roles.{} must be a mapping like {{ pii: mask, default: deny }}, found {}{hint}",
                         key.name,
                         value.value.kind()
                     ),
@@ -551,10 +588,13 @@ impl Checker {
         match Action::from_str(s) {
             Ok(a) => Some(a),
             Err(()) => {
+                let meant = hints::action_synonym(s)
+                    .map(|a| format!(" (did you mean '{a}'?)"))
+                    .unwrap_or_default();
                 self.err(
                     node.pos,
                     format!(
-                        "{path}: unknown action '{s}'; allowed: {}",
+                        "{path}: unknown action '{s}'{meant}; allowed: {}",
                         list_of(Action::ALL.iter().map(|a| a.as_str()))
                     ),
                 );

@@ -4,8 +4,8 @@
 //! Everything else travels as the bytes it arrived as. We do not use pgwire's decoders on client
 //! input: STACK.md records a panic on a malformed Bind, lossy re-encoding of query text, and errors
 //! on message types it does not know, all of which a transparent relay must avoid. Backend
-//! messages that need full decoding (RowDescription, DataRow) go through `postgres-protocol`,
-//! whose parser is panic-free and hands out field ranges without copying.
+//! messages that need full decoding (RowDescription, DataRow) go through the same bounds-checked
+//! [`Reader`], which hands out field ranges without copying.
 pub mod backend;
 pub mod frame;
 pub mod frontend;

@@ -87,3 +87,81 @@ async fn demo_serves_the_crm_to_every_role() {
         .unwrap();
     assert!(!root.exists(), "the throwaway database is removed");
 }
+
+/// Ctrl-C in a terminal sends SIGINT to the whole foreground process group: tokengate, and
+/// (before the fix) the guardian shell and PostgreSQL, which died before they could clean up,
+/// leaving the data directory and the demo key file behind. Run `tokengate demo` under a shell
+/// in a process group of its own, like a terminal job, and interrupt the whole group.
+#[test]
+fn demo_removes_everything_on_ctrl_c_to_its_process_group() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    // Run as root, PostgreSQL runs as `postgres` and must be able to enter the directory.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} demo --listen 127.0.0.1:0 --admin 127.0.0.1:0 --customers 20",
+            env!("CARGO_BIN_EXE_tokengate")
+        ))
+        .env("TMPDIR", tmp.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = child.id();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert!(banner.contains("tokengate demo is running"), "{banner}");
+    let leftovers = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("tokengate-pg-"))
+            })
+            .collect()
+    };
+    let dirs = leftovers();
+    assert_eq!(dirs.len(), 1, "the demo's directory is in TMPDIR: {dirs:?}");
+    assert!(dirs[0].join("demo-keys.json").exists());
+
+    let status = Command::new("kill")
+        .args(["-INT", "--", &format!("-{group}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Bounded wait for the process to finish its cleanup (not a timing assertion: the test
+    // only fails here if the demo never exits).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not exit after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        leftovers().is_empty(),
+        "the demo left {:?} behind (incl. its key file: {})",
+        leftovers(),
+        dirs[0].join("demo-keys.json").exists()
+    );
+}

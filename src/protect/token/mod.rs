@@ -9,16 +9,24 @@
 //!   more than 25 such characters are split into even chunks chained in two passes (forward,
 //!   then backward) so every output character depends on every input character.
 //! - `card`: see [`Tokenizer::crypt_card`]; `integer` and `date` cycle-walk within the value's
-//!   class (same digit count and sign; the configured date range).
+//!   class (same digit count and sign; the configured date range). A date range of fewer than
+//!   1,000,000 days uses a keyed table permutation instead ([`permutation`]).
 //!
 //! Every value must have at least 1,000,000 possible tokens; otherwise [`SmallDomain`] decides.
 pub mod date;
+pub mod permutation;
 
 use super::error::ProtectError;
 use super::ff1::{Ff1Aes256, MIN_DOMAIN};
 use super::format::{FormatKind, SmallDomain, TokenFormat};
 use super::keys::Key;
+use permutation::Permutation;
 use std::ops::Range;
+use std::sync::Arc;
+
+/// The narrowest date range tokens are made in: below a year, a token says too little that
+/// the range does not already say.
+pub const MIN_DATE_RANGE_DAYS: i64 = 366;
 
 /// Whether a transform produced a value (written to the output buffer) or SQL NULL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +64,8 @@ pub struct Tokenizer {
     /// Negative integers use their own tweak so `-x` and `x` tokens are unrelated.
     ff1_negative: Ff1Aes256,
     tweak: Vec<u8>,
+    /// Date ranges under FF1's minimum domain use a keyed table permutation instead.
+    narrow_dates: Option<Arc<Permutation>>,
 }
 
 /// The type range an integer token must stay in.
@@ -84,20 +94,29 @@ impl Tokenizer {
     /// Prepares the FF1 state. The tweak binds the label and the format, so the same value gets
     /// unrelated tokens under different labels or formats.
     pub fn new(key: &Key, label: &str, format: TokenFormat) -> Result<Self, ProtectError> {
-        if let FormatKind::Date { min_day, max_day } = format.kind {
-            let days = (max_day - min_day + 1) as u128;
-            if days < MIN_DOMAIN {
-                return Err(ProtectError::spec(
-                    "token format",
-                    &format.to_string(),
-                    format!("the range holds {days} days; FF1 needs at least 1,000,000"),
-                ));
-            }
-        }
         let mut tweak = b"tokengate/v1\0".to_vec();
         tweak.extend_from_slice(format.kind.name().as_bytes());
         tweak.push(0);
         tweak.extend_from_slice(label.as_bytes());
+        let mut narrow_dates = None;
+        if let FormatKind::Date { min_day, max_day } = format.kind {
+            let days = max_day - min_day + 1;
+            if days < MIN_DATE_RANGE_DAYS {
+                return Err(ProtectError::spec(
+                    "token format",
+                    &format.to_string(),
+                    format!(
+                        "the range holds {days} days; a date range must hold at least \
+                         {MIN_DATE_RANGE_DAYS}"
+                    ),
+                ));
+            }
+            // FF1 for ranges of at least 1,000,000 days (as always: the same tokens); a
+            // keyed table permutation (permutation.rs) below that, where FF1 is not allowed.
+            if (days as u128) < MIN_DOMAIN {
+                narrow_dates = Some(Permutation::get(key, &tweak, days as u32));
+            }
+        }
         let mut negative_tweak = tweak.clone();
         negative_tweak.extend_from_slice(b"\0negative");
         Ok(Tokenizer {
@@ -105,6 +124,7 @@ impl Tokenizer {
             ff1: Ff1Aes256::new(key.as_bytes(), 10, &tweak)?,
             ff1_negative: Ff1Aes256::new(key.as_bytes(), 10, &negative_tweak)?,
             tweak,
+            narrow_dates,
         })
     }
 
@@ -526,6 +546,17 @@ impl Tokenizer {
         };
         if day < min_day || day > max_day {
             return Err(ProtectError::bad("date", "outside the format's date range"));
+        }
+        if let Some(table) = &self.narrow_dates {
+            // In range, so the offset fits the table (< 1,000,000).
+            let offset = u32::try_from(day - min_day).unwrap_or(u32::MAX);
+            let moved = match direction {
+                Direction::Tokenize => table.forward(offset),
+                Direction::Reveal => table.inverse(offset),
+            };
+            return moved
+                .map(|o| min_day + i64::from(o))
+                .ok_or(ProtectError::bad("date", "outside the format's date range"));
         }
         let size = (max_day - min_day + 1) as u128;
         match self.walk(&self.ff1, None, (day - min_day) as u128, size, direction) {

@@ -230,8 +230,44 @@ fn dates_stay_valid_and_in_range() {
         assert_eq!(t.reveal_day(tok).unwrap(), day);
     }
     assert!(t.tokenize_day(date::days_from_civil(4000, 1, 1)).is_err());
-    let too_narrow = "date:1900-01-01..2099-12-31".parse().unwrap();
-    assert!(Tokenizer::new(&key(), "dob", too_narrow).is_err());
+    let one_year = "date:2024-01-01..2024-12-30".parse().unwrap();
+    assert!(Tokenizer::new(&key(), "dob", one_year).is_err());
+}
+
+/// A plausible range (1900-2099: 73,049 days, too few for FF1) keeps tokens plausible: every
+/// token is a valid date in the range, reveal inverts it, and tokens are deterministic.
+#[test]
+fn narrow_date_ranges_keep_tokens_plausible() {
+    let spec = "date:1900-01-01..2099-12-31";
+    let t = Tokenizer::new(&key(), "dob", spec.parse().unwrap()).unwrap();
+    let again = Tokenizer::new(&key(), "dob", spec.parse().unwrap()).unwrap();
+    let mut unchanged = 0;
+    for value in [
+        "1900-01-01",
+        "1953-02-28",
+        "1985-07-14",
+        "2000-02-29",
+        "2099-12-31",
+    ] {
+        let tok = token(&t, value);
+        let (y, _, _) = date::parse_iso_date(tok.as_bytes()).unwrap();
+        assert!((1900..=2099).contains(&y), "{value} -> {tok}");
+        assert_eq!(reveal(&t, &tok), value);
+        assert_eq!(token(&again, value), tok);
+        unchanged += usize::from(tok == value);
+    }
+    assert!(unchanged <= 1);
+    assert!(t.tokenize_day(date::days_from_civil(1899, 12, 31)).is_err());
+    assert!(t.tokenize_day(date::days_from_civil(2100, 1, 1)).is_err());
+    // The default and wide ranges are FF1 as before: tokens do not change.
+    let wide = tokenizer("date", "dob");
+    assert_eq!(
+        token(&wide, "1985-07-14"),
+        token(
+            &tokenizer("date:0001-01-01..9999-12-31", "dob"),
+            "1985-07-14"
+        )
+    );
 }
 
 proptest! {
