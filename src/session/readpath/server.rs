@@ -65,7 +65,11 @@ impl ReadPath {
         self.resolve_front();
         if !matches!(
             self.protocol.front(),
-            None | Some((_, _, Pending::Query(_) | Pending::Sync))
+            None | Some((
+                _,
+                _,
+                Pending::Query(_) | Pending::Sync | Pending::Refused(_)
+            ))
         ) && self.front_sensitive()
         {
             self.extended_sensitive = true;
@@ -199,11 +203,13 @@ impl ReadPath {
     /// known: then it counts as sensitive).
     /// Whether a ParameterStatus now may carry what a protected statement computed. The server
     /// reports changed settings just before ReadyForQuery, after the last CommandComplete, so
-    /// for a simple Query any of its statements may have made the change.
+    /// for a simple Query any of its statements may have made the change, and for the extended
+    /// protocol any Execute (or FunctionCall) since the last ReadyForQuery.
     fn front_setting_sensitive(&self) -> bool {
         match self.protocol.front() {
             Some((_, _, Pending::Query(q))) => {
-                q.restricted && q.statements.iter().any(|s| s.sensitive) || q.refusal.is_some()
+                // A refused statement never ran (it was substituted), so only the others count.
+                q.restricted && q.statements.iter().any(|s| s.sensitive)
             }
             Some((_, _, Pending::Sync)) => self.extended_sensitive,
             _ => self.front_sensitive(),
