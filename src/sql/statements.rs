@@ -680,7 +680,17 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
         }),
         Statement::CreateSequence { .. }
         | Statement::CreateRole(_)
-        | Statement::CreateDatabase { .. } => false,
+        | Statement::CreateDatabase { .. }
+        | Statement::AlterIndex { .. } => false,
+        // A role's own settings (`ALTER ROLE me SET search_path = …`) change how names
+        // resolve in its later sessions: code. Renames, members and options are not.
+        Statement::AlterRole { operation, .. } => !matches!(
+            operation,
+            sqlparser::ast::AlterRoleOperation::RenameRole { .. }
+                | sqlparser::ast::AlterRoleOperation::AddMember { .. }
+                | sqlparser::ast::AlterRoleOperation::DropMember { .. }
+                | sqlparser::ast::AlterRoleOperation::WithOptions { .. }
+        ),
         Statement::Query(_)
         | Statement::Insert(_)
         | Statement::Update(_)

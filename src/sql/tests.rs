@@ -921,6 +921,7 @@ fn code_creating_statements_have_their_own_kind() {
         "ALTER TABLE notes_copy ALTER COLUMN txt SET DEFAULT lower('x')",
         "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT random()",
         "CREATE INDEX ON notes_copy ((txt::int))",
+        "ALTER ROLE support SET search_path = me",
     ] {
         assert_eq!(one(sql).kind, StatementKind::Code, "{sql}");
     }
@@ -930,6 +931,8 @@ fn code_creating_statements_have_their_own_kind() {
         "DROP TABLE notes_copy",
         "ALTER TABLE notes_copy ADD COLUMN z int",
         "CREATE INDEX ON notes_copy (txt)",
+        "ALTER ROLE support WITH PASSWORD 'x'",
+        "ALTER INDEX i RENAME TO j",
     ] {
         let a = one(sql);
         assert_eq!(a.kind, StatementKind::Ddl, "{sql}");
