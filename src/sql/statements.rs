@@ -650,7 +650,13 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
     };
     match statement {
         Statement::CreateTable(create) => {
-            create.columns.iter().any(column_is_code)
+            // LIKE ... INCLUDING DEFAULTS, INHERITS and PARTITION OF take over another
+            // table's defaults, checks or triggers: code the statement does not show.
+            create.like.is_some()
+                || create.clone.is_some()
+                || create.inherits.is_some()
+                || create.partition_of.is_some()
+                || create.columns.iter().any(column_is_code)
                 || create
                     .constraints
                     .iter()

@@ -922,6 +922,8 @@ fn code_creating_statements_have_their_own_kind() {
         "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT random()",
         "CREATE INDEX ON notes_copy ((txt::int))",
         "ALTER ROLE support SET search_path = me",
+        "CREATE TEMP TABLE x (LIKE customers INCLUDING DEFAULTS)",
+        "CREATE TEMP TABLE x () INHERITS (customers)",
     ] {
         assert_eq!(one(sql).kind, StatementKind::Code, "{sql}");
     }
