@@ -900,6 +900,24 @@ const BUILTIN_OPERATORS: &[&str] = &[
 /// `OPERATOR(...)` names one in pg_catalog. A user-defined operator (in pg_temp, the role's
 /// schema, or anywhere on the search_path) runs a function the analyser never sees.
 pub(crate) fn check_tokens(text: &str, tokens: &[Token], analysis: &mut StatementAnalysis) {
+    // COPY options are read from sqlparser's decoded literals: accept only literals whose
+    // value is their text between quotes, so PostgreSQL and sqlparser cannot decode them
+    // differently (E'\x7c', U&'…', backslashes under either standard_conforming_strings).
+    if analysis.kind == StatementKind::Copy
+        && tokens.iter().any(|t| {
+            let literal = t.text(text).as_bytes();
+            t.kind == Kind::String && (literal.first() != Some(&b'\'') || literal.contains(&b'\\'))
+        })
+    {
+        let p = super::types::Problem {
+            kind: ProblemKind::CopyOption,
+            message: "COPY with a literal other than a plain '...' string without backslashes"
+                .into(),
+        };
+        if !analysis.problems.contains(&p) {
+            analysis.problems.push(p);
+        }
+    }
     let mut problem = |message: String| {
         let p = super::types::Problem {
             kind: ProblemKind::NotBuiltin,

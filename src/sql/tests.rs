@@ -985,6 +985,8 @@ fn copy_format_comes_from_the_statement() {
     assert_eq!(a.copy.expect("copy format").kind, CopyKind::Text);
     let a = one("COPY customers TO STDOUT WITH (ENCODING 'LATIN1')");
     assert!(has_problem(&a, ProblemKind::CopyOption));
+    let a = one("COPY customers TO STDOUT WITH (DELIMITER E'\\x7c')");
+    assert!(has_problem(&a, ProblemKind::CopyOption), "{:?}", a.problems);
     // pgbench -i: PostgreSQL's booleans accept on/off/1/0.
     let a = one("copy notes_copy from stdin with (freeze on)");
     proven(&a);
