@@ -411,8 +411,10 @@ impl ReadPath {
             || (self.audit.is_some() && self.view.audit() == Some(crate::policy::AuditLevel::All))
     }
 
-    /// Sets the session's `standard_conforming_strings` (from ParameterStatus): it changes
-    /// where string literals end, so it is part of the analysis and of its cache key.
+    /// Sets the session's `standard_conforming_strings` (from ParameterStatus, also the one
+    /// sent during startup): it changes where string literals end, so it is part of the
+    /// analysis and of its cache key. Analysis refuses statements whose literals would end
+    /// elsewhere under the other value, so a stale value cannot open a leak.
     pub fn set_standard_conforming_strings(&mut self, on: bool) {
         self.lex.standard_conforming_strings = on;
     }
@@ -880,7 +882,7 @@ impl ReadPath {
                 // ParameterStatus: the server's value of a setting that changes lexing.
                 let mut parts = body.split(|&b| b == 0);
                 if parts.next() == Some(b"standard_conforming_strings") {
-                    self.lex.standard_conforming_strings = parts.next() != Some(b"off");
+                    self.set_standard_conforming_strings(parts.next() != Some(b"off"));
                 }
                 ServerVerdict::Forward
             }
