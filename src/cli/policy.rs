@@ -310,8 +310,13 @@ pub fn explain_statement(
                         }
                         _ => "unprotected".to_string(),
                     };
+                    let how = if u.direct {
+                        ""
+                    } else {
+                        " (an expression over it)"
+                    };
                     out.push_str(&format!(
-                        "  use {} in {:?}: {verdict}\n",
+                        "  use {}{how} in {:?}: {verdict}\n",
                         u.column, u.clause
                     ));
                 }
