@@ -129,6 +129,10 @@ pub struct FileConfig {
     pub catalog_user: Option<String>,
     pub catalog_password: Option<String>,
     pub catalog_ttl_secs: Option<u64>,
+    pub auth_query: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    pub auth_dbname: Option<String>,
     /// `audit: { path, fsync, max_bytes, on_failure, redact_text, key_name, queue_capacity }`
     pub audit: Option<crate::audit::AuditConfig>,
 }
@@ -167,6 +171,14 @@ pub struct ServeConfig {
     pub catalog_password: Option<String>,
     /// How long a catalog snapshot is trusted without DDL before it is reloaded.
     pub catalog_ttl: Duration,
+    /// SCRAM termination (see `crate::auth`): the query reading a role's stored secret, with
+    /// `$1` = the role. `None` passes authentication through.
+    pub auth_query: Option<String>,
+    /// The role the auth query runs as (defaults to the catalog role) and its password.
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    /// The database the auth query runs in (defaults to the client's database).
+    pub auth_dbname: Option<String>,
     /// The hash-chained audit log (off when `None`).
     pub audit: Option<crate::audit::AuditConfig>,
 }
@@ -202,6 +214,10 @@ impl ServeConfig {
             catalog_user: None,
             catalog_password: None,
             catalog_ttl: Duration::from_secs(60),
+            auth_query: None,
+            auth_user: None,
+            auth_password: None,
+            auth_dbname: None,
             audit: None,
         }
     }

@@ -26,10 +26,13 @@ pub enum Code {
     UnsupportedValue,
     LineageMismatch,
     CatalogUnavailable,
+    AuthLookupFailed,
+    ScramNegotiation,
+    UpstreamAuthMismatch,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 25] = [
         Code::UpstreamUnavailable,
         Code::UpstreamLost,
         Code::MalformedMessage,
@@ -52,6 +55,9 @@ impl Code {
         Code::UnsupportedValue,
         Code::LineageMismatch,
         Code::CatalogUnavailable,
+        Code::AuthLookupFailed,
+        Code::ScramNegotiation,
+        Code::UpstreamAuthMismatch,
     ];
 
     pub fn id(self) -> &'static str {
@@ -78,6 +84,9 @@ impl Code {
             Code::UnsupportedValue => "TG109",
             Code::LineageMismatch => "TG110",
             Code::CatalogUnavailable => "TG111",
+            Code::AuthLookupFailed => "TG025",
+            Code::ScramNegotiation => "TG026",
+            Code::UpstreamAuthMismatch => "TG027",
         }
     }
 
@@ -103,6 +112,9 @@ impl Code {
             | Code::UnsupportedValue
             | Code::LineageMismatch
             | Code::CatalogUnavailable => "42501",
+            Code::AuthLookupFailed => "08001",
+            Code::ScramNegotiation => "08P01",
+            Code::UpstreamAuthMismatch => "28000",
         }
     }
 
@@ -173,7 +185,16 @@ impl Code {
                 "The audit log cannot be written (disk full, permissions) and the policy fails closed (on_failure: refuse); fix the log's storage."
             }
             Code::ChannelBindingUnavailable => {
-                "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network."
+                "Configure auth_query so tokengate completes SCRAM itself (see README, Authentication), connect with channel_binding=disable, or run the upstream leg without TLS on a trusted network."
+            }
+            Code::AuthLookupFailed => {
+                "Check auth_query, auth_user/auth_password and that the lookup function exists in the database; the log has the server's message."
+            }
+            Code::ScramNegotiation => {
+                "The client's SCRAM messages do not follow the protocol (or claim channel binding is unavailable while tokengate offers it); check the driver."
+            }
+            Code::UpstreamAuthMismatch => {
+                "The upstream's SCRAM secret differs from what auth_query returned (a password changed during login, a different server, or an interceptor on the upstream leg); retry, and check the upstream address and auth_query."
             }
         }
     }

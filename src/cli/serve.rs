@@ -60,6 +60,21 @@ pub struct ServeArgs {
     /// Seconds a catalog snapshot is used before it is reloaded [default: 60].
     #[arg(long, env = "TOKENGATE_CATALOG_TTL")]
     pub catalog_ttl: Option<u64>,
+    /// Terminate SCRAM in tokengate: the query that reads a login role's stored SCRAM secret
+    /// (`$1` = the role; the secret is the last column), e.g.
+    /// "SELECT usename, passwd FROM tokengate.get_auth($1)". Without it, authentication
+    /// passes through to the upstream.
+    #[arg(long, env = "TOKENGATE_AUTH_QUERY")]
+    pub auth_query: Option<String>,
+    /// The role the auth query runs as [default: the catalog role].
+    #[arg(long, env = "TOKENGATE_AUTH_USER")]
+    pub auth_user: Option<String>,
+    /// Its password [default: the catalog role's] (prefer the env var to the flag).
+    #[arg(long, env = "TOKENGATE_AUTH_PASSWORD", hide_env_values = true)]
+    pub auth_password: Option<String>,
+    /// The database the auth query runs in [default: the database the client connects to].
+    #[arg(long, env = "TOKENGATE_AUTH_DBNAME")]
+    pub auth_dbname: Option<String>,
     /// Audit log file (hash-chained JSON lines; needs an `audit` key in the key file). The
     /// config file's `audit:` section sets rotation, fsync and failure behaviour.
     #[arg(long, env = "TOKENGATE_AUDIT_LOG")]
@@ -139,6 +154,10 @@ impl ServeArgs {
             catalog_user: self.catalog_user.or(file.catalog_user),
             catalog_password: self.catalog_password.or(file.catalog_password),
             catalog_ttl: secs(self.catalog_ttl, file.catalog_ttl_secs, 60),
+            auth_query: self.auth_query.or(file.auth_query),
+            auth_user: self.auth_user.or(file.auth_user),
+            auth_password: self.auth_password.or(file.auth_password),
+            auth_dbname: self.auth_dbname.or(file.auth_dbname),
             audit: match (self.audit_log, file.audit) {
                 (Some(path), Some(mut a)) => {
                     a.path = path;

@@ -16,6 +16,7 @@ pub mod enforce;
 pub mod readpath;
 pub mod relay;
 pub mod startup;
+pub mod terminate;
 
 use crate::catalog::{CatalogCache, CatalogSettings};
 use crate::config::ServeConfig;
@@ -54,6 +55,11 @@ pub struct Context {
     /// The audit log, when configured (set by the server after opening it).
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// SCRAM termination, when `auth_query` is configured; `None` passes authentication through.
+    pub auth: Option<crate::auth::lookup::AuthLookup>,
+    /// tls-server-end-point data for tokengate's own certificate (SCRAM-SHA-256-PLUS on the
+    /// client leg), when it has a definite hash.
+    pub client_binding: Option<Vec<u8>>,
 }
 
 impl Context {
@@ -92,7 +98,14 @@ impl Context {
             )),
             _ => None,
         };
+        let auth = auth_lookup(&config, &connector);
+        let client_binding = config
+            .tls
+            .as_ref()
+            .and_then(|t| certificate_binding(&t.cert));
         Context {
+            auth,
+            client_binding,
             catalog,
             readpath: Arc::default(),
             audit: None,
@@ -110,6 +123,44 @@ impl Context {
             keys: keys.unwrap_or_default(),
         }
     }
+}
+
+fn auth_lookup(
+    config: &ServeConfig,
+    connector: &Connector,
+) -> Option<crate::auth::lookup::AuthLookup> {
+    let query = config.auth_query.clone()?;
+    let Some(user) = config.auth_user.clone().or(config.catalog_user.clone()) else {
+        tracing::error!(
+            "auth_query needs auth_user (or catalog_user); authentication passes through"
+        );
+        return None;
+    };
+    let password = match &config.auth_user {
+        Some(_) => config.auth_password.clone(),
+        None => config
+            .auth_password
+            .clone()
+            .or(config.catalog_password.clone()),
+    };
+    Some(crate::auth::lookup::AuthLookup::new(
+        crate::auth::lookup::LookupSettings {
+            query,
+            user,
+            password,
+            dbname: config.auth_dbname.clone(),
+        },
+        connector.clone(),
+    ))
+}
+
+/// The channel-binding hash of the first certificate in a PEM file (already validated when
+/// the TLS acceptor was built).
+fn certificate_binding(path: &std::path::Path) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let cert = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    crate::auth::binding::server_end_point(&cert)
 }
 
 /// What /readyz reports.
@@ -197,13 +248,14 @@ impl Outcome {
 /// Serves one accepted TCP connection to the end and records its outcome.
 pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    crate::net::bound_upload_buffer(&tcp, crate::net::Leg::Client);
     ctx.metrics.connections_active.inc();
     let outcome = match startup::handshake(&ctx, tcp, peer).await {
         Ok(established) => {
-            let pid = established.info.client_key_pid;
+            let key = established.info.client_key.clone();
             let outcome = relay::run(&ctx, established).await;
-            if let Some(pid) = pid {
-                ctx.cancels.unregister(pid);
+            if let Some(key) = &key {
+                ctx.cancels.unregister(key);
             }
             outcome
         }

@@ -15,5 +15,7 @@ mod messages;
 mod policy;
 mod psql;
 mod queries;
+mod scram;
+mod stalls;
 mod tls;
 mod usability;
