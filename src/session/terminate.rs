@@ -74,7 +74,13 @@ pub async fn scram(
     let Some(mut upstream_exchange) = ClientExchange::new(&offered, upstream_hash) else {
         return Ok(Terminated::PassThrough);
     };
-    let (secret, known) = match lookup.scram_secret(&info.user, &info.database).await {
+    let looked_up = tokio::time::timeout_at(
+        legs.deadline,
+        lookup.scram_secret(&info.user, &info.database),
+    )
+    .await
+    .map_err(|_| timeout_error())?;
+    let (secret, known) = match looked_up {
         Ok(Some(s)) => (s, true),
         Ok(None) => {
             // As PostgreSQL does for a role that does not exist: a complete exchange that
