@@ -128,6 +128,15 @@ impl ServeArgs {
             })?,
             (None, None) => LogFormat::Text,
         };
+        let auth_user = self.auth_user.or(file.auth_user);
+        let catalog_user = self.catalog_user.or(file.catalog_user);
+        let auth_query = self.auth_query.or(file.auth_query);
+        if auth_query.is_some() && auth_user.is_none() && catalog_user.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "auth_query",
+                reason: "needs auth_user (or catalog_user) to run as".into(),
+            });
+        }
         let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
             Duration::from_secs(flag.or(file).unwrap_or(default))
         };
@@ -151,11 +160,11 @@ impl ServeArgs {
             drain_timeout: secs(self.drain_timeout, file.drain_timeout_secs, 30),
             allow_replication: self.allow_replication || file.allow_replication.unwrap_or(false),
             workers: self.workers.or(file.workers).unwrap_or(0),
-            catalog_user: self.catalog_user.or(file.catalog_user),
+            catalog_user,
             catalog_password: self.catalog_password.or(file.catalog_password),
             catalog_ttl: secs(self.catalog_ttl, file.catalog_ttl_secs, 60),
-            auth_query: self.auth_query.or(file.auth_query),
-            auth_user: self.auth_user.or(file.auth_user),
+            auth_query,
+            auth_user,
             auth_password: self.auth_password.or(file.auth_password),
             auth_dbname: self.auth_dbname.or(file.auth_dbname),
             audit: match (self.audit_log, file.audit) {
