@@ -92,6 +92,7 @@ async fn libpq_defaults_log_in_with_tls_on_both_legs() {
     // libpq's defaults: sslmode=prefer, channel_binding=prefer (SCRAM-SHA-256-PLUS is used).
     for env in [
         vec![],
+        vec![("PGSSLMODE", "disable")],
         vec![("PGSSLMODE", "require")],
         vec![("PGSSLMODE", "require"), ("PGCHANNELBINDING", "require")],
         vec![("PGSSLMODE", "require"), ("PGCHANNELBINDING", "disable")],
