@@ -4,13 +4,13 @@
 //! Negotiating ──SSLRequest/GSSENCRequest/direct TLS──▶ Negotiating
 //!     │ CancelRequest ──▶ (forward to upstream, close)
 //!     ▼ StartupMessage
-//! Authenticating (relay auth exchange, swap BackendKeyData) ──ErrorResponse──▶ closed
+//! Authenticating (relay or terminate the auth exchange, issue the cancel secret) ──ErrorResponse──▶ closed
 //!     ▼ ReadyForQuery
 //! Relaying (two pumps: client→upstream and upstream→client) ──Terminate/EOF/error──▶ closed
 //! ```
 //!
-//! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
-//! cancel keys to upstream ones.
+//! [`startup`] owns the first two states (with [`terminate`] for SCRAM termination), [`relay`]
+//! the last; [`cancel`] maps client-facing cancel keys to upstream ones.
 pub mod cancel;
 pub mod enforce;
 pub mod readpath;

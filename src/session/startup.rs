@@ -1,6 +1,7 @@
 //! The Negotiating and Authenticating states: transport negotiation with the client (TLS,
 //! GSSAPI refusal, cancel requests), the StartupMessage, the upstream connection, and the
-//! authentication exchange relayed message by message until ReadyForQuery.
+//! authentication exchange relayed message by message until ReadyForQuery (or, with
+//! `auth_query`, SCRAM terminated by [`super::terminate`]).
 use super::{Context, Outcome, terminate};
 use crate::errors::Code;
 use crate::net::Conn;
@@ -214,8 +215,10 @@ pub async fn handshake(
                 backend::BACKEND_KEY_DATA => {
                     let key = backend::backend_key_data(body).map_err(|_| upstream_garbage(ctx))?;
                     let ours = ctx.cancels.register(key);
-                    write(&mut client, &backend::encode_backend_key_data(&ours)).await?;
+                    let message = backend::encode_backend_key_data(&ours);
+                    // Recorded before writing, so a failed write still unregisters it.
                     info.client_key = Some(ours);
+                    write(&mut client, &message).await?;
                 }
                 backend::ERROR_RESPONSE => {
                     // The server's own error (wrong password, unknown database...), unchanged.
