@@ -14,8 +14,9 @@
 //! handler needs whole. On the upload path the kernel buffers are capped as well
 //! ([`crate::net::UPLOAD_SOCKET_BUFFER`] on the client socket's receive side and the upstream
 //! socket's send side), so what a client has sent that the server has not yet read grows by
-//! at most a few hundred KiB compared with a direct connection: a driver streaming a batch
-//! blocks about as early as it would directly and sees the server's error as soon.
+//! at most a few hundred KiB compared with a direct connection, and a driver streaming a batch
+//! blocks about as early as it would directly. (A driver that notices the server's error only
+//! between its own writes still sees it one proxy hop later.)
 use super::readpath::{ClientVerdict, ReadPath, ServerVerdict};
 use super::startup::Established;
 use super::{Context, Outcome};
