@@ -300,12 +300,14 @@ impl ReadPath {
                 }
                 match self.decide(sql) {
                     Ok((statements, audit)) => {
+                        let enforced = self.view.enforce();
                         self.sent(
                             Request::Query,
                             Pending::Query(Box::new(QueryReply {
                                 statements,
                                 audit,
                                 restricted: true,
+                                enforced,
                                 ..QueryReply::default()
                             })),
                         );

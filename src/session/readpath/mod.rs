@@ -78,6 +78,10 @@ struct QueryReply {
     internal: bool,
     /// Analysed for a restricted role (otherwise nothing is rewritten or checked).
     restricted: bool,
+    /// Its plans are enforced: the server must run exactly the statements analysed.
+    enforced: bool,
+    /// The server reported an error (the rest of the Query did not run).
+    errored: bool,
 }
 
 impl QueryReply {

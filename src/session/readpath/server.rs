@@ -18,6 +18,15 @@ use crate::session::protocol::{Event, Mismatch, tag};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+fn statement_count_mismatch(analysed: usize) -> EndSession {
+    EndSession(Refusal::new(
+        Code::ProtocolMismatch,
+        format!(
+            "the server ran a different number of statements than the {analysed} tokengate analysed in this query"
+        ),
+    ))
+}
+
 fn mismatch(m: Mismatch) -> EndSession {
     EndSession(Refusal::new(Code::ProtocolMismatch, m.to_string()))
 }
@@ -249,6 +258,7 @@ impl ReadPath {
             Event::Part => match self.protocol.front_mut() {
                 Some(Pending::Query(q)) => {
                     q.active = None;
+                    q.errored = true;
                     if q.internal {
                         self.names.failed_read();
                         ServerVerdict::Drop
@@ -269,6 +279,21 @@ impl ReadPath {
 
     /// A reply that continues the front request.
     fn part(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) -> Result<ServerVerdict, EndSession> {
+        // The server runs more statements than tokengate analysed in this Query: it split the
+        // text differently, so no plan can be trusted for what follows.
+        if let Some(Pending::Query(q)) = self.protocol.front_mut()
+            && q.enforced
+            && q.index >= q.statements.len()
+            && matches!(
+                t,
+                tag::ROW_DESCRIPTION
+                    | tag::COMMAND_COMPLETE
+                    | tag::COPY_IN_RESPONSE
+                    | tag::COPY_OUT_RESPONSE
+            )
+        {
+            return Err(statement_count_mismatch(q.statements.len()));
+        }
         Ok(match t {
             tag::ROW_DESCRIPTION => self.query_description(body),
             tag::DATA_ROW => self.data_row(body, out),
@@ -360,7 +385,12 @@ impl ReadPath {
                 self.protocol.synced();
                 self.ready(body, None)
             }
-            Pending::Query(q) => self.ready(body, Some(*q)),
+            Pending::Query(q) => {
+                if q.enforced && !q.errored && q.index != q.statements.len() {
+                    return Err(statement_count_mismatch(q.statements.len()));
+                }
+                self.ready(body, Some(*q))
+            }
             Pending::FunctionCall | Pending::CopyEnd => self.ready(body, None),
         })
     }
@@ -771,7 +801,12 @@ impl ReadPath {
             .map_or((true, true), |s| (s.changes_names, s.is_ddl));
         let internal = q.internal;
         let restricted = q.restricted;
-        q.index += 1;
+        q.index = if t == tag::EMPTY_QUERY_RESPONSE {
+            // The whole text was empty to the server (comments, semicolons).
+            q.statements.len()
+        } else {
+            q.index + 1
+        };
         q.active = None;
         let failed = q.failed.take();
         if t == tag::COMMAND_COMPLETE {
