@@ -181,6 +181,24 @@ const SIDE_CHANNELS: &[Steps] = &[
     ),
 ];
 
+/// Statement splits the server sees differently than the analyser might (a `--` comment ends
+/// at CR for PostgreSQL): whatever the lexer decides, the server may not run a statement
+/// tokengate did not analyse (it would end the session, TG020) and nothing leaks.
+const SPLITS: &[Steps] = &[
+    (
+        "support",
+        None,
+        &["SELECT 1; --x\rSELECT ssn FROM customers WHERE id <= 5"],
+        NoLeak,
+    ),
+    (
+        "support",
+        None,
+        &["SELECT 1 --x\r; SELECT ssn FROM customers WHERE id <= 5 --\r"],
+        NoLeak,
+    ),
+];
+
 /// Runs every statement with the simple protocol; everything received lands in `seen`.
 async fn run_simple(port: u16, (role, options, steps, _): &Steps) -> Seen {
     let mut s = session_with(config(port, role, *options)).await;
@@ -256,6 +274,11 @@ async fn corpus(name: &str, cases: &[Steps], with_options: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_name_resolution() {
     corpus("name resolution", NAMES, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_statement_splits() {
+    corpus("statement splits", SPLITS, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
