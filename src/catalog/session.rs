@@ -11,6 +11,45 @@ pub struct SessionCatalog<'a> {
     pub path: Option<&'a SearchPath>,
 }
 
+impl SessionCatalog<'_> {
+    /// An unqualified name in `sql` that may resolve to a function, operator or type a user
+    /// defined in a schema of the session's search path (other than pg_catalog): overload
+    /// resolution can prefer it over a built-in of the same name, and a path that lists it
+    /// before pg_catalog shadows the built-in outright. Conservative: any identifier or
+    /// operator spelling in the text counts (a false hit refuses; a miss could run user code).
+    pub fn shadowing_name(&self, sql: &str) -> Option<(String, String)> {
+        let path = self.path?;
+        let mut candidates = path
+            .relations()
+            .filter(|s| *s != "pg_catalog")
+            .filter_map(|s| self.snapshot.routines_in(s).map(|names| (s, names)))
+            .peekable();
+        candidates.peek()?;
+        let lower = sql.to_lowercase();
+        let words: std::collections::HashSet<&str> = lower
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        for (schema, names) in candidates {
+            for name in names {
+                let is_word = name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+                let hit = if is_word {
+                    words.contains(name.as_str())
+                        || sql.contains(name.as_str()) && name.chars().any(|c| c.is_uppercase())
+                } else {
+                    sql.contains(name.as_str())
+                };
+                if hit {
+                    return Some((schema.to_string(), name.clone()));
+                }
+            }
+        }
+        None
+    }
+}
+
 impl Catalog for SessionCatalog<'_> {
     fn relation(&self, schema: Option<&str>, name: &str) -> Option<crate::sql::Relation> {
         let path = self.path?;
@@ -103,6 +142,45 @@ mod tests {
             path: None,
         };
         assert!(unknown.relation(None, "customers").is_none());
+        assert!(unknown.shadowing_name("SELECT lower(x)").is_none());
         assert!(unknown.relation(Some("public"), "customers").is_none());
+    }
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::*;
+
+    #[test]
+    fn user_routines_on_the_path_are_found_in_the_text() {
+        let mut s = Snapshot::build(1, vec![], vec![]);
+        s.add_routines(
+            [
+                ("attack".to_string(), "lower".to_string()),
+                ("attack".to_string(), "===".to_string()),
+                ("elsewhere".to_string(), "upper".to_string()),
+            ]
+            .into_iter(),
+        );
+        let path = SearchPath::new(vec!["pg_catalog".into(), "attack".into()], None);
+        let c = SessionCatalog {
+            snapshot: &s,
+            path: Some(&path),
+        };
+        assert_eq!(
+            c.shadowing_name("SELECT LOWER(city) FROM t"),
+            Some(("attack".into(), "lower".into()))
+        );
+        assert!(c.shadowing_name("SELECT a === b").is_some());
+        assert!(
+            c.shadowing_name("SELECT upper(city), lowered FROM t")
+                .is_none()
+        );
+        let clean = SearchPath::new(vec!["pg_catalog".into(), "public".into()], None);
+        let c = SessionCatalog {
+            snapshot: &s,
+            path: Some(&clean),
+        };
+        assert!(c.shadowing_name("SELECT lower(city)").is_none());
     }
 }

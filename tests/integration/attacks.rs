@@ -32,6 +32,8 @@ CREATE VIEW attack.customers AS
   SELECT id, full_name, email, phone, ssn, birth_date, ssn AS city, created_at FROM public.customers;
 GRANT USAGE ON SCHEMA attack TO support, analyst, auditor;
 GRANT SELECT ON attack.customers TO support, analyst, auditor;
+CREATE FUNCTION attack.upper(text) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM public.customers WHERE id = 1 $$;
+CREATE FUNCTION attack.lower(integer) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM public.customers WHERE id = $1 $$;
 CREATE SCHEMA analyst AUTHORIZATION analyst;
 CREATE VIEW analyst.customers AS SELECT id, ssn AS city FROM public.customers;
 GRANT SELECT ON analyst.customers TO analyst;
@@ -141,6 +143,26 @@ const NAMES: &[Steps] = &[
         None,
         &["SET search_path = attack, public; SELECT city FROM customers"],
         Protected,
+    ),
+    // Functions: a path listing pg_catalog late shadows a built-in outright; any path schema
+    // can offer a better-matching overload.
+    (
+        "support",
+        None,
+        &[
+            "SET search_path = attack, pg_catalog, public",
+            "SELECT upper(city) FROM public.customers WHERE id <= 3",
+        ],
+        NoLeak,
+    ),
+    (
+        "support",
+        None,
+        &[
+            "SET search_path = public, attack",
+            "SELECT lower(id) FROM customers WHERE id <= 3",
+        ],
+        NoLeak,
     ),
 ];
 

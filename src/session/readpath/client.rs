@@ -135,6 +135,14 @@ impl ReadPath {
                 cache.get_or_analyze(sql, &catalog, snapshot.generation)
             }
         };
+        if let Some((schema, name)) = catalog.shadowing_name(sql) {
+            return Err(Refusal::new(
+                Code::Unproven,
+                format!(
+                    "{name:?} may resolve to a user-defined function, operator or type in schema {schema} of the session's search_path"
+                ),
+            ));
+        }
         let texts = crate::sql::split_statements(sql);
         let mut local = NamedPlans::default();
         let mut planned = Vec::with_capacity(analyses.len());
