@@ -806,3 +806,47 @@ async fn descriptions_are_cross_checked_on_the_extended_protocol() {
     }
     assert!(!oracle.leaks(&direct).is_empty());
 }
+
+/// ParameterStatus: settings set from literals work for restricted roles; a reported setting
+/// that changes in a message that also ran a statement involving protected columns ends the
+/// session (PostgreSQL reports changes just before ReadyForQuery, so the change cannot be tied
+/// to one statement, and `set_config(name, <protected value>)` would otherwise be read back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_settings_cannot_carry_protected_values() {
+    setup().await;
+    let proxy = crm_proxy().await;
+    let s = session_with(config(proxy.addr.port(), "support", None)).await;
+    s.client
+        .batch_execute("SET application_name = 'tg-app'")
+        .await
+        .unwrap();
+    let rows = s
+        .client
+        .simple_query("SHOW application_name")
+        .await
+        .unwrap();
+    let shown = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(shown.as_deref(), Some("tg-app"));
+    s.client
+        .execute("SET application_name = 'tg-app2'", &[])
+        .await
+        .unwrap();
+    let mut raw = raw_in(proxy.addr, "support", DB).await;
+    let msgs = raw
+        .query("SELECT email FROM customers WHERE id = 1; SET application_name = 'y'")
+        .await;
+    let e = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the session is ended");
+    assert!(
+        e.field(b'M').unwrap().contains("TG021"),
+        "{:?}",
+        e.field(b'M')
+    );
+    assert!(msgs.last().is_some_and(|m| m.tag != b'Z'));
+    assert!(raw.recv().await.is_none(), "the connection is closed");
+}

@@ -154,6 +154,8 @@ pub struct ReadPath {
     pub terminate: Option<Refusal>,
     /// The transaction status of the last ReadyForQuery.
     pub transaction_status: u8,
+    /// A statement involving protected columns ran since the last ReadyForQuery.
+    sensitive_ran: bool,
     protocol: ProtocolState<Pending>,
     objects: Objects,
     metrics: SessionMetrics,
@@ -194,6 +196,7 @@ impl ReadPath {
             policy_generation: 0,
             names: SessionNames::default(),
             transaction_status: b'I',
+            sensitive_ran: false,
             protocol: ProtocolState::default(),
             objects: Objects::default(),
             shared,

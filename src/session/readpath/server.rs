@@ -75,11 +75,13 @@ impl ReadPath {
         match t {
             tag::NOTICE_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
-                Ok(if self.restricted() && self.front_sensitive() {
-                    ServerVerdict::Replace(scrub::rebuild(t, body))
-                } else {
-                    ServerVerdict::Forward
-                })
+                Ok(
+                    if self.restricted() && (self.front_sensitive() || self.sensitive_ran) {
+                        ServerVerdict::Replace(scrub::rebuild(t, body))
+                    } else {
+                        ServerVerdict::Forward
+                    },
+                )
             }
             tag::NOTIFICATION_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
@@ -99,10 +101,13 @@ impl ReadPath {
                 if let Some((name, value)) = super::names::parameter_status(body) {
                     self.names.parameter(name, value);
                 }
-                if self.restricted() && self.front_sensitive() {
+                // PostgreSQL reports changed settings just before ReadyForQuery, so the setting
+                // cannot be tied to one statement: any statement since the last ReadyForQuery
+                // that involved protected columns counts.
+                if self.restricted() && (self.sensitive_ran || self.front_sensitive()) {
                     return Err(EndSession(Refusal::new(
                         Code::SettingFromProtectedStatement,
-                        "a statement involving protected columns changed a reported setting",
+                        "a statement involving protected columns ran before a reported setting changed",
                     )));
                 }
                 Ok(ServerVerdict::Forward)
@@ -204,10 +209,7 @@ impl ReadPath {
             None => false,
             Some((_, _, p)) => match p {
                 Pending::Query(q) => {
-                    q.restricted
-                        && q.current().is_none_or(|s| s.sensitive)
-                        && !q.statements.is_empty()
-                        || q.refusal.is_some()
+                    q.restricted && q.current().is_some_and(|s| s.sensitive) || q.refusal.is_some()
                 }
                 Pending::Execute(x) => x.restricted && x.sensitive,
                 Pending::Parse { planned, .. } => planned.as_ref().is_some_and(|p| p.sensitive),
@@ -224,8 +226,13 @@ impl ReadPath {
                             .and_then(|s| s.planned.as_ref())
                             .is_none_or(|p| p.sensitive)
                 }
-                Pending::Describe { .. } | Pending::Close { .. } | Pending::CopyEnd => false,
-                Pending::Sync | Pending::FunctionCall | Pending::Refused(_) => true,
+                // What ran before a Sync is counted in `sensitive_ran`.
+                Pending::Describe { .. }
+                | Pending::Close { .. }
+                | Pending::CopyEnd
+                | Pending::Sync
+                | Pending::FunctionCall => false,
+                Pending::Refused(_) => true,
             },
         }
     }
@@ -233,7 +240,9 @@ impl ReadPath {
     fn error(&mut self, body: &[u8]) -> Result<ServerVerdict, EndSession> {
         let fatal = scrub::is_fatal(body);
         // Decided before the reply moves the queue: the statement the error is about.
-        let sensitive = self.restricted() && self.front_sensitive();
+        // (or, at a Sync or the end of a Query, any statement of the batch).
+        let sensitive = self.restricted() && (self.front_sensitive() || self.sensitive_ran);
+        self.sensitive_ran |= sensitive;
         let step = self
             .protocol
             .reply(tag::ERROR_RESPONSE, fatal)
@@ -279,6 +288,9 @@ impl ReadPath {
 
     /// A reply that continues the front request.
     fn part(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) -> Result<ServerVerdict, EndSession> {
+        if t == tag::COMMAND_COMPLETE && self.front_sensitive() {
+            self.sensitive_ran = true;
+        }
         // The server runs more statements than tokengate analysed in this Query: it split the
         // text differently, so no plan can be trusted for what follows.
         if let Some(Pending::Query(q)) = self.protocol.front_mut()
@@ -374,6 +386,7 @@ impl ReadPath {
                 }
             }
             Pending::Execute(x) => {
+                self.sensitive_ran |= x.restricted && x.sensitive;
                 let failed = self.execute_complete(t, body, &x);
                 self.finish_execute(*x);
                 match failed {
@@ -397,6 +410,7 @@ impl ReadPath {
 
     /// ReadyForQuery: the transaction status decides which portals survive.
     fn ready(&mut self, body: &[u8], query: Option<QueryReply>) -> ServerVerdict {
+        self.sensitive_ran = false;
         let status = body.first().copied().unwrap_or(b'I');
         self.transaction_status = status;
         self.objects.ready(status);
