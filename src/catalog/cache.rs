@@ -69,7 +69,8 @@ SELECT n.nspname::text, o.oprname::text FROM pg_operator o JOIN pg_namespace n O
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION
 SELECT n.nspname::text, t.typname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND t.typrelid = 0";
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND t.typrelid = 0
+   AND t.typcategory <> 'A'";
 const MEMBERSHIPS: &str = "
 WITH RECURSIVE m(member, grp) AS (
     SELECT member, roleid FROM pg_auth_members

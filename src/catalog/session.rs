@@ -19,35 +19,34 @@ impl SessionCatalog<'_> {
     /// operator spelling in the text counts (a false hit refuses; a miss could run user code).
     pub fn shadowing_name(&self, sql: &str) -> Option<(String, String)> {
         let path = self.path?;
-        let mut candidates = path
-            .relations()
-            .filter(|s| *s != "pg_catalog")
-            .filter_map(|s| self.snapshot.routines_in(s).map(|names| (s, names)))
-            .peekable();
-        candidates.peek()?;
-        let lower = sql.to_lowercase();
-        let words: std::collections::HashSet<&str> = lower
-            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-            .filter(|w| !w.is_empty())
-            .collect();
-        for (schema, names) in candidates {
-            for name in names {
-                let is_word = name
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '_' || c == '$');
-                let hit = if is_word {
-                    words.contains(name.as_str())
-                        || sql.contains(name.as_str()) && name.chars().any(|c| c.is_uppercase())
-                } else {
-                    sql.contains(name.as_str())
-                };
-                if hit {
-                    return Some((schema.to_string(), name.clone()));
-                }
+        for schema in path.relations().filter(|s| *s != "pg_catalog") {
+            let Some(names) = self.snapshot.routines_in(schema) else {
+                continue;
+            };
+            if let Some(name) = names.iter().find(|n| mentions(sql, n)) {
+                return Some((schema.to_string(), name.clone()));
             }
         }
         None
     }
+}
+
+/// Whether `sql` spells `name`: as a whole identifier (any case) for word-like names, as a
+/// substring for operators.
+fn mentions(sql: &str, name: &str) -> bool {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let (s, n) = (sql.as_bytes(), name.as_bytes());
+    if n.is_empty() || n.len() > s.len() {
+        return false;
+    }
+    if !n.iter().all(|&c| ident(c)) {
+        return sql.contains(name);
+    }
+    (0..=s.len() - n.len()).any(|i| {
+        s[i..i + n.len()].eq_ignore_ascii_case(n)
+            && (i == 0 || !ident(s[i - 1]))
+            && s.get(i + n.len()).is_none_or(|&c| !ident(c))
+    })
 }
 
 impl Catalog for SessionCatalog<'_> {

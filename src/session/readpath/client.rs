@@ -301,6 +301,8 @@ impl ReadPath {
         match tag {
             frontend::QUERY => {
                 let sql = frontend::query(body)?;
+                // A Query drops the unnamed portal, and may DECLARE or CLOSE any other.
+                self.described = None;
                 if !restricted {
                     self.unanalysed();
                     self.sent(Request::Query, Pending::Query(Box::default()));
@@ -375,6 +377,9 @@ impl ReadPath {
             }
             frontend::BIND => {
                 let b = frontend::bind(body)?;
+                if self.described.as_deref() == Some(b.portal) {
+                    self.described = None;
+                }
                 if restricted && !self.statement_may_be_known(b.statement) {
                     let r = Refusal::new(
                         Code::Unproven,
@@ -430,15 +435,19 @@ impl ReadPath {
                     return Ok(ClientVerdict::Replace(frame(frontend::EXECUTE, &out)));
                 }
                 // The server's own description of the portal, checked against its plan before
-                // any row is forwarded (TG110 on the extended protocol).
-                self.sent(
-                    Request::DescribePortal,
-                    Pending::Describe {
-                        statement: false,
-                        name: portal.to_vec(),
-                        internal: true,
-                    },
-                );
+                // any row is forwarded (TG110 on the extended protocol): the client's Describe
+                // since the portal's Bind (libpq sends one), or one tokengate adds.
+                let described = self.described.as_deref() == Some(portal);
+                if !described {
+                    self.sent(
+                        Request::DescribePortal,
+                        Pending::Describe {
+                            statement: false,
+                            name: portal.to_vec(),
+                            internal: true,
+                        },
+                    );
+                }
                 self.sent(
                     Request::Execute,
                     Pending::Execute(Box::new(ExecuteReply {
@@ -447,6 +456,9 @@ impl ReadPath {
                         ..ExecuteReply::default()
                     })),
                 );
+                if described {
+                    return Ok(ClientVerdict::Forward);
+                }
                 let mut out = frontend::describe_portal(portal);
                 out.extend_from_slice(frame_bytes);
                 Ok(ClientVerdict::Replace(out))
@@ -454,6 +466,9 @@ impl ReadPath {
             frontend::DESCRIBE => {
                 let (target, name) = frontend::target(body, "Describe")?;
                 let statement = target == frontend::Target::Statement;
+                if !statement {
+                    self.described = Some(name.to_vec());
+                }
                 self.sent(
                     if statement {
                         Request::DescribeStatement
@@ -470,6 +485,9 @@ impl ReadPath {
             }
             frontend::CLOSE => {
                 let (target, name) = frontend::target(body, "Close")?;
+                if target == frontend::Target::Portal && self.described.as_deref() == Some(name) {
+                    self.described = None;
+                }
                 self.sent(
                     Request::Close,
                     Pending::Close {

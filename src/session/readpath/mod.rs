@@ -156,6 +156,9 @@ pub struct ReadPath {
     pub transaction_status: u8,
     /// A statement involving protected columns ran since the last ReadyForQuery.
     sensitive_ran: bool,
+    /// The portal the client itself last sent Describe for, since its Bind (its reply is
+    /// cross-checked, so an Execute of it needs no Describe of tokengate's).
+    described: Option<Vec<u8>>,
     protocol: ProtocolState<Pending>,
     objects: Objects,
     metrics: SessionMetrics,
@@ -197,6 +200,7 @@ impl ReadPath {
             names: SessionNames::default(),
             transaction_status: b'I',
             sensitive_ran: false,
+            described: None,
             protocol: ProtocolState::default(),
             objects: Objects::default(),
             shared,
