@@ -5,7 +5,8 @@
 //! - [`super::protocol`]: the expectation queue (which replies may come, in order); a reply
 //!   that does not fit ends the session (TG020).
 //! - [`client`]: client-side decisions: analysis, planning, refusals by substitution.
-//! - [`server`]: server-side handling: bookkeeping on confirmation, rewriting, cross-checks.
+//! - [`server`]: server-side handling: bookkeeping on confirmation, rewriting.
+//! - [`describe`]: RowDescriptions checked against plans (TG110).
 //! - [`objects`]: statements, portals, cursors and savepoints as the server confirmed them.
 //! - [`names`]: the session's search path and temp schema, read from the server.
 //! - [`transform`]: prepared column transforms and the row rewriters.
@@ -20,6 +21,7 @@
 //! The expectation queue is kept for every role whenever a policy is configured, so a policy
 //! reload mid-session can never attribute one statement's rows to another's plan.
 mod client;
+mod describe;
 pub mod names;
 pub mod objects;
 mod observe;
