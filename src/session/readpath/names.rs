@@ -172,16 +172,24 @@ pub fn may_change_names(a: &StatementAnalysis, text: &str) -> bool {
     if a.is_ddl || matches!(a.kind, StatementKind::Call | StatementKind::Other) {
         return true;
     }
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("set_config") || lower.contains("search_path") {
+    let contains = |needle: &[u8]| {
+        text.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if contains(b"set_config") || contains(b"search_path") {
         return true;
     }
     if a.kind == StatementKind::Utility {
-        let first = lower
+        let first = text
             .split(|c: char| !c.is_ascii_alphabetic())
             .find(|w| !w.is_empty())
-            .unwrap_or("");
-        return matches!(first, "set" | "reset" | "discard" | "do" | "load" | "call");
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        return matches!(
+            first.as_str(),
+            "set" | "reset" | "discard" | "do" | "load" | "call"
+        );
     }
     false
 }
