@@ -23,7 +23,7 @@ const REFUSED_NAME: &[u8] = b"tokengate refused";
 
 /// How many pending requests a name lookup scans (newest first); beyond it a name counts as
 /// unknown, so a huge pipeline costs bounded work per message.
-const SCAN_LIMIT: usize = 4096;
+pub(super) const SCAN_LIMIT: usize = 4096;
 
 /// The plans named objects will have once the messages already sent are confirmed.
 struct Projection<'a>(&'a ReadPath);
@@ -172,6 +172,10 @@ impl ReadPath {
                 session: &session,
             };
             let plan = plan_statement(a, &self.view, &catalog, &named)?;
+            let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
+            let at_rest =
+                crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?
+                    .map(Arc::new);
             if plan.is_ddl {
                 self.needs_refresh = true;
             }
@@ -205,6 +209,7 @@ impl ReadPath {
                     .then(|| Arc::<str>::from(text.to_string())),
                 changes_names,
                 is_ddl: plan.is_ddl,
+                at_rest,
             });
         }
         Ok(planned)
@@ -219,7 +224,9 @@ impl ReadPath {
     ) -> Result<(Vec<Planned>, Option<Arc<super::PendingAudit>>), Refusal> {
         let mut outcome = self.plan(sql);
         let rewrites = |plans: &Vec<Planned>| plans.iter().any(|p| p.result.is_some());
-        if !self.view.enforce() {
+        // Columns stored as tokens are always enforced: a monitor-only role's writes must be
+        // tokenized too.
+        if !self.view.enforce() && !self.view.has_at_rest() {
             self.metrics.monitored.inc();
             match &outcome {
                 Err(r) => {
@@ -291,8 +298,11 @@ impl ReadPath {
                     self.sent(Request::Query, Pending::Query(Box::default()));
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.decide(sql) {
-                    Ok((statements, audit)) => {
+                match self.decide(sql).and_then(|(statements, audit)| {
+                    let rewritten = self.tokenize_query(sql, &statements)?;
+                    Ok((statements, audit, rewritten))
+                }) {
+                    Ok((statements, audit, rewritten)) => {
                         self.sent(
                             Request::Query,
                             Pending::Query(Box::new(QueryReply {
@@ -302,7 +312,13 @@ impl ReadPath {
                                 ..QueryReply::default()
                             })),
                         );
-                        Ok(ClientVerdict::Forward)
+                        Ok(match rewritten {
+                            Some(sql) => ClientVerdict::Replace(frame(
+                                frontend::QUERY,
+                                &[sql.as_slice(), b"\0"].concat(),
+                            )),
+                            None => ClientVerdict::Forward,
+                        })
                     }
                     Err(r) => {
                         self.sent(
@@ -334,9 +350,12 @@ impl ReadPath {
                     );
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.decide(p.sql) {
-                    Ok((planned, _)) => {
-                        let planned = planned.into_iter().next().unwrap_or_default();
+                match self.decide(p.sql).and_then(|(planned, audit)| {
+                    let planned = planned.into_iter().next().unwrap_or_default();
+                    let rewritten = self.tokenize_parse(&p, &planned)?;
+                    Ok((planned, audit, rewritten))
+                }) {
+                    Ok((planned, _, rewritten)) => {
                         self.sent(
                             Request::Parse,
                             Pending::Parse {
@@ -344,7 +363,10 @@ impl ReadPath {
                                 planned: Some(planned),
                             },
                         );
-                        Ok(ClientVerdict::Forward)
+                        Ok(match rewritten {
+                            Some(body) => ClientVerdict::Replace(frame(frontend::PARSE, &body)),
+                            None => ClientVerdict::Forward,
+                        })
                     }
                     Err(r) => {
                         self.sent(Request::Parse, Pending::Refused(r));
@@ -374,6 +396,18 @@ impl ReadPath {
                     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                     return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
                 }
+                let rewritten = match self.tokenize_bind(&b) {
+                    Ok(r) => r,
+                    Err(r) => {
+                        self.refused(&r, None);
+                        self.sent(Request::Bind, Pending::Refused(r));
+                        let mut out = Vec::new();
+                        cstr(&mut out, b.portal);
+                        cstr(&mut out, REFUSED_NAME);
+                        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                        return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
+                    }
+                };
                 self.sent(
                     Request::Bind,
                     Pending::Bind {
@@ -383,7 +417,10 @@ impl ReadPath {
                         restricted,
                     },
                 );
-                Ok(ClientVerdict::Forward)
+                Ok(match rewritten {
+                    Some(body) => ClientVerdict::Replace(frame(frontend::BIND, &body)),
+                    None => ClientVerdict::Forward,
+                })
             }
             frontend::EXECUTE => {
                 let (portal, _) = frontend::execute(body)?;

@@ -26,6 +26,7 @@ mod observe;
 pub mod scrub;
 mod server;
 mod transform;
+mod write;
 
 pub use observe::AuditSession;
 pub use transform::ReadPathShared;

@@ -13,7 +13,6 @@ use super::{
 };
 use crate::errors::Code;
 use crate::plan::{Refusal, ResultPlan};
-use crate::policy::Action as PolicyAction;
 use crate::session::protocol::{Event, Mismatch, tag};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -496,7 +495,7 @@ impl ReadPath {
             let Some(d) = self.view.column(&name) else {
                 continue;
             };
-            if d.action == PolicyAction::Clear {
+            if !crate::plan::needs_transform(d) {
                 continue;
             }
             let covered = plan
