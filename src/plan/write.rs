@@ -35,6 +35,9 @@ pub struct AtRest {
     pub label: Arc<str>,
     /// The token format as the policy spells it.
     pub format: Arc<str>,
+    /// The role is shown the stored tokens (`token`), so the values it compares with are
+    /// tokens already and stay as they are. Writes are tokenized for every role.
+    pub speaks_tokens: bool,
 }
 
 /// What to tokenize in one statement before it reaches PostgreSQL.
@@ -74,6 +77,7 @@ fn at_rest_columns(view: &RoleView) -> AtRestColumns {
             AtRest {
                 label: d.label.clone(),
                 format,
+                speaks_tokens: d.action == crate::policy::Action::Token,
             },
         );
     }
@@ -417,6 +421,25 @@ impl<'a> Planner<'a> {
 
     /// Records a value written to (or compared with) an at-rest column, or refuses it.
     fn tokenize(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
+        self.value(e, how, what, true)
+    }
+
+    /// A value compared with an at-rest column: tokenized, unless the role compares by the
+    /// tokens it was shown.
+    fn compared(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
+        self.value(e, how, what, !how.speaks_tokens)
+    }
+
+    fn value(&mut self, e: &Expr, how: &AtRest, what: &str, tokenize: bool) -> Result<(), Refusal> {
+        if !tokenize {
+            return match value(e) {
+                Some(_) => Ok(()),
+                None => Err(refuse(
+                    Code::AtRestValue,
+                    format!("{what} is not a quoted literal, NULL or a parameter"),
+                )),
+            };
+        }
         match value(e) {
             Some(Val::Null) => Ok(()),
             Some(Val::Param(n)) => {
@@ -736,7 +759,7 @@ impl Pass1<'_, '_> {
         if value(other).is_none() {
             return Ok(false);
         }
-        self.planner.tokenize(
+        self.planner.compared(
             other,
             &how,
             "the value compared with a column stored as tokens",
@@ -773,7 +796,7 @@ impl Pass1<'_, '_> {
                         )
                     })?;
                     for item in list {
-                        self.planner.tokenize(
+                        self.planner.compared(
                             item,
                             &how,
                             "a value in IN (...) for a column stored as tokens",
@@ -860,5 +883,107 @@ impl Visitor for Pass2<'_, '_> {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Column, Relation, RelationKind, Snapshot};
+    use crate::policy::Policy;
+    use crate::sql::SearchPath;
+
+    const POLICY: &str = "version: 1
+labels:
+  ssn: { class: pii, token: digits, at_rest: token }
+columns:
+  public.people.ssn: ssn
+roles:
+  admin: { default: clear }
+";
+
+    fn snapshot() -> Snapshot {
+        let cols = [("id", 23), ("name", 25), ("ssn", 1042)];
+        Snapshot::build(
+            1,
+            vec![Relation {
+                oid: 1,
+                schema: "public".into(),
+                name: "people".into(),
+                kind: RelationKind::Table,
+                columns: cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, t))| Column {
+                        attnum: i as i16 + 1,
+                        name: n.to_string(),
+                        type_oid: *t,
+                    })
+                    .collect(),
+                definition: None,
+            }],
+            vec![],
+        )
+    }
+
+    fn plan(sql: &str) -> Result<Vec<Option<AtRestPlan>>, Refusal> {
+        let policy = Policy::from_yaml(POLICY, "p.yaml").unwrap();
+        let view = policy.for_role("admin", &[]);
+        let snap = snapshot();
+        let path = SearchPath::new(vec!["pg_catalog".into(), "public".into()], None);
+        let catalog = SessionCatalog {
+            snapshot: &snap,
+            path: Some(&path),
+        };
+        let lex = LexSettings::default();
+        let analyses = crate::sql::analyze_with(sql, &catalog, lex);
+        let texts = crate::sql::split_statements(sql, lex);
+        analyses
+            .iter()
+            .zip(texts)
+            .map(|(a, text)| {
+                let offset = text.as_ptr() as usize - sql.as_ptr() as usize;
+                plan_at_rest(text, offset, lex, a, &view, &catalog)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn literal_ranges_are_the_lexers_bytes_after_multibyte_text_and_newlines() {
+        let sql = "SELECT 1; INSERT INTO people (id, name, ssn)\n VALUES (1, 'Zoë ''x''', '123-45-6789'), (2, '€', $1)";
+        let plans = plan(sql).unwrap();
+        assert!(plans[0].is_none());
+        let p = plans[1].as_ref().unwrap();
+        let texts: Vec<&str> = p.literals.iter().map(|(r, _)| &sql[r.clone()]).collect();
+        assert_eq!(texts, ["'123-45-6789'"]);
+        assert_eq!(p.params.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1]);
+        let p = plan("SELECT id FROM people WHERE ssn IN ('1', $2) OR ssn = 'é'").unwrap();
+        let p = p[0].as_ref().unwrap();
+        assert_eq!(p.literals.len(), 2);
+        assert_eq!(p.params.len(), 1);
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        for (sql, code) in [
+            ("INSERT INTO people (id) VALUES (1)", Code::AtRestOmitted),
+            (
+                "INSERT INTO people VALUES (1, 'a', '1'\n'2')",
+                Code::AtRestUnsupported,
+            ),
+            ("UPDATE people SET ssn = lower('x')", Code::AtRestValue),
+            (
+                "SELECT id FROM people WHERE ssn < '1'",
+                Code::AtRestComputation,
+            ),
+            ("SELECT max(ssn) FROM people", Code::AtRestComputation),
+            (
+                "SELECT s FROM (SELECT ssn AS s FROM people) x WHERE s = '1'",
+                Code::AtRestComputation,
+            ),
+        ] {
+            let got = plan(sql).map_err(|r| r.code);
+            assert_eq!(got.err(), Some(code), "{sql}");
+        }
     }
 }

@@ -299,6 +299,60 @@ async fn writes_are_tokenized_and_clear_roles_read_the_plaintext() {
         .unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{e:?}");
 
+    // RETURNING, COPY TO and cursors give a clear role the plaintext too.
+    let r = admin
+        .query_one(
+            "INSERT INTO people (id, ssn, card) VALUES (5, '555-66-7777', NULL) RETURNING ssn",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "555-66-7777");
+    let r = admin
+        .query_one(
+            "UPDATE people SET ssn = '555-66-8888' WHERE id = 5 RETURNING id, ssn",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(1), "555-66-8888");
+    let stream = admin
+        .copy_out("COPY (SELECT id, ssn FROM people WHERE id = 1) TO STDOUT")
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let chunks: Vec<_> = stream.collect().await;
+    let text: String = chunks
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.unwrap()).into_owned())
+        .collect();
+    assert_eq!(text, "1\t123-45-6789\n");
+    admin
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT ssn FROM people WHERE id = 2")
+        .await
+        .unwrap();
+    let rows = admin.simple_query("FETCH 1 FROM c").await.unwrap();
+    let fetched = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(fetched.as_deref(), Some("222-33-4444"));
+    admin.batch_execute("COMMIT").await.unwrap();
+    // A token role looks rows up by the token it was shown.
+    let r = t
+        .query_one("SELECT id FROM people WHERE ssn = $1", &[&ssn])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 1);
+    let q = format!("SELECT id FROM people WHERE ssn = '{ssn}'");
+    assert_eq!(t.query(q.as_str(), &[]).await.unwrap().len(), 1);
+    // The mask role speaks plaintext.
+    let r = m
+        .query_one("SELECT id FROM people WHERE ssn = '222-33-4444'", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 2);
+
     // pg_dump of the database holds none of the plaintext values.
     let dump = std::process::Command::new(cluster().pg.bindir().join("pg_dump"))
         .args(["-h", "127.0.0.1", "-p", &cluster().port().to_string()])
@@ -321,6 +375,7 @@ async fn writes_are_tokenized_and_clear_roles_read_the_plaintext() {
         "4111111111111111",
         "5500000000000004",
         "4242424242424242",
+        "555-66-8888",
     ] {
         assert!(!dump.contains(plain), "pg_dump contains {plain}");
     }
