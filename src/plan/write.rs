@@ -810,6 +810,7 @@ impl Pass1<'_, '_> {
                 if self.planner.at_rest(inner).is_some() =>
             {
                 self.planner.allowed.insert(addr(inner));
+                self.mark(inner);
             }
             _ => {}
         }
@@ -957,6 +958,7 @@ roles:
         let texts: Vec<&str> = p.literals.iter().map(|(r, _)| &sql[r.clone()]).collect();
         assert_eq!(texts, ["'123-45-6789'"]);
         assert_eq!(p.params.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1]);
+        assert!(plan("SELECT id FROM people WHERE ssn IS NULL").unwrap()[0].is_none());
         let p = plan("SELECT id FROM people WHERE ssn IN ('1', $2) OR ssn = 'é'").unwrap();
         let p = p[0].as_ref().unwrap();
         assert_eq!(p.literals.len(), 2);
