@@ -47,11 +47,22 @@ pub struct AtRestPlan {
     pub literals: Vec<(Range<usize>, AtRest)>,
     /// Parameters (`$n`, 1-based) bound to at-rest columns.
     pub params: Vec<(usize, AtRest)>,
+    /// COPY ... FROM STDIN (text or CSV) into a table with at-rest columns: the fields of
+    /// the client's CopyData rows to tokenize.
+    pub copy: Option<CopyIn>,
+}
+
+/// The client's COPY rows: their format, how many fields each has, and which to tokenize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    pub format: crate::sql::CopyFormat,
+    pub width: usize,
+    pub fields: Vec<(usize, AtRest)>,
 }
 
 impl AtRestPlan {
     pub fn is_empty(&self) -> bool {
-        self.literals.is_empty() && self.params.is_empty()
+        self.literals.is_empty() && self.params.is_empty() && self.copy.is_none()
     }
 }
 
@@ -189,16 +200,52 @@ pub fn plan_at_rest(
         Statement::Delete(_) | Statement::Declare { .. } => {}
         Statement::Copy { source, to, .. } => match (source, to) {
             (_, true) => {}
-            (CopySource::Table { table_name, .. }, false) => {
-                if planner.target(table_name)?.is_some() {
-                    return Err(refuse(
-                        Code::AtRestUnsupported,
-                        format!(
-                            "COPY FROM into {table_name}, which has columns stored as tokens, is not supported yet"
-                        ),
-                    ));
+            (
+                CopySource::Table {
+                    table_name,
+                    columns: listed,
+                },
+                false,
+            ) => {
+                let Some((relation, cols)) = planner.target(table_name)? else {
+                    return Ok(None);
+                };
+                let format = match &analysis.copy {
+                    Some(f) if f.kind != crate::sql::CopyKind::Binary => f.clone(),
+                    _ => {
+                        return Err(refuse(
+                            Code::AtRestUnsupported,
+                            format!(
+                                "COPY FROM into {table_name}, which has columns stored as tokens, is supported in text and CSV format only"
+                            ),
+                        ));
+                    }
+                };
+                let listed: Vec<String> = if listed.is_empty() {
+                    relation.columns.clone()
+                } else {
+                    listed.iter().map(fold).collect()
+                };
+                let mut fields = Vec::new();
+                for (column, how) in &cols {
+                    let Some(pos) = listed.iter().position(|c| c == column) else {
+                        return Err(refuse(
+                            Code::AtRestOmitted,
+                            format!(
+                                "COPY into {table_name} leaves out {column}, which is stored as tokens: a server-side default would be stored in clear"
+                            ),
+                        ));
+                    };
+                    fields.push((pos, how.clone()));
                 }
-                return Ok(None);
+                return Ok(Some(AtRestPlan {
+                    copy: Some(CopyIn {
+                        format,
+                        width: listed.len(),
+                        fields,
+                    }),
+                    ..AtRestPlan::default()
+                }));
             }
             (CopySource::Query(_), false) => {}
         },

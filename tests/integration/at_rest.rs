@@ -407,6 +407,84 @@ async fn psql_writes_and_reads_through_tokengate() {
     assert!(same_shape(&s, "100-20-3000") && s != "100-20-3000", "{s}");
     let (_, err) = run("SELECT id FROM people ORDER BY ssn");
     assert!(err.contains("TG183"), "{err}");
+
+    // COPY FROM STDIN in text and CSV: the rows are tokenized on their way in, whatever
+    // the CopyData chunking (psql sends its input in its own pieces).
+    let copy = |sql: &str, input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(cluster().pg.bindir().join("psql"))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+            .arg(proxy.addr.port().to_string())
+            .args(["-U", "at_admin", "-d", AT_DB, "-c", sql])
+            .env("PGPASSWORD", "at_admin-pw")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = copy(
+        "COPY people (id, ssn, card, note) FROM STDIN",
+        "201\t201-01-0001\t4111111111111111\tn\n202\t\\N\t\\N\tx\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = copy(
+        "COPY people (id, ssn, card) FROM STDIN (FORMAT csv, HEADER true)",
+        "id,ssn,card\n203,\"203-03-0003\",4000000000000002\n204,204-04-0004,\n",
+    );
+    assert!(ok, "{err}");
+    let rows = direct()
+        .await
+        .query(
+            "SELECT id, ssn::text, card FROM people WHERE id BETWEEN 201 AND 204 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(i32, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(stored.len(), 4);
+    assert!(same_shape(stored[0].1.as_deref().unwrap(), "201-01-0001"));
+    assert_ne!(stored[0].1.as_deref(), Some("201-01-0001"));
+    assert_ne!(stored[0].2.as_deref(), Some("4111111111111111"));
+    assert_eq!(
+        (stored[1].1.as_deref(), stored[1].2.as_deref()),
+        (None, None)
+    );
+    assert_ne!(stored[2].1.as_deref(), Some("203-03-0003"));
+    assert_ne!(stored[3].1.as_deref(), Some("204-04-0004"));
+    assert_eq!(stored[3].2, None);
+    let (out, err) = run("SELECT ssn, card FROM people WHERE id IN (201, 203) ORDER BY id");
+    assert_eq!(
+        out, "201-01-0001|4111111111111111\n203-03-0003|4000000000000002",
+        "{err}"
+    );
+    // A row that cannot be tokenized fails the whole COPY: nothing is stored.
+    let (ok, err) = copy(
+        "COPY people (id, ssn, card) FROM STDIN",
+        "205\t205-05-0005\t\\N\n206\t206\\-06-0006\t\\N\n",
+    );
+    assert!(!ok && err.contains("TG182"), "{err}");
+    let n = direct()
+        .await
+        .query("SELECT 1 FROM people WHERE id IN (205, 206)", &[])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]
@@ -458,7 +536,8 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
         ),
         ("SELECT count(*) FROM people GROUP BY ssn", "TG183"),
         // Forms tokengate does not transform.
-        ("COPY people FROM STDIN", "TG180"),
+        ("COPY people (id, card) FROM STDIN", "TG181"),
+        ("COPY people FROM STDIN (FORMAT binary)", "TG180"),
         (
             "MERGE INTO people p USING plain s ON p.id = s.id WHEN MATCHED THEN UPDATE SET ssn = s.ssn",
             "TG18",
@@ -487,6 +566,13 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
         let msg = code(&e);
         assert!(msg.contains(want), "{sql}: {msg}");
     }
+    // COPY FROM through the extended protocol (tokio-postgres) is refused.
+    let e = admin
+        .copy_in::<_, bytes::Bytes>("COPY people (id, ssn, card) FROM STDIN")
+        .await
+        .err()
+        .expect("refused");
+    assert!(code(&e).contains("TG180"), "{e:?}");
     // A parameter used for the at-rest column and elsewhere, or declared non-text.
     let e = admin
         .query("SELECT id FROM people WHERE ssn = $1 OR name = $1", &[&"x"])

@@ -293,6 +293,7 @@ impl ReadPath {
         match tag {
             frontend::QUERY => {
                 let sql = frontend::query(body)?;
+                self.copy_in = None;
                 if !restricted {
                     self.unanalysed();
                     self.sent(Request::Query, Pending::Query(Box::default()));
@@ -300,6 +301,7 @@ impl ReadPath {
                 }
                 match self.decide(sql).and_then(|(statements, audit)| {
                     let rewritten = self.tokenize_query(sql, &statements)?;
+                    self.copy_in = self.copy_in_of(&statements)?;
                     Ok((statements, audit, rewritten))
                 }) {
                     Ok((statements, audit, rewritten)) => {
@@ -499,6 +501,8 @@ impl ReadPath {
                 );
                 Ok(ClientVerdict::Forward)
             }
+            frontend::COPY_DATA => Ok(self.client_copy_data(body)),
+            frontend::COPY_DONE => Ok(self.client_copy_done(frame_bytes)),
             frontend::SYNC => {
                 self.sent(Request::Sync, Pending::Sync);
                 Ok(ClientVerdict::Forward)

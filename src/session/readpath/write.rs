@@ -113,6 +113,26 @@ impl ReadPath {
         rewrite_sql(&self.keys, sql, &plans)
     }
 
+    /// The COPY FROM STDIN of a Query whose rows must be tokenized: only as the Query's only
+    /// statement.
+    pub(super) fn copy_in_of(
+        &self,
+        statements: &[Planned],
+    ) -> Result<Option<CopyInState>, Refusal> {
+        let copies: Vec<_> = statements
+            .iter()
+            .filter_map(|s| s.at_rest.as_ref().and_then(|a| a.copy.clone()))
+            .collect();
+        match copies.as_slice() {
+            [] => Ok(None),
+            [one] if statements.len() == 1 => Ok(Some(CopyInState::new(one.clone()))),
+            _ => Err(Refusal::new(
+                Code::AtRestUnsupported,
+                "a COPY FROM into columns stored as tokens must be the only statement of its query",
+            )),
+        }
+    }
+
     /// The Parse body with its at-rest literals tokenized (`None`: unchanged). Parameters
     /// of at-rest columns must be declared as text (or left unspecified).
     pub(super) fn tokenize_parse(
@@ -123,6 +143,12 @@ impl ReadPath {
         let Some(plan) = planned.at_rest.as_deref() else {
             return Ok(None);
         };
+        if plan.copy.is_some() {
+            return Err(Refusal::new(
+                Code::AtRestUnsupported,
+                "COPY FROM into columns stored as tokens is supported in a simple Query only (psql's COPY ... FROM STDIN and \\copy), not the extended protocol",
+            ));
+        }
         for (n, _) in &plan.params {
             let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
             if !PARAM_TYPES.contains(&declared) {
@@ -237,5 +263,212 @@ impl ReadPath {
             out.extend_from_slice(&f.to_be_bytes());
         }
         Ok(Some(out))
+    }
+}
+
+/// Bound on a COPY line tokengate holds while waiting for its end.
+const MAX_COPY_LINE: usize = 16 << 20;
+
+/// A COPY ... FROM STDIN whose rows are being tokenized.
+pub(super) struct CopyInState {
+    plan: crate::plan::write::CopyIn,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    lines: u64,
+    /// The first row that could not be tokenized: the rest is dropped and the COPY fails.
+    failed: Option<Refusal>,
+    tokenizers: Tokenizers,
+}
+
+impl std::fmt::Debug for CopyInState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyInState")
+            .field("lines", &self.lines)
+            .finish_non_exhaustive()
+    }
+}
+
+fn copy_refusal(why: impl Into<String>) -> Refusal {
+    Refusal::new(
+        Code::AtRestValue,
+        format!("COPY row for a column stored as tokens: {}", why.into()),
+    )
+}
+
+impl CopyInState {
+    pub(super) fn new(plan: crate::plan::write::CopyIn) -> Self {
+        CopyInState {
+            plan,
+            partial: Vec::new(),
+            lines: 0,
+            failed: None,
+            tokenizers: Tokenizers::default(),
+        }
+    }
+
+    /// Rewrites one line (without its `\n`) into `out`.
+    fn line(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
+        self.lines += 1;
+        let format = &self.plan.format;
+        let (content, cr) = match line.strip_suffix(b"\r") {
+            Some(c) => (c, true),
+            None => (line, false),
+        };
+        let text = format.kind == crate::sql::CopyKind::Text;
+        if (self.lines == 1 && format.header) || (text && content == b"\\.") {
+            out.extend_from_slice(line);
+            return Ok(());
+        }
+        let fields = format
+            .split(content)
+            .ok_or_else(|| copy_refusal("a CSV value spanning lines"))?;
+        if fields.len() != self.plan.width {
+            return Err(copy_refusal(format!(
+                "line {} has {} fields where the COPY lists {}",
+                self.lines,
+                fields.len(),
+                self.plan.width
+            )));
+        }
+        let null = format.null.as_bytes();
+        let (sep, quote) = (format.delimiter, format.quote);
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(sep);
+            }
+            let raw = &content[field.range.clone()];
+            let Some((_, how)) = self.plan.fields.iter().find(|(p, _)| *p == i) else {
+                out.extend_from_slice(raw);
+                continue;
+            };
+            if !field.quoted && raw == null {
+                out.extend_from_slice(raw);
+                continue;
+            }
+            let value = if field.quoted {
+                let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or(&[]);
+                if inner.contains(&quote) || inner.contains(&format.escape) {
+                    return Err(copy_refusal("an escaped quote in a value"));
+                }
+                inner
+            } else {
+                raw
+            };
+            if value.contains(&b'\\') && text {
+                return Err(copy_refusal("a backslash escape in a value"));
+            }
+            if !text && value.contains(&quote) {
+                return Err(copy_refusal("a quote inside an unquoted value"));
+            }
+            let token = self.tokenizers.tokenize(keys, how, value)?;
+            if token
+                .iter()
+                .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == quote)
+                || token == null
+            {
+                return Err(copy_refusal("a token would need escaping"));
+            }
+            if field.quoted {
+                out.push(quote);
+                out.extend_from_slice(&token);
+                out.push(quote);
+            } else {
+                out.extend_from_slice(&token);
+            }
+        }
+        if cr {
+            out.push(b'\r');
+        }
+        Ok(())
+    }
+}
+
+impl ReadPath {
+    /// A COPY FROM STDIN into at-rest columns is in progress: the relay hands its CopyData
+    /// and CopyDone bodies here.
+    pub fn rewrites_copy_in(&self) -> bool {
+        self.copy_in.is_some()
+    }
+
+    /// Rewrites the complete lines of one CopyData message (a partial last line waits for
+    /// the next). After a row that cannot be tokenized, the rest is dropped.
+    pub(super) fn client_copy_data(&mut self, body: &[u8]) -> super::ClientVerdict {
+        use super::ClientVerdict;
+        let keys = self.keys.clone();
+        let Some(state) = self.copy_in.as_mut() else {
+            return ClientVerdict::Forward;
+        };
+        if state.failed.is_some() {
+            return ClientVerdict::Replace(Vec::new());
+        }
+        state.partial.extend_from_slice(body);
+        let buffered = std::mem::take(&mut state.partial);
+        let mut out = Vec::with_capacity(buffered.len() + 64);
+        let mut start = 0;
+        while let Some(n) = buffered[start..].iter().position(|&b| b == b'\n') {
+            if let Err(r) = state.line(&keys, &buffered[start..start + n], &mut out) {
+                state.failed = Some(r);
+                return ClientVerdict::Replace(Vec::new());
+            }
+            out.push(b'\n');
+            start += n + 1;
+        }
+        state.partial = buffered[start..].to_vec();
+        if state.partial.len() > MAX_COPY_LINE {
+            state.failed = Some(copy_refusal("a line is longer than 16 MiB"));
+            return ClientVerdict::Replace(Vec::new());
+        }
+        if out.is_empty() {
+            ClientVerdict::Replace(Vec::new())
+        } else {
+            ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out))
+        }
+    }
+
+    /// CopyDone: the last line without a newline is flushed; a failed COPY becomes a
+    /// CopyFail, so PostgreSQL stores none of it.
+    pub(super) fn client_copy_done(&mut self, frame_bytes: &[u8]) -> super::ClientVerdict {
+        use super::ClientVerdict;
+        let keys = self.keys.clone();
+        let Some(mut state) = self.copy_in.take() else {
+            return ClientVerdict::Forward;
+        };
+        let mut out = Vec::new();
+        if state.failed.is_none() && !state.partial.is_empty() {
+            let last = std::mem::take(&mut state.partial);
+            if let Err(r) = state.line(&keys, &last, &mut out) {
+                state.failed = Some(r);
+            }
+        }
+        if let Some(r) = state.failed {
+            self.refused(&r, None);
+            // The server's error to this CopyFail (part of the COPY's Query reply) is replaced
+            // by the refusal.
+            if let Some(Pending::Query(q)) = self.protocol.front_mut() {
+                q.refusal = Some(r.clone());
+            }
+            self.protocol.sent(
+                crate::session::protocol::Request::CopyFail,
+                Pending::Refused(r.clone()),
+            );
+            let mut body = Vec::new();
+            cstr(&mut body, r.code.error(&r.message).message.as_bytes());
+            return ClientVerdict::Replace(super::frame(frontend::COPY_FAIL, &body));
+        }
+        self.protocol.sent(
+            crate::session::protocol::Request::CopyDone,
+            Pending::CopyEnd,
+        );
+        if out.is_empty() {
+            return ClientVerdict::Forward;
+        }
+        let mut bytes = super::frame(frontend::COPY_DATA, &out);
+        bytes.extend_from_slice(frame_bytes);
+        ClientVerdict::Replace(bytes)
     }
 }
