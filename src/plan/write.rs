@@ -375,6 +375,7 @@ fn value(e: &Expr) -> Option<Val> {
             Value::Placeholder(p) => p
                 .strip_prefix('$')
                 .and_then(|n| n.parse().ok())
+                .filter(|n: &usize| *n >= 1)
                 .map(Val::Param),
             _ => None,
         },

@@ -174,8 +174,14 @@ impl ReadPath {
             let plan = plan_statement(a, &self.view, &catalog, &named)?;
             let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
             let at_rest =
-                crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?
-                    .map(Arc::new);
+                crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?;
+            // With at-rest labels every statement carries a plan (maybe empty), so a Bind
+            // can tell "nothing to tokenize" from "planned before at-rest applied".
+            let at_rest = match at_rest {
+                Some(p) => Some(Arc::new(p)),
+                None if self.view.has_at_rest() => Some(Arc::default()),
+                None => None,
+            };
             if plan.is_ddl {
                 self.needs_refresh = true;
             }
@@ -353,7 +359,11 @@ impl ReadPath {
                     return Ok(ClientVerdict::Forward);
                 }
                 match self.decide(p.sql).and_then(|(planned, audit)| {
-                    let planned = planned.into_iter().next().unwrap_or_default();
+                    let mut planned = planned.into_iter().next().unwrap_or_default();
+                    if planned.at_rest.is_none() && self.view.has_at_rest() {
+                        // An empty statement: nothing to tokenize.
+                        planned.at_rest = Some(Arc::default());
+                    }
                     let rewritten = self.tokenize_parse(&p, &planned)?;
                     Ok((planned, audit, rewritten))
                 }) {

@@ -209,7 +209,13 @@ impl ReadPath {
             return Ok(None);
         }
         let Some(plan) = self.statement_at_rest(b.statement)? else {
-            return Ok(None);
+            return Err(Refusal::new(
+                Code::AtRestParameter,
+                format!(
+                    "prepared statement {:?} was not planned for columns stored as tokens (prepared before the policy stored them, or by SQL PREPARE); prepare it again",
+                    String::from_utf8_lossy(b.statement)
+                ),
+            ));
         };
         if plan.params.is_empty() {
             return Ok(None);
