@@ -883,6 +883,24 @@ impl Visitor for Pass1<'_, '_> {
                 _ => {}
             }
         }
+        // UNION ALL of an at-rest column with anything else would decrypt the other branch's
+        // values too.
+        if selects.len() > 1
+            && selects.iter().any(|p| {
+                p.iter().any(|item| match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        self.planner.at_rest(e).is_some()
+                    }
+                    _ => false,
+                })
+            })
+        {
+            self.error = Some(refuse(
+                Code::AtRestComputation,
+                "a column stored as tokens cannot be combined with UNION, INTERSECT or EXCEPT",
+            ));
+            return ControlFlow::Break(());
+        }
         for p in selects {
             if let Err(e) = self.planner.projection(p, top) {
                 self.error = Some(e);
@@ -1031,6 +1049,19 @@ roles:
                 "SELECT s FROM (SELECT ssn AS s FROM people) x WHERE s = '1'",
                 Code::AtRestComputation,
             ),
+            (
+                "SELECT ssn FROM people UNION ALL SELECT '123-45-6789'",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT CASE WHEN id = 1 THEN ssn ELSE 'x' END FROM people",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = name",
+                Code::AtRestComputation,
+            ),
+            ("INSERT INTO people VALUES (1, 'a', $0)", Code::AtRestValue),
         ] {
             let got = plan(sql).map_err(|r| r.code);
             assert_eq!(got.err(), Some(code), "{sql}");
