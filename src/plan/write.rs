@@ -439,7 +439,14 @@ impl<'a> Planner<'a> {
     /// are refused.
     fn target(&self, name: &ObjectName) -> Result<Option<WriteTarget>, Refusal> {
         let Some(r) = self.resolve(name) else {
-            return Ok(None);
+            // Unknown to tokengate's catalog (created since it was read, or a name resolution
+            // tokengate cannot follow): it could be a table with at-rest columns.
+            return Err(refuse(
+                Code::AtRestUnsupported,
+                format!(
+                    "{name} is not in tokengate's catalog, so tokengate cannot tell whether it has columns stored as tokens"
+                ),
+            ));
         };
         if !matches!(r.kind, crate::sql::RelationKind::Table) && self.views.contains(&r.name) {
             return Err(refuse(

@@ -66,7 +66,7 @@ fn setup() -> &'static Setup {
         CREATE TABLE others (id int PRIMARY KEY, ssn char(11));
         CREATE TABLE plain (id int PRIMARY KEY, ssn text);
         CREATE VIEW people_v AS SELECT id, ssn FROM people;
-        GRANT ALL ON ALL TABLES IN SCHEMA public TO at_admin, at_token, at_mask;";
+        GRANT ALL ON ALL TABLES IN SCHEMA public TO at_admin, at_token, at_mask, trust_user;";
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -598,4 +598,48 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
         .unwrap();
     assert!(rows.is_empty());
     admin.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn text_format_parameters_are_tokenized_for_any_role() {
+    use crate::crm::{bind_msg, execute_msg, parse_msg};
+    let proxy = at_proxy().await;
+    // trust_user matches only the "*" rule (deny): its writes are tokenized all the same.
+    // Its startup packet names `database` twice (app, then atrest): PostgreSQL keeps the
+    // last, and so must tokengate, or it would analyse against the wrong catalog.
+    let (mut raw, _) = Raw::login(proxy.addr, "trust_user", &[("database", AT_DB)]).await;
+    let mut msgs = parse_msg("", "INSERT INTO people (id, ssn, card) VALUES ($1, $2, $3)");
+    msgs.extend(bind_msg(
+        "",
+        "",
+        &["400", "400-40-4000", "4111111111111111"],
+        0,
+    ));
+    msgs.extend(execute_msg("", 0));
+    msgs.extend(frame(b'S', &[]));
+    raw.send(&msgs).await;
+    let replies = raw.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().map(|m| m.field(b'M')).collect::<Vec<_>>()
+    );
+    let (ssn, card) = stored(400).await;
+    assert!(
+        same_shape(&ssn, "400-40-4000") && ssn != "400-40-4000",
+        "{ssn}"
+    );
+    assert_ne!(card, "4111111111111111");
+    let admin = via(&proxy, "at_admin").await;
+    let r = admin
+        .query_one(
+            "SELECT ssn, card FROM people WHERE ssn = $1",
+            &[&"400-40-4000"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, String>(1)),
+        ("400-40-4000".to_string(), "4111111111111111".to_string())
+    );
 }
