@@ -257,6 +257,36 @@ codes! {
         meaning: "The statement came before tokengate could re-read the session's search_path, temp schema or catalog after a statement that may have changed them (SET/RESET/set_config/DISCARD/DDL, or the end of a transaction that changed them).",
         hint: "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline).",
     }
+    AtRestUnsupported {
+        id: "TG180",
+        sqlstate: "0A000",
+        meaning: "The statement touches a column stored as tokens (`at_rest: token`) in a form tokengate cannot transform: MERGE, COPY FROM into such a table, a write through a view, PREPARE, EXPLAIN, or DDL naming such a table. It is refused so PostgreSQL never stores a plaintext value there.",
+        hint: "Write the column with INSERT ... VALUES or UPDATE ... SET using literals or parameters, through tokengate; run DDL on that table directly against PostgreSQL.",
+    }
+    AtRestOmitted {
+        id: "TG181",
+        sqlstate: "0A000",
+        meaning: "An INSERT leaves out a column stored as tokens, or gives it DEFAULT: a server-side default would be stored as plaintext.",
+        hint: "List the column and give its value (or NULL) explicitly.",
+    }
+    AtRestValue {
+        id: "TG182",
+        sqlstate: "0A000",
+        meaning: "The value written to a column stored as tokens is not a string literal, NULL or a bare parameter (an expression, a function, a number, INSERT ... SELECT, or an ON CONFLICT assignment that is not the same column's EXCLUDED value): tokengate cannot tokenize it before PostgreSQL computes it.",
+        hint: "Compute the value in the application and send it as a quoted literal or a parameter.",
+    }
+    AtRestComputation {
+        id: "TG183",
+        sqlstate: "0A000",
+        meaning: "A column stored as tokens is used in a range comparison, LIKE, ORDER BY, GROUP BY, a function, a cast or another expression. PostgreSQL would compute on the tokens, not the plaintext, and return a wrong answer.",
+        hint: "Only equality (`col = 'value'`, `col = $1`, `col IN (...)`, `IS NULL`, and joins between columns of the same label) works on columns stored as tokens; sort or compute in the application.",
+    }
+    AtRestParameter {
+        id: "TG184",
+        sqlstate: "0A000",
+        meaning: "A parameter bound to a column stored as tokens cannot be tokenized: it is declared with a non-text type, also used outside that column, or a value is not valid UTF-8 or does not fit the token format.",
+        hint: "Bind such parameters as text (type unspecified or text/varchar) and use each one only for that column.",
+    }
 }
 
 impl Code {

@@ -10,6 +10,8 @@ use crate::sql::{Clause, StatementAnalysis, StatementKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub mod write;
+
 /// Why a statement is refused: the catalogue code and a message naming the column and rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -153,8 +155,21 @@ fn policy_kind(kind: StatementKind, inner: Option<StatementKind>) -> PolicyKind 
     }
 }
 
+/// Not plain clear: rewritten on output, or stored as tokens (`at_rest: token`, which makes
+/// every use and write of the column something to check, even for clear roles).
 fn is_protected(d: &ColumnDecision) -> bool {
-    d.action != Action::Clear
+    d.action != Action::Clear || d.at_rest
+}
+
+/// Whether a result value of this column must be rewritten on its way to the client. Stored
+/// tokens are rewritten for every action but `token` (the stored token is what a token role
+/// sees); other columns for every action but `clear`.
+pub fn needs_transform(d: &ColumnDecision) -> bool {
+    if d.at_rest {
+        d.action != Action::Token
+    } else {
+        d.action != Action::Clear
+    }
 }
 
 /// Decides one statement for a restricted role.
@@ -179,6 +194,20 @@ pub fn plan_statement(
     }
     for u in &a.uses {
         if let Some(d) = view.column(&u.column)
+            && d.at_rest
+            && d.action != Action::Deny
+            && !u.direct
+        {
+            return Err(Refusal::new(
+                Code::AtRestComputation,
+                format!(
+                    "column {} is stored as tokens: an expression over it in {} would compute on the tokens, not the values",
+                    u.column,
+                    clause_name(u.clause)
+                ),
+            ));
+        }
+        if let Some(d) = view.column(&u.column)
             && is_protected(d)
             && (d.action == Action::Deny || !d.may_filter || !u.direct)
         {
@@ -199,8 +228,10 @@ pub fn plan_statement(
         }
     }
     for w in &a.writes {
+        // A clear role's writes of columns stored as tokens are checked by
+        // [`write::plan_at_rest`] (only ON CONFLICT ... SET col = EXCLUDED.col copies them).
         if let Some(d) = view.column(&w.column)
-            && is_protected(d)
+            && d.action != Action::Clear
         {
             return Err(Refusal::new(
                 Code::WriteDenied,
@@ -345,7 +376,9 @@ fn result_plan(
                 }
             }
         }
-        if let Some((d, column)) = chosen {
+        if let Some((d, column)) = chosen
+            && needs_transform(d)
+        {
             plan.protected.push(ProtectedColumn {
                 index,
                 decision: d.clone(),

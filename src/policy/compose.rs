@@ -32,6 +32,9 @@ pub struct ColumnDecision {
     pub class: Class,
     pub action: Action,
     pub token: Option<TokenFormat>,
+    /// The column is stored as tokens (`at_rest: token`): `Clear` means "decrypt", `Token`
+    /// means "the stored value as is", `Mask` means "decrypt, then mask".
+    pub at_rest: bool,
     /// The mask to apply when `action` is `Mask` (the label's, or the default).
     pub mask: Option<MaskSpec>,
     /// The deciding rule, e.g. `roles.support.pii (policy.yaml:19)`.
@@ -91,6 +94,12 @@ impl RoleView {
     /// The decision for a label by name, whether or not a column uses it.
     pub fn label(&self, label: &str) -> Option<&ColumnDecision> {
         self.labels.iter().find(|d| &*d.label == label)
+    }
+
+    /// Some labelled column is stored as tokens (`at_rest: token`): every statement needs
+    /// analysis, and monitor-only mode cannot skip tokenizing writes.
+    pub fn has_at_rest(&self) -> bool {
+        self.columns.values().any(|d| d.at_rest)
     }
 
     /// Every labelled column's decision, in no particular order.
@@ -270,7 +279,10 @@ impl Policy {
             action: a.action.max(b.action),
         });
 
-        let fully_clear = labels.iter().all(|d| d.action == Action::Clear)
+        // At-rest labels need analysis for every role: clear roles get them decrypted.
+        let fully_clear = labels
+            .iter()
+            .all(|d| d.action == Action::Clear && !d.at_rest)
             && row_limit.is_none()
             && statements.0 & StatementSet::DEFAULT.0 == StatementSet::DEFAULT.0;
         RoleView {
@@ -322,6 +334,7 @@ impl Policy {
             class: label.class,
             action,
             token: label.token.clone(),
+            at_rest: label.at_rest,
             mask: (action == Action::Mask).then(|| {
                 label
                     .mask

@@ -183,6 +183,8 @@ pub struct Label {
     pub name: String,
     pub class: Class,
     pub token: Option<TokenFormat>,
+    /// `at_rest: token`: PostgreSQL stores FF1 tokens, never the plaintext (issue 14).
+    pub at_rest: bool,
     /// `None` means "no `mask:` written"; [`MaskSpec::default_for`] applies.
     pub mask: Option<MaskSpec>,
     pub pos: Pos,

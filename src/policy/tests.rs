@@ -543,3 +543,35 @@ fn indentation_mistakes_get_plain_hints() {
     let errs = errors("version: 1\nlabels:\n  ssn:\n    class: pii\n    mask: ###-##-####\n");
     assert!(errs[0].2.contains("start of a comment"), "{errs:?}");
 }
+
+#[test]
+fn at_rest_needs_a_token_format_and_a_known_value() {
+    let ok = "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: token }\n";
+    let p = Policy::from_yaml(ok, "p.yaml").unwrap();
+    assert!(p.label("ssn").unwrap().at_rest);
+    let plain = "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: plaintext }\n";
+    assert!(
+        !Policy::from_yaml(plain, "p.yaml")
+            .unwrap()
+            .label("ssn")
+            .unwrap()
+            .at_rest
+    );
+    let e = Policy::from_yaml(
+        "version: 1\nlabels:\n  ssn: { class: pii, at_rest: token }\n",
+        "p.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("p.yaml:3") && e.contains("needs a token format"),
+        "{e}"
+    );
+    let e = Policy::from_yaml(
+        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: yes }\n",
+        "p.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at_rest"), "{e}");
+}

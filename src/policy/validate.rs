@@ -278,9 +278,10 @@ impl Checker {
             let what = format!("labels.{name}");
             let mut class = None;
             let (mut token, mut mask) = (None, None);
+            let mut at_rest = None;
             let mut class_written = false;
             if !matches!(value.value, Value::Map(_)) {
-                let option = matches!(name, "class" | "token" | "mask" | "description");
+                let option = matches!(name, "class" | "token" | "mask" | "description" | "at_rest");
                 let hint = self.nesting_hint(key, option, "label");
                 self.err(
                     value.pos,
@@ -327,11 +328,26 @@ impl Checker {
                     "description" => {
                         self.string(v, &format!("{what}.description"));
                     }
+                    "at_rest" => {
+                        if let Some(s) = self.string(v, &format!("{what}.at_rest")) {
+                            match s {
+                                "token" => at_rest = Some(v.pos),
+                                "plaintext" => {}
+                                other => self.err(
+                                    v.pos,
+                                    format!(
+                                        "{what}.at_rest: unknown value '{other}'; allowed: token \
+                                         (stored as FF1 tokens), plaintext (the default)"
+                                    ),
+                                ),
+                            }
+                        }
+                    }
                     other => self.err(
                         k.pos,
                         format!(
                             "unknown key '{other}' in {what}; allowed: class, token, mask, \
-                             description"
+                             at_rest, description"
                         ),
                     ),
                 }
@@ -350,10 +366,22 @@ impl Checker {
             {
                 self.err(*mpos, format!("{what}: {why}"));
             }
+            if let Some(pos) = at_rest
+                && token.is_none()
+            {
+                self.err(
+                    pos,
+                    format!(
+                        "{what}.at_rest: token needs a token format to store values as tokens; \
+                         add token: <format> to {what}"
+                    ),
+                );
+            }
             if let Some(class) = class {
                 labels.push(Label {
                     name: name.to_string(),
                     class,
+                    at_rest: at_rest.is_some(),
                     token: token.map(|(t, _)| t),
                     mask: mask.map(|(m, _)| m),
                     pos: key.pos,

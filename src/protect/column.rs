@@ -27,6 +27,9 @@ pub enum Action {
     Token(TokenFormat),
     Mask(MaskSpec),
     Null,
+    /// The stored value is a token (`at_rest: token`): decrypt it, then mask the plaintext
+    /// when a mask is given.
+    Reveal(TokenFormat, Option<MaskSpec>),
 }
 
 /// An action with the label (FF1 tweak, hash context) and the key it uses.
@@ -74,6 +77,7 @@ enum Prepared {
     Token(Box<Tokenizer>),
     Mask(Masker),
     Null,
+    Reveal(Box<Tokenizer>, Option<Masker>),
 }
 
 /// One result column's prepared transform.
@@ -138,6 +142,26 @@ impl ColumnTransform {
                 };
                 Prepared::Mask(Masker::new(mask.clone(), key.as_ref(), &spec.label)?)
             }
+            Action::Reveal(format, mask) => {
+                if value_type != ValueType::Text {
+                    return Err(unsupported(format!("at-rest token format {format}")));
+                }
+                let masker = match mask {
+                    Some(m) => {
+                        let key = if m.needs_key() {
+                            Some(key(keys)?)
+                        } else {
+                            None
+                        };
+                        Some(Masker::new(m.clone(), key.as_ref(), &spec.label)?)
+                    }
+                    None => None,
+                };
+                Prepared::Reveal(
+                    Box::new(Tokenizer::new(&key(keys)?, &spec.label, *format)?),
+                    masker,
+                )
+            }
             Action::Token(format) => {
                 let fits = match (format.kind, value_type) {
                     (FormatKind::Integer, ValueType::Int { .. } | ValueType::Text) => true,
@@ -166,13 +190,23 @@ impl ColumnTransform {
             Prepared::Null => Ok(Output::Null),
             Prepared::Mask(masker) => Ok(masker.apply(input, out)),
             Prepared::Token(tokenizer) => self.crypt(tokenizer, input, out, true),
+            Prepared::Reveal(tokenizer, None) => self.crypt(tokenizer, input, out, false),
+            Prepared::Reveal(tokenizer, Some(masker)) => {
+                let mut plain = Vec::with_capacity(input.len());
+                match self.crypt(tokenizer, input, &mut plain, false)? {
+                    Output::Value => Ok(masker.apply(&plain, out)),
+                    Output::Null => Ok(Output::Null),
+                }
+            }
         }
     }
 
     /// Inverse of `apply` for token columns (the future write path and `--reveal`).
     pub fn reveal(&self, input: &[u8], out: &mut Vec<u8>) -> Result<Output, ProtectError> {
         match &self.prepared {
-            Prepared::Token(tokenizer) => self.crypt(tokenizer, input, out, false),
+            Prepared::Token(tokenizer) | Prepared::Reveal(tokenizer, _) => {
+                self.crypt(tokenizer, input, out, false)
+            }
             _ => Err(ProtectError::bad("mask", "masks cannot be revealed")),
         }
     }

@@ -272,11 +272,24 @@ impl FrameHandler for ClientHandler<'_> {
             }
             frontend::COPY_DONE | frontend::COPY_FAIL if self.enforcing => {
                 if let Some(rp) = lock(self.shared).readpath.as_mut() {
-                    rp.client_tag(tag);
+                    // A tokenized COPY's CopyDone is recorded when its body is handled.
+                    if !(tag == frontend::COPY_DONE && rp.rewrites_copy_in()) {
+                        rp.client_tag(tag);
+                    }
                 }
             }
             t if frontend::is_known_tag(t) => {}
             t => return Err(RelayError::UnknownTag(t)),
+        }
+        // COPY FROM STDIN into columns stored as tokens: its rows are tokenized (issue 14).
+        if self.enforcing
+            && matches!(tag, frontend::COPY_DATA | frontend::COPY_DONE)
+            && lock(self.shared)
+                .readpath
+                .as_ref()
+                .is_some_and(|rp| rp.rewrites_copy_in())
+        {
+            return Ok(Need::Body);
         }
         if self.enforcing
             && matches!(

@@ -68,9 +68,12 @@ pub struct StartupMessage {
 }
 
 impl StartupMessage {
+    /// A parameter's value. PostgreSQL keeps the last of repeated parameters
+    /// (`database=app … database=crm` connects to `crm`), so tokengate does too.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
+            .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
@@ -182,6 +185,20 @@ mod tests {
         assert_eq!(m.user(), Some("alice"));
         assert_eq!(m.database(), Some("crm"));
         assert!(m.wants_replication());
+    }
+
+    #[test]
+    fn repeated_parameters_keep_the_last_as_postgresql_does() {
+        let m = StartupMessage {
+            major: 3,
+            minor: 0,
+            params: vec![
+                ("user".into(), "alice".into()),
+                ("database".into(), "app".into()),
+                ("database".into(), "crm".into()),
+            ],
+        };
+        assert_eq!(m.database(), Some("crm"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ const REFUSED_NAME: &[u8] = b"tokengate refused";
 
 /// How many pending requests a name lookup scans (newest first); beyond it a name counts as
 /// unknown, so a huge pipeline costs bounded work per message.
-const SCAN_LIMIT: usize = 4096;
+pub(super) const SCAN_LIMIT: usize = 4096;
 
 /// The plans named objects will have once the messages already sent are confirmed.
 struct Projection<'a>(&'a ReadPath);
@@ -180,6 +180,16 @@ impl ReadPath {
                 session: &session,
             };
             let plan = plan_statement(a, &self.view, &catalog, &named)?;
+            let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
+            let at_rest =
+                crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?;
+            // With at-rest labels every statement carries a plan (maybe empty), so a Bind
+            // can tell "nothing to tokenize" from "planned before at-rest applied".
+            let at_rest = match at_rest {
+                Some(p) => Some(Arc::new(p)),
+                None if self.view.has_at_rest() => Some(Arc::default()),
+                None => None,
+            };
             if plan.is_ddl {
                 self.needs_refresh = true;
             }
@@ -213,6 +223,7 @@ impl ReadPath {
                     .then(|| Arc::<str>::from(text.to_string())),
                 changes_names,
                 is_ddl: plan.is_ddl,
+                at_rest,
             });
         }
         Ok(planned)
@@ -227,7 +238,9 @@ impl ReadPath {
     ) -> Result<(Vec<Planned>, Option<Arc<super::PendingAudit>>), Refusal> {
         let mut outcome = self.plan(sql);
         let rewrites = |plans: &Vec<Planned>| plans.iter().any(|p| p.result.is_some());
-        if !self.view.enforce() {
+        // Columns stored as tokens are always enforced: a monitor-only role's writes must be
+        // tokenized too.
+        if !self.view.enforce() && !self.view.has_at_rest() {
             self.metrics.monitored.inc();
             match &outcome {
                 Err(r) => {
@@ -296,13 +309,18 @@ impl ReadPath {
                 let sql = frontend::query(body)?;
                 // A Query drops the unnamed portal, and may DECLARE or CLOSE any other.
                 self.described = None;
+                self.copy_in = None;
                 if !restricted {
                     self.unanalysed();
                     self.sent(Request::Query, Pending::Query(Box::default()));
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.decide(sql) {
-                    Ok((statements, audit)) => {
+                match self.decide(sql).and_then(|(statements, audit)| {
+                    let rewritten = self.tokenize_query(sql, &statements)?;
+                    self.copy_in = self.copy_in_of(&statements)?;
+                    Ok((statements, audit, rewritten))
+                }) {
+                    Ok((statements, audit, rewritten)) => {
                         let enforced = self.view.enforce();
                         self.sent(
                             Request::Query,
@@ -314,7 +332,13 @@ impl ReadPath {
                                 ..QueryReply::default()
                             })),
                         );
-                        Ok(ClientVerdict::Forward)
+                        Ok(match rewritten {
+                            Some(sql) => ClientVerdict::Replace(frame(
+                                frontend::QUERY,
+                                &[sql.as_slice(), b"\0"].concat(),
+                            )),
+                            None => ClientVerdict::Forward,
+                        })
                     }
                     Err(r) => {
                         self.sent(
@@ -346,9 +370,16 @@ impl ReadPath {
                     );
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.decide(p.sql) {
-                    Ok((planned, _)) => {
-                        let planned = planned.into_iter().next().unwrap_or_default();
+                match self.decide(p.sql).and_then(|(planned, audit)| {
+                    let mut planned = planned.into_iter().next().unwrap_or_default();
+                    if planned.at_rest.is_none() && self.view.has_at_rest() {
+                        // An empty statement: nothing to tokenize.
+                        planned.at_rest = Some(Arc::default());
+                    }
+                    let rewritten = self.tokenize_parse(&p, &planned)?;
+                    Ok((planned, audit, rewritten))
+                }) {
+                    Ok((planned, _, rewritten)) => {
                         self.sent(
                             Request::Parse,
                             Pending::Parse {
@@ -356,7 +387,10 @@ impl ReadPath {
                                 planned: Some(planned),
                             },
                         );
-                        Ok(ClientVerdict::Forward)
+                        Ok(match rewritten {
+                            Some(body) => ClientVerdict::Replace(frame(frontend::PARSE, &body)),
+                            None => ClientVerdict::Forward,
+                        })
                     }
                     Err(r) => {
                         self.sent(Request::Parse, Pending::Refused(r));
@@ -389,6 +423,18 @@ impl ReadPath {
                     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                     return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
                 }
+                let rewritten = match self.tokenize_bind(&b) {
+                    Ok(r) => r,
+                    Err(r) => {
+                        self.refused(&r, None);
+                        self.sent(Request::Bind, Pending::Refused(r));
+                        let mut out = Vec::new();
+                        cstr(&mut out, b.portal);
+                        cstr(&mut out, REFUSED_NAME);
+                        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                        return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
+                    }
+                };
                 self.sent(
                     Request::Bind,
                     Pending::Bind {
@@ -398,7 +444,10 @@ impl ReadPath {
                         restricted,
                     },
                 );
-                Ok(ClientVerdict::Forward)
+                Ok(match rewritten {
+                    Some(body) => ClientVerdict::Replace(frame(frontend::BIND, &body)),
+                    None => ClientVerdict::Forward,
+                })
             }
             frontend::EXECUTE => {
                 let (portal, _) = frontend::execute(body)?;
@@ -490,6 +539,8 @@ impl ReadPath {
                 );
                 Ok(ClientVerdict::Forward)
             }
+            frontend::COPY_DATA => Ok(self.client_copy_data(body)),
+            frontend::COPY_DONE => Ok(self.client_copy_done(frame_bytes)),
             frontend::SYNC => {
                 self.sent(Request::Sync, Pending::Sync);
                 Ok(ClientVerdict::Forward)

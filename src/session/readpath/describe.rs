@@ -7,7 +7,6 @@ use super::transform::{ActiveResult, DescribedColumn, parse_row_description};
 use super::{Pending, QueryReply, ReadPath, ServerVerdict};
 use crate::errors::Code;
 use crate::plan::{Refusal, ResultPlan};
-use crate::policy::Action as PolicyAction;
 use std::sync::Arc;
 
 impl ReadPath {
@@ -75,7 +74,7 @@ impl ReadPath {
             let Some(d) = self.view.column(&name) else {
                 continue;
             };
-            if d.action == PolicyAction::Clear {
+            if !crate::plan::needs_transform(d) {
                 continue;
             }
             let covered = plan

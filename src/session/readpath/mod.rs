@@ -28,6 +28,7 @@ mod observe;
 pub mod scrub;
 mod server;
 mod transform;
+mod write;
 
 pub use observe::AuditSession;
 pub use transform::ReadPathShared;
@@ -174,6 +175,8 @@ pub struct ReadPath {
     scratch: Vec<u8>,
     /// The analysis cache for the current names (and its key), looked up when they change.
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
+    /// A COPY FROM STDIN into columns stored as tokens (issue 14): its rows are tokenized.
+    copy_in: Option<write::CopyInState>,
 }
 
 impl ReadPath {
@@ -195,6 +198,7 @@ impl ReadPath {
             audit_queued: false,
             scratch: Vec::new(),
             cache: None,
+            copy_in: None,
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,

@@ -36,6 +36,8 @@ pub struct Planned {
     pub changes_names: bool,
     /// Running it may change the catalog.
     pub is_ddl: bool,
+    /// Literals and parameters to tokenize for columns stored as tokens (issue 14).
+    pub at_rest: Option<Arc<crate::plan::write::AtRestPlan>>,
 }
 
 /// What a statement changes once the server confirms it.
@@ -209,6 +211,8 @@ impl Objects {
                     text: None,
                     changes_names: false,
                     is_ddl: false,
+                    // PREPARE of a statement naming at-rest columns is refused (TG180).
+                    at_rest: None,
                 }),
             ),
             (b"DEALLOCATE", Effect::Deallocate(name)) => self.closed_statement(name.as_bytes()),

@@ -67,8 +67,16 @@ impl ReadPathShared {
     ) -> Result<(Arc<ColumnTransform>, Counter), Refusal> {
         let d = &p.decision;
         let spec_text = match d.action {
-            PolicyAction::Token => d.token.as_ref().map(|t| t.as_str()),
-            PolicyAction::Mask => d.mask.as_ref().map(|m| m.as_str()),
+            PolicyAction::Token => d.token.as_ref().map(|t| t.as_str().to_string()),
+            PolicyAction::Mask if d.at_rest => Some(format!(
+                "reveal {} {}",
+                d.token.as_ref().map_or("", |t| t.as_str()),
+                d.mask.as_ref().map_or("", |m| m.as_str())
+            )),
+            PolicyAction::Clear if d.at_rest => {
+                d.token.as_ref().map(|t| format!("reveal {}", t.as_str()))
+            }
+            PolicyAction::Mask => d.mask.as_ref().map(|m| m.as_str().to_string()),
             _ => None,
         };
         let key = TransformKey {
@@ -109,7 +117,28 @@ fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
             format!("column {} has no usable {what} ({})", d.column, d.rule),
         )
     };
+    let token = || -> Result<crate::protect::TokenFormat, Refusal> {
+        d.token
+            .as_ref()
+            .ok_or_else(|| bad("token format"))?
+            .as_str()
+            .parse()
+            .map_err(|_| bad("token format"))
+    };
     let action = match d.action {
+        // Stored as tokens: clear roles get the plaintext, mask roles its mask.
+        PolicyAction::Clear if d.at_rest => Action::Reveal(token()?, None),
+        PolicyAction::Mask if d.at_rest => Action::Reveal(
+            token()?,
+            Some(
+                d.mask
+                    .as_ref()
+                    .ok_or_else(|| bad("mask"))?
+                    .as_str()
+                    .parse()
+                    .map_err(|_| bad("mask"))?,
+            ),
+        ),
         PolicyAction::Token => Action::Token(
             d.token
                 .as_ref()

@@ -1,0 +1,1077 @@
+//! Tokenization at rest (issue 14): which values of a statement must become tokens before
+//! PostgreSQL sees them, or why the statement is refused.
+//!
+//! A column whose label says `at_rest: token` holds FF1 tokens in PostgreSQL. Every value
+//! written to it, and every value it is compared with, must be tokenized by tokengate first:
+//! - string literals (by their exact byte range from the PostgreSQL-exact lexer) and
+//!   parameters (`$n`, rewritten in Bind) in INSERT ... VALUES, UPDATE ... SET, ON CONFLICT DO
+//!   UPDATE SET, and in equality comparisons (`=`, `<>`, `IN (...)`);
+//! - everything else that writes or computes on such a column is refused (TG180–TG184): an
+//!   expression, INSERT ... SELECT, a server-side default, MERGE, COPY FROM, a write through a
+//!   view, a range, LIKE, ORDER BY or a function over it.
+//!
+//! Fail closed: a statement that mentions an at-rest table or column in any form this module
+//! does not understand is refused, so PostgreSQL never stores a plaintext value there and no
+//! comparison silently runs on tokens.
+use crate::catalog::SessionCatalog;
+use crate::errors::Code;
+use crate::plan::{PlanCatalog, Refusal};
+use crate::policy::{ColumnName, RoleView};
+use crate::sql::catalog::fold;
+use crate::sql::lexer::{self, Kind};
+use crate::sql::{Catalog, Clause, LexSettings, StatementAnalysis};
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, CopySource, Expr, ObjectName, ObjectNamePart,
+    OnConflictAction, OnInsert, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject,
+    Value, Visit, Visitor,
+};
+use std::collections::{HashMap, HashSet};
+use std::ops::{ControlFlow, Range};
+use std::sync::Arc;
+
+/// How one at-rest column tokenizes: its label (the FF1 tweak) and token format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtRest {
+    pub label: Arc<str>,
+    /// The token format as the policy spells it.
+    pub format: Arc<str>,
+    /// The role is shown the stored tokens (`token`), so the values it compares with are
+    /// tokens already and stay as they are. Writes are tokenized for every role.
+    pub speaks_tokens: bool,
+}
+
+/// What to tokenize in one statement before it reaches PostgreSQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AtRestPlan {
+    /// Byte ranges of plain `'...'` literals in the message's SQL text.
+    pub literals: Vec<(Range<usize>, AtRest)>,
+    /// Parameters (`$n`, 1-based) bound to at-rest columns.
+    pub params: Vec<(usize, AtRest)>,
+    /// COPY ... FROM STDIN (text or CSV) into a table with at-rest columns: the fields of
+    /// the client's CopyData rows to tokenize.
+    pub copy: Option<CopyIn>,
+}
+
+/// The client's COPY rows: their format, how many fields each has, and which to tokenize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    pub format: crate::sql::CopyFormat,
+    pub width: usize,
+    pub fields: Vec<(usize, AtRest)>,
+}
+
+impl AtRestPlan {
+    pub fn is_empty(&self) -> bool {
+        self.literals.is_empty() && self.params.is_empty() && self.copy.is_none()
+    }
+}
+
+/// The column types a stored token can live in (FF1 text formats).
+const TEXT_TYPES: [u32; 3] = [25, 1043, 1042];
+
+fn refuse(code: Code, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
+}
+
+/// The policy's at-rest columns for this role: `(schema, table)` → column → how it tokenizes.
+type AtRestColumns = HashMap<(String, String), HashMap<String, AtRest>>;
+
+fn at_rest_columns(view: &RoleView) -> AtRestColumns {
+    let mut out: AtRestColumns = HashMap::new();
+    for d in view.columns().filter(|d| d.at_rest) {
+        let Ok(name) = ColumnName::parse(&d.column) else {
+            continue;
+        };
+        let format: Arc<str> = Arc::from(d.token.as_ref().map_or("", |t| t.as_str()));
+        out.entry((name.schema, name.table)).or_default().insert(
+            name.column,
+            AtRest {
+                label: d.label.clone(),
+                format,
+                speaks_tokens: d.action == crate::policy::Action::Token,
+            },
+        );
+    }
+    out
+}
+
+/// An identifier's name as PostgreSQL folds it, from a lexer token (`None` for U&"...",
+/// whose escapes are not decoded here: the caller treats it as a match).
+fn token_name(kind: Kind, text: &str) -> Option<String> {
+    match kind {
+        Kind::Word => Some(text.to_lowercase()),
+        Kind::QuotedIdent if text.starts_with('"') && text.len() >= 2 => {
+            Some(text[1..text.len() - 1].replace("\"\"", "\""))
+        }
+        _ => None,
+    }
+}
+
+/// Plans one statement (`text`, at byte `offset` in the message's SQL) for the at-rest
+/// columns of the policy. `Ok(None)`: the statement touches none.
+pub fn plan_at_rest(
+    text: &str,
+    offset: usize,
+    lex: LexSettings,
+    analysis: &StatementAnalysis,
+    view: &RoleView,
+    catalog: &SessionCatalog,
+) -> Result<Option<AtRestPlan>, Refusal> {
+    let columns = at_rest_columns(view);
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let tokens = lexer::tokenize(text, lex);
+    // Tables holding at-rest columns, and views whose definition names one of them.
+    let tables: HashSet<&str> = columns.keys().map(|(_, t)| t.as_str()).collect();
+    let names: HashSet<&str> = columns
+        .values()
+        .flat_map(|c| c.keys().map(String::as_str))
+        .collect();
+    let views: HashSet<String> = catalog
+        .snapshot
+        .relations()
+        .filter(|r| {
+            r.definition
+                .as_deref()
+                .is_some_and(|d| tables.iter().any(|t| d.to_lowercase().contains(t)))
+        })
+        .map(|r| r.name.clone())
+        .collect();
+    let mut names_table = false;
+    let mut hit = false;
+    for t in &tokens {
+        let Some(name) = token_name(t.kind, t.text(text)) else {
+            if t.kind == Kind::QuotedIdent {
+                hit = true;
+                names_table = true;
+            }
+            continue;
+        };
+        if tables.contains(name.as_str()) || views.contains(&name) {
+            hit = true;
+            names_table = true;
+        } else if names.contains(name.as_str()) {
+            hit = true;
+        }
+    }
+    let uses_at_rest = analysis
+        .uses
+        .iter()
+        .any(|u| is_at_rest_name(&columns, &u.column));
+    let writes_at_rest = analysis
+        .writes
+        .iter()
+        .any(|w| is_at_rest_name(&columns, &w.column));
+    if !hit && !uses_at_rest && !writes_at_rest {
+        return Ok(None);
+    }
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let statement = match sqlparser::parser::Parser::parse_sql(&dialect, text) {
+        Ok(mut s) if s.len() == 1 => s.remove(0),
+        _ => {
+            return Err(refuse(
+                Code::AtRestUnsupported,
+                "a statement naming a column stored as tokens could not be read for tokenization",
+            ));
+        }
+    };
+    let mut planner = Planner {
+        text,
+        offset,
+        tokens: &tokens,
+        columns: &columns,
+        catalog,
+        scope: HashMap::new(),
+        views: &views,
+        allowed: HashSet::new(),
+        plan: AtRestPlan::default(),
+        param_labels: HashMap::new(),
+        param_counts: HashMap::new(),
+        compared: HashSet::new(),
+        excluded: HashSet::new(),
+        top: None,
+    };
+    planner.scope(&statement)?;
+    match &statement {
+        Statement::Query(q) => planner.top = Some(&**q as *const Query),
+        Statement::Insert(ins) => planner.insert(ins)?,
+        Statement::Update(u) => planner.update(u)?,
+        Statement::Delete(_) | Statement::Declare { .. } => {}
+        Statement::Copy { source, to, .. } => match (source, to) {
+            (_, true) => {}
+            (
+                CopySource::Table {
+                    table_name,
+                    columns: listed,
+                },
+                false,
+            ) => {
+                let Some((relation, cols)) = planner.target(table_name)? else {
+                    return Ok(None);
+                };
+                let format = match &analysis.copy {
+                    Some(f) if f.kind != crate::sql::CopyKind::Binary => f.clone(),
+                    _ => {
+                        return Err(refuse(
+                            Code::AtRestUnsupported,
+                            format!(
+                                "COPY FROM into {table_name}, which has columns stored as tokens, is supported in text and CSV format only"
+                            ),
+                        ));
+                    }
+                };
+                let listed: Vec<String> = if listed.is_empty() {
+                    relation.columns.clone()
+                } else {
+                    listed.iter().map(fold).collect()
+                };
+                let mut fields = Vec::new();
+                for (column, how) in &cols {
+                    let Some(pos) = listed.iter().position(|c| c == column) else {
+                        return Err(refuse(
+                            Code::AtRestOmitted,
+                            format!(
+                                "COPY into {table_name} leaves out {column}, which is stored as tokens: a server-side default would be stored in clear"
+                            ),
+                        ));
+                    };
+                    fields.push((pos, how.clone()));
+                }
+                return Ok(Some(AtRestPlan {
+                    copy: Some(CopyIn {
+                        format,
+                        width: listed.len(),
+                        fields,
+                    }),
+                    ..AtRestPlan::default()
+                }));
+            }
+            (CopySource::Query(_), false) => {}
+        },
+        _ if names_table || uses_at_rest => {
+            return Err(refuse(
+                Code::AtRestUnsupported,
+                "this kind of statement cannot name a table with columns stored as tokens (MERGE, PREPARE, EXPLAIN, DDL, ...)",
+            ));
+        }
+        _ => return Ok(None),
+    }
+    planner.walk(&statement)?;
+    // Tokens copied into stored data are fine only as ON CONFLICT's own EXCLUDED value: a
+    // token copied elsewhere would later be read as plaintext.
+    for w in &analysis.writes {
+        if let Some(name) = at_rest_name(&columns, &w.column)
+            && !(matches!(statement, Statement::Insert(_)) && planner.excluded.contains(name))
+        {
+            return Err(refuse(
+                Code::AtRestValue,
+                format!(
+                    "column {} is stored as tokens and would be copied into stored data by this statement",
+                    w.column
+                ),
+            ));
+        }
+    }
+    // Every at-rest column the analysis sees compared must have been compared by its own name
+    // (a renamed column in a subquery or view would compare its tokens with plaintext).
+    for u in &analysis.uses {
+        if let Some(name) = at_rest_name(&columns, &u.column) {
+            if !matches!(u.clause, Clause::Where | Clause::JoinOn | Clause::Other) {
+                return Err(refuse(
+                    Code::AtRestComputation,
+                    format!(
+                        "column {} is stored as tokens: it cannot be sorted, grouped or compared in this clause",
+                        u.column
+                    ),
+                ));
+            }
+            if !planner.compared.contains(name) {
+                return Err(refuse(
+                    Code::AtRestComputation,
+                    format!(
+                        "column {} is stored as tokens and compared under another name (an alias, subquery or view): tokengate cannot tokenize the other side",
+                        u.column
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((!planner.plan.is_empty()).then_some(planner.plan))
+}
+
+fn at_rest_name<'a>(columns: &AtRestColumns, qualified: &'a str) -> Option<&'a str> {
+    let name = ColumnName::parse(qualified).ok()?;
+    columns
+        .get(&(name.schema.clone(), name.table.clone()))
+        .and_then(|c| c.get(&name.column))?;
+    qualified.rsplit('.').next()
+}
+
+fn is_at_rest_name(columns: &AtRestColumns, qualified: &str) -> bool {
+    at_rest_name(columns, qualified).is_some()
+}
+
+/// A write target with at-rest columns: the relation and its at-rest columns by name.
+type WriteTarget = (crate::sql::Relation, HashMap<String, AtRest>);
+
+/// What a name in scope means: stored as tokens (how), plain, or both in different relations.
+#[derive(Debug, Clone)]
+enum InScope {
+    AtRest(AtRest),
+    Plain,
+    Ambiguous,
+}
+
+struct Planner<'a> {
+    text: &'a str,
+    offset: usize,
+    tokens: &'a [lexer::Token],
+    columns: &'a AtRestColumns,
+    catalog: &'a SessionCatalog<'a>,
+    /// Column names of every relation the statement names.
+    scope: HashMap<String, InScope>,
+    views: &'a HashSet<String>,
+    /// At-rest column references in a place tokengate handles (by address in the AST).
+    allowed: HashSet<usize>,
+    plan: AtRestPlan,
+    /// `$n` → the label it is tokenized under.
+    param_labels: HashMap<usize, Arc<str>>,
+    /// `$n` → how many of its references are tokenized.
+    param_counts: HashMap<usize, usize>,
+    /// Names of at-rest columns compared by equality.
+    compared: HashSet<String>,
+    /// At-rest columns assigned their own EXCLUDED value in ON CONFLICT DO UPDATE.
+    excluded: HashSet<String>,
+    top: Option<*const Query>,
+}
+
+fn parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => fold(i),
+            ObjectNamePart::Function(_) => String::new(),
+        })
+        .collect()
+}
+
+fn addr(e: &Expr) -> usize {
+    e as *const Expr as usize
+}
+
+/// A value tokengate can tokenize: a plain literal, a parameter, or NULL.
+enum Val {
+    Literal(sqlparser::tokenizer::Location),
+    Param(usize),
+    Null,
+}
+
+fn value(e: &Expr) -> Option<Val> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(_) => Some(Val::Literal(v.span.start)),
+            Value::Null => Some(Val::Null),
+            Value::Placeholder(p) => p
+                .strip_prefix('$')
+                .and_then(|n| n.parse().ok())
+                .filter(|n: &usize| *n >= 1)
+                .map(Val::Param),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl<'a> Planner<'a> {
+    fn resolve(&self, name: &ObjectName) -> Option<crate::sql::Relation> {
+        let p = parts(name);
+        match p.as_slice() {
+            [n] => self.catalog.relation(None, n),
+            [s, n] | [_, s, n] => self.catalog.relation(Some(s), n),
+            _ => None,
+        }
+    }
+
+    /// Every relation the statement names, and the meaning of their column names.
+    fn scope(&mut self, statement: &Statement) -> Result<(), Refusal> {
+        let mut names = Vec::new();
+        let _ = sqlparser::ast::visit_relations(statement, |n| {
+            names.push(n.clone());
+            ControlFlow::<()>::Continue(())
+        });
+        for n in &names {
+            let Some(r) = self.resolve(n) else { continue };
+            let at_rest = self.columns.get(&(r.schema.clone(), r.name.clone()));
+            for c in &r.columns {
+                let meaning = match at_rest.and_then(|a| a.get(c)) {
+                    Some(a) => InScope::AtRest(a.clone()),
+                    None => InScope::Plain,
+                };
+                let merged = match (self.scope.get(c), meaning) {
+                    (None, m) => m,
+                    (Some(InScope::Plain), InScope::Plain) => InScope::Plain,
+                    (Some(InScope::AtRest(a)), InScope::AtRest(b)) if *a == b => InScope::AtRest(b),
+                    _ => InScope::Ambiguous,
+                };
+                self.scope.insert(c.clone(), merged);
+            }
+        }
+        Ok(())
+    }
+
+    /// An expression that names an at-rest column: `Some(Ok(how))`, or `Some(Err)` when the
+    /// name also means a plain column of another relation in the statement.
+    fn at_rest(&self, e: &Expr) -> Option<Result<AtRest, ()>> {
+        let name = match e {
+            Expr::Identifier(i) => fold(i),
+            Expr::CompoundIdentifier(p) => fold(p.last()?),
+            _ => return None,
+        };
+        match self.scope.get(&name)? {
+            InScope::AtRest(a) => Some(Ok(a.clone())),
+            InScope::Plain => None,
+            InScope::Ambiguous => Some(Err(())),
+        }
+    }
+
+    /// The at-rest columns of a write target (`None`: it has none). Views over at-rest tables
+    /// are refused.
+    fn target(&self, name: &ObjectName) -> Result<Option<WriteTarget>, Refusal> {
+        let Some(r) = self.resolve(name) else {
+            // Unknown to tokengate's catalog (created since it was read, or a name resolution
+            // tokengate cannot follow): it could be a table with at-rest columns.
+            return Err(refuse(
+                Code::AtRestUnsupported,
+                format!(
+                    "{name} is not in tokengate's catalog, so tokengate cannot tell whether it has columns stored as tokens"
+                ),
+            ));
+        };
+        if !matches!(r.kind, crate::sql::RelationKind::Table) && self.views.contains(&r.name) {
+            return Err(refuse(
+                Code::AtRestUnsupported,
+                format!(
+                    "writing through {name}, which reads a table with columns stored as tokens, is not supported"
+                ),
+            ));
+        }
+        let Some(cols) = self.columns.get(&(r.schema.clone(), r.name.clone())) else {
+            return Ok(None);
+        };
+        for c in cols.keys() {
+            let qualified = crate::policy::model::canonical_parts(&r.schema, &r.name, c);
+            let t = self.catalog.column_type(&qualified).unwrap_or(0);
+            if !TEXT_TYPES.contains(&t) {
+                return Err(refuse(
+                    Code::AtRestUnsupported,
+                    format!(
+                        "column {qualified} is stored as tokens but its type (oid {t}) is not text, varchar or char"
+                    ),
+                ));
+            }
+        }
+        Ok(Some((r, cols.clone())))
+    }
+
+    /// Records a value written to (or compared with) an at-rest column, or refuses it.
+    fn tokenize(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
+        self.value(e, how, what, true)
+    }
+
+    /// A value compared with an at-rest column: tokenized, unless the role compares by the
+    /// tokens it was shown.
+    fn compared(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
+        self.value(e, how, what, !how.speaks_tokens)
+    }
+
+    fn value(&mut self, e: &Expr, how: &AtRest, what: &str, tokenize: bool) -> Result<(), Refusal> {
+        if !tokenize {
+            return match value(e) {
+                Some(_) => Ok(()),
+                None => Err(refuse(
+                    Code::AtRestValue,
+                    format!("{what} is not a quoted literal, NULL or a parameter"),
+                )),
+            };
+        }
+        match value(e) {
+            Some(Val::Null) => Ok(()),
+            Some(Val::Param(n)) => {
+                if let Some(l) = self.param_labels.get(&n)
+                    && *l != how.label
+                {
+                    return Err(refuse(
+                        Code::AtRestParameter,
+                        format!("${n} is used for two labels stored as tokens"),
+                    ));
+                }
+                self.param_labels.insert(n, how.label.clone());
+                *self.param_counts.entry(n).or_default() += 1;
+                if !self.plan.params.iter().any(|(p, _)| *p == n) {
+                    self.plan.params.push((n, how.clone()));
+                }
+                Ok(())
+            }
+            Some(Val::Literal(at)) => {
+                let range = self.literal_range(at).ok_or_else(|| {
+                    refuse(
+                        Code::AtRestValue,
+                        format!(
+                            "{what} must be a plain quoted literal ('...') without backslashes"
+                        ),
+                    )
+                })?;
+                let start = range.start + self.offset;
+                let end = range.end + self.offset;
+                self.plan.literals.push((start..end, how.clone()));
+                Ok(())
+            }
+            None => Err(refuse(
+                Code::AtRestValue,
+                format!(
+                    "{what} is not a quoted literal, NULL or a parameter, so tokengate cannot tokenize it"
+                ),
+            )),
+        }
+    }
+
+    /// The lexer token of a plain `'...'` literal starting at `at` (sqlparser's line and
+    /// character column), if the literal is exactly one such token.
+    fn literal_range(&self, at: sqlparser::tokenizer::Location) -> Option<Range<usize>> {
+        let mut line = 1u64;
+        let mut column = 1u64;
+        let mut byte = None;
+        for (i, c) in self.text.char_indices() {
+            if line == at.line && column == at.column {
+                byte = Some(i);
+                break;
+            }
+            if c == '\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        let byte = byte?;
+        let index = self.tokens.iter().position(|t| t.start == byte)?;
+        let token = self.tokens[index];
+        let t = token.text(self.text);
+        let plain = token.kind == Kind::String
+            && t.starts_with('\'')
+            && t.ends_with('\'')
+            && t.len() >= 2
+            && !t.contains('\\');
+        // PostgreSQL joins 'a' 'b' across a newline into one literal.
+        let continued = self
+            .tokens
+            .get(index + 1)
+            .is_some_and(|n| n.kind == Kind::String);
+        (plain && !continued).then(|| token.range())
+    }
+
+    fn insert(&mut self, ins: &sqlparser::ast::Insert) -> Result<(), Refusal> {
+        let TableObject::TableName(name) = &ins.table else {
+            return Err(refuse(
+                Code::AtRestUnsupported,
+                "INSERT into a table function",
+            ));
+        };
+        let Some((relation, cols)) = self.target(name)? else {
+            return Ok(());
+        };
+        let listed: Vec<String> = if ins.columns.is_empty() {
+            relation.columns.clone()
+        } else {
+            ins.columns
+                .iter()
+                .map(|c| parts(c).pop().unwrap_or_default())
+                .collect()
+        };
+        let rows = match ins.source.as_deref() {
+            Some(q)
+                if q.with.is_none()
+                    && q.order_by.is_none()
+                    && q.limit_clause.is_none()
+                    && matches!(&*q.body, SetExpr::Values(_)) =>
+            {
+                match &*q.body {
+                    SetExpr::Values(v) => &v.rows,
+                    _ => return Err(refuse(Code::AtRestValue, "unreachable")),
+                }
+            }
+            Some(_) => {
+                return Err(refuse(
+                    Code::AtRestValue,
+                    format!(
+                        "INSERT ... SELECT into {name}, which has columns stored as tokens: only INSERT ... VALUES can be tokenized"
+                    ),
+                ));
+            }
+            None => {
+                return Err(refuse(
+                    Code::AtRestOmitted,
+                    format!(
+                        "INSERT ... DEFAULT VALUES into {name} would store server-side defaults in columns stored as tokens"
+                    ),
+                ));
+            }
+        };
+        for (column, how) in &cols {
+            let Some(pos) = listed.iter().position(|c| c == column) else {
+                return Err(refuse(
+                    Code::AtRestOmitted,
+                    format!(
+                        "INSERT into {name} leaves out {column}, which is stored as tokens: a server-side default would be stored in clear"
+                    ),
+                ));
+            };
+            for row in rows {
+                let Some(e) = row.get(pos) else {
+                    return Err(refuse(
+                        Code::AtRestOmitted,
+                        format!("a row of INSERT into {name} has no value for {column}"),
+                    ));
+                };
+                self.tokenize(e, how, &format!("the value for {column}"))?;
+            }
+        }
+        if let Some(OnInsert::OnConflict(c)) = &ins.on
+            && let OnConflictAction::DoUpdate(u) = &c.action
+        {
+            for a in &u.assignments {
+                self.assignment(a, &cols, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn assignment(
+        &mut self,
+        a: &sqlparser::ast::Assignment,
+        cols: &HashMap<String, AtRest>,
+        excluded_ok: bool,
+    ) -> Result<(), Refusal> {
+        let targets: Vec<String> = match &a.target {
+            AssignmentTarget::ColumnName(n) => vec![parts(n).pop().unwrap_or_default()],
+            AssignmentTarget::Tuple(ns) => ns
+                .iter()
+                .map(|n| parts(n).pop().unwrap_or_default())
+                .collect(),
+        };
+        let at_rest: Vec<&String> = targets.iter().filter(|t| cols.contains_key(*t)).collect();
+        let [column] = at_rest.as_slice() else {
+            if at_rest.is_empty() {
+                return Ok(());
+            }
+            return Err(refuse(
+                Code::AtRestValue,
+                "a tuple assignment to columns stored as tokens cannot be tokenized",
+            ));
+        };
+        if targets.len() != 1 {
+            return Err(refuse(
+                Code::AtRestValue,
+                "a tuple assignment to columns stored as tokens cannot be tokenized",
+            ));
+        }
+        let how = &cols[*column];
+        // ON CONFLICT ... SET col = EXCLUDED.col: the proposed row's value, already a token.
+        if excluded_ok
+            && let Expr::CompoundIdentifier(p) = &a.value
+            && p.len() == 2
+            && fold(&p[0]) == "excluded"
+            && cols.get(&fold(&p[1])).is_some_and(|o| o.label == how.label)
+        {
+            self.allowed.insert(addr(&a.value));
+            self.excluded.insert(fold(&p[1]));
+            return Ok(());
+        }
+        self.tokenize(&a.value, how, &format!("the value assigned to {column}"))
+    }
+
+    fn update(&mut self, u: &sqlparser::ast::Update) -> Result<(), Refusal> {
+        let TableFactor::Table { name, .. } = &u.table.relation else {
+            return Ok(());
+        };
+        let Some((_, cols)) = self.target(name)? else {
+            return Ok(());
+        };
+        for a in &u.assignments {
+            self.assignment(a, &cols, false)?;
+        }
+        Ok(())
+    }
+
+    /// Equality comparisons are tokenized; any other reference to an at-rest column outside
+    /// a plain result column is refused.
+    fn walk(&mut self, statement: &Statement) -> Result<(), Refusal> {
+        let mut pass = Pass1 {
+            planner: self,
+            error: None,
+        };
+        let _ = statement.visit(&mut pass);
+        if let Some(e) = pass.error {
+            return Err(e);
+        }
+        if let Statement::Insert(i) = statement {
+            self.projection(i.returning.as_deref().unwrap_or(&[]), true)?;
+        }
+        if let Statement::Update(u) = statement {
+            self.projection(u.returning.as_deref().unwrap_or(&[]), true)?;
+        }
+        if let Statement::Delete(d) = statement {
+            self.projection(d.returning.as_deref().unwrap_or(&[]), true)?;
+        }
+        let mut check = Pass2 {
+            planner: self,
+            error: None,
+            params: HashMap::new(),
+        };
+        let _ = statement.visit(&mut check);
+        if let Some(e) = check.error {
+            return Err(e);
+        }
+        // A parameter that is tokenized must mean only that column.
+        let counts = check.params;
+        for (n, uses) in &counts {
+            let tokenized = self.plan.params.iter().any(|(p, _)| p == n);
+            if tokenized && *uses > self.param_uses(*n) {
+                return Err(refuse(
+                    Code::AtRestParameter,
+                    format!("${n} is bound to a column stored as tokens and also used elsewhere"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn param_uses(&self, n: usize) -> usize {
+        self.param_counts.get(&n).copied().unwrap_or(0)
+    }
+
+    /// Result columns: a bare reference is the read path's business (decrypted for clear
+    /// roles). A renamed one inside a subquery or CTE would hide the column's nature.
+    fn projection(&mut self, items: &[SelectItem], top: bool) -> Result<(), Refusal> {
+        for item in items {
+            let (e, alias) = match item {
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(fold(alias))),
+                _ => continue,
+            };
+            if let Some(how) = self.at_rest(e) {
+                let name = match e {
+                    Expr::Identifier(i) => fold(i),
+                    Expr::CompoundIdentifier(p) => p.last().map(fold).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                if how.is_ok() && !top && alias.as_ref().is_some_and(|a| *a != name) {
+                    return Err(refuse(
+                        Code::AtRestComputation,
+                        format!(
+                            "column {name} is stored as tokens: renaming it inside a subquery or CTE is not supported"
+                        ),
+                    ));
+                }
+                self.allowed.insert(addr(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds equality comparisons and result columns.
+struct Pass1<'p, 'a> {
+    planner: &'p mut Planner<'a>,
+    error: Option<Refusal>,
+}
+
+impl Pass1<'_, '_> {
+    fn compare(&mut self, column: &Expr, other: &Expr) -> Result<bool, Refusal> {
+        let Some(how) = self.planner.at_rest(column) else {
+            return Ok(false);
+        };
+        let how = how.map_err(|()| {
+            refuse(
+                Code::AtRestComputation,
+                "a column name in this comparison means a column stored as tokens in one relation and another column elsewhere; qualify differently or split the statement",
+            )
+        })?;
+        if let Some(o) = self.planner.at_rest(other) {
+            if o.as_ref().is_ok_and(|o| o.label == how.label) {
+                self.planner.allowed.insert(addr(column));
+                self.planner.allowed.insert(addr(other));
+                self.mark(column);
+                self.mark(other);
+                return Ok(true);
+            }
+            return Err(refuse(
+                Code::AtRestComputation,
+                "columns stored as tokens can only be compared with columns of the same label",
+            ));
+        }
+        if value(other).is_none() {
+            return Ok(false);
+        }
+        self.planner.compared(
+            other,
+            &how,
+            "the value compared with a column stored as tokens",
+        )?;
+        self.planner.allowed.insert(addr(column));
+        self.mark(column);
+        Ok(true)
+    }
+
+    fn mark(&mut self, e: &Expr) {
+        let name = match e {
+            Expr::Identifier(i) => fold(i),
+            Expr::CompoundIdentifier(p) => p.last().map(fold).unwrap_or_default(),
+            _ => return,
+        };
+        self.planner.compared.insert(name);
+    }
+
+    fn expr(&mut self, e: &Expr) -> Result<(), Refusal> {
+        match e {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq | BinaryOperator::NotEq,
+                right,
+            } => {
+                let _ = self.compare(left, right)? || self.compare(right, left)?;
+            }
+            Expr::InList { expr, list, .. } => {
+                if let Some(how) = self.planner.at_rest(expr) {
+                    let how = how.map_err(|()| {
+                        refuse(
+                            Code::AtRestComputation,
+                            "an ambiguous column stored as tokens in IN (...)",
+                        )
+                    })?;
+                    for item in list {
+                        self.planner.compared(
+                            item,
+                            &how,
+                            "a value in IN (...) for a column stored as tokens",
+                        )?;
+                    }
+                    self.planner.allowed.insert(addr(expr));
+                    self.mark(expr);
+                }
+            }
+            Expr::IsNull(inner) | Expr::IsNotNull(inner)
+                if self.planner.at_rest(inner).is_some() =>
+            {
+                self.planner.allowed.insert(addr(inner));
+                self.mark(inner);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Visitor for Pass1<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let top = self.planner.top == Some(q as *const Query);
+        let mut stack = vec![&*q.body];
+        let mut selects = Vec::new();
+        while let Some(body) = stack.pop() {
+            match body {
+                SetExpr::Select(s) => selects.push(&s.projection),
+                SetExpr::SetOperation { left, right, .. } => {
+                    stack.push(left);
+                    stack.push(right);
+                }
+                _ => {}
+            }
+        }
+        // UNION ALL of an at-rest column with anything else would decrypt the other branch's
+        // values too.
+        if selects.len() > 1
+            && selects.iter().any(|p| {
+                p.iter().any(|item| match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                        self.planner.at_rest(e).is_some()
+                    }
+                    _ => false,
+                })
+            })
+        {
+            self.error = Some(refuse(
+                Code::AtRestComputation,
+                "a column stored as tokens cannot be combined with UNION, INTERSECT or EXCEPT",
+            ));
+            return ControlFlow::Break(());
+        }
+        for p in selects {
+            if let Err(e) = self.planner.projection(p, top) {
+                self.error = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match self.expr(e) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(r) => {
+                self.error = Some(r);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+/// Refuses every other reference to an at-rest column, and counts parameters.
+struct Pass2<'p, 'a> {
+    planner: &'p mut Planner<'a>,
+    error: Option<Refusal>,
+    params: HashMap<usize, usize>,
+}
+
+impl Visitor for Pass2<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Some(Val::Param(n)) = value(e) {
+            *self.params.entry(n).or_default() += 1;
+        }
+        if self.planner.at_rest(e).is_some() && !self.planner.allowed.contains(&addr(e)) {
+            let name = match e {
+                Expr::Identifier(i) => fold(i),
+                Expr::CompoundIdentifier(p) => p.last().map(fold).unwrap_or_default(),
+                _ => String::new(),
+            };
+            self.error = Some(refuse(
+                Code::AtRestComputation,
+                format!(
+                    "column {name} is stored as tokens: a range comparison, LIKE, ORDER BY, GROUP BY, a function, a cast or an expression over it would compute on the tokens, not the values"
+                ),
+            ));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Column, Relation, RelationKind, Snapshot};
+    use crate::policy::Policy;
+    use crate::sql::SearchPath;
+
+    const POLICY: &str = "version: 1
+labels:
+  ssn: { class: pii, token: digits, at_rest: token }
+columns:
+  public.people.ssn: ssn
+roles:
+  admin: { default: clear }
+";
+
+    fn snapshot() -> Snapshot {
+        let cols = [("id", 23), ("name", 25), ("ssn", 1042)];
+        Snapshot::build(
+            1,
+            vec![Relation {
+                oid: 1,
+                schema: "public".into(),
+                name: "people".into(),
+                kind: RelationKind::Table,
+                columns: cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, t))| Column {
+                        attnum: i as i16 + 1,
+                        name: n.to_string(),
+                        type_oid: *t,
+                    })
+                    .collect(),
+                definition: None,
+            }],
+            vec![],
+        )
+    }
+
+    fn plan(sql: &str) -> Result<Vec<Option<AtRestPlan>>, Refusal> {
+        let policy = Policy::from_yaml(POLICY, "p.yaml").unwrap();
+        let view = policy.for_role("admin", &[]);
+        let snap = snapshot();
+        let path = SearchPath::new(vec!["pg_catalog".into(), "public".into()], None);
+        let catalog = SessionCatalog {
+            snapshot: &snap,
+            path: Some(&path),
+        };
+        let lex = LexSettings::default();
+        let analyses = crate::sql::analyze_with(sql, &catalog, lex);
+        let texts = crate::sql::split_statements(sql, lex);
+        analyses
+            .iter()
+            .zip(texts)
+            .map(|(a, text)| {
+                let offset = text.as_ptr() as usize - sql.as_ptr() as usize;
+                plan_at_rest(text, offset, lex, a, &view, &catalog)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn literal_ranges_are_the_lexers_bytes_after_multibyte_text_and_newlines() {
+        let sql = "SELECT 1; INSERT INTO people (id, name, ssn)\n VALUES (1, 'Zoë ''x''', '123-45-6789'), (2, '€', $1)";
+        let plans = plan(sql).unwrap();
+        assert!(plans[0].is_none());
+        let p = plans[1].as_ref().unwrap();
+        let texts: Vec<&str> = p.literals.iter().map(|(r, _)| &sql[r.clone()]).collect();
+        assert_eq!(texts, ["'123-45-6789'"]);
+        assert_eq!(p.params.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1]);
+        assert!(plan("SELECT id FROM people WHERE ssn IS NULL").unwrap()[0].is_none());
+        let p = plan("SELECT id FROM people WHERE ssn IN ('1', $2) OR ssn = 'é'").unwrap();
+        let p = p[0].as_ref().unwrap();
+        assert_eq!(p.literals.len(), 2);
+        assert_eq!(p.params.len(), 1);
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        for (sql, code) in [
+            ("INSERT INTO people (id) VALUES (1)", Code::AtRestOmitted),
+            (
+                "INSERT INTO people VALUES (1, 'a', '1'\n'2')",
+                Code::AtRestUnsupported,
+            ),
+            ("UPDATE people SET ssn = lower('x')", Code::AtRestValue),
+            (
+                "SELECT id FROM people WHERE ssn < '1'",
+                Code::AtRestComputation,
+            ),
+            ("SELECT max(ssn) FROM people", Code::AtRestComputation),
+            (
+                "SELECT s FROM (SELECT ssn AS s FROM people) x WHERE s = '1'",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT ssn FROM people UNION ALL SELECT '123-45-6789'",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT CASE WHEN id = 1 THEN ssn ELSE 'x' END FROM people",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = name",
+                Code::AtRestComputation,
+            ),
+            ("INSERT INTO people VALUES (1, 'a', $0)", Code::AtRestValue),
+        ] {
+            let got = plan(sql).map_err(|r| r.code);
+            assert_eq!(got.err(), Some(code), "{sql}");
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The write side of tokenization at rest (issue 14): the literals of a Query or Parse and
+//! the parameters of a Bind that reach a column stored as tokens are replaced by their FF1
+//! tokens before PostgreSQL sees them. What to replace comes from
+//! [`crate::plan::write::plan_at_rest`]; anything it could not plan was refused there.
+use super::objects::Planned;
+use super::{Pending, ReadPath, cstr};
+use crate::errors::Code;
+use crate::plan::Refusal;
+use crate::plan::write::{AtRest, AtRestPlan};
+use crate::protect::{Action, ColumnTransform, Output, TransformSpec};
+use crate::session::protocol::Found;
+use crate::wire::frontend;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Text-like type OIDs a parameter of an at-rest column may be declared as (0: unspecified).
+const PARAM_TYPES: [u32; 4] = [0, 25, 1043, 1042];
+
+/// FF1 tokenizers per label, for one message.
+#[derive(Default)]
+struct Tokenizers(HashMap<Arc<str>, ColumnTransform>);
+
+impl Tokenizers {
+    fn tokenize(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        let bad = |e: String| {
+            Refusal::new(
+                Code::AtRestParameter,
+                format!("a value for label {} cannot be tokenized: {e}", how.label),
+            )
+        };
+        if !self.0.contains_key(&how.label) {
+            let format = how
+                .format
+                .parse()
+                .map_err(|_| bad("the token format is not usable".into()))?;
+            let spec = TransformSpec::new(Action::Token(format), how.label.to_string());
+            let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
+                .map_err(|e| bad(e.to_string()))?;
+            self.0.insert(how.label.clone(), t);
+        }
+        let t = self
+            .0
+            .get(&how.label)
+            .ok_or_else(|| bad("no tokenizer".into()))?;
+        let mut out = Vec::with_capacity(plain.len());
+        match t.apply(plain, &mut out) {
+            Ok(Output::Value) => Ok(out),
+            Ok(Output::Null) => Err(bad("it would become NULL".into())),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+}
+
+/// Replaces each planned literal of `sql` by the quoted token of its value.
+fn rewrite_sql(
+    keys: &crate::protect::KeyRing,
+    sql: &[u8],
+    plans: &[&AtRestPlan],
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let mut literals: Vec<_> = plans.iter().flat_map(|p| p.literals.iter()).collect();
+    if literals.is_empty() {
+        return Ok(None);
+    }
+    literals.sort_by_key(|(r, _)| r.start);
+    let mut tokenizers = Tokenizers::default();
+    let mut out = Vec::with_capacity(sql.len() + 16);
+    let mut at = 0;
+    for (range, how) in literals {
+        let literal = sql
+            .get(range.clone())
+            .filter(|l| range.start >= at && l.len() >= 2)
+            .ok_or_else(|| Refusal::new(Code::AtRestValue, "a literal could not be located"))?;
+        // A plain '...' literal without backslashes: '' is a quote, nothing else is special.
+        let inner = &literal[1..literal.len() - 1];
+        let mut plain = Vec::with_capacity(inner.len());
+        let mut i = 0;
+        while i < inner.len() {
+            plain.push(inner[i]);
+            i += if inner[i] == b'\'' { 2 } else { 1 };
+        }
+        let token = tokenizers.tokenize(keys, how, &plain)?;
+        out.extend_from_slice(&sql[at..range.start]);
+        out.push(b'\'');
+        for &b in &token {
+            if b == b'\'' {
+                out.push(b'\'');
+            }
+            out.push(b);
+        }
+        out.push(b'\'');
+        at = range.end;
+    }
+    out.extend_from_slice(&sql[at..]);
+    Ok(Some(out))
+}
+
+impl ReadPath {
+    /// The Query text with its at-rest literals tokenized (`None`: unchanged).
+    pub(super) fn tokenize_query(
+        &self,
+        sql: &[u8],
+        statements: &[Planned],
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let plans: Vec<&AtRestPlan> = statements
+            .iter()
+            .filter_map(|s| s.at_rest.as_deref())
+            .collect();
+        rewrite_sql(&self.keys, sql, &plans)
+    }
+
+    /// The COPY FROM STDIN of a Query whose rows must be tokenized: only as the Query's only
+    /// statement.
+    pub(super) fn copy_in_of(
+        &self,
+        statements: &[Planned],
+    ) -> Result<Option<CopyInState>, Refusal> {
+        let copies: Vec<_> = statements
+            .iter()
+            .filter_map(|s| s.at_rest.as_ref().and_then(|a| a.copy.clone()))
+            .collect();
+        match copies.as_slice() {
+            [] => Ok(None),
+            [one] if statements.len() == 1 => Ok(Some(CopyInState::new(one.clone()))),
+            _ => Err(Refusal::new(
+                Code::AtRestUnsupported,
+                "a COPY FROM into columns stored as tokens must be the only statement of its query",
+            )),
+        }
+    }
+
+    /// The Parse body with its at-rest literals tokenized (`None`: unchanged). Parameters
+    /// of at-rest columns must be declared as text (or left unspecified).
+    pub(super) fn tokenize_parse(
+        &self,
+        p: &frontend::Parse<'_>,
+        planned: &Planned,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some(plan) = planned.at_rest.as_deref() else {
+            return Ok(None);
+        };
+        if plan.copy.is_some() {
+            return Err(Refusal::new(
+                Code::AtRestUnsupported,
+                "COPY FROM into columns stored as tokens is supported in a simple Query only (psql's COPY ... FROM STDIN and \\copy), not the extended protocol",
+            ));
+        }
+        for (n, _) in &plan.params {
+            let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
+            if !PARAM_TYPES.contains(&declared) {
+                return Err(Refusal::new(
+                    Code::AtRestParameter,
+                    format!(
+                        "${n} is declared with type oid {declared}; a parameter for a column stored as tokens must be text"
+                    ),
+                ));
+            }
+        }
+        let Some(sql) = rewrite_sql(&self.keys, p.sql, &[plan])? else {
+            return Ok(None);
+        };
+        let mut b = Vec::with_capacity(sql.len() + 16);
+        cstr(&mut b, p.statement);
+        cstr(&mut b, &sql);
+        b.extend_from_slice(&(p.param_types.len() as i16).to_be_bytes());
+        for t in &p.param_types {
+            b.extend_from_slice(&t.to_be_bytes());
+        }
+        Ok(Some(b))
+    }
+
+    /// The at-rest plan of the statement a Bind names, as it will be when the messages
+    /// already sent are confirmed. `Err` when it cannot be known.
+    fn statement_at_rest(&self, name: &[u8]) -> Result<Option<Arc<AtRestPlan>>, Refusal> {
+        let pending = self.protocol.find_recent(super::client::SCAN_LIMIT, |p| match p {
+            Pending::Parse { name: n, planned } if n == name => {
+                Some(planned.as_ref().and_then(|p| p.at_rest.clone()))
+            }
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, super::objects::Effect::Prepare { name: n, .. } if n.as_bytes() == name))
+                .then_some(None),
+            _ => None,
+        });
+        match pending {
+            Found::Yes(plan) => Ok(plan),
+            Found::No => Ok(self
+                .objects
+                .statements
+                .get(name)
+                .and_then(|s| s.planned.as_ref())
+                .and_then(|p| p.at_rest.clone())),
+            Found::Unsure => Err(Refusal::new(
+                Code::AtRestParameter,
+                "too many messages in flight to know which parameters are stored as tokens",
+            )),
+        }
+    }
+
+    /// The Bind body with its at-rest parameters tokenized (`None`: unchanged). Text and
+    /// binary formats carry the same UTF-8 bytes for the text types at-rest columns have.
+    pub(super) fn tokenize_bind(&self, b: &frontend::Bind<'_>) -> Result<Option<Vec<u8>>, Refusal> {
+        if !self.view.has_at_rest() {
+            return Ok(None);
+        }
+        let Some(plan) = self.statement_at_rest(b.statement)? else {
+            return Err(Refusal::new(
+                Code::AtRestParameter,
+                format!(
+                    "prepared statement {:?} was not planned for columns stored as tokens (prepared before the policy stored them, or by SQL PREPARE); prepare it again",
+                    String::from_utf8_lossy(b.statement)
+                ),
+            ));
+        };
+        if plan.params.is_empty() {
+            return Ok(None);
+        }
+        let mut tokenizers = Tokenizers::default();
+        let mut params: Vec<Option<Vec<u8>>> =
+            b.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
+        for (n, how) in &plan.params {
+            let i = n - 1;
+            let format = match b.param_formats.as_slice() {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(-1),
+            };
+            if format != 0 && format != 1 {
+                return Err(Refusal::new(
+                    Code::AtRestParameter,
+                    format!("${n} has an unknown format code {format}"),
+                ));
+            }
+            if let Some(Some(v)) = params.get(i) {
+                if std::str::from_utf8(v).is_err() {
+                    return Err(Refusal::new(
+                        Code::AtRestParameter,
+                        format!("${n} is not valid UTF-8 text"),
+                    ));
+                }
+                let token = tokenizers.tokenize(&self.keys, how, v)?;
+                params[i] = Some(token);
+            }
+        }
+        let mut out = Vec::new();
+        cstr(&mut out, b.portal);
+        cstr(&mut out, b.statement);
+        out.extend_from_slice(&(b.param_formats.len() as i16).to_be_bytes());
+        for f in &b.param_formats {
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        out.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in &params {
+            match p {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out.extend_from_slice(&(b.result_formats.len() as i16).to_be_bytes());
+        for f in &b.result_formats {
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Bound on a COPY line tokengate holds while waiting for its end.
+const MAX_COPY_LINE: usize = 16 << 20;
+
+/// A COPY ... FROM STDIN whose rows are being tokenized.
+pub(super) struct CopyInState {
+    plan: crate::plan::write::CopyIn,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    lines: u64,
+    /// The first row that could not be tokenized: the rest is dropped and the COPY fails.
+    failed: Option<Refusal>,
+    tokenizers: Tokenizers,
+}
+
+impl std::fmt::Debug for CopyInState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyInState")
+            .field("lines", &self.lines)
+            .finish_non_exhaustive()
+    }
+}
+
+fn copy_refusal(why: impl Into<String>) -> Refusal {
+    Refusal::new(
+        Code::AtRestValue,
+        format!("COPY row for a column stored as tokens: {}", why.into()),
+    )
+}
+
+impl CopyInState {
+    pub(super) fn new(plan: crate::plan::write::CopyIn) -> Self {
+        CopyInState {
+            plan,
+            partial: Vec::new(),
+            lines: 0,
+            failed: None,
+            tokenizers: Tokenizers::default(),
+        }
+    }
+
+    /// Rewrites one line (without its `\n`) into `out`.
+    fn line(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
+        self.lines += 1;
+        let format = &self.plan.format;
+        let (content, cr) = match line.strip_suffix(b"\r") {
+            Some(c) => (c, true),
+            None => (line, false),
+        };
+        let text = format.kind == crate::sql::CopyKind::Text;
+        if (self.lines == 1 && format.header) || (text && content == b"\\.") {
+            out.extend_from_slice(line);
+            return Ok(());
+        }
+        let fields = format
+            .split(content)
+            .ok_or_else(|| copy_refusal("a CSV value spanning lines"))?;
+        if fields.len() != self.plan.width {
+            return Err(copy_refusal(format!(
+                "line {} has {} fields where the COPY lists {}",
+                self.lines,
+                fields.len(),
+                self.plan.width
+            )));
+        }
+        let null = format.null.as_bytes();
+        let (sep, quote) = (format.delimiter, format.quote);
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(sep);
+            }
+            let raw = &content[field.range.clone()];
+            let Some((_, how)) = self.plan.fields.iter().find(|(p, _)| *p == i) else {
+                out.extend_from_slice(raw);
+                continue;
+            };
+            if !field.quoted && raw == null {
+                out.extend_from_slice(raw);
+                continue;
+            }
+            let value = if field.quoted {
+                let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or(&[]);
+                if inner.contains(&quote) || inner.contains(&format.escape) {
+                    return Err(copy_refusal("an escaped quote in a value"));
+                }
+                inner
+            } else {
+                raw
+            };
+            if value.contains(&b'\\') && text {
+                return Err(copy_refusal("a backslash escape in a value"));
+            }
+            if !text && value.contains(&quote) {
+                return Err(copy_refusal("a quote inside an unquoted value"));
+            }
+            let token = self.tokenizers.tokenize(keys, how, value)?;
+            if token
+                .iter()
+                .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == quote)
+                || token == null
+            {
+                return Err(copy_refusal("a token would need escaping"));
+            }
+            if field.quoted {
+                out.push(quote);
+                out.extend_from_slice(&token);
+                out.push(quote);
+            } else {
+                out.extend_from_slice(&token);
+            }
+        }
+        if cr {
+            out.push(b'\r');
+        }
+        Ok(())
+    }
+}
+
+impl ReadPath {
+    /// A COPY FROM STDIN into at-rest columns is in progress: the relay hands its CopyData
+    /// and CopyDone bodies here.
+    pub fn rewrites_copy_in(&self) -> bool {
+        self.copy_in.is_some()
+    }
+
+    /// Rewrites the complete lines of one CopyData message (a partial last line waits for
+    /// the next). After a row that cannot be tokenized, the rest is dropped.
+    pub(super) fn client_copy_data(&mut self, body: &[u8]) -> super::ClientVerdict {
+        use super::ClientVerdict;
+        let keys = self.keys.clone();
+        let Some(state) = self.copy_in.as_mut() else {
+            return ClientVerdict::Forward;
+        };
+        if state.failed.is_some() {
+            return ClientVerdict::Replace(Vec::new());
+        }
+        state.partial.extend_from_slice(body);
+        let buffered = std::mem::take(&mut state.partial);
+        let mut out = Vec::with_capacity(buffered.len() + 64);
+        let mut start = 0;
+        while let Some(n) = buffered[start..].iter().position(|&b| b == b'\n') {
+            if let Err(r) = state.line(&keys, &buffered[start..start + n], &mut out) {
+                state.failed = Some(r);
+                return ClientVerdict::Replace(Vec::new());
+            }
+            out.push(b'\n');
+            start += n + 1;
+        }
+        state.partial = buffered[start..].to_vec();
+        if state.partial.len() > MAX_COPY_LINE {
+            state.failed = Some(copy_refusal("a line is longer than 16 MiB"));
+            return ClientVerdict::Replace(Vec::new());
+        }
+        if out.is_empty() {
+            ClientVerdict::Replace(Vec::new())
+        } else {
+            ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out))
+        }
+    }
+
+    /// CopyDone: the last line without a newline is flushed; a failed COPY becomes a
+    /// CopyFail, so PostgreSQL stores none of it.
+    pub(super) fn client_copy_done(&mut self, frame_bytes: &[u8]) -> super::ClientVerdict {
+        use super::ClientVerdict;
+        let keys = self.keys.clone();
+        let Some(mut state) = self.copy_in.take() else {
+            return ClientVerdict::Forward;
+        };
+        let mut out = Vec::new();
+        if state.failed.is_none() && !state.partial.is_empty() {
+            let last = std::mem::take(&mut state.partial);
+            if let Err(r) = state.line(&keys, &last, &mut out) {
+                state.failed = Some(r);
+            }
+        }
+        if let Some(r) = state.failed {
+            self.refused(&r, None);
+            // The server's error to this CopyFail (part of the COPY's Query reply) is replaced
+            // by the refusal.
+            if let Some(Pending::Query(q)) = self.protocol.front_mut() {
+                q.refusal = Some(r.clone());
+            }
+            self.protocol.sent(
+                crate::session::protocol::Request::CopyFail,
+                Pending::Refused(r.clone()),
+            );
+            let mut body = Vec::new();
+            cstr(&mut body, r.code.error(&r.message).message.as_bytes());
+            return ClientVerdict::Replace(super::frame(frontend::COPY_FAIL, &body));
+        }
+        self.protocol.sent(
+            crate::session::protocol::Request::CopyDone,
+            Pending::CopyEnd,
+        );
+        if out.is_empty() {
+            return ClientVerdict::Forward;
+        }
+        let mut bytes = super::frame(frontend::COPY_DATA, &out);
+        bytes.extend_from_slice(frame_bytes);
+        ClientVerdict::Replace(bytes)
+    }
+}

@@ -1,0 +1,645 @@
+//! Tokenization at rest (issue 14): columns labelled `at_rest: token` hold FF1 tokens in
+//! PostgreSQL. Writes through tokengate are tokenized before they reach the server, clear
+//! roles read the plaintext back, token roles the stored token, mask roles the mask; every
+//! form tokengate cannot transform is refused with its code. A direct connection (and
+//! pg_dump) sees only tokens.
+use crate::harness::*;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use tokengate::server::RunningServer;
+
+const AT_DB: &str = "atrest";
+
+const POLICY: &str = "version: 1
+labels:
+  ssn:  { class: pii, token: digits, mask: \"***-**-####\", at_rest: token }
+  card: { class: financial, token: card, mask: last4, at_rest: token }
+  note: { class: pii, token: text }
+columns:
+  public.people.ssn: ssn
+  public.people.card: card
+  public.people.note: note
+  public.others.ssn: ssn
+roles:
+  at_admin: { default: clear }
+  at_token: { default: token, filter_on: [ssn, card] }
+  at_mask:  { default: mask, filter_on: [ssn] }
+  \"*\": { default: deny }
+";
+
+const ROLES: &[&str] = &["at_admin", "at_token", "at_mask"];
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    policy: PathBuf,
+    keys: PathBuf,
+}
+
+static SETUP: OnceLock<Setup> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+fn setup() -> &'static Setup {
+    if let Some(s) = SETUP.get() {
+        return s;
+    }
+    let _g = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = SETUP.get() {
+        return s;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let keys = dir.path().join("keys.json");
+    let mut ring = tokengate::protect::keys::KeyRing::default();
+    ring.insert(
+        tokengate::protect::keys::DEFAULT_KEY_NAME,
+        1,
+        tokengate::protect::keys::Key::from_bytes([0x3c; 32]),
+    );
+    ring.write_new(&keys, false).unwrap();
+    let pg = &cluster().pg;
+    let mut roles = String::new();
+    for r in ROLES {
+        roles.push_str(&format!("CREATE ROLE {r} LOGIN PASSWORD '{r}-pw';\n"));
+    }
+    let schema = "CREATE TABLE people (id int PRIMARY KEY, name text, ssn char(11) UNIQUE, card text, note text);
+        CREATE TABLE others (id int PRIMARY KEY, ssn char(11));
+        CREATE TABLE plain (id int PRIMARY KEY, ssn text);
+        CREATE VIEW people_v AS SELECT id, ssn FROM people;
+        GRANT ALL ON ALL TABLES IN SCHEMA public TO at_admin, at_token, at_mask, trust_user;";
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                pg.execute("postgres", &format!("CREATE DATABASE {AT_DB}"))
+                    .await
+                    .unwrap();
+                pg.execute("postgres", &roles).await.unwrap();
+                pg.execute(AT_DB, schema).await.unwrap();
+            });
+        });
+    });
+    let _ = SETUP.set(Setup {
+        _dir: dir,
+        policy,
+        keys,
+    });
+    SETUP.get().unwrap()
+}
+
+async fn at_proxy() -> RunningServer {
+    let s = setup();
+    let (policy, keys) = (s.policy.clone(), s.keys.clone());
+    proxy_with(|c| {
+        c.policy = Some(policy);
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+    })
+    .await
+}
+
+async fn via(proxy: &RunningServer, role: &str) -> tokio_postgres::Client {
+    let mut c = pg_config(proxy.addr.port(), role, &format!("{role}-pw"));
+    c.dbname(AT_DB);
+    connect(&c).await
+}
+
+async fn direct() -> tokio_postgres::Client {
+    cluster().pg.connect_admin(AT_DB).await.unwrap()
+}
+
+async fn stored(id: i32) -> (String, String) {
+    let row = direct()
+        .await
+        .query_one("SELECT ssn::text, card FROM people WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e:?}"));
+    db.message().to_string()
+}
+
+fn same_shape(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.chars()
+            .zip(b.chars())
+            .all(|(x, y)| x.is_ascii_digit() == y.is_ascii_digit())
+}
+
+#[tokio::test]
+async fn writes_are_tokenized_and_clear_roles_read_the_plaintext() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    // Simple query: literals.
+    admin
+        .batch_execute(
+            "INSERT INTO people (id, name, ssn, card, note) VALUES (1, 'Ann', '123-45-6789', '4111111111111111', 'n1')",
+        )
+        .await
+        .unwrap();
+    let (ssn, card) = stored(1).await;
+    assert!(
+        same_shape(&ssn, "123-45-6789") && ssn != "123-45-6789",
+        "{ssn}"
+    );
+    assert!(card.len() == 16 && card != "4111111111111111", "{card}");
+    // Clear role: the plaintext back (simple and extended protocol).
+    let row = admin
+        .query_one("SELECT ssn, card, note FROM people WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "123-45-6789");
+    assert_eq!(row.get::<_, String>(1), "4111111111111111");
+    assert_eq!(row.get::<_, String>(2), "n1");
+    // Token role: the stored token unchanged; mask role: the mask of the plaintext.
+    let t = via(&proxy, "at_token").await;
+    let row = t
+        .query_one("SELECT ssn, card FROM people WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        (ssn.clone(), card)
+    );
+    let m = via(&proxy, "at_mask").await;
+    let row = m
+        .query_one("SELECT ssn FROM people WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "***-**-6789");
+
+    // Extended protocol: parameters (tokio-postgres binds text in binary format).
+    admin
+        .execute(
+            "INSERT INTO people (id, name, ssn, card, note) VALUES ($1, $2, $3, $4, 'n2')",
+            &[&2i32, &"Bob", &"222-33-4444", &"5500000000000004"],
+        )
+        .await
+        .unwrap();
+    let (ssn2, card2) = stored(2).await;
+    assert!(same_shape(&ssn2, "222-33-4444") && ssn2 != "222-33-4444");
+    assert_ne!(card2, "5500000000000004");
+    // Multi-row VALUES.
+    admin
+        .batch_execute(
+            "INSERT INTO people (id, ssn, card) VALUES (3, '333-44-5555', '4000000000000002'), (4, '444-55-6666', NULL)",
+        )
+        .await
+        .unwrap();
+    assert_ne!(stored(3).await.0, "333-44-5555");
+    // UPDATE ... SET with a literal and with a parameter.
+    admin
+        .batch_execute("UPDATE people SET ssn = '999-88-7777' WHERE id = 3")
+        .await
+        .unwrap();
+    let s3 = stored(3).await.0;
+    assert!(same_shape(&s3, "999-88-7777") && s3 != "999-88-7777");
+    admin
+        .execute(
+            "UPDATE people SET card = $1 WHERE id = $2",
+            &[&"4242424242424242", &3i32],
+        )
+        .await
+        .unwrap();
+    assert_ne!(stored(3).await.1, "4242424242424242");
+    // ON CONFLICT DO UPDATE SET col = EXCLUDED.col: token to token.
+    admin
+        .batch_execute(
+            "INSERT INTO people (id, ssn, card) VALUES (4, '444-55-0000', '4000000000000010') ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn, card = EXCLUDED.card",
+        )
+        .await
+        .unwrap();
+    let all = admin
+        .query(
+            "SELECT id, ssn, card FROM people WHERE id < 10 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, Option<String>, Option<String>)> =
+        all.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                1,
+                Some("123-45-6789".into()),
+                Some("4111111111111111".into())
+            ),
+            (
+                2,
+                Some("222-33-4444".into()),
+                Some("5500000000000004".into())
+            ),
+            (
+                3,
+                Some("999-88-7777".into()),
+                Some("4242424242424242".into())
+            ),
+            (
+                4,
+                Some("444-55-0000".into()),
+                Some("4000000000000010".into())
+            ),
+        ]
+    );
+    // Equality finds the row: literal, parameter, IN, and for the token role its own token.
+    let n = |rows: Vec<tokio_postgres::Row>| rows.len();
+    assert_eq!(
+        n(admin
+            .query("SELECT id FROM people WHERE ssn = '222-33-4444'", &[])
+            .await
+            .unwrap()),
+        1
+    );
+    let r = admin
+        .query_one("SELECT id FROM people WHERE ssn = $1", &[&"999-88-7777"])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 3);
+    assert_eq!(
+        n(admin
+            .query(
+                "SELECT id FROM people WHERE ssn IN ('123-45-6789', '444-55-0000', '000-00-0000')",
+                &[]
+            )
+            .await
+            .unwrap()),
+        2
+    );
+    // A join on two at-rest columns with the same label compares tokens.
+    admin
+        .batch_execute("INSERT INTO others (id, ssn) VALUES (1, '123-45-6789')")
+        .await
+        .unwrap();
+    let r = admin
+        .query_one(
+            "SELECT p.id, o.ssn FROM people p JOIN others o ON p.ssn = o.ssn",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i32>(0), r.get::<_, String>(1)),
+        (1, "123-45-6789".into())
+    );
+    // A duplicate plaintext violates UNIQUE on the stored tokens.
+    let e = admin
+        .batch_execute("INSERT INTO people (id, ssn, card) VALUES (9, '123-45-6789', NULL)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{e:?}");
+
+    // RETURNING, COPY TO and cursors give a clear role the plaintext too.
+    let r = admin
+        .query_one(
+            "INSERT INTO people (id, ssn, card) VALUES (5, '555-66-7777', NULL) RETURNING ssn",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "555-66-7777");
+    let r = admin
+        .query_one(
+            "UPDATE people SET ssn = '555-66-8888' WHERE id = 5 RETURNING id, ssn",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(1), "555-66-8888");
+    let stream = admin
+        .copy_out("COPY (SELECT id, ssn FROM people WHERE id = 1) TO STDOUT")
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let chunks: Vec<_> = stream.collect().await;
+    let text: String = chunks
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.unwrap()).into_owned())
+        .collect();
+    assert_eq!(text, "1\t123-45-6789\n");
+    admin
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT ssn FROM people WHERE id = 2")
+        .await
+        .unwrap();
+    let rows = admin.simple_query("FETCH 1 FROM c").await.unwrap();
+    let fetched = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(fetched.as_deref(), Some("222-33-4444"));
+    admin.batch_execute("COMMIT").await.unwrap();
+    // A token role looks rows up by the token it was shown.
+    let r = t
+        .query_one("SELECT id FROM people WHERE ssn = $1", &[&ssn])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 1);
+    let q = format!("SELECT id FROM people WHERE ssn = '{ssn}'");
+    assert_eq!(t.query(q.as_str(), &[]).await.unwrap().len(), 1);
+    // The mask role speaks plaintext.
+    let r = m
+        .query_one("SELECT id FROM people WHERE ssn = '222-33-4444'", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 2);
+
+    // pg_dump of the database holds none of the plaintext values.
+    let dump = std::process::Command::new(cluster().pg.bindir().join("pg_dump"))
+        .args(["-h", "127.0.0.1", "-p", &cluster().port().to_string()])
+        .args(["-U", "postgres", "-d", AT_DB, "--data-only"])
+        .env("PGPASSWORD", SUPERUSER_PW)
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains(&ssn2), "the dump has the stored tokens");
+    for plain in [
+        "123-45-6789",
+        "222-33-4444",
+        "999-88-7777",
+        "444-55-0000",
+        "4111111111111111",
+        "5500000000000004",
+        "4242424242424242",
+        "555-66-8888",
+    ] {
+        assert!(!dump.contains(plain), "pg_dump contains {plain}");
+    }
+}
+
+#[tokio::test]
+async fn psql_writes_and_reads_through_tokengate() {
+    let proxy = at_proxy().await;
+    let run = |sql: &str| {
+        let mut cmd = std::process::Command::new(cluster().pg.bindir().join("psql"));
+        let out = cmd
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+            .arg(proxy.addr.port().to_string())
+            .args(["-U", "at_admin", "-d", AT_DB, "-c", sql])
+            .env("PGPASSWORD", "at_admin-pw")
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, err) =
+        run("INSERT INTO people (id, ssn, card) VALUES (100, '100-20-3000', '4111111111111111')");
+    assert!(err.is_empty(), "{err}");
+    let (out, err) = run("SELECT ssn FROM people WHERE ssn = '100-20-3000'");
+    assert_eq!(out, "100-20-3000", "{err}");
+    let s = stored(100).await.0;
+    assert!(same_shape(&s, "100-20-3000") && s != "100-20-3000", "{s}");
+    let (_, err) = run("SELECT id FROM people ORDER BY ssn");
+    assert!(err.contains("TG183"), "{err}");
+
+    // COPY FROM STDIN in text and CSV: the rows are tokenized on their way in, whatever
+    // the CopyData chunking (psql sends its input in its own pieces).
+    let copy = |sql: &str, input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(cluster().pg.bindir().join("psql"))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+            .arg(proxy.addr.port().to_string())
+            .args(["-U", "at_admin", "-d", AT_DB, "-c", sql])
+            .env("PGPASSWORD", "at_admin-pw")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = copy(
+        "COPY people (id, ssn, card, note) FROM STDIN",
+        "201\t201-01-0001\t4111111111111111\tn\n202\t\\N\t\\N\tx\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = copy(
+        "COPY people (id, ssn, card) FROM STDIN (FORMAT csv, HEADER true)",
+        "id,ssn,card\n203,\"203-03-0003\",4000000000000002\n204,204-04-0004,\n",
+    );
+    assert!(ok, "{err}");
+    let rows = direct()
+        .await
+        .query(
+            "SELECT id, ssn::text, card FROM people WHERE id BETWEEN 201 AND 204 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(i32, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(stored.len(), 4);
+    assert!(same_shape(stored[0].1.as_deref().unwrap(), "201-01-0001"));
+    assert_ne!(stored[0].1.as_deref(), Some("201-01-0001"));
+    assert_ne!(stored[0].2.as_deref(), Some("4111111111111111"));
+    assert_eq!(
+        (stored[1].1.as_deref(), stored[1].2.as_deref()),
+        (None, None)
+    );
+    assert_ne!(stored[2].1.as_deref(), Some("203-03-0003"));
+    assert_ne!(stored[3].1.as_deref(), Some("204-04-0004"));
+    assert_eq!(stored[3].2, None);
+    let (out, err) = run("SELECT ssn, card FROM people WHERE id IN (201, 203) ORDER BY id");
+    assert_eq!(
+        out, "201-01-0001|4111111111111111\n203-03-0003|4000000000000002",
+        "{err}"
+    );
+    // A row that cannot be tokenized fails the whole COPY: nothing is stored.
+    let (ok, err) = copy(
+        "COPY people (id, ssn, card) FROM STDIN",
+        "205\t205-05-0005\t\\N\n206\t206\\-06-0006\t\\N\n",
+    );
+    assert!(!ok && err.contains("TG182"), "{err}");
+    let n = direct()
+        .await
+        .query("SELECT 1 FROM people WHERE id IN (205, 206)", &[])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    for (sql, want) in [
+        // Server-side default / omitted column.
+        ("INSERT INTO people (id, card) VALUES (50, NULL)", "TG181"),
+        // (DEFAULT is refused by the analyser already, TG101.)
+        (
+            "INSERT INTO people (id, ssn, card) VALUES (50, DEFAULT, NULL)",
+            "TG1",
+        ),
+        // Expressions, INSERT ... SELECT, numbers.
+        (
+            "INSERT INTO people (id, ssn, card) VALUES (50, upper('111-22-3333'), NULL)",
+            "TG182",
+        ),
+        (
+            "INSERT INTO people (id, ssn, card) SELECT 50, '111-22-3333', NULL",
+            "TG182",
+        ),
+        (
+            "INSERT INTO people (id, ssn, card) VALUES (50, 111223333, NULL)",
+            "TG182",
+        ),
+        (
+            "INSERT INTO people (id, ssn, card) VALUES (50, E'111-22-3333', NULL)",
+            "TG182",
+        ),
+        (
+            "UPDATE people SET ssn = '111-' || '22-3333' WHERE id = 1",
+            "TG182",
+        ),
+        ("UPDATE people SET ssn = ssn WHERE id = 1", "TG182"),
+        (
+            "INSERT INTO people (id, ssn, card) VALUES (1, '111-22-3333', NULL) ON CONFLICT (id) DO UPDATE SET ssn = '9' || EXCLUDED.ssn",
+            "TG182",
+        ),
+        // Computation on tokens.
+        ("SELECT id FROM people WHERE ssn LIKE '123%'", "TG183"),
+        ("SELECT id FROM people WHERE ssn > '100-00-0000'", "TG183"),
+        ("SELECT id FROM people ORDER BY ssn", "TG183"),
+        ("SELECT id, ssn FROM people ORDER BY 2", "TG183"),
+        (
+            "SELECT id FROM people WHERE ssn::text = '123-45-6789'",
+            "TG183",
+        ),
+        ("SELECT count(*) FROM people GROUP BY ssn", "TG183"),
+        // Forms tokengate does not transform.
+        ("COPY people (id, card) FROM STDIN", "TG181"),
+        ("COPY people FROM STDIN (FORMAT binary)", "TG180"),
+        (
+            "MERGE INTO people p USING plain s ON p.id = s.id WHEN MATCHED THEN UPDATE SET ssn = s.ssn",
+            "TG18",
+        ),
+        (
+            "INSERT INTO people_v (id, ssn) VALUES (60, '111-22-3333')",
+            "TG180",
+        ),
+        // (A default is code: refused for this role by its statements rule, TG102.)
+        (
+            "ALTER TABLE people ALTER ssn SET DEFAULT '111-22-3333'",
+            "TG10",
+        ),
+        ("ALTER TABLE people ADD COLUMN extra text", "TG180"),
+        (
+            "PREPARE p AS INSERT INTO people (id, ssn, card) VALUES ($1, $2, NULL)",
+            "TG180",
+        ),
+        (
+            "INSERT INTO plain (id, ssn) SELECT id, ssn FROM people",
+            "TG182",
+        ),
+        ("CREATE TABLE copied AS SELECT ssn FROM people", "TG18"),
+    ] {
+        let e = admin.batch_execute(sql).await.expect_err(sql);
+        let msg = code(&e);
+        assert!(msg.contains(want), "{sql}: {msg}");
+    }
+    // COPY FROM through the extended protocol (tokio-postgres) is refused.
+    let e = admin
+        .copy_in::<_, bytes::Bytes>("COPY people (id, ssn, card) FROM STDIN")
+        .await
+        .err()
+        .expect("refused");
+    assert!(code(&e).contains("TG180"), "{e:?}");
+    // A parameter used for the at-rest column and elsewhere, or declared non-text.
+    let e = admin
+        .query("SELECT id FROM people WHERE ssn = $1 OR name = $1", &[&"x"])
+        .await
+        .unwrap_err();
+    assert!(code(&e).contains("TG184"), "{e:?}");
+    let e = admin
+        .prepare_typed(
+            "SELECT id FROM people WHERE ssn = $1",
+            &[tokio_postgres::types::Type::INT4],
+        )
+        .await
+        .unwrap_err();
+    assert!(code(&e).contains("TG184"), "{e:?}");
+    // Nothing was stored in clear, and the session is still usable.
+    let rows = direct()
+        .await
+        .query(
+            "SELECT id FROM people WHERE ssn = '111-22-3333' OR id IN (50, 60)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    admin.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn text_format_parameters_are_tokenized_for_any_role() {
+    use crate::crm::{bind_msg, execute_msg, parse_msg};
+    let proxy = at_proxy().await;
+    // trust_user matches only the "*" rule (deny): its writes are tokenized all the same.
+    // Its startup packet names `database` twice (app, then atrest): PostgreSQL keeps the
+    // last, and so must tokengate, or it would analyse against the wrong catalog.
+    let (mut raw, _) = Raw::login(proxy.addr, "trust_user", &[("database", AT_DB)]).await;
+    let mut msgs = parse_msg("", "INSERT INTO people (id, ssn, card) VALUES ($1, $2, $3)");
+    msgs.extend(bind_msg(
+        "",
+        "",
+        &["400", "400-40-4000", "4111111111111111"],
+        0,
+    ));
+    msgs.extend(execute_msg("", 0));
+    msgs.extend(frame(b'S', &[]));
+    raw.send(&msgs).await;
+    let replies = raw.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().map(|m| m.field(b'M')).collect::<Vec<_>>()
+    );
+    let (ssn, card) = stored(400).await;
+    assert!(
+        same_shape(&ssn, "400-40-4000") && ssn != "400-40-4000",
+        "{ssn}"
+    );
+    assert_ne!(card, "4111111111111111");
+    let admin = via(&proxy, "at_admin").await;
+    let r = admin
+        .query_one(
+            "SELECT ssn, card FROM people WHERE ssn = $1",
+            &[&"400-40-4000"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, String>(1)),
+        ("400-40-4000".to_string(), "4111111111111111".to_string())
+    );
+}
