@@ -18,6 +18,7 @@ pub mod copy;
 pub mod fingerprint;
 pub mod functions;
 pub mod lexer;
+mod rewrite;
 mod lineage;
 mod parity;
 mod statements;
@@ -157,6 +158,7 @@ fn analyze_part(
     } else {
         theirs
     };
+    let theirs = rewrite::postgres_only_forms(theirs);
     let dialect = PostgreSqlDialect {};
     let mut analysis = match Parser::new(&dialect)
         .with_tokens_with_locations(theirs)
