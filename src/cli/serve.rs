@@ -190,8 +190,7 @@ impl ServeArgs {
                 file.tcp_keepalive_count,
             ),
             query_timeout: config::optional_duration(
-                self.query_timeout
-                    .or(file.query_timeout_secs.map(|d| d.0)),
+                self.query_timeout.or(file.query_timeout_secs.map(|d| d.0)),
             ),
             idle_timeout: config::optional_duration(
                 self.idle_timeout.or(file.idle_timeout_secs.map(|d| d.0)),

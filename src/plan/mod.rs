@@ -376,7 +376,9 @@ fn clause_name(c: Clause) -> &'static str {
         Clause::SetOperation => "UNION/INTERSECT/EXCEPT",
         Clause::Distinct => "DISTINCT",
         Clause::Other => "a condition",
-        Clause::SideChannel => "an argument that leaves the statement (notification, setting, lock key)",
+        Clause::SideChannel => {
+            "an argument that leaves the statement (notification, setting, lock key)"
+        }
     }
 }
 

@@ -385,8 +385,14 @@ const BUILTINS: &str = include_str!("builtins.txt");
 fn is_builtin(name: &str) -> bool {
     use std::sync::OnceLock;
     static SET: OnceLock<std::collections::HashSet<&'static str>> = OnceLock::new();
-    SET.get_or_init(|| BUILTINS.lines().map(str::trim).filter(|l| !l.is_empty()).collect())
-        .contains(name)
+    SET.get_or_init(|| {
+        BUILTINS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
+    })
+    .contains(name)
         || TRACEABLE.contains(&name)
 }
 
@@ -484,10 +490,18 @@ mod tests {
         ] {
             assert_eq!(classify(None, name), FunctionClass::DataExposing, "{name}");
         }
-        for name in ["pg_notify", "set_config", "pg_advisory_lock", "pg_try_advisory_xact_lock"] {
+        for name in [
+            "pg_notify",
+            "set_config",
+            "pg_advisory_lock",
+            "pg_try_advisory_xact_lock",
+        ] {
             assert_eq!(classify(None, name), FunctionClass::Sink, "{name}");
         }
-        assert_eq!(classify(Some("public"), "pg_notify"), FunctionClass::Untraceable);
+        assert_eq!(
+            classify(Some("public"), "pg_notify"),
+            FunctionClass::Untraceable
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub mod copy;
 pub mod fingerprint;
 pub mod functions;
 pub mod lexer;
-mod rewrite;
 mod lineage;
 mod parity;
+mod rewrite;
 mod statements;
 pub mod types;
 

@@ -140,7 +140,10 @@ mod tests {
             rewrite("SELECT a FROM t FOR NO KEY UPDATE"),
             "SELECT a FROM t FOR UPDATE"
         );
-        assert_eq!(rewrite("SELECT a FROM t FOR KEY SHARE"), "SELECT a FROM t FOR SHARE");
+        assert_eq!(
+            rewrite("SELECT a FROM t FOR KEY SHARE"),
+            "SELECT a FROM t FOR SHARE"
+        );
         // Inside literals, quoted identifiers, and other positions: untouched.
         assert_eq!(rewrite("SELECT 'TABLE t'"), "SELECT 'TABLE t'");
         assert_eq!(rewrite("SELECT \"only\" FROM t"), "SELECT \"only\" FROM t");
@@ -157,7 +160,10 @@ mod tests {
         let catalog = crate::sql::StaticCatalog::demo();
         for (pg, equivalent) in [
             ("TABLE customers", "SELECT * FROM customers"),
-            ("SELECT ssn FROM ONLY customers", "SELECT ssn FROM customers"),
+            (
+                "SELECT ssn FROM ONLY customers",
+                "SELECT ssn FROM customers",
+            ),
             (
                 "SELECT id FROM customers FOR NO KEY UPDATE",
                 "SELECT id FROM customers FOR UPDATE",

@@ -648,7 +648,9 @@ fn data_exposing_functions_and_catalogs() {
         let a = one(sql);
         assert!(a.problems.is_empty(), "{sql}: {:?}", a.problems);
         assert!(
-            a.uses.iter().any(|u| u.clause == Clause::SideChannel && !u.direct),
+            a.uses
+                .iter()
+                .any(|u| u.clause == Clause::SideChannel && !u.direct),
             "{sql}: {:?}",
             a.uses
         );
@@ -934,10 +936,14 @@ fn code_creating_statements_have_their_own_kind() {
         "CREATE TRIGGER t BEFORE INSERT ON notes_copy FOR EACH ROW EXECUTE FUNCTION f()",
         "CREATE SCHEMA me",
         "CREATE TEMP TABLE x (a text DEFAULT current_setting('x'))",
-        "CREATE TEMP TABLE x (a int CHECK (a > 0))",
+        "CREATE TEMP TABLE x (a int CHECK (my_check(a)))",
+        "CREATE TEMP TABLE x (a text, CHECK (pg_notify('c', a) IS NULL))",
+        "CREATE TEMP TABLE x (a int DEFAULT (SELECT 1))",
+        "CREATE TEMP TABLE x (a text DEFAULT 'a'::d)",
         "CREATE TEMP TABLE x (a d)",
         "ALTER TABLE notes_copy ALTER COLUMN txt SET DEFAULT lower('x')",
-        "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT random()",
+        "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT my_random()",
+        "ALTER TABLE notes_copy ADD COLUMN y int GENERATED ALWAYS AS (id * 2) STORED",
         "CREATE INDEX ON notes_copy ((txt::int))",
     ] {
         assert_eq!(one(sql).kind, StatementKind::Code, "{sql}");
@@ -945,8 +951,11 @@ fn code_creating_statements_have_their_own_kind() {
     for sql in [
         "CREATE TEMP TABLE x (id int, name text DEFAULT 'n', n numeric(10,2) NOT NULL)",
         "CREATE TABLE y (id bigint PRIMARY KEY, at timestamp with time zone, tags text[])",
+        "CREATE TEMP TABLE x (a int CHECK (a > 0), t timestamptz DEFAULT now(), CHECK (a < 10))",
+        "CREATE TEMP TABLE x (v text DEFAULT 'x' CHECK (v <> ''))",
         "DROP TABLE notes_copy",
         "ALTER TABLE notes_copy ADD COLUMN z int",
+        "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT random()",
         "CREATE INDEX ON notes_copy (txt)",
     ] {
         let a = one(sql);

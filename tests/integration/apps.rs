@@ -105,61 +105,301 @@ async fn script(port: u16, steps: &[&str]) -> String {
 
 /// Ordinary work that reads no protected column: the same result as straight to PostgreSQL.
 const ORDINARY: &[(&str, &[&str])] = &[
-    ("select unprotected", &["SELECT id, city FROM customers ORDER BY id LIMIT 3"]),
+    (
+        "select unprotected",
+        &["SELECT id, city FROM customers ORDER BY id LIMIT 3"],
+    ),
     ("count", &["SELECT count(*) FROM customers"]),
-    ("join", &["SELECT c.id, p.amount FROM customers c JOIN payments p ON p.customer_id = c.id ORDER BY p.id LIMIT 3"]),
-    ("group by", &["SELECT city, count(*) FROM customers GROUP BY city ORDER BY city"]),
-    ("distinct", &["SELECT DISTINCT city FROM customers ORDER BY 1"]),
-    ("cte", &["WITH x AS (SELECT city FROM customers) SELECT count(*) FROM x"]),
-    ("string_agg", &["SELECT string_agg(city, ',' ORDER BY id) FROM customers WHERE id < 4"]),
-    ("TABLE t", &["CREATE TEMP TABLE tt (id int, v text)", "INSERT INTO tt VALUES (1, 'a'), (2, 'b')", "TABLE tt"]),
-    ("FROM ONLY", &["SELECT id FROM ONLY customers ORDER BY id LIMIT 2"]),
-    ("FOR UPDATE", &["BEGIN", "SELECT id FROM customers WHERE id = 1 FOR UPDATE", "COMMIT"]),
-    ("FOR NO KEY UPDATE", &["BEGIN", "SELECT id FROM customers WHERE id = 1 FOR NO KEY UPDATE", "COMMIT"]),
-    ("LISTEN/NOTIFY", &["LISTEN ch", "NOTIFY ch, 'plain'", "UNLISTEN ch"]),
-    ("NOTIFY dollar payload", &["LISTEN ch", "NOTIFY ch, $$payload$$"]),
-    ("pg_notify", &["LISTEN ch", "SELECT pg_notify('ch', 'hello')"]),
-    ("set_config", &["SELECT set_config('application_name', 'app10', false)", "SHOW application_name"]),
-    ("set_config local", &["BEGIN", "SELECT set_config('search_path', 'public', true)", "SHOW search_path", "COMMIT"]),
-    ("current_setting", &["SELECT current_setting('search_path')"]),
-    ("advisory locks", &["SELECT pg_advisory_lock(42)", "SELECT pg_try_advisory_lock(43)", "SELECT pg_advisory_unlock(42)", "SELECT pg_advisory_unlock_all()"]),
-    ("information_schema.columns", &["SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = 'customers' ORDER BY ordinal_position"]),
-    ("information_schema.tables", &["SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"]),
-    ("information_schema.schemata", &["SELECT schema_name FROM information_schema.schemata ORDER BY 1"]),
-    ("pg_prepared_statements", &["PREPARE s1 AS SELECT id FROM customers WHERE id = $1", "SELECT name, statement FROM pg_prepared_statements", "EXECUTE s1(2)", "DEALLOCATE s1"]),
-    ("temp table", &["CREATE TEMP TABLE t1 (id int PRIMARY KEY, v text DEFAULT 'x' CHECK (v <> ''))", "INSERT INTO t1 (id) VALUES (1), (2)", "SELECT * FROM t1 ORDER BY id", "UPDATE t1 SET v = 'y' WHERE id = 2", "SELECT * FROM pg_temp.t1 ORDER BY id"]),
-    ("temp table from unprotected", &["CREATE TEMP TABLE t2 AS SELECT id, city FROM customers WHERE id < 4", "SELECT * FROM t2 ORDER BY id"]),
-    ("savepoints", &["CREATE TEMP TABLE t3 (id int)", "BEGIN", "INSERT INTO t3 VALUES (1)", "SAVEPOINT a", "INSERT INTO t3 VALUES (2)", "ROLLBACK TO SAVEPOINT a", "RELEASE SAVEPOINT a", "COMMIT", "SELECT * FROM t3"]),
-    ("cursor MOVE", &["BEGIN", "DECLARE c CURSOR FOR SELECT id FROM customers ORDER BY id", "MOVE 2 IN c", "FETCH 1 FROM c", "CLOSE c", "COMMIT"]),
-    ("unique violation detail", &["UPDATE customers SET id = 2 WHERE id = 1"]),
-    ("unique violation on temp", &["CREATE TEMP TABLE u (id int PRIMARY KEY)", "INSERT INTO u VALUES (1)", "INSERT INTO u VALUES (1)"]),
+    (
+        "join",
+        &[
+            "SELECT c.id, p.amount FROM customers c JOIN payments p ON p.customer_id = c.id ORDER BY p.id LIMIT 3",
+        ],
+    ),
+    (
+        "group by",
+        &["SELECT city, count(*) FROM customers GROUP BY city ORDER BY city"],
+    ),
+    (
+        "distinct",
+        &["SELECT DISTINCT city FROM customers ORDER BY 1"],
+    ),
+    (
+        "cte",
+        &["WITH x AS (SELECT city FROM customers) SELECT count(*) FROM x"],
+    ),
+    (
+        "string_agg",
+        &["SELECT string_agg(city, ',' ORDER BY id) FROM customers WHERE id < 4"],
+    ),
+    (
+        "TABLE t",
+        &[
+            "CREATE TEMP TABLE tt (id int, v text)",
+            "INSERT INTO tt VALUES (1, 'a'), (2, 'b')",
+            "TABLE tt",
+        ],
+    ),
+    (
+        "FROM ONLY",
+        &["SELECT id FROM ONLY customers ORDER BY id LIMIT 2"],
+    ),
+    (
+        "FOR UPDATE",
+        &[
+            "BEGIN",
+            "SELECT id FROM customers WHERE id = 1 FOR UPDATE",
+            "COMMIT",
+        ],
+    ),
+    (
+        "FOR NO KEY UPDATE",
+        &[
+            "BEGIN",
+            "SELECT id FROM customers WHERE id = 1 FOR NO KEY UPDATE",
+            "COMMIT",
+        ],
+    ),
+    (
+        "LISTEN/NOTIFY",
+        &["LISTEN ch", "NOTIFY ch, 'plain'", "UNLISTEN ch"],
+    ),
+    (
+        "NOTIFY dollar payload",
+        &["LISTEN ch", "NOTIFY ch, $$payload$$"],
+    ),
+    (
+        "pg_notify",
+        &["LISTEN ch", "SELECT pg_notify('ch', 'hello')"],
+    ),
+    (
+        "set_config",
+        &[
+            "SELECT set_config('application_name', 'app10', false)",
+            "SHOW application_name",
+        ],
+    ),
+    (
+        "set_config local",
+        &[
+            "BEGIN",
+            "SELECT set_config('search_path', 'public', true)",
+            "SHOW search_path",
+            "COMMIT",
+        ],
+    ),
+    (
+        "current_setting",
+        &["SELECT current_setting('search_path')"],
+    ),
+    (
+        "advisory locks",
+        &[
+            "SELECT pg_advisory_lock(42)",
+            "SELECT pg_try_advisory_lock(43)",
+            "SELECT pg_advisory_unlock(42)",
+            "SELECT pg_advisory_unlock_all()",
+        ],
+    ),
+    (
+        "information_schema.columns",
+        &[
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = 'customers' ORDER BY ordinal_position",
+        ],
+    ),
+    (
+        "information_schema.tables",
+        &[
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+        ],
+    ),
+    (
+        "information_schema.schemata",
+        &["SELECT schema_name FROM information_schema.schemata ORDER BY 1"],
+    ),
+    (
+        "pg_prepared_statements",
+        &[
+            "PREPARE s1 AS SELECT id FROM customers WHERE id = $1",
+            "SELECT name, statement FROM pg_prepared_statements",
+            "EXECUTE s1(2)",
+            "DEALLOCATE s1",
+        ],
+    ),
+    (
+        "temp table",
+        &[
+            "CREATE TEMP TABLE t1 (id int PRIMARY KEY, v text DEFAULT 'x' CHECK (v <> ''))",
+            "INSERT INTO t1 (id) VALUES (1), (2)",
+            "SELECT * FROM t1 ORDER BY id",
+            "UPDATE t1 SET v = 'y' WHERE id = 2",
+            "SELECT * FROM pg_temp.t1 ORDER BY id",
+        ],
+    ),
+    (
+        "temp table from unprotected",
+        &[
+            "CREATE TEMP TABLE t2 AS SELECT id, city FROM customers WHERE id < 4",
+            "SELECT * FROM t2 ORDER BY id",
+        ],
+    ),
+    (
+        "savepoints",
+        &[
+            "CREATE TEMP TABLE t3 (id int)",
+            "BEGIN",
+            "INSERT INTO t3 VALUES (1)",
+            "SAVEPOINT a",
+            "INSERT INTO t3 VALUES (2)",
+            "ROLLBACK TO SAVEPOINT a",
+            "RELEASE SAVEPOINT a",
+            "COMMIT",
+            "SELECT * FROM t3",
+        ],
+    ),
+    (
+        "cursor MOVE",
+        &[
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT id FROM customers ORDER BY id",
+            "MOVE 2 IN c",
+            "FETCH 1 FROM c",
+            "CLOSE c",
+            "COMMIT",
+        ],
+    ),
+    (
+        "unique violation detail",
+        &["UPDATE customers SET id = 2 WHERE id = 1"],
+    ),
+    (
+        "unique violation on temp",
+        &[
+            "CREATE TEMP TABLE u (id int PRIMARY KEY)",
+            "INSERT INTO u VALUES (1)",
+            "INSERT INTO u VALUES (1)",
+        ],
+    ),
     ("unknown column", &["SELECT cit FROM customers"]),
     ("unknown relation", &["SELECT * FROM custmers"]),
     ("syntax error", &["SELECT id FRM customers"]),
     ("syntax error 2", &["SELEC 1"]),
-    ("pg_size", &["SELECT pg_size_pretty(pg_total_relation_size('customers')) IS NOT NULL, pg_relation_size('customers') >= 0"]),
-    ("pg_get_expr", &["SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'customers'::regclass ORDER BY 1"]),
-    ("pg_encoding_to_char", &["SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()"]),
-    ("pg_function_is_visible", &["SELECT count(*) > 0 FROM pg_proc WHERE pg_function_is_visible(oid)"]),
-    ("format_type", &["SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attnum > 0 ORDER BY attnum"]),
-    ("pg_get_indexdef", &["SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'customers'::regclass"]),
-    ("pg_get_constraintdef", &["SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'payments'::regclass ORDER BY 1"]),
-    ("privileges", &["SELECT has_table_privilege('customers', 'select'), has_schema_privilege('public', 'usage')"]),
-    ("regclass", &["SELECT to_regclass('customers')::text, 'customers'::regclass::oid > 0"]),
-    ("pg_class", &["SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1"]),
-    ("session info", &["SELECT current_user, session_user, current_database(), pg_backend_pid() > 0, txid_current() > 0"]),
-    ("own pg_stat_activity row", &["SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()"]),
-    ("search_path", &["SHOW search_path", "SET search_path TO public", "SELECT count(*) FROM customers"]),
+    (
+        "pg_size",
+        &[
+            "SELECT pg_size_pretty(pg_total_relation_size('customers')) IS NOT NULL, pg_relation_size('customers') >= 0",
+        ],
+    ),
+    (
+        "pg_get_expr",
+        &[
+            "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'customers'::regclass ORDER BY 1",
+        ],
+    ),
+    (
+        "pg_encoding_to_char",
+        &[
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()",
+        ],
+    ),
+    (
+        "pg_function_is_visible",
+        &["SELECT count(*) > 0 FROM pg_proc WHERE pg_function_is_visible(oid)"],
+    ),
+    (
+        "format_type",
+        &[
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attnum > 0 ORDER BY attnum",
+        ],
+    ),
+    (
+        "pg_get_indexdef",
+        &[
+            "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'customers'::regclass",
+        ],
+    ),
+    (
+        "pg_get_constraintdef",
+        &[
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'payments'::regclass ORDER BY 1",
+        ],
+    ),
+    (
+        "privileges",
+        &[
+            "SELECT has_table_privilege('customers', 'select'), has_schema_privilege('public', 'usage')",
+        ],
+    ),
+    (
+        "regclass",
+        &["SELECT to_regclass('customers')::text, 'customers'::regclass::oid > 0"],
+    ),
+    (
+        "pg_class",
+        &[
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1",
+        ],
+    ),
+    (
+        "session info",
+        &[
+            "SELECT current_user, session_user, current_database(), pg_backend_pid() > 0, txid_current() > 0",
+        ],
+    ),
+    (
+        "own pg_stat_activity row",
+        &["SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()"],
+    ),
+    (
+        "search_path",
+        &[
+            "SHOW search_path",
+            "SET search_path TO public",
+            "SELECT count(*) FROM customers",
+        ],
+    ),
     ("values", &["VALUES (1, 'a'), (2, 'b')"]),
-    ("intersect", &["SELECT city FROM customers INTERSECT SELECT city FROM customers ORDER BY 1"]),
-    ("positional order", &["SELECT city, id FROM customers ORDER BY 2 DESC LIMIT 2"]),
-    ("update returning", &["BEGIN", "UPDATE customers SET city = city WHERE id = 1 RETURNING id, city", "ROLLBACK"]),
-    ("explain", &["EXPLAIN (COSTS OFF) SELECT id FROM customers WHERE id = 1"]),
-    ("discard", &["SET application_name = 'z'", "DISCARD ALL", "SHOW application_name"]),
-    ("generate_series", &["SELECT sum(g) FROM generate_series(1, 10) g"]),
+    (
+        "intersect",
+        &["SELECT city FROM customers INTERSECT SELECT city FROM customers ORDER BY 1"],
+    ),
+    (
+        "positional order",
+        &["SELECT city, id FROM customers ORDER BY 2 DESC LIMIT 2"],
+    ),
+    (
+        "update returning",
+        &[
+            "BEGIN",
+            "UPDATE customers SET city = city WHERE id = 1 RETURNING id, city",
+            "ROLLBACK",
+        ],
+    ),
+    (
+        "explain",
+        &["EXPLAIN (COSTS OFF) SELECT id FROM customers WHERE id = 1"],
+    ),
+    (
+        "discard",
+        &[
+            "SET application_name = 'z'",
+            "DISCARD ALL",
+            "SHOW application_name",
+        ],
+    ),
+    (
+        "generate_series",
+        &["SELECT sum(g) FROM generate_series(1, 10) g"],
+    ),
     ("pg_sleep", &["SELECT pg_sleep(0)"]),
-    ("pg_typeof", &["SELECT pg_typeof(id), pg_typeof(city) FROM customers LIMIT 1"]),
-    ("obj_description", &["SELECT obj_description('customers'::regclass, 'pg_class')"]),
+    (
+        "pg_typeof",
+        &["SELECT pg_typeof(id), pg_typeof(city) FROM customers LIMIT 1"],
+    ),
+    (
+        "obj_description",
+        &["SELECT obj_description('customers'::regclass, 'pg_class')"],
+    ),
 ];
 
 /// Extended-protocol work through tokio-postgres, rendered for comparison.
@@ -198,7 +438,10 @@ async fn extended(port: u16) -> String {
     let r = c
         .batch_execute("CREATE TEMP TABLE imp (id int PRIMARY KEY, name text NOT NULL)")
         .await;
-    note!("create temp", r.map_or_else(|e| render_error(&e), |_| "ok".into()));
+    note!(
+        "create temp",
+        r.map_or_else(|e| render_error(&e), |_| "ok".into())
+    );
     match c.copy_in("COPY imp (id, name) FROM STDIN").await {
         Ok(sink) => {
             let sink = std::pin::pin!(sink);
@@ -210,11 +453,17 @@ async fn extended(port: u16) -> String {
                 Ok(()) => sink.as_mut().finish().await,
                 Err(e) => Err(e),
             };
-            note!("copy in", done.map_or_else(|e| render_error(&e), |n| n.to_string()));
+            note!(
+                "copy in",
+                done.map_or_else(|e| render_error(&e), |n| n.to_string())
+            );
         }
         Err(e) => note!("copy in", render_error(&e)),
     }
-    match c.prepare("INSERT INTO imp (id, name) VALUES ($1, $2)").await {
+    match c
+        .prepare("INSERT INTO imp (id, name) VALUES ($1, $2)")
+        .await
+    {
         Ok(insert) => {
             let (a, b, d) = tokio::join!(
                 c.execute(&insert, &[&10i32, &"ten"]),
@@ -234,10 +483,7 @@ async fn extended(port: u16) -> String {
         }
         Err(e) => note!("pipeline prepare", render_error(&e)),
     }
-    match c
-        .query("SELECT id, name FROM imp ORDER BY id", &[])
-        .await
-    {
+    match c.query("SELECT id, name FROM imp ORDER BY id", &[]).await {
         Ok(rows) => note!(
             "imp",
             rows.iter()
@@ -267,11 +513,19 @@ async fn extended(port: u16) -> String {
     // A transaction with a savepoint.
     match c.transaction().await {
         Ok(mut tx) => {
-            let r = tx.execute("INSERT INTO imp VALUES (20, 'twenty')", &[]).await;
-            note!("tx insert", format!("{:?}", r.map_err(|e| render_error(&e))));
+            let r = tx
+                .execute("INSERT INTO imp VALUES (20, 'twenty')", &[])
+                .await;
+            note!(
+                "tx insert",
+                format!("{:?}", r.map_err(|e| render_error(&e)))
+            );
             if let Ok(sp) = tx.savepoint("sp").await {
                 let r = sp.execute("INSERT INTO imp VALUES (21, 'x')", &[]).await;
-                note!("sp insert", format!("{:?}", r.map_err(|e| render_error(&e))));
+                note!(
+                    "sp insert",
+                    format!("{:?}", r.map_err(|e| render_error(&e)))
+                );
                 let _ = sp.rollback().await;
             }
             let r = tx.commit().await;
@@ -282,7 +536,10 @@ async fn extended(port: u16) -> String {
     let r = c.query_one("SELECT count(*)::int FROM imp", &[]).await;
     note!(
         "count",
-        format!("{:?}", r.map(|r| r.get::<_, i32>(0)).map_err(|e| render_error(&e)))
+        format!(
+            "{:?}",
+            r.map(|r| r.get::<_, i32>(0)).map_err(|e| render_error(&e))
+        )
     );
     // A protocol-level portal, read in pieces.
     match c.transaction().await {
@@ -313,19 +570,47 @@ async fn extended(port: u16) -> String {
     let r = c
         .query("SELECT cit FROM customers WHERE id = $1", &[&1i32])
         .await;
-    note!("unknown column", format!("{:?}", r.map(|r| r.len()).map_err(|e| render_error(&e))));
+    note!(
+        "unknown column",
+        format!("{:?}", r.map(|r| r.len()).map_err(|e| render_error(&e)))
+    );
     out
 }
 
 /// psql meta-commands and tools, compared as whole outputs.
 const PSQL: &[&str] = &[
-    "\\d", "\\d customers", "\\d+ customers", "\\dt", "\\di", "\\dv", "\\df", "\\dn", "\\du",
-    "\\l", "\\dT", "\\ds", "\\dx", "\\dp customers", "\\d payments",
+    "\\d",
+    "\\d customers",
+    "\\d+ customers",
+    "\\dt",
+    "\\di",
+    "\\dv",
+    "\\df",
+    "\\dn",
+    "\\du",
+    "\\l",
+    "\\dT",
+    "\\ds",
+    "\\dx",
+    "\\dp customers",
+    "\\d payments",
 ];
 
 fn psql(bindir: &std::path::Path, port: u16, command: &str) -> (bool, String, String) {
     let out = std::process::Command::new(bindir.join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPPORT.0, "-d", demo::DATABASE, "-c", command])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            SUPPORT.0,
+            "-d",
+            demo::DATABASE,
+            "-c",
+            command,
+        ])
         .env("PGPASSWORD", SUPPORT.1)
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGSSLMODE")
@@ -408,13 +693,17 @@ async fn restricted_role_runs_applications_unchanged() {
         total += 1;
         let (want, got) = (script(direct, steps).await, script(via, steps).await);
         if want != got {
-            failures.push(format!("[{name}]\n--- direct\n{want}--- via tokengate\n{got}"));
+            failures.push(format!(
+                "[{name}]\n--- direct\n{want}--- via tokengate\n{got}"
+            ));
         }
     }
     total += 1;
     let (want, got) = (extended(direct).await, extended(via).await);
     if want != got {
-        failures.push(format!("[tokio-postgres extended]\n--- direct\n{want}--- via tokengate\n{got}"));
+        failures.push(format!(
+            "[tokio-postgres extended]\n--- direct\n{want}--- via tokengate\n{got}"
+        ));
     }
     let bindir = d.pg.bindir().to_path_buf();
     for command in PSQL {
@@ -422,13 +711,19 @@ async fn restricted_role_runs_applications_unchanged() {
         let want = psql(&bindir, direct, command);
         let got = psql(&bindir, via, command);
         if want != got {
-            failures.push(format!("[psql {command}]\n--- direct\n{want:?}\n--- via tokengate\n{got:?}"));
+            failures.push(format!(
+                "[psql {command}]\n--- direct\n{want:?}\n--- via tokengate\n{got:?}"
+            ));
         }
     }
     // \conninfo names the port, which differs by design.
     total += 1;
     let got = psql(&bindir, via, "\\conninfo");
-    if !(got.0 && got.1.contains("You are connected to database \"crm\" as user \"support\"")) {
+    if !(got.0
+        && got
+            .1
+            .contains("You are connected to database \"crm\" as user \"support\""))
+    {
         failures.push(format!("[psql \\conninfo] {got:?}"));
     }
     match python(direct) {
@@ -437,16 +732,168 @@ async fn restricted_role_runs_applications_unchanged() {
             total += 1;
             let got = python(via).unwrap_or_default();
             if want != got {
-                failures.push(format!("[psycopg]\n--- direct\n{want}--- via tokengate\n{got}"));
+                failures.push(format!(
+                    "[psycopg]\n--- direct\n{want}--- via tokengate\n{got}"
+                ));
             }
         }
     }
     for f in &failures {
         println!("{f}\n");
     }
-    println!("false refusals or differences: {} of {total} checks", failures.len());
-    assert!(failures.is_empty(), "{} of {total} checks differ", failures.len());
+    println!(
+        "false refusals or differences: {} of {total} checks",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} checks differ",
+        failures.len()
+    );
     d.server.shutdown().await;
     let pg = d.pg;
-    tokio::task::spawn_blocking(move || pg.stop()).await.unwrap();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}
+
+/// What a restricted role gets when a check does read a protected column: the documented
+/// refusal (SQLSTATE 42501 and a TG code) or transform, never the clear value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_role_still_gets_no_protected_value() {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let d = demo::start(any, None, 10).await.expect("demo starts");
+    let via = d.server.addr.port();
+    let admin = d.pg.connect_admin(demo::DATABASE).await.unwrap();
+    let secrets: Vec<String> = admin
+        .query("SELECT email FROM customers UNION ALL SELECT ssn FROM customers UNION ALL SELECT notes FROM visits", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let refused = |out: &str, code: &str| {
+        out.contains("ERROR 42501") && out.contains(code)
+            || panic!("expected a {code} refusal, got:\n{out}")
+    };
+    for (steps, code) in [
+        (
+            &[
+                "LISTEN ch",
+                "SELECT pg_notify('ch', email) FROM customers WHERE id = 1",
+            ][..],
+            "TG",
+        ),
+        (
+            &[
+                "SELECT set_config('app.x', ssn, false) FROM customers WHERE id = 1",
+                "SELECT current_setting('app.x', true)",
+            ][..],
+            "TG",
+        ),
+        (
+            &["SELECT pg_advisory_lock(hashtext(ssn)) FROM customers WHERE id = 1"][..],
+            "TG",
+        ),
+        (
+            &["SELECT query_to_xml('select ssn from customers', true, true, '')"][..],
+            "TG",
+        ),
+        (&["SELECT query FROM pg_stat_activity"][..], "TG"),
+        (
+            &["SELECT most_common_vals::text FROM pg_stats WHERE attname = 'ssn'"][..],
+            "TG",
+        ),
+        (&["DO $$ BEGIN PERFORM 1; END $$"][..], "TG"),
+        (&["SELECT notes FROM visits"][..], "TG"),
+        (
+            &["CREATE TEMP TABLE leak (e text CHECK (pg_notify('ch', e) IS NULL))"][..],
+            "TG",
+        ),
+        (
+            &[
+                "CREATE TEMP TABLE leak2 (e text)",
+                "INSERT INTO leak2 SELECT email FROM customers WHERE id = 1",
+                "TABLE leak2",
+            ][..],
+            "TG",
+        ),
+        (
+            &[
+                "CREATE TEMP TABLE leak3 AS SELECT ssn FROM customers",
+                "TABLE leak3",
+            ][..],
+            "TG",
+        ),
+        (&["TABLE visits"][..], "TG"),
+        (
+            &["SELECT ssn FROM ONLY customers WHERE id = 1 FOR NO KEY UPDATE"][..],
+            "***-**-",
+        ),
+    ] {
+        let out = script(via, steps).await;
+        for secret in &secrets {
+            assert!(
+                !out.contains(secret.as_str()),
+                "{steps:?} leaked {secret}:\n{out}"
+            );
+        }
+        if code == "TG" {
+            assert!(refused(&out, "tokengate TG"));
+        } else {
+            assert!(out.contains(code), "{steps:?}: {out}");
+        }
+    }
+    d.server.shutdown().await;
+    let pg = d.pg;
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}
+
+/// Every function in the running server's pg_catalog has a class: none is "unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_live_builtin_is_classified() {
+    use tokengate::sql::functions::{FunctionClass, classify};
+    let (client, conn) = crate::harness::pg_config(
+        crate::harness::cluster().port(),
+        "postgres",
+        crate::harness::SUPERUSER_PW,
+    )
+    .connect(tokio_postgres::NoTls)
+    .await
+    .map_or_else(|_| panic!("connect"), |c| c);
+    tokio::spawn(conn);
+    let names: Vec<String> = client
+        .query(
+            "SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(names.len() > 2000);
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|n| classify(Some("pg_catalog"), n) == FunctionClass::Untraceable)
+        .collect();
+    assert!(unknown.is_empty(), "unclassified built-ins: {unknown:?}");
+    for refused in [
+        "query_to_xml",
+        "lo_get",
+        "pg_read_file",
+        "ts_stat",
+        "pg_stat_get_activity",
+    ] {
+        assert!(
+            names.iter().any(|n| n == refused),
+            "{refused} is not a live built-in"
+        );
+        assert_eq!(
+            classify(Some("pg_catalog"), refused),
+            FunctionClass::DataExposing
+        );
+    }
 }
