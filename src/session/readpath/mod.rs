@@ -163,6 +163,9 @@ pub struct ReadPath {
     scratch: Vec<u8>,
     /// The analysis cache for the current names (and its key), looked up when they change.
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
+    /// A restricted, sensitive Execute finished since the last Sync: a ParameterStatus the
+    /// Sync's ReadyForQuery brings may carry what it read.
+    sensitive_since_sync: bool,
 }
 
 impl ReadPath {
@@ -194,6 +197,7 @@ impl ReadPath {
             policy_generation: 0,
             names: SessionNames::default(),
             transaction_status: b'I',
+            sensitive_since_sync: false,
             protocol: ProtocolState::default(),
             objects: Objects::default(),
             shared,

@@ -195,8 +195,13 @@ impl ReadPath {
             None => false,
             Some((_, _, p)) => match p {
                 Pending::Query(q) => {
+                    // Past the last statement (ParameterStatus comes just before
+                    // ReadyForQuery): sensitive when any of the statements was.
                     q.restricted
-                        && q.current().is_none_or(|s| s.sensitive)
+                        && q.current().map_or_else(
+                            || q.statements.iter().any(|s| s.sensitive),
+                            |s| s.sensitive,
+                        )
                         && !q.statements.is_empty()
                         || q.refusal.is_some()
                 }
@@ -216,7 +221,8 @@ impl ReadPath {
                             .is_none_or(|p| p.sensitive)
                 }
                 Pending::Describe { .. } | Pending::Close { .. } | Pending::CopyEnd => false,
-                Pending::Sync | Pending::FunctionCall | Pending::Refused(_) => true,
+                Pending::Sync => self.sensitive_since_sync,
+                Pending::FunctionCall | Pending::Refused(_) => true,
             },
         }
     }
@@ -357,6 +363,7 @@ impl ReadPath {
                 }
             }
             Pending::Sync => {
+                self.sensitive_since_sync = false;
                 self.protocol.synced();
                 self.ready(body, None)
             }
@@ -840,6 +847,7 @@ impl ReadPath {
 
     /// Writes a completed Execute's audit record (rows read from the portal so far).
     fn finish_execute(&mut self, x: ExecuteReply) {
+        self.sensitive_since_sync |= x.restricted && x.sensitive;
         if let Some(p) = x.audit {
             let rows = x.active.map_or(0, |a| a.rows.load(Ordering::Relaxed));
             self.finish_audit(&p, rows);
