@@ -6,7 +6,7 @@
 use crate::catalog::Snapshot;
 use crate::errors::Code;
 use crate::policy::{Action, ColumnDecision, RoleView, StatementKind as PolicyKind};
-use crate::sql::{Clause, StatementAnalysis, StatementKind};
+use crate::sql::{Clause, ProblemKind, StatementAnalysis, StatementKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub struct Refusal {
     pub code: Code,
     pub message: String,
+    /// The statement could not be read at all (it does not parse, or names a relation or
+    /// column tokengate's catalog lacks): the server may be asked to parse it, without running
+    /// it, so that its own error (SQLSTATE, message, hint, position) reaches the client.
+    pub server_may_explain: bool,
 }
 
 impl Refusal {
@@ -22,6 +26,7 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            server_may_explain: false,
         }
     }
 
@@ -165,7 +170,16 @@ pub fn plan_statement(
     named: &dyn Named,
 ) -> Result<StatementPlan, Refusal> {
     if let Some(p) = a.problems.first() {
-        return Err(Refusal::new(p.kind.code(), p.message.clone()));
+        let mut refusal = Refusal::new(p.kind.code(), p.message.clone());
+        refusal.server_may_explain = a.problems.iter().all(|p| {
+            matches!(
+                p.kind,
+                ProblemKind::Unparseable
+                    | ProblemKind::UnknownRelation
+                    | ProblemKind::UnknownColumn
+            )
+        });
+        return Err(refusal);
     }
     let kind = policy_kind(a.kind, a.inner_kind);
     if !view.statement_allowed(kind) {

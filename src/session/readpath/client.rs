@@ -264,6 +264,41 @@ impl ReadPath {
         outcome.map(|plans| (plans, pending))
     }
 
+    /// A refused simple Query may be replaced by a probe when it is one statement and nothing
+    /// else is waiting for the server (a Sync of ours must not end a client's pipeline).
+    fn may_probe(&self, sql: &[u8]) -> bool {
+        self.protocol.front().is_none()
+            && std::str::from_utf8(sql).is_ok_and(|text| {
+                crate::sql::split_statements(
+                    text,
+                    crate::sql::LexSettings {
+                        standard_conforming_strings: self.names.standard_conforming_strings,
+                    },
+                )
+                .len()
+                    == 1
+            })
+    }
+
+    /// Parse (unnamed) of the client's text, Parse of [`REFUSED_SQL`], Sync. The server parses
+    /// and analyses the text without running it: when it cannot, its own error is the answer
+    /// (what the client would have got straight from PostgreSQL); when it can, the second
+    /// Parse fails and the refusal replaces that error. Either way the client sees one
+    /// ErrorResponse and a ReadyForQuery, as for its Query.
+    fn probe(&mut self, sql: &[u8], refusal: Refusal) -> Vec<u8> {
+        let parse = |text: &[u8]| {
+            let mut b = Vec::new();
+            cstr(&mut b, b"");
+            cstr(&mut b, text);
+            b.extend_from_slice(&0i16.to_be_bytes());
+            frame(frontend::PARSE, &b)
+        };
+        self.sent(Request::Parse, Pending::Probe);
+        self.sent(Request::Parse, Pending::Refused(refusal));
+        self.sent(Request::Sync, Pending::Sync);
+        [parse(sql), parse(REFUSED_SQL), frame(frontend::SYNC, &[])].concat()
+    }
+
     fn sent(&mut self, request: Request, pending: Pending) {
         self.protocol.sent(request, pending);
     }
@@ -303,6 +338,9 @@ impl ReadPath {
                             })),
                         );
                         Ok(ClientVerdict::Forward)
+                    }
+                    Err(r) if r.server_may_explain && self.may_probe(sql) => {
+                        Ok(ClientVerdict::Replace(self.probe(sql, r)))
                     }
                     Err(r) => {
                         self.sent(

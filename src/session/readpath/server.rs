@@ -223,6 +223,9 @@ impl ReadPath {
                 Pending::Describe { .. } | Pending::Close { .. } | Pending::CopyEnd => false,
                 Pending::Sync => self.sensitive_since_sync,
                 Pending::FunctionCall | Pending::Refused(_) => true,
+                // Parse analysis reads no rows: its errors quote only the statement and the
+                // catalog.
+                Pending::Probe => false,
             },
         }
     }
@@ -321,6 +324,11 @@ impl ReadPath {
             Pending::Parse { name, planned } => {
                 self.objects.parsed(name, planned);
                 ServerVerdict::Forward
+            }
+            Pending::Probe => {
+                // The unnamed statement is now one tokengate refused.
+                self.objects.parsed(Vec::new(), None);
+                ServerVerdict::Drop
             }
             Pending::Bind {
                 portal,
