@@ -828,8 +828,19 @@ async fn restricted_role_still_gets_no_protected_value() {
         (&["TABLE visits"][..], "TG"),
         // Valid for PostgreSQL, unreadable for sqlparser: the probe parses it in the server
         // (without running it), then the refusal answers.
-        (&["SELECT ssn FROM customers WHERE id BETWEEN SYMMETRIC 2 AND 1"][..], "TG"),
-        (&["BEGIN", "SELECT ssn FROM customers WHERE id BETWEEN SYMMETRIC 2 AND 1", "SELECT 1", "ROLLBACK"][..], "TG"),
+        (
+            &["SELECT ssn FROM customers WHERE id BETWEEN SYMMETRIC 2 AND 1"][..],
+            "TG",
+        ),
+        (
+            &[
+                "BEGIN",
+                "SELECT ssn FROM customers WHERE id BETWEEN SYMMETRIC 2 AND 1",
+                "SELECT 1",
+                "ROLLBACK",
+            ][..],
+            "TG",
+        ),
         (
             &["SELECT ssn FROM ONLY customers WHERE id = 1 FOR NO KEY UPDATE"][..],
             "***-**-",

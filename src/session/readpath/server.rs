@@ -233,7 +233,8 @@ impl ReadPath {
     fn error(&mut self, body: &[u8]) -> Result<ServerVerdict, EndSession> {
         let fatal = scrub::is_fatal(body);
         // Decided before the reply moves the queue: the statement the error is about.
-        let sensitive = self.restricted() && self.front_sensitive();
+        let sensitive =
+            self.restricted() && self.front_sensitive() && !self.unique_key_is_clear(body);
         let step = self
             .protocol
             .reply(tag::ERROR_RESPONSE, fatal)
@@ -854,6 +855,26 @@ impl ReadPath {
     }
 
     /// Writes a completed Execute's audit record (rows read from the portal so far).
+    /// A unique violation whose key columns all exist in the catalog and none is protected
+    /// for this role: its DETAIL quotes only values the role may see.
+    fn unique_key_is_clear(&self, body: &[u8]) -> bool {
+        let (Some((schema, table, columns)), Some(snapshot)) =
+            (scrub::unique_violation_key(body), self.snapshot.as_ref())
+        else {
+            return false;
+        };
+        let Some(relation) = snapshot.relation(Some(&schema), &table) else {
+            return false;
+        };
+        columns.iter().all(|c| {
+            relation.columns.iter().any(|col| &col.name == c)
+                && self
+                    .view
+                    .column(&relation.qualified(c))
+                    .is_none_or(|d| d.action == crate::policy::Action::Clear)
+        })
+    }
+
     fn finish_execute(&mut self, x: ExecuteReply) {
         self.sensitive_since_sync |= x.restricted && x.sensitive;
         if let Some(p) = x.audit {
