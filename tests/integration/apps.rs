@@ -772,6 +772,33 @@ async fn restricted_role_still_gets_no_protected_value() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    admin
+        .batch_execute("CREATE UNIQUE INDEX customers_email ON customers (email)")
+        .await
+        .unwrap();
+    // Extended protocol: a statement only the server can read is parsed there, then refused.
+    let s = session(via).await;
+    for sql in [
+        "SELECT ssn FROM customers WHERE id BETWEEN SYMMETRIC 2 AND 1",
+        "SELECT ssn FROM customers WHERE id = $1 AND id BETWEEN SYMMETRIC 0 AND 5",
+    ] {
+        let e = s.client.prepare(sql).await.err().map(|e| render_error(&e));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("ERROR 42501 tokengate TG101")),
+            "{sql}: {e:?}"
+        );
+        let r = s.client.query(sql, &[&1i32]).await;
+        assert!(r.is_err(), "{sql}");
+    }
+    let e = s
+        .client
+        .prepare("SELECT ssn FROM custmers")
+        .await
+        .err()
+        .map(|e| render_error(&e));
+    assert!(e.is_some_and(|e| e.starts_with("ERROR 42P01 relation \"custmers\" does not exist")));
+    assert_eq!(simple(&s.client, "SELECT 1").await, "1\nok 1\n");
     let refused = |out: &str, code: &str| {
         out.contains("ERROR 42501") && out.contains(code)
             || panic!("expected a {code} refusal, got:\n{out}")
@@ -844,6 +871,11 @@ async fn restricted_role_still_gets_no_protected_value() {
         (
             &["SELECT ssn FROM ONLY customers WHERE id = 1 FOR NO KEY UPDATE"][..],
             "***-**-",
+        ),
+        // A unique violation on a protected key keeps no DETAIL.
+        (
+            &["UPDATE customers SET email = 'dup@example.com' WHERE id IN (1, 2)"][..],
+            "TG140",
         ),
     ] {
         let out = script(via, steps).await;

@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 /// Substitute SQL that PostgreSQL rejects at parse time (a syntax error).
 const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
+/// The prepared statement a probe parses the client's text into (and closes at once).
+const PROBE_NAME: &[u8] = b"tokengate probe";
 /// Names that never exist, so Bind/Execute on them fail in the server.
 const REFUSED_NAME: &[u8] = b"tokengate refused";
 
@@ -280,23 +282,40 @@ impl ReadPath {
             })
     }
 
-    /// Parse (unnamed) of the client's text, Parse of [`REFUSED_SQL`], Sync. The server parses
-    /// and analyses the text without running it: when it cannot, its own error is the answer
-    /// (what the client would have got straight from PostgreSQL); when it can, the second
-    /// Parse fails and the refusal replaces that error. Either way the client sees one
-    /// ErrorResponse and a ReadyForQuery, as for its Query.
-    fn probe(&mut self, sql: &[u8], refusal: Refusal) -> Vec<u8> {
-        let parse = |text: &[u8]| {
+    /// Parse of the client's text as [`PROBE_NAME`], Close of it, Parse of [`REFUSED_SQL`] as
+    /// `target`. The server parses and analyses the text without running it: when it cannot,
+    /// its own error is the answer (what the client would have got straight from PostgreSQL)
+    /// and it skips the rest up to the client's (or our) Sync; when it can, the probe is closed
+    /// and the last Parse fails, carrying the refusal. Either way the client sees one
+    /// ErrorResponse, and the server is in the failed state the client expects.
+    fn probe(
+        &mut self,
+        sql: &[u8],
+        param_types: &[u32],
+        target: &[u8],
+        refusal: Refusal,
+    ) -> Vec<u8> {
+        let parse = |name: &[u8], text: &[u8], types: &[u32]| {
             let mut b = Vec::new();
-            cstr(&mut b, b"");
+            cstr(&mut b, name);
             cstr(&mut b, text);
-            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&(types.len().min(i16::MAX as usize) as i16).to_be_bytes());
+            for t in types.iter().take(i16::MAX as usize) {
+                b.extend_from_slice(&t.to_be_bytes());
+            }
             frame(frontend::PARSE, &b)
         };
+        let mut close = vec![b'S'];
+        cstr(&mut close, PROBE_NAME);
         self.sent(Request::Parse, Pending::Probe);
+        self.sent(Request::Close, Pending::Probe);
         self.sent(Request::Parse, Pending::Refused(refusal));
-        self.sent(Request::Sync, Pending::Sync);
-        [parse(sql), parse(REFUSED_SQL), frame(frontend::SYNC, &[])].concat()
+        [
+            parse(PROBE_NAME, sql, param_types),
+            frame(frontend::CLOSE, &close),
+            parse(target, REFUSED_SQL, &[]),
+        ]
+        .concat()
     }
 
     fn sent(&mut self, request: Request, pending: Pending) {
@@ -340,7 +359,10 @@ impl ReadPath {
                         Ok(ClientVerdict::Forward)
                     }
                     Err(r) if r.server_may_explain && self.may_probe(sql) => {
-                        Ok(ClientVerdict::Replace(self.probe(sql, r)))
+                        let mut bytes = self.probe(sql, &[], b"", r);
+                        self.sent(Request::Sync, Pending::Sync);
+                        bytes.extend_from_slice(&frame(frontend::SYNC, &[]));
+                        Ok(ClientVerdict::Replace(bytes))
                     }
                     Err(r) => {
                         self.sent(
@@ -384,6 +406,12 @@ impl ReadPath {
                         );
                         Ok(ClientVerdict::Forward)
                     }
+                    Err(r) if r.server_may_explain => Ok(ClientVerdict::Replace(self.probe(
+                        p.sql,
+                        &p.param_types,
+                        p.statement,
+                        r,
+                    ))),
                     Err(r) => {
                         self.sent(Request::Parse, Pending::Refused(r));
                         let mut b = Vec::new();

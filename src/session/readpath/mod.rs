@@ -130,10 +130,11 @@ enum Pending {
     CopyEnd,
     /// A substituted message: the server's error to it is replaced by this refusal.
     Refused(Refusal),
-    /// A Parse of the unnamed statement tokengate sent in place of a refused Query whose text
-    /// it could not read ([`Refusal::server_may_explain`]): the server's own error to it goes
-    /// through unchanged; a ParseComplete is dropped (the [`Pending::Refused`] Parse after it
-    /// then fails, and carries the refusal). Nothing is executed either way.
+    /// The Parse (and Close) of a probe tokengate sent in place of a refused Query or Parse
+    /// whose text it could not read ([`Refusal::server_may_explain`]): the server's own error
+    /// to it goes through unchanged; ParseComplete and CloseComplete are dropped (the
+    /// [`Pending::Refused`] Parse after them then fails, and carries the refusal). Nothing is
+    /// executed either way.
     Probe,
 }
 

@@ -326,11 +326,8 @@ impl ReadPath {
                 self.objects.parsed(name, planned);
                 ServerVerdict::Forward
             }
-            Pending::Probe => {
-                // The unnamed statement is now one tokengate refused.
-                self.objects.parsed(Vec::new(), None);
-                ServerVerdict::Drop
-            }
+            // The probe's ParseComplete and CloseComplete: nothing the client asked for.
+            Pending::Probe => ServerVerdict::Drop,
             Pending::Bind {
                 portal,
                 statement,
