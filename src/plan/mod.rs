@@ -169,7 +169,13 @@ pub fn plan_statement(
     catalog: &dyn PlanCatalog,
     named: &dyn Named,
 ) -> Result<StatementPlan, Refusal> {
-    if let Some(p) = a.problems.first() {
+    // A code block's own code says more than "cannot parse".
+    let first = a
+        .problems
+        .iter()
+        .find(|p| p.kind == ProblemKind::ProceduralCode)
+        .or(a.problems.first());
+    if let Some(p) = first {
         let mut refusal = Refusal::new(p.kind.code(), p.message.clone());
         refusal.server_may_explain = a.problems.iter().all(|p| {
             matches!(
@@ -203,7 +209,11 @@ pub fn plan_statement(
                 &d.filter_rule
             };
             return Err(Refusal::new(
-                Code::FilterDenied,
+                if u.clause == Clause::SideChannel {
+                    Code::SideChannelArgument
+                } else {
+                    Code::FilterDenied
+                },
                 format!(
                     "protected column {} is used in {} ({rule})",
                     u.column,

@@ -31,6 +31,8 @@ pub struct SessionInfo {
     pub client_tls: bool,
     /// The pid of the cancel key tokengate issued to the client, if the upstream sent one.
     pub client_key_pid: Option<u32>,
+    /// The server backend's own pid (NotificationResponses name it as their sender).
+    pub server_pid: Option<u32>,
     /// ParameterStatus values the server reported during startup (e.g.
     /// `standard_conforming_strings`), in order; the read path tracks later changes.
     pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
@@ -110,6 +112,7 @@ pub async fn handshake(
             .to_string(),
         client_tls: client.is_tls(),
         client_key_pid: None,
+        server_pid: None,
         parameters: Vec::new(),
     };
     let mut client_buf = BytesMut::with_capacity(1024);
@@ -202,6 +205,7 @@ pub async fn handshake(
                 }
                 backend::BACKEND_KEY_DATA => {
                     let key = backend::backend_key_data(body).map_err(|_| upstream_garbage(ctx))?;
+                    info.server_pid = Some(key.pid);
                     let ours = ctx.cancels.register(key);
                     info.client_key_pid = Some(ours.pid);
                     write(&mut client, &backend::encode_backend_key_data(&ours)).await?;

@@ -33,7 +33,44 @@ pub(crate) fn analyze_statement(statement: &Statement, catalog: &dyn Catalog) ->
     analysis.write_targets = analyzer.write_targets;
     analysis.problems = analyzer.problems;
     analysis.parameters = max_parameter(statement);
+    analysis.notifies = literal_notifications(statement);
     analysis
+}
+
+/// Notifications the statement sends with literal channel and payload.
+fn literal_notifications(statement: &Statement) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    if let Statement::NOTIFY { channel, payload } = statement {
+        found.push((fold(channel), payload.clone().unwrap_or_default()));
+        return found;
+    }
+    let _ = sqlparser::ast::visit_expressions(statement, |e| {
+        if let Expr::Function(f) = e {
+            let (schema, name) = split_name(&f.name);
+            if name == "pg_notify"
+                && matches!(schema.as_deref(), None | Some("pg_catalog"))
+                && let sqlparser::ast::FunctionArguments::List(list) = &f.args
+                && let [a, b] = list.args.as_slice()
+                && let (Some(channel), Some(payload)) = (literal_text(a), literal_text(b))
+            {
+                found.push((channel, payload));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+fn literal_text(arg: &sqlparser::ast::FunctionArg) -> Option<String> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr};
+    let FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) = arg else {
+        return None;
+    };
+    match &v.value {
+        Value::SingleQuotedString(s) => Some(s.clone()),
+        Value::DollarQuotedString(d) => Some(d.value.clone()),
+        _ => None,
+    }
 }
 
 fn outputs(cols: Vec<Col>) -> Vec<OutputColumn> {

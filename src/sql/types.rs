@@ -175,6 +175,8 @@ impl ProblemKind {
             Self::LexerMismatch => Code::LexerMismatch,
             Self::NotBuiltin => Code::NotBuiltin,
             Self::CopyOption => Code::CopyOption,
+            Self::ProceduralCode => Code::CodeBlock,
+            Self::DataExposingFunction | Self::DataExposingRelation => Code::DataReaching,
             _ => Code::Unproven,
         }
     }
@@ -210,6 +212,9 @@ pub struct StatementAnalysis {
     pub parameters: usize,
     /// For COPY: the data format, from the parsed options.
     pub copy: Option<super::copy::CopyFormat>,
+    /// (channel, payload) of notifications the statement sends with literal text (`NOTIFY ch,
+    /// 'x'`, `pg_notify('ch', 'x')`), channel folded like an identifier for NOTIFY.
+    pub notifies: Vec<(String, String)>,
 }
 
 impl StatementAnalysis {
@@ -226,6 +231,7 @@ impl StatementAnalysis {
             is_ddl: matches!(kind, StatementKind::Ddl | StatementKind::Code),
             parameters: 0,
             copy: None,
+            notifies: Vec::new(),
         }
     }
 

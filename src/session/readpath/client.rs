@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 /// Substitute SQL that PostgreSQL rejects at parse time (a syntax error).
 const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
+/// How many literal notification payloads a session remembers as its own.
+const OWN_PAYLOADS: usize = 1024;
 /// The prepared statement a probe parses the client's text into (and closes at once).
 const PROBE_NAME: &[u8] = b"tokengate probe";
 /// Names that never exist, so Bind/Execute on them fail in the server.
@@ -186,6 +188,12 @@ impl ReadPath {
                     local.prepared.insert(name.clone(), p.clone());
                 }
                 _ => {}
+            }
+            // Bounded: past the limit, further payloads are simply delivered empty.
+            for n in &a.notifies {
+                if self.own_payloads.len() < OWN_PAYLOADS {
+                    self.own_payloads.insert(n.clone());
+                }
             }
             let changes_names = super::names::may_change_names(a, text);
             self.names.planned(a, text);

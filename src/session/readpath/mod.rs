@@ -172,6 +172,11 @@ pub struct ReadPath {
     /// A restricted, sensitive Execute finished since the last Sync: a ParameterStatus the
     /// Sync's ReadyForQuery brings may carry what it read.
     sensitive_since_sync: bool,
+    /// The server backend's pid: notifications this session sent itself name it.
+    pub server_pid: Option<u32>,
+    /// (channel, payload) pairs this session sent as literals (NOTIFY, pg_notify): its own
+    /// notifications with one of these payloads are delivered whole.
+    own_payloads: std::collections::HashSet<(String, String)>,
 }
 
 impl ReadPath {
@@ -204,6 +209,8 @@ impl ReadPath {
             names: SessionNames::default(),
             transaction_status: b'I',
             sensitive_since_sync: false,
+            server_pid: None,
+            own_payloads: std::collections::HashSet::new(),
             protocol: ProtocolState::default(),
             objects: Objects::default(),
             shared,

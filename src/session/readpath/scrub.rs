@@ -89,6 +89,15 @@ fn field(out: &mut Vec<u8>, code: u8, value: &[u8]) {
 
 /// A NotificationResponse with its payload emptied; `None` when it is malformed (the caller
 /// then ends the session) .
+/// A NotificationResponse's sender pid, channel and payload (UTF-8 only).
+pub fn notification_parts(body: &[u8]) -> Option<(u32, String, String)> {
+    let mut r = Reader::new(body, "NotificationResponse");
+    let pid = r.u32().ok()?;
+    let channel = String::from_utf8(r.cstr().ok()?.to_vec()).ok()?;
+    let payload = String::from_utf8(r.cstr().ok()?.to_vec()).ok()?;
+    Some((pid, channel, payload))
+}
+
 pub fn notification_without_payload(body: &[u8]) -> Option<Vec<u8>> {
     let mut r = Reader::new(body, "NotificationResponse");
     let pid = r.u32().ok()?;

@@ -74,7 +74,7 @@ impl ReadPath {
             }
             tag::NOTIFICATION_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
-                if !self.restricted() {
+                if !self.restricted() || self.own_notification(body) {
                     return Ok(ServerVerdict::Forward);
                 }
                 match scrub::notification_without_payload(body) {
@@ -870,6 +870,15 @@ impl ReadPath {
                     .column(&relation.qualified(c))
                     .is_none_or(|d| d.action == crate::policy::Action::Clear)
         })
+    }
+
+    /// A notification this session's own backend sent with a payload the session itself
+    /// wrote as a literal: nothing in it comes from the database.
+    fn own_notification(&self, body: &[u8]) -> bool {
+        let Some((pid, channel, payload)) = scrub::notification_parts(body) else {
+            return false;
+        };
+        Some(pid) == self.server_pid && self.own_payloads.contains(&(channel, payload))
     }
 
     fn finish_execute(&mut self, x: ExecuteReply) {
