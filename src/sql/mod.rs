@@ -73,6 +73,30 @@ pub fn analyze_with(
     })
 }
 
+/// (channel, payload) of the notifications one statement's text sends with literal text
+/// (`NOTIFY ch, 'x'`, `NOTIFY ch, $$x$$`, `pg_notify('ch', 'x')`); the NOTIFY channel is folded
+/// like an identifier. Not cached with the analysis (the cache normalises literals away). Used
+/// only to recognise a session's own notifications, so a text read differently than the server
+/// reads it just finds no match.
+pub fn literal_notifications(sql: &str) -> Vec<(String, String)> {
+    if !sql.to_ascii_lowercase().contains("notify") {
+        return Vec::new();
+    }
+    let Ok(tokens) = parity::sqlparser_tokens(sql) else {
+        return Vec::new();
+    };
+    let tokens = rewrite::postgres_only_forms(tokens);
+    match Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+    {
+        Ok(statements) if statements.len() == 1 => {
+            statements::literal_notifications(&statements[0])
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// `MOVE [direction] {FROM|IN} cursor`: sqlparser 0.63 lacks MOVE. Only words, numbers and
 /// signs, so nothing else can hide in it.
 fn move_cursor(sql: &str, part: &[Token]) -> Option<String> {

@@ -10,6 +10,10 @@
 //! - `FOR NO KEY UPDATE` / `FOR KEY SHARE` become `FOR UPDATE` / `FOR SHARE`: row locks of
 //!   another strength, with the same rows and columns.
 //!
+//! - `NOTIFY channel, $$payload$$`: the dollar-quoted payload becomes the same text as a
+//!   single-quoted string token (sqlparser's NOTIFY reads only the latter); the value is kept
+//!   exactly.
+//!
 //! `ONLY`, `TABLE`, `FOR` and `KEY`'s neighbours are reserved words in PostgreSQL, so an
 //! unquoted one cannot be a user's identifier.
 use sqlparser::tokenizer::{Token as T, TokenWithSpan, Whitespace};
@@ -37,6 +41,7 @@ pub(crate) fn postgres_only_forms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSp
     let at = |k: usize| significant.get(k).map(|&i| &tokens[i].token);
     let mut blank = Vec::new();
     let mut table_select = Vec::new();
+
     for (k, &i) in significant.iter().enumerate() {
         let Some(this) = word(&tokens[i].token) else {
             continue;
@@ -83,6 +88,25 @@ pub(crate) fn postgres_only_forms(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSp
             }
             _ => {}
         }
+    }
+    // NOTIFY name , $$…$$
+    let notify_payload = match (at(0), at(1), at(2), significant.get(3)) {
+        (Some(T::Word(first)), Some(channel), Some(T::Comma), Some(&payload))
+            if first.quote_style.is_none()
+                && first.value.eq_ignore_ascii_case("notify")
+                && is_name(channel)
+                && significant.len() == 4 =>
+        {
+            match &tokens[payload].token {
+                T::DollarQuotedString(d) => Some((payload, d.value.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let mut tokens = tokens;
+    if let Some((i, value)) = notify_payload {
+        tokens[i].token = T::SingleQuotedString(value);
     }
     if blank.is_empty() && table_select.is_empty() {
         return tokens;
@@ -153,6 +177,16 @@ mod tests {
             "SELECT a FROM t FETCH FIRST 1 ROWS ONLY"
         );
         assert_eq!(rewrite("SELECT * FROM ONLY (t)"), "SELECT * FROM ONLY (t)");
+        assert_eq!(rewrite("NOTIFY ch, $x$a$x$"), "NOTIFY ch, 'a'");
+        let catalog = crate::sql::StaticCatalog::demo();
+        let a = crate::sql::analyze("NOTIFY Ch, $$it's$$", &catalog);
+        assert!(a[0].problems.is_empty(), "{:?}", a[0].problems);
+        let n = crate::sql::literal_notifications("NOTIFY Ch, $$it's$$");
+        assert_eq!(n, vec![("ch".to_string(), "it's".to_string())]);
+        let n = crate::sql::literal_notifications(
+            "SELECT pg_notify('Ch', 'x'), pg_notify('c', city) FROM customers",
+        );
+        assert_eq!(n, vec![("Ch".to_string(), "x".to_string())]);
     }
 
     #[test]

@@ -33,12 +33,11 @@ pub(crate) fn analyze_statement(statement: &Statement, catalog: &dyn Catalog) ->
     analysis.write_targets = analyzer.write_targets;
     analysis.problems = analyzer.problems;
     analysis.parameters = max_parameter(statement);
-    analysis.notifies = literal_notifications(statement);
     analysis
 }
 
 /// Notifications the statement sends with literal channel and payload.
-fn literal_notifications(statement: &Statement) -> Vec<(String, String)> {
+pub(crate) fn literal_notifications(statement: &Statement) -> Vec<(String, String)> {
     let mut found = Vec::new();
     if let Statement::NOTIFY { channel, payload } = statement {
         found.push((fold(channel), payload.clone().unwrap_or_default()));

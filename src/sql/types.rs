@@ -212,9 +212,6 @@ pub struct StatementAnalysis {
     pub parameters: usize,
     /// For COPY: the data format, from the parsed options.
     pub copy: Option<super::copy::CopyFormat>,
-    /// (channel, payload) of notifications the statement sends with literal text (`NOTIFY ch,
-    /// 'x'`, `pg_notify('ch', 'x')`), channel folded like an identifier for NOTIFY.
-    pub notifies: Vec<(String, String)>,
 }
 
 impl StatementAnalysis {
@@ -231,7 +228,6 @@ impl StatementAnalysis {
             is_ddl: matches!(kind, StatementKind::Ddl | StatementKind::Code),
             parameters: 0,
             copy: None,
-            notifies: Vec::new(),
         }
     }
 

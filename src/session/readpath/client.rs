@@ -190,9 +190,9 @@ impl ReadPath {
                 _ => {}
             }
             // Bounded: past the limit, further payloads are simply delivered empty.
-            for n in &a.notifies {
+            for n in crate::sql::literal_notifications(text) {
                 if self.own_payloads.len() < OWN_PAYLOADS {
-                    self.own_payloads.insert(n.clone());
+                    self.own_payloads.insert(n);
                 }
             }
             let changes_names = super::names::may_change_names(a, text);
