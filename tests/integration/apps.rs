@@ -911,7 +911,7 @@ async fn every_live_builtin_is_classified() {
     )
     .connect(tokio_postgres::NoTls)
     .await
-    .map_or_else(|_| panic!("connect"), |c| c);
+    .unwrap_or_else(|e| panic!("connect: {e}"));
     tokio::spawn(conn);
     let names: Vec<String> = client
         .query(
