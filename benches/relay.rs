@@ -7,16 +7,19 @@
 //! contender in the same rounds, so tokengate's CPU cost has a same-machine, same-run baseline.
 //!
 //! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000).
+//! `TLS=1` puts TLS on both legs for every contender: PostgreSQL with `ssl=on`, clients with
+//! `sslmode=require`, tokengate and PgBouncer terminating TLS and connecting upstream with
+//! `sslmode=require` (direct runs are TLS too).
 mod common;
 
-use common::{cpu_seconds, env_or, median, pgbench, psql_read, start_tokengate};
+use common::{bench_tls, cpu_seconds, env_or, median, pgbench, psql_read, start_tokengate_sslmode};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
 
 /// Starts PgBouncer (session pooling, like tokengate's one upstream connection per client)
 /// in front of `pg`, as the PostgreSQL OS user because PgBouncer refuses to run as root.
-fn start_pgbouncer(pg: &EmbeddedPostgres) -> Option<(Child, u16)> {
+fn start_pgbouncer(pg: &EmbeddedPostgres, tls: Option<&Tls>) -> Option<(Child, u16)> {
     use std::os::unix::process::CommandExt;
     let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
         .into_iter()
@@ -32,7 +35,7 @@ fn start_pgbouncer(pg: &EmbeddedPostgres) -> Option<(Child, u16)> {
         format!("\"postgres\" \"{}\"\n", pg.superuser_password()),
     )
     .ok()?;
-    let ini = format!(
+    let mut ini = format!(
         "[databases]\nbench = host=127.0.0.1 port={} dbname=bench\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
          listen_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {}\npool_mode = session\n\
          max_client_conn = 200\ndefault_pool_size = 50\nlogfile = {}\n",
@@ -40,6 +43,14 @@ fn start_pgbouncer(pg: &EmbeddedPostgres) -> Option<(Child, u16)> {
         dir.join("userlist.txt").display(),
         dir.join("pgbouncer.log").display()
     );
+    if let Some(tls) = tls {
+        ini.push_str(&format!(
+            "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n\
+             server_tls_sslmode = require\n",
+            tls.cert.display(),
+            tls.key.display()
+        ));
+    }
     std::fs::write(dir.join("pgbouncer.ini"), ini).ok()?;
     let mut cmd = Command::new(binary);
     cmd.arg(dir.join("pgbouncer.ini"))
@@ -59,15 +70,45 @@ fn start_pgbouncer(pg: &EmbeddedPostgres) -> Option<(Child, u16)> {
     Some((child, port))
 }
 
+/// Certificate and key files for client-leg TLS (PostgreSQL gets the same pair).
+struct Tls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    pem: (String, String),
+}
+
+fn make_tls(dir: &std::path::Path) -> Tls {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.join("bench.crt"), dir.join("bench.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    Tls {
+        cert: cert_path,
+        key: key_path,
+        pem: (cert.pem(), key.serialize_pem()),
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let rounds = env_or("ROUNDS", 5) as usize;
     let seconds = env_or("SECONDS", 5);
     let scale = env_or("SCALE", 10);
     let rows = env_or("ROWS", 1_000_000);
+    // Readable by PgBouncer, which runs as the PostgreSQL OS user.
+    let tls_dir = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .expect("tempdir");
+    let tls = bench_tls().then(|| make_tls(tls_dir.path()));
     let pg = EmbeddedPostgres::start(&PgOptions {
         superuser_password: "bench-pw".into(),
         settings: vec![("shared_buffers".into(), "256MB".into())],
+        ssl: tls.as_ref().map(|t| t.pem.clone()),
         ..PgOptions::default()
     })
     .expect("start PostgreSQL");
@@ -112,9 +153,24 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let (mut tg, tg_port) = start_tokengate(pg.port(), &[]);
+    let (mut tg, tg_port) = match &tls {
+        Some(t) => start_tokengate_sslmode(
+            pg.port(),
+            "require",
+            &[
+                "--tls-cert",
+                t.cert.to_str().unwrap_or_default(),
+                "--tls-key",
+                t.key.to_str().unwrap_or_default(),
+            ],
+        ),
+        None => start_tokengate_sslmode(pg.port(), "disable", &[]),
+    };
     let pid = tg.id();
-    let mut bouncer = start_pgbouncer(&pg);
+    let mut bouncer = start_pgbouncer(&pg, tls.as_ref());
+    if tls.is_some() {
+        println!("TLS on both legs for every contender");
+    }
     println!(
         "tokengate relay benchmark: {rounds} rounds x {seconds}s, pgbench scale {scale}, {rows} rows; tokengate pid {pid}"
     );

@@ -134,6 +134,10 @@ pub struct FileConfig {
     pub catalog_password: Option<String>,
     #[serde(alias = "catalog_ttl")]
     pub catalog_ttl_secs: Option<ConfigDuration>,
+    pub auth_query: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    pub auth_dbname: Option<String>,
     /// `audit: { path, fsync, max_bytes, on_failure, redact_text, key_name, queue_capacity }`
     pub audit: Option<crate::audit::AuditConfig>,
     pub max_client_connections: Option<usize>,
@@ -187,6 +191,14 @@ pub struct ServeConfig {
     pub catalog_password: Option<String>,
     /// How long a catalog snapshot is trusted without DDL before it is reloaded.
     pub catalog_ttl: Duration,
+    /// SCRAM termination (see `crate::auth`): the query reading a role's stored secret, with
+    /// `$1` = the role. `None` passes authentication through.
+    pub auth_query: Option<String>,
+    /// The role the auth query runs as (defaults to the catalog role) and its password.
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    /// The database the auth query runs in (defaults to the client's database).
+    pub auth_dbname: Option<String>,
     /// The hash-chained audit log (off when `None`).
     pub audit: Option<crate::audit::AuditConfig>,
     /// Client sessions served at once; further clients get 53300 "too many clients".
@@ -354,6 +366,10 @@ impl ServeConfig {
             catalog_user: None,
             catalog_password: None,
             catalog_ttl: DEFAULT_CATALOG_TTL,
+            auth_query: None,
+            auth_user: None,
+            auth_password: None,
+            auth_dbname: None,
             audit: None,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             tcp_keepalive: Some(DEFAULT_KEEPALIVE),

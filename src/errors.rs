@@ -93,7 +93,7 @@ codes! {
         id: "TG009",
         sqlstate: "28000",
         meaning: "The client uses SCRAM and supports channel binding on its TLS connection to tokengate, while the upstream leg is TLS too. Channel binding cannot cross a TLS-terminating proxy, and PostgreSQL's downgrade protection would reject the login with \"SCRAM channel binding negotiation error\"; tokengate says why instead.",
-        hint: "Connect with channel_binding=disable (libpq: PGCHANNELBINDING=disable), or run the upstream leg without TLS on a trusted network.",
+        hint: "Configure auth_query so tokengate completes SCRAM itself (see README, Authentication), connect with channel_binding=disable, or run the upstream leg without TLS on a trusted network.",
     }
     AlertTerminated {
         id: "TG010",
@@ -112,6 +112,24 @@ codes! {
         sqlstate: "42501",
         meaning: "A statement that reads, uses or writes protected columns changed a setting the server reports (ParameterStatus, e.g. `set_config('application_name', ...)`). The session is ended so the value can't be read back with SHOW or current_setting.",
         hint: "A statement that reads protected columns changed a reported setting (e.g. set_config('application_name', ...)); the session was ended so the value cannot be read back. Set settings from literals only.",
+    }
+    AuthLookupFailed {
+        id: "TG025",
+        sqlstate: "08001",
+        meaning: "SCRAM termination is configured (`auth_query`) and the lookup of the login role's stored secret failed: the auth connection could not be opened or the query raised an error. The log names the server's message. Logins are refused rather than silently passed through.",
+        hint: "Check auth_query, auth_user/auth_password and that the lookup function exists in the database; the log has the server's message.",
+    }
+    ScramNegotiation {
+        id: "TG026",
+        sqlstate: "08P01",
+        meaning: "The client's SCRAM exchange with tokengate broke the protocol: a malformed message, a mechanism tokengate did not offer, a channel-binding flag that does not match the mechanism, the `y` flag while tokengate offers SCRAM-SHA-256-PLUS (a downgrade), or channel-binding data that is not tokengate's certificate.",
+        hint: "The client's SCRAM messages do not follow the protocol (or claim channel binding is unavailable while tokengate offers it); check the driver.",
+    }
+    UpstreamAuthMismatch {
+        id: "TG027",
+        sqlstate: "28000",
+        meaning: "tokengate verified the client, but the upstream's SCRAM parameters (salt, iterations) differ from the looked-up secret, or the upstream's final signature does not prove it holds the same secret.",
+        hint: "The upstream's SCRAM secret differs from what auth_query returned (a password changed during login, a different server, or an interceptor on the upstream leg); retry, and check the upstream address and auth_query.",
     }
     TooManyConnections {
         id: "TG035",

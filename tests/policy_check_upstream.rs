@@ -205,3 +205,52 @@ async fn check_and_explain_against_a_live_database() {
         "{out}"
     );
 }
+
+/// A failed catalog read names its cause: the server's own message (not "db error") and the
+/// address for connection errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_errors_show_the_servers_message_and_address() {
+    let pg = start_pg();
+    let (client, conn) = tokio_postgres::connect(&url(&pg, "postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("SET password_encryption = 'scram-sha-256'; CREATE ROLE pw_user LOGIN PASSWORD 'right';")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let check = |url: String| {
+        let (code, out) = tokengate(&[
+            "policy",
+            "check",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &url,
+        ]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(!out.contains("db error\n"), "{out}");
+        out
+    };
+    let address = format!("127.0.0.1:{}", pg.port());
+    let out = check(format!("postgres://pw_user:wrong@{address}/postgres"));
+    assert!(
+        out.contains(&address)
+            && out.contains("password authentication failed for user \"pw_user\"")
+            && out.contains("28P01"),
+        "{out}"
+    );
+    let out = check(format!("postgres://postgres@{address}/no_such_db"));
+    assert!(
+        out.contains("database \"no_such_db\" does not exist"),
+        "{out}"
+    );
+    // Nothing listens on port 1: the address and the OS's reason.
+    let out = check("postgres://postgres@127.0.0.1:1/postgres".to_string());
+    assert!(
+        out.contains("127.0.0.1:1") && out.contains("refused"),
+        "{out}"
+    );
+}

@@ -61,7 +61,9 @@ pub fn pgbench(
     } else {
         "bench-pw"
     };
-    let out = Command::new(pg.bindir().join("pgbench"))
+    let mut cmd = Command::new(pg.bindir().join("pgbench"));
+    client_env(&mut cmd);
+    let out = cmd
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-n"])
         .args(workload)
         .args([
@@ -98,8 +100,26 @@ pub fn pgbench(
     }
 }
 
+/// `TLS=1`: every benchmark client (pgbench, psql) connects with TLS (`sslmode=require`; channel
+/// binding off, so pass-through authentication works with TLS on both legs).
+pub fn bench_tls() -> bool {
+    std::env::var("TLS").is_ok_and(|v| v == "1")
+}
+
+fn client_env(cmd: &mut Command) {
+    if bench_tls() {
+        cmd.env("PGSSLMODE", "require")
+            .env("PGCHANNELBINDING", "disable");
+    }
+}
+
 /// Starts `tokengate serve` in front of PostgreSQL with extra flags; waits until it listens.
 pub fn start_tokengate(pg_port: u16, extra: &[&str]) -> (Child, u16) {
+    start_tokengate_sslmode(pg_port, "disable", extra)
+}
+
+/// [`start_tokengate`] with the upstream leg's `sslmode`.
+pub fn start_tokengate_sslmode(pg_port: u16, sslmode: &str, extra: &[&str]) -> (Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -115,7 +135,7 @@ pub fn start_tokengate(pg_port: u16, extra: &[&str]) -> (Child, u16) {
         ])
         .args([
             "--upstream",
-            &format!("postgres://127.0.0.1:{pg_port}?sslmode=disable"),
+            &format!("postgres://127.0.0.1:{pg_port}?sslmode={sslmode}"),
         ])
         .args(extra)
         .env("TOKENGATE_LOG", "warn")
@@ -139,7 +159,9 @@ pub fn psql_read(pg: &EmbeddedPostgres, port: u16, user: &str, sql: &str) -> f64
         "bench-pw"
     };
     let start = Instant::now();
-    let out = Command::new(pg.bindir().join("psql"))
+    let mut cmd = Command::new(pg.bindir().join("psql"));
+    client_env(&mut cmd);
+    let out = cmd
         .args([
             "-X",
             "-q",

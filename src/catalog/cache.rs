@@ -26,7 +26,10 @@ pub enum CatalogError {
         database: String,
         source: crate::net::upstream::UpstreamError,
     },
-    #[error("catalog query on database {database:?} failed: {source}")]
+    #[error(
+        "catalog query on database {database:?} failed: {}",
+        crate::net::pg_error::describe(source)
+    )]
     Query {
         database: String,
         source: tokio_postgres::Error,

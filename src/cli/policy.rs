@@ -98,7 +98,10 @@ fn check(args: CheckArgs) -> ExitCode {
     let catalog = match rt.block_on(fetch_catalog(&url)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cannot read the catalog from the upstream: {e}");
+            eprintln!(
+                "cannot read the catalog from the upstream {}",
+                crate::net::pg_error::describe_at(&e, &crate::net::pg_error::address_of(&url))
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -219,7 +222,10 @@ fn explain(args: ExplainArgs) -> ExitCode {
                 snapshot = Some(snap);
             }
             Err(e) => {
-                eprintln!("cannot read the catalog from the upstream: {e}");
+                eprintln!(
+                    "cannot read the catalog from the upstream {}",
+                    crate::net::pg_error::describe_at(&e, &crate::net::pg_error::address_of(url))
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -310,8 +316,13 @@ pub fn explain_statement(
                         }
                         _ => "unprotected".to_string(),
                     };
+                    let how = if u.direct {
+                        ""
+                    } else {
+                        " (an expression over it)"
+                    };
                     out.push_str(&format!(
-                        "  use {} in {:?}: {verdict}\n",
+                        "  use {}{how} in {:?}: {verdict}\n",
                         u.column, u.clause
                     ));
                 }

@@ -60,6 +60,21 @@ pub struct ServeArgs {
     /// How long a catalog snapshot is used before it is reloaded [default: 60s].
     #[arg(long, env = "TOKENGATE_CATALOG_TTL", value_parser = config::parse_duration)]
     pub catalog_ttl: Option<Duration>,
+    /// Terminate SCRAM in tokengate: the query that reads a login role's stored SCRAM secret
+    /// (`$1` = the role; the secret is the last column), e.g.
+    /// "SELECT usename, passwd FROM tokengate.get_auth($1)". Without it, authentication
+    /// passes through to the upstream.
+    #[arg(long, env = "TOKENGATE_AUTH_QUERY")]
+    pub auth_query: Option<String>,
+    /// The role the auth query runs as [default: the catalog role].
+    #[arg(long, env = "TOKENGATE_AUTH_USER")]
+    pub auth_user: Option<String>,
+    /// Its password [default: the catalog role's] (prefer the env var to the flag).
+    #[arg(long, env = "TOKENGATE_AUTH_PASSWORD", hide_env_values = true)]
+    pub auth_password: Option<String>,
+    /// The database the auth query runs in [default: the database the client connects to].
+    #[arg(long, env = "TOKENGATE_AUTH_DBNAME")]
+    pub auth_dbname: Option<String>,
     /// Audit log file (hash-chained JSON lines; needs an `audit` key in the key file). The
     /// config file's `audit:` section sets rotation, fsync and failure behaviour.
     #[arg(long, env = "TOKENGATE_AUDIT_LOG")]
@@ -132,6 +147,15 @@ impl ServeArgs {
             |flag: Option<Duration>, file: Option<config::ConfigDuration>, default: Duration| {
                 flag.or(file.map(|d| d.0)).unwrap_or(default)
             };
+        let auth_user = self.auth_user.or(file.auth_user);
+        let catalog_user = self.catalog_user.or(file.catalog_user);
+        let auth_query = self.auth_query.or(file.auth_query);
+        if auth_query.is_some() && auth_user.is_none() && catalog_user.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "auth_query",
+                reason: "needs auth_user (or catalog_user) to run as".into(),
+            });
+        }
         let config = ServeConfig {
             listen: config::parse_addr("listen", &listen)?,
             upstream: Upstream::parse(&upstream)?,
@@ -164,13 +188,17 @@ impl ServeArgs {
             ),
             allow_replication: self.allow_replication || file.allow_replication.unwrap_or(false),
             workers: self.workers.or(file.workers).unwrap_or(0),
-            catalog_user: self.catalog_user.or(file.catalog_user),
+            catalog_user,
             catalog_password: self.catalog_password.or(file.catalog_password),
             catalog_ttl: duration(
                 self.catalog_ttl,
                 file.catalog_ttl_secs,
                 config::DEFAULT_CATALOG_TTL,
             ),
+            auth_query,
+            auth_user,
+            auth_password: self.auth_password.or(file.auth_password),
+            auth_dbname: self.auth_dbname.or(file.auth_dbname),
             audit: match (self.audit_log, file.audit) {
                 (Some(path), Some(mut a)) => {
                     a.path = path;

@@ -1,5 +1,6 @@
 //! Sockets and TLS for both legs. [`Conn`] is a client or upstream connection that may be TLS;
 //! its halves let the two relay pumps read and write independently.
+pub mod pg_error;
 pub mod tls;
 pub mod upstream;
 
@@ -12,6 +13,30 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The kernel buffer tokengate allows on the upload path (client → upstream), per socket:
+/// the receive buffer of a client connection and the send buffer of an upstream one. Linux
+/// otherwise grows both to many MiB, so a client could push megabytes into tokengate that the
+/// server has not asked for; a driver that watches for the server's error while it streams
+/// (asyncpg's executemany) would then see the error later than it does directly. The
+/// download direction keeps the kernel's autotuning. See the relay's module docs.
+pub const UPLOAD_SOCKET_BUFFER: usize = 64 * 1024;
+
+/// Which side of tokengate a socket faces.
+#[derive(Debug, Clone, Copy)]
+pub enum Leg {
+    Client,
+    Upstream,
+}
+
+/// Caps the upload-path kernel buffer of `tcp` (best effort: a refusal leaves the default).
+pub fn bound_upload_buffer(tcp: &TcpStream, leg: Leg) {
+    let sock = socket2::SockRef::from(tcp);
+    let _ = match leg {
+        Leg::Client => sock.set_recv_buffer_size(UPLOAD_SOCKET_BUFFER),
+        Leg::Upstream => sock.set_send_buffer_size(UPLOAD_SOCKET_BUFFER),
+    };
+}
 
 /// A connection on either leg.
 pub enum Conn {

@@ -85,6 +85,7 @@ impl Connector {
         if let Some(keepalive) = &self.keepalive {
             let _ = keepalive.apply_upstream(&tcp);
         }
+        super::bound_upload_buffer(&tcp, super::Leg::Upstream);
         let Some(tls) = &self.tls else {
             return Ok(Conn::Plain(tcp));
         };
@@ -103,12 +104,15 @@ impl Connector {
     }
 
     /// Health probe: proves a PostgreSQL answers, not just that a port accepts. Opens a
-    /// connection as `sslmode` says; a plain one must still answer an SSLRequest with 'S' or
-    /// 'N'. Closing before a StartupMessage leaves nothing in PostgreSQL's log.
+    /// connection as `sslmode` says. When `sslmode` asks for TLS, connecting already exchanged
+    /// an SSLRequest (answered 'S' or, for `prefer`, 'N'); otherwise the probe sends one and
+    /// expects 'S' or 'N'. Never a second SSLRequest on one connection: PostgreSQL answers
+    /// that with `FATAL: unsupported frontend protocol 1234.5679`. Closing before a
+    /// StartupMessage leaves nothing in PostgreSQL's log.
     pub async fn probe(&self) -> bool {
         let check = async {
             match self.connect().await {
-                Ok(Conn::Plain(mut tcp)) => {
+                Ok(Conn::Plain(mut tcp)) if self.tls.is_none() => {
                     let mut req = 8u32.to_be_bytes().to_vec();
                     req.extend_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
                     let mut answer = [0u8; 1];

@@ -4,12 +4,13 @@
 //! Negotiating ──SSLRequest/GSSENCRequest/direct TLS──▶ Negotiating
 //!     │ CancelRequest ──▶ (forward to upstream, close)
 //!     ▼ StartupMessage
-//! Authenticating (relay auth exchange, swap BackendKeyData) ──ErrorResponse──▶ closed
+//! Authenticating (relay or terminate the auth exchange, issue the cancel secret) ──ErrorResponse──▶ closed
 //!     ▼ ReadyForQuery
 //! Relaying (two pumps: client→upstream and upstream→client) ──Terminate/EOF/error──▶ closed
 //! ```
 //!
-//! [`startup`] owns the first two states, [`relay`] the last; [`cancel`] maps client-facing
+//! [`startup`] owns the first two states (with [`terminate`] for SCRAM termination), [`relay`]
+//! the last; [`cancel`] maps client-facing
 //! cancel keys to upstream ones. While relaying, [`protocol`] matches every server reply to the
 //! message it answers and [`readpath`] applies the policy (planning itself is in
 //! [`crate::plan`]). [`admission`] decides whether a connection is served at all.
@@ -19,6 +20,7 @@ pub mod protocol;
 pub mod readpath;
 pub mod relay;
 pub mod startup;
+pub mod terminate;
 
 use crate::catalog::{CatalogCache, CatalogSettings};
 use crate::config::ServeConfig;
@@ -60,6 +62,11 @@ pub struct Context {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Admission control: sessions served now, and connections being refused.
     pub admission: Admission,
+    /// SCRAM termination, when `auth_query` is configured; `None` passes authentication through.
+    pub auth: Option<crate::auth::lookup::AuthLookup>,
+    /// tls-server-end-point data for tokengate's own certificate (SCRAM-SHA-256-PLUS on the
+    /// client leg), when it has a definite hash.
+    pub client_binding: Option<Vec<u8>>,
 }
 
 impl Context {
@@ -101,8 +108,15 @@ impl Context {
             _ => None,
         };
         let admission = Admission::new(config.max_client_connections);
+        let auth = auth_lookup(&config, &connector);
+        let client_binding = config
+            .tls
+            .as_ref()
+            .and_then(|t| certificate_binding(&t.cert));
         Context {
             admission,
+            auth,
+            client_binding,
             catalog,
             readpath: Arc::default(),
             audit: None,
@@ -120,6 +134,44 @@ impl Context {
             keys: keys.unwrap_or_default(),
         }
     }
+}
+
+fn auth_lookup(
+    config: &ServeConfig,
+    connector: &Connector,
+) -> Option<crate::auth::lookup::AuthLookup> {
+    let query = config.auth_query.clone()?;
+    let Some(user) = config.auth_user.clone().or(config.catalog_user.clone()) else {
+        tracing::error!(
+            "auth_query needs auth_user (or catalog_user); authentication passes through"
+        );
+        return None;
+    };
+    let password = match &config.auth_user {
+        Some(_) => config.auth_password.clone(),
+        None => config
+            .auth_password
+            .clone()
+            .or(config.catalog_password.clone()),
+    };
+    Some(crate::auth::lookup::AuthLookup::new(
+        crate::auth::lookup::LookupSettings {
+            query,
+            user,
+            password,
+            dbname: config.auth_dbname.clone(),
+        },
+        connector.clone(),
+    ))
+}
+
+/// The channel-binding hash of the first certificate in a PEM file (already validated when
+/// the TLS acceptor was built).
+fn certificate_binding(path: &std::path::Path) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let cert = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    crate::auth::binding::server_end_point(&cert)
 }
 
 /// What /readyz reports.
@@ -223,13 +275,14 @@ pub async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAdd
         count_outcome(&ctx, outcome);
         return;
     };
+    crate::net::bound_upload_buffer(&tcp, crate::net::Leg::Client);
     ctx.metrics.connections_active.inc();
     let outcome = match startup::handshake(&ctx, tcp, peer).await {
         Ok(established) => {
-            let pid = established.info.client_key_pid;
+            let key = established.info.client_key.clone();
             let outcome = relay::run(&ctx, established).await;
-            if let Some(pid) = pid {
-                ctx.cancels.unregister(pid);
+            if let Some(key) = &key {
+                ctx.cancels.unregister(key);
             }
             outcome
         }

@@ -6,6 +6,17 @@
 //! whole and may be replaced; only then is output copied into an owned buffer (lazily, from
 //! the first replacement on). The two pumps run concurrently in one task (no cross-thread
 //! wake-ups) and share the little state they need through an uncontended mutex.
+//!
+//! Backpressure and read-ahead: a pump reads from its source only after its previous batch was
+//! written *and flushed* to the destination (a TLS stream otherwise keeps encrypted records
+//! buffered, and a peer waiting for them stalls). So beyond what the destination's socket has
+//! accepted, tokengate holds at most one read ([`READ_CHUNK`], 32 KiB) or the one frame a
+//! handler needs whole. On the upload path the kernel buffers are capped as well
+//! ([`crate::net::UPLOAD_SOCKET_BUFFER`] on the client socket's receive side and the upstream
+//! socket's send side), so what a client has sent that the server has not yet read grows by
+//! at most a few hundred KiB compared with a direct connection, and a driver streaming a batch
+//! blocks about as early as it would directly. (A driver that notices the server's error only
+//! between its own writes still sees it one proxy hop later.)
 use super::readpath::{ClientVerdict, EndSession, ReadPath, ServerVerdict};
 use super::startup::Established;
 use super::{Context, Outcome};
@@ -185,12 +196,12 @@ impl<H: FrameHandler> Pump<H> {
         let written = match out {
             Output::Direct(0) => return Ok(Ok(0)),
             Output::Direct(n) => {
-                let r = wr.write_all(&self.buf[..n]).await;
+                let r = write_batch(wr, &self.buf[..n]).await;
                 self.buf.advance(n);
                 r.map(|_| n)
             }
             Output::Owned(n) => {
-                let r = wr.write_all(&self.owned).await;
+                let r = write_batch(wr, &self.owned).await;
                 self.buf.advance(n);
                 r.map(|_| self.owned.len())
             }
@@ -203,6 +214,17 @@ impl<H: FrameHandler> Pump<H> {
             self.buf.reserve(READ_CHUNK);
         }
     }
+}
+
+/// Writes one batch and flushes it. A TLS stream (tokio-rustls) reports bytes as written once
+/// they are encrypted into its buffer, even when the socket would block; without the flush the
+/// last records of a batch stay there until the next write, which may never come (the peer
+/// waits for them). The flush also makes the pump wait until the socket has taken the whole
+/// batch, so the next read from the other side happens only then (see the read-ahead bound
+/// in the module docs). On plain TCP the flush is free.
+async fn write_batch(wr: &mut ConnWrite, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
 }
 
 /// State the two pumps share.
@@ -377,7 +399,7 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
             ctx.audit.clone(),
             ctx.alerts.clone(),
             super::readpath::AuditSession {
-                id: u64::from(info.client_key_pid.unwrap_or_default()),
+                id: u64::from(info.client_key.as_ref().map_or(0, |k| k.pid)),
                 client: info.peer.to_string(),
                 application_name: info.application_name.clone(),
             },
@@ -533,7 +555,7 @@ pub async fn run(ctx: &Context, est: Established) -> Outcome {
                 }
                 ClientEnd::Eof => {
                     // Say goodbye for the client so the server logs no unexpected EOF.
-                    let _ = upstream_wr.write_all(&[frontend::TERMINATE, 0, 0, 0, 4]).await;
+                    let _ = write_batch(&mut upstream_wr, &[frontend::TERMINATE, 0, 0, 0, 4]).await;
                     Outcome::Completed
                 }
                 ClientEnd::UpstreamWriteFailed => {
@@ -544,7 +566,7 @@ pub async fn run(ctx: &Context, est: Established) -> Outcome {
                     tracing::warn!(peer = %info.peer, user = %info.user, error = %error.message, "closing session on protocol error");
                     let _ = stop_tx.send(error);
                     let _ = tokio::time::timeout(CLOSE_GRACE, &mut upstream_side).await;
-                    let _ = upstream_wr.write_all(&[frontend::TERMINATE, 0, 0, 0, 4]).await;
+                    let _ = write_batch(&mut upstream_wr, &[frontend::TERMINATE, 0, 0, 0, 4]).await;
                     Outcome::ProtocolError
                 }
             }

@@ -1,7 +1,8 @@
 //! The Negotiating and Authenticating states: transport negotiation with the client (TLS,
 //! GSSAPI refusal, cancel requests), the StartupMessage, the upstream connection, and the
-//! authentication exchange relayed message by message until ReadyForQuery.
-use super::{Context, Outcome};
+//! authentication exchange relayed message by message until ReadyForQuery (or, with
+//! `auth_query`, SCRAM terminated by [`super::terminate`]).
+use super::{Context, Outcome, terminate};
 use crate::errors::Code;
 use crate::net::Conn;
 use crate::net::tls::ALPN_POSTGRESQL;
@@ -9,7 +10,8 @@ use crate::wire::backend::{self, ErrorFields};
 use crate::wire::frame::peek_header;
 use crate::wire::frontend;
 use crate::wire::startup::{
-    self as packets, MAX_STARTUP_PACKET, StartupMessage, StartupPacket, TLS_HANDSHAKE_BYTE,
+    self as packets, CancelKey, MAX_STARTUP_PACKET, StartupMessage, StartupPacket,
+    TLS_HANDSHAKE_BYTE,
 };
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -29,8 +31,9 @@ pub struct SessionInfo {
     pub database: String,
     pub application_name: String,
     pub client_tls: bool,
-    /// The pid of the cancel key tokengate issued to the client, if the upstream sent one.
-    pub client_key_pid: Option<u32>,
+    /// The cancel key tokengate issued to the client (the backend's real pid, tokengate's own
+    /// secret), if the upstream sent one.
+    pub client_key: Option<CancelKey>,
     /// The server backend's own pid (NotificationResponses name it as their sender).
     pub server_pid: Option<u32>,
     /// ParameterStatus values the server reported during startup (e.g.
@@ -48,7 +51,7 @@ pub struct Established {
     pub upstream_buf: BytesMut,
 }
 
-enum Io {
+pub(super) enum Io {
     Eof,
     Timeout,
     Failed,
@@ -92,7 +95,7 @@ pub async fn handshake(
             return Err(Outcome::UpstreamError);
         }
     };
-    if upstream.write_all(&raw).await.is_err() {
+    if send(&mut upstream, &raw).await.is_err() {
         ctx.metrics.upstream_errors_total.inc();
         let e = Code::UpstreamLost.error(format!(
             "upstream {} closed the connection during startup",
@@ -111,7 +114,7 @@ pub async fn handshake(
             .unwrap_or_default()
             .to_string(),
         client_tls: client.is_tls(),
-        client_key_pid: None,
+        client_key: None,
         server_pid: None,
         parameters: Vec::new(),
     };
@@ -147,6 +150,21 @@ pub async fn handshake(
             match tag {
                 backend::AUTHENTICATION => {
                     let code = backend::auth_code(body).map_err(|_| upstream_garbage(ctx))?;
+                    if code == backend::AUTH_SASL
+                        && let Some(lookup) = &ctx.auth
+                    {
+                        let legs = terminate::Legs {
+                            client: &mut client,
+                            client_buf: &mut client_buf,
+                            upstream: &mut upstream,
+                            upstream_buf: &mut upstream_buf,
+                            deadline,
+                        };
+                        match terminate::scram(ctx, lookup, &info, body, legs).await? {
+                            terminate::Terminated::Done => continue,
+                            terminate::Terminated::PassThrough => {}
+                        }
+                    }
                     // SCRAM-SHA-256-PLUS binds to the TLS channel, which tokengate terminates:
                     // a client that picked it would fail. Plain SCRAM still authenticates.
                     let rewritten = if code == backend::AUTH_SASL {
@@ -191,7 +209,7 @@ pub async fn handshake(
                                 Outcome::AuthFailed,
                             ));
                         }
-                        upstream.write_all(&reply).await.map_err(|_| {
+                        send(&mut upstream, &reply).await.map_err(|_| {
                             (
                                 Some(
                                     Code::UpstreamLost.error(
@@ -207,8 +225,10 @@ pub async fn handshake(
                     let key = backend::backend_key_data(body).map_err(|_| upstream_garbage(ctx))?;
                     info.server_pid = Some(key.pid);
                     let ours = ctx.cancels.register(key);
-                    info.client_key_pid = Some(ours.pid);
-                    write(&mut client, &backend::encode_backend_key_data(&ours)).await?;
+                    let message = backend::encode_backend_key_data(&ours);
+                    // Recorded before writing, so a failed write still unregisters it.
+                    info.client_key = Some(ours);
+                    write(&mut client, &message).await?;
                 }
                 backend::ERROR_RESPONSE => {
                     // The server's own error (wrong password, unknown database...), unchanged.
@@ -243,8 +263,8 @@ pub async fn handshake(
             upstream_buf,
         }),
         Err((error, outcome)) => {
-            if let Some(pid) = info.client_key_pid {
-                ctx.cancels.unregister(pid);
+            if let Some(key) = &info.client_key {
+                ctx.cancels.unregister(key);
             }
             if let Some(e) = error {
                 send_error(&mut client, &e).await;
@@ -254,9 +274,9 @@ pub async fn handshake(
     }
 }
 
-type StartupFailure = (Option<ErrorFields>, Outcome);
+pub(super) type StartupFailure = (Option<ErrorFields>, Outcome);
 
-fn timeout_error() -> StartupFailure {
+pub(super) fn timeout_error() -> StartupFailure {
     (
         Some(Code::StartupTimeout.error("startup and authentication did not complete in time")),
         Outcome::StartupTimeout,
@@ -297,7 +317,7 @@ fn malformed(what: &str) -> ErrorFields {
     Code::MalformedMessage.error(what)
 }
 
-fn upstream_garbage(ctx: &Context) -> StartupFailure {
+pub(super) fn upstream_garbage(ctx: &Context) -> StartupFailure {
     ctx.metrics.upstream_errors_total.inc();
     (
         Some(Code::UpstreamLost.error(format!(
@@ -308,11 +328,16 @@ fn upstream_garbage(ctx: &Context) -> StartupFailure {
     )
 }
 
-async fn write(client: &mut Conn, bytes: &[u8]) -> Result<(), StartupFailure> {
-    client
-        .write_all(bytes)
+/// Writes to the client and flushes: TLS streams keep encrypted records buffered otherwise.
+pub(super) async fn write(client: &mut Conn, bytes: &[u8]) -> Result<(), StartupFailure> {
+    send(client, bytes)
         .await
         .map_err(|_| (None, Outcome::ClientGone))
+}
+
+async fn send(conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
+    conn.write_all(bytes).await?;
+    conn.flush().await
 }
 
 /// Authentication requests the client must answer: cleartext (3), MD5 (5), GSS (7, 8), SSPI
@@ -338,13 +363,13 @@ pub async fn send_error(conn: &mut Conn, error: &ErrorFields) {
     let _ = conn.flush().await;
 }
 
-enum FrameError {
+pub(super) enum FrameError {
     Io(Io),
     Wire(crate::wire::WireError),
 }
 
 /// Reads one whole tagged frame (tag + length + body) into a fresh buffer.
-async fn read_frame(
+pub(super) async fn read_frame(
     conn: &mut Conn,
     buf: &mut BytesMut,
     max: usize,
@@ -446,9 +471,7 @@ async fn negotiate(
 }
 
 async fn answer(conn: &mut Conn, byte: u8) -> Result<(), Outcome> {
-    conn.write_all(&[byte])
-        .await
-        .map_err(|_| Outcome::ClientGone)
+    send(conn, &[byte]).await.map_err(|_| Outcome::ClientGone)
 }
 
 async fn accept_tls(

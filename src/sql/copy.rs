@@ -186,9 +186,12 @@ impl CopyFormat {
                     while i < line.len() {
                         let b = line[i];
                         if in_quotes {
+                            // PostgreSQL writes ESCAPE before a quote or an escape in the value.
                             if b == self.escape
                                 && self.escape != self.quote
-                                && line.get(i + 1) == Some(&self.quote)
+                                && line
+                                    .get(i + 1)
+                                    .is_some_and(|&n| n == self.quote || n == self.escape)
                             {
                                 i += 2;
                                 continue;
@@ -294,6 +297,13 @@ mod tests {
         assert_eq!(texts, [&b"1"[..], br#""a,b""#, br#""x""y""#, b"", b"z"]);
         assert!(fields[1].quoted && !fields[0].quoted);
         assert!(f.split(br#"1,"open"#).is_none());
+        // ESCAPE '\': a value ending in a backslash is written "a\\".
+        let mut e = CopyFormat::defaults(CopyKind::Csv);
+        e.escape = b'\\';
+        let line = br#""a\\",secret"#;
+        let fields = e.split(line).unwrap();
+        assert_eq!(fields.len(), 2);
+        assert_eq!(&line[fields[1].range.clone()], b"secret");
     }
 
     #[test]

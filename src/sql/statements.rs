@@ -687,7 +687,13 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
     };
     match statement {
         Statement::CreateTable(create) => {
-            create.columns.iter().any(column_is_code)
+            // LIKE ... INCLUDING DEFAULTS, INHERITS and PARTITION OF take over another
+            // table's defaults, checks or triggers: code the statement does not show.
+            create.like.is_some()
+                || create.clone.is_some()
+                || create.inherits.is_some()
+                || create.partition_of.is_some()
+                || create.columns.iter().any(column_is_code)
                 || create.constraints.iter().any(|c| match c {
                     TableConstraint::Check(check) => !is_builtin_expression(&check.expr),
                     _ => false,
@@ -717,7 +723,17 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
         }),
         Statement::CreateSequence { .. }
         | Statement::CreateRole(_)
-        | Statement::CreateDatabase { .. } => false,
+        | Statement::CreateDatabase { .. }
+        | Statement::AlterIndex { .. } => false,
+        // A role's own settings (`ALTER ROLE me SET search_path = …`) change how names
+        // resolve in its later sessions: code. Renames, members and options are not.
+        Statement::AlterRole { operation, .. } => !matches!(
+            operation,
+            sqlparser::ast::AlterRoleOperation::RenameRole { .. }
+                | sqlparser::ast::AlterRoleOperation::AddMember { .. }
+                | sqlparser::ast::AlterRoleOperation::DropMember { .. }
+                | sqlparser::ast::AlterRoleOperation::WithOptions { .. }
+        ),
         Statement::Query(_)
         | Statement::Insert(_)
         | Statement::Update(_)
@@ -939,6 +955,24 @@ const BUILTIN_OPERATORS: &[&str] = &[
 /// `OPERATOR(...)` names one in pg_catalog. A user-defined operator (in pg_temp, the role's
 /// schema, or anywhere on the search_path) runs a function the analyser never sees.
 pub(crate) fn check_tokens(text: &str, tokens: &[Token], analysis: &mut StatementAnalysis) {
+    // COPY options are read from sqlparser's decoded literals: accept only literals whose
+    // value is their text between quotes, so PostgreSQL and sqlparser cannot decode them
+    // differently (E'\x7c', U&'…', backslashes under either standard_conforming_strings).
+    if analysis.kind == StatementKind::Copy
+        && tokens.iter().any(|t| {
+            let literal = t.text(text).as_bytes();
+            t.kind == Kind::String && (literal.first() != Some(&b'\'') || literal.contains(&b'\\'))
+        })
+    {
+        let p = super::types::Problem {
+            kind: ProblemKind::CopyOption,
+            message: "COPY with a literal other than a plain '...' string without backslashes"
+                .into(),
+        };
+        if !analysis.problems.contains(&p) {
+            analysis.problems.push(p);
+        }
+    }
     let mut problem = |message: String| {
         let p = super::types::Problem {
             kind: ProblemKind::NotBuiltin,

@@ -945,6 +945,9 @@ fn code_creating_statements_have_their_own_kind() {
         "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT my_random()",
         "ALTER TABLE notes_copy ADD COLUMN y int GENERATED ALWAYS AS (id * 2) STORED",
         "CREATE INDEX ON notes_copy ((txt::int))",
+        "ALTER ROLE support SET search_path = me",
+        "CREATE TEMP TABLE x (LIKE customers INCLUDING DEFAULTS)",
+        "CREATE TEMP TABLE x () INHERITS (customers)",
     ] {
         assert_eq!(one(sql).kind, StatementKind::Code, "{sql}");
     }
@@ -957,6 +960,8 @@ fn code_creating_statements_have_their_own_kind() {
         "ALTER TABLE notes_copy ADD COLUMN z int",
         "ALTER TABLE notes_copy ADD COLUMN y int DEFAULT random()",
         "CREATE INDEX ON notes_copy (txt)",
+        "ALTER ROLE support WITH PASSWORD 'x'",
+        "ALTER INDEX i RENAME TO j",
     ] {
         let a = one(sql);
         assert_eq!(a.kind, StatementKind::Ddl, "{sql}");
@@ -1007,6 +1012,8 @@ fn copy_format_comes_from_the_statement() {
     assert_eq!(a.copy.expect("copy format").kind, CopyKind::Text);
     let a = one("COPY customers TO STDOUT WITH (ENCODING 'LATIN1')");
     assert!(has_problem(&a, ProblemKind::CopyOption));
+    let a = one("COPY customers TO STDOUT WITH (DELIMITER E'\\x7c')");
+    assert!(has_problem(&a, ProblemKind::CopyOption), "{:?}", a.problems);
     // pgbench -i: PostgreSQL's booleans accept on/off/1/0.
     let a = one("copy notes_copy from stdin with (freeze on)");
     proven(&a);

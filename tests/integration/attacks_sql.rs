@@ -634,3 +634,95 @@ async fn attacks_sql_standard_conforming_strings_without_parameter_status() {
         &failures,
     );
 }
+
+/// Parity with the real server: for text built to split differently in a careless lexer,
+/// tokengate's lexer must find the statements and select-list widths PostgreSQL reports
+/// (RowDescription per statement), with `standard_conforming_strings` on and off. A text our
+/// lexer rejects must be rejected by the server too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_sql_lexer_agrees_with_the_server() {
+    use tokengate::sql::LexSettings;
+    use tokengate::sql::lexer::{Kind, statements, tokenize};
+    const CORPUS: &[&str] = &[
+        "SELECT 1, 2; SELECT 3",
+        "SELECT 'a;b', 2 -- x;\r, 3",
+        "SELECT $$a,b$$, $t$;$t$, 3; SELECT E'x\\',y', 2",
+        "SELECT 'a'\n'b', 2",
+        "SELECT 'a' -- c\n 'b', 2",
+        "SELECT /* a /* b */ , */ 1, 2",
+        "SELECT \"a,b\" FROM (SELECT 1 AS \"a,b\") s; SELECT 1",
+        "SELECT B'01', X'FF', N'x'",
+        "SELECT 1.5e3, .5, 5., 2",
+        "SELECT 'a\\', 2",
+        "SELECT 'a\\'', 2",
+        "SELECT 'a\\\\', 2, 3",
+        "SELECT E'a\\'', 2",
+        "SELECT 1 /* , */ , 2 --, 3\n, 4",
+        "SELECT $a$ $b$ , $a$, 2",
+        "SELECT 1, 2 /* unterminated , 3",
+        "SELECT 'x'||'y', 2, 3",
+        "SELECT 2 +-1, 3",
+    ];
+    crm();
+    let mut failures = Vec::new();
+    for scs in [true, false] {
+        let settings = LexSettings {
+            standard_conforming_strings: scs,
+        };
+        let mut raw = raw_as(
+            std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port())),
+            "support",
+        )
+        .await;
+        raw.query(if scs {
+            "SET standard_conforming_strings = on"
+        } else {
+            "SET standard_conforming_strings = off"
+        })
+        .await;
+        for sql in CORPUS {
+            let tokens = tokenize(sql, settings);
+            let ours: Option<Vec<usize>> =
+                if tokens.iter().any(|t| matches!(t.kind, Kind::Error(_))) {
+                    None
+                } else {
+                    Some(
+                        statements(&tokens, sql)
+                            .into_iter()
+                            .map(|r| {
+                                let mut depth = 0i32;
+                                let mut width = 1;
+                                for t in &tokens[r] {
+                                    match t.text(sql) {
+                                        "(" => depth += 1,
+                                        ")" => depth -= 1,
+                                        "," if depth == 0 => width += 1,
+                                        _ if depth == 0 && t.is_word(sql, "from") => break,
+                                        _ => {}
+                                    }
+                                }
+                                width
+                            })
+                            .collect(),
+                    )
+                };
+            let msgs = raw.query(sql).await;
+            let server: Option<Vec<usize>> = if msgs.iter().any(|m| m.tag == b'E') {
+                None
+            } else {
+                Some(
+                    msgs.iter()
+                        .filter(|m| m.tag == b'T')
+                        .map(|m| usize::from(u16::from_be_bytes([m.body[0], m.body[1]])))
+                        .collect(),
+                )
+            };
+            if ours != server {
+                failures.push(format!(
+                    "scs {scs}: {sql:?}: tokengate {ours:?}, PostgreSQL {server:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -49,3 +49,35 @@ async fn cancel_with_an_unknown_key_is_dropped() {
     );
     assert!(msgs.iter().any(|m| m.tag == b'D'));
 }
+
+/// BackendKeyData carries the backend's real pid (only the secret is tokengate's), so the pid
+/// a driver reports agrees with `pg_backend_pid()`, NotificationResponse and
+/// `pg_terminate_backend`.
+#[tokio::test]
+async fn clients_see_the_real_backend_pid() {
+    let proxy = proxy().await;
+    let (mut raw, msgs) = Raw::login(proxy.addr, "trust_user", &[]).await;
+    let key = msgs.iter().find(|m| m.tag == b'K').unwrap();
+    assert_eq!(key.body.len(), 8, "protocol 3.0: pid and a 4-byte secret");
+    let pid = u32::from_be_bytes(key.body[..4].try_into().unwrap());
+    let first_value = |msgs: &[Msg]| -> String {
+        let d = msgs.iter().find(|m| m.tag == b'D').unwrap();
+        String::from_utf8_lossy(&d.body[6..]).into_owned()
+    };
+    let backend = raw.query("SELECT pg_backend_pid()").await;
+    assert_eq!(first_value(&backend).parse::<u32>().unwrap(), pid);
+
+    let notified = raw.query("LISTEN tg_pid; NOTIFY tg_pid, 'hello'").await;
+    let a = notified.iter().find(|m| m.tag == b'A').unwrap();
+    assert_eq!(u32::from_be_bytes(a.body[..4].try_into().unwrap()), pid);
+
+    // Another session of the same role terminates this backend by the pid the client got.
+    let (mut other, _) = Raw::login(proxy.addr, "trust_user", &[]).await;
+    let done = other
+        .query(&format!("SELECT pg_terminate_backend({pid})"))
+        .await;
+    assert_eq!(first_value(&done), "t");
+    let fatal = raw.recv().await.unwrap();
+    assert_eq!(fatal.tag, b'E');
+    assert_eq!(fatal.field(b'C').as_deref(), Some("57P01"));
+}

@@ -266,3 +266,36 @@ async fn metrics_cover_the_core_set() {
     let (status, body) = http_get(proxy.admin_addr.unwrap(), "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
+
+/// Under the default `sslmode=prefer` against a PostgreSQL without TLS, the readiness probe
+/// stays ready and sends no second SSLRequest (which PostgreSQL logs as
+/// `FATAL: unsupported frontend protocol 1234.5679`).
+#[tokio::test]
+async fn readyz_is_steady_against_a_plain_upstream_with_sslmode_prefer() {
+    let pg = tokio::task::spawn_blocking(|| {
+        tokengate::embedded_pg::EmbeddedPostgres::start(&tokengate::embedded_pg::PgOptions {
+            superuser_password: "pw".into(),
+            hba: vec![],
+            ssl: None,
+            settings: vec![],
+        })
+    })
+    .await
+    .unwrap()
+    .expect("start a PostgreSQL without TLS");
+    let up = Upstream::parse(&format!(
+        "postgres://127.0.0.1:{}?sslmode=prefer",
+        pg.port()
+    ))
+    .unwrap();
+    let proxy = proxy_with(|c| c.upstream = up).await;
+    let admin = proxy.admin_addr.unwrap();
+    // Let several probes run (every 2 s); each answer must be ready.
+    for _ in 0..6 {
+        let (status, body) = http_get(admin, "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let log = pg.log();
+    assert!(!log.contains("unsupported frontend protocol"), "{log}");
+}

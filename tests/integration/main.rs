@@ -20,6 +20,8 @@ mod policy;
 mod psql;
 mod queries;
 mod robust;
+mod scram;
 mod serve;
+mod stalls;
 mod tls;
 mod usability;

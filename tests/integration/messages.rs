@@ -157,18 +157,3 @@ async fn gssenc_request_is_declined_and_startup_continues() {
     let row = rows.iter().find(|m| m.tag == b'D').unwrap();
     assert!(row.body.ends_with(b"trust_user"));
 }
-
-#[tokio::test]
-async fn backend_key_is_tokengates_own() {
-    let proxy = proxy().await;
-    let (mut raw, msgs) = Raw::login(proxy.addr, "trust_user", &[]).await;
-    let key = msgs.iter().find(|m| m.tag == b'K').unwrap();
-    let client_pid = u32::from_be_bytes(key.body[..4].try_into().unwrap());
-    let rows = raw.query("SELECT pg_backend_pid()").await;
-    let row = rows.iter().find(|m| m.tag == b'D').unwrap();
-    let real_pid: u32 = String::from_utf8_lossy(&row.body[6..]).parse().unwrap();
-    assert_ne!(
-        client_pid, real_pid,
-        "the client never sees the upstream key"
-    );
-}

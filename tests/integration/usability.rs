@@ -449,3 +449,26 @@ async fn usability_ana2_reads_unprotected_columns_only() {
     let result = s.client.simple_query("SELECT email FROM customers").await;
     assert_eq!(refused_code("\"*\": default deny", result), "42501");
 }
+
+/// Settings changed by ordinary statements are reported in ParameterStatus just before
+/// ReadyForQuery (after the last CommandComplete, or at the Sync of the extended protocol):
+/// that must not end a restricted role's session, while a setting computed from a protected
+/// column must (the attack corpus covers that side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_settings_changed_by_ordinary_statements_keep_the_session() {
+    crm();
+    let proxy = crm_proxy().await;
+    for role in ["support", "analyst", "auditor"] {
+        let s = via(&proxy, role).await;
+        // Simple protocol, one statement and several in one message.
+        rows(&s, "SET application_name = 'usability-simple'").await;
+        rows(&s, "SET TimeZone = 'UTC'; SELECT 1").await;
+        // Extended protocol: the ParameterStatus arrives at the Sync.
+        s.client
+            .execute("SET application_name = 'usability-extended'", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{role}: extended SET: {e}"));
+        let got = rows(&s, "SELECT count(*) FROM customers").await;
+        assert_eq!(got.len(), 1, "{role}: the session is still usable");
+    }
+}

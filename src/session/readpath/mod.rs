@@ -157,6 +157,9 @@ pub struct ReadPath {
     /// Audit records were queued by the frame just handled: with `fsync: always` the relay
     /// waits for them to be durable before forwarding it ([`Self::durable_ticket`]).
     audit_queued: bool,
+    /// An extended-protocol message since the last ReadyForQuery touched protected columns
+    /// (or was refused): a setting the server reports at the Sync may carry what it computed.
+    extended_sensitive: bool,
     /// The transaction status of the last ReadyForQuery.
     pub transaction_status: u8,
     protocol: ProtocolState<Pending>,
@@ -196,6 +199,7 @@ impl ReadPath {
             session,
             terminate: None,
             audit_queued: false,
+            extended_sensitive: false,
             scratch: Vec::new(),
             cache: None,
             metrics: SessionMetrics::new(metrics, &login),

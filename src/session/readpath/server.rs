@@ -63,6 +63,17 @@ impl ReadPath {
         let body = &frame_bytes[5..];
         self.protocol.settle_front();
         self.resolve_front();
+        if !matches!(
+            self.protocol.front(),
+            None | Some((
+                _,
+                _,
+                Pending::Query(_) | Pending::Sync | Pending::Refused(_)
+            ))
+        ) && self.front_sensitive()
+        {
+            self.extended_sensitive = true;
+        }
         match t {
             tag::NOTICE_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
@@ -90,7 +101,7 @@ impl ReadPath {
                 if let Some((name, value)) = super::names::parameter_status(body) {
                     self.names.parameter(name, value);
                 }
-                if self.restricted() && self.front_sensitive() {
+                if self.restricted() && self.front_setting_sensitive() {
                     return Err(EndSession(Refusal::new(
                         Code::SettingFromProtectedStatement,
                         "a statement involving protected columns changed a reported setting",
@@ -190,6 +201,21 @@ impl ReadPath {
 
     /// Whether the statement the server is working on involves protected columns (or is not
     /// known: then it counts as sensitive).
+    /// Whether a ParameterStatus now may carry what a protected statement computed. The server
+    /// reports changed settings just before ReadyForQuery, after the last CommandComplete, so
+    /// for a simple Query any of its statements may have made the change, and for the extended
+    /// protocol any Execute (or FunctionCall) since the last ReadyForQuery.
+    fn front_setting_sensitive(&self) -> bool {
+        match self.protocol.front() {
+            Some((_, _, Pending::Query(q))) => {
+                // A refused statement never ran (it was substituted), so only the others count.
+                q.restricted && q.statements.iter().any(|s| s.sensitive)
+            }
+            Some((_, _, Pending::Sync)) => self.extended_sensitive,
+            _ => self.front_sensitive(),
+        }
+    }
+
     fn front_sensitive(&self) -> bool {
         match self.protocol.front() {
             None => false,
@@ -382,6 +408,7 @@ impl ReadPath {
     fn ready(&mut self, body: &[u8], query: Option<QueryReply>) -> ServerVerdict {
         let status = body.first().copied().unwrap_or(b'I');
         self.transaction_status = status;
+        self.extended_sensitive = false;
         self.objects.ready(status);
         self.names.ready(status);
         let Some(q) = query else {
