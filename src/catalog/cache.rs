@@ -100,6 +100,18 @@ SELECT a.attrelid::int8, a.attnum, a.attname::text, a.atttypid::int8
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
  WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
  ORDER BY a.attrelid, a.attnum";
+/// Functions, operators and types outside pg_catalog: names a session's search path could
+/// make an unqualified call, operator or cast resolve to.
+const ROUTINES: &str = "
+SELECT n.nspname::text, p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION
+SELECT n.nspname::text, o.oprname::text FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION
+SELECT n.nspname::text, t.typname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND t.typrelid = 0
+   AND t.typcategory <> 'A'";
 const MEMBERSHIPS: &str = "
 WITH RECURSIVE m(member, grp) AS (
     SELECT member, roleid FROM pg_auth_members
@@ -346,6 +358,7 @@ async fn finish_snapshot(
 ) -> Result<Snapshot, tokio_postgres::Error> {
     let columns = client.query(COLUMNS, &[]).await?;
     let memberships = client.query(MEMBERSHIPS, &[]).await?;
+    let routines = client.query(ROUTINES, &[]).await?;
 
     let mut by_oid: HashMap<u32, Vec<Column>> = HashMap::new();
     for row in &columns {
@@ -377,5 +390,11 @@ async fn finish_snapshot(
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
-    Ok(Snapshot::build(generation, relations, memberships))
+    let mut snapshot = Snapshot::build(generation, relations, memberships);
+    snapshot.add_routines(
+        routines
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))),
+    );
+    Ok(snapshot)
 }

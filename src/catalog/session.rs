@@ -11,6 +11,44 @@ pub struct SessionCatalog<'a> {
     pub path: Option<&'a SearchPath>,
 }
 
+impl SessionCatalog<'_> {
+    /// An unqualified name in `sql` that may resolve to a function, operator or type a user
+    /// defined in a schema of the session's search path (other than pg_catalog): overload
+    /// resolution can prefer it over a built-in of the same name, and a path that lists it
+    /// before pg_catalog shadows the built-in outright. Conservative: any identifier or
+    /// operator spelling in the text counts (a false hit refuses; a miss could run user code).
+    pub fn shadowing_name(&self, sql: &str) -> Option<(String, String)> {
+        let path = self.path?;
+        for schema in path.relations().filter(|s| *s != "pg_catalog") {
+            let Some(names) = self.snapshot.routines_in(schema) else {
+                continue;
+            };
+            if let Some(name) = names.iter().find(|n| mentions(sql, n)) {
+                return Some((schema.to_string(), name.clone()));
+            }
+        }
+        None
+    }
+}
+
+/// Whether `sql` spells `name`: as a whole identifier (any case) for word-like names, as a
+/// substring for operators.
+fn mentions(sql: &str, name: &str) -> bool {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let (s, n) = (sql.as_bytes(), name.as_bytes());
+    if n.is_empty() || n.len() > s.len() {
+        return false;
+    }
+    if !n.iter().all(|&c| ident(c)) {
+        return sql.contains(name);
+    }
+    (0..=s.len() - n.len()).any(|i| {
+        s[i..i + n.len()].eq_ignore_ascii_case(n)
+            && (i == 0 || !ident(s[i - 1]))
+            && s.get(i + n.len()).is_none_or(|&c| !ident(c))
+    })
+}
+
 impl Catalog for SessionCatalog<'_> {
     fn relation(&self, schema: Option<&str>, name: &str) -> Option<crate::sql::Relation> {
         let path = self.path?;
@@ -103,6 +141,45 @@ mod tests {
             path: None,
         };
         assert!(unknown.relation(None, "customers").is_none());
+        assert!(unknown.shadowing_name("SELECT lower(x)").is_none());
         assert!(unknown.relation(Some("public"), "customers").is_none());
+    }
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::*;
+
+    #[test]
+    fn user_routines_on_the_path_are_found_in_the_text() {
+        let mut s = Snapshot::build(1, vec![], vec![]);
+        s.add_routines(
+            [
+                ("attack".to_string(), "lower".to_string()),
+                ("attack".to_string(), "===".to_string()),
+                ("elsewhere".to_string(), "upper".to_string()),
+            ]
+            .into_iter(),
+        );
+        let path = SearchPath::new(vec!["pg_catalog".into(), "attack".into()], None);
+        let c = SessionCatalog {
+            snapshot: &s,
+            path: Some(&path),
+        };
+        assert_eq!(
+            c.shadowing_name("SELECT LOWER(city) FROM t"),
+            Some(("attack".into(), "lower".into()))
+        );
+        assert!(c.shadowing_name("SELECT a === b").is_some());
+        assert!(
+            c.shadowing_name("SELECT upper(city), lowered FROM t")
+                .is_none()
+        );
+        let clean = SearchPath::new(vec!["pg_catalog".into(), "public".into()], None);
+        let c = SessionCatalog {
+            snapshot: &s,
+            path: Some(&clean),
+        };
+        assert!(c.shadowing_name("SELECT lower(city)").is_none());
     }
 }

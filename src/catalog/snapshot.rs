@@ -60,6 +60,8 @@ pub struct Snapshot {
     by_name: HashMap<(String, String), Arc<Relation>>,
     by_oid: HashMap<u32, Arc<Relation>>,
     groups: HashMap<String, Vec<String>>,
+    /// Names of functions, operators and types outside pg_catalog, by schema.
+    routines: HashMap<String, std::collections::HashSet<String>>,
 }
 
 /// Schemas searched for an unqualified name, in order. tokengate does not follow a session's
@@ -89,6 +91,18 @@ impl Snapshot {
             }
         }
         s
+    }
+
+    /// Records functions, operators and types defined outside pg_catalog: (schema, name).
+    pub fn add_routines(&mut self, routines: impl Iterator<Item = (String, String)>) {
+        for (schema, name) in routines {
+            self.routines.entry(schema).or_default().insert(name);
+        }
+    }
+
+    /// The user-defined function, operator or type names in `schema`.
+    pub fn routines_in(&self, schema: &str) -> Option<&std::collections::HashSet<String>> {
+        self.routines.get(schema)
     }
 
     /// A relation by schema (or the search path) and name, in catalog spelling.

@@ -32,6 +32,8 @@ CREATE VIEW attack.customers AS
   SELECT id, full_name, email, phone, ssn, birth_date, ssn AS city, created_at FROM public.customers;
 GRANT USAGE ON SCHEMA attack TO support, analyst, auditor;
 GRANT SELECT ON attack.customers TO support, analyst, auditor;
+CREATE FUNCTION attack.upper(text) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM public.customers WHERE id = 1 $$;
+CREATE FUNCTION attack.lower(integer) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM public.customers WHERE id = $1 $$;
 CREATE SCHEMA analyst AUTHORIZATION analyst;
 CREATE VIEW analyst.customers AS SELECT id, ssn AS city FROM public.customers;
 GRANT SELECT ON analyst.customers TO analyst;
@@ -142,6 +144,26 @@ const NAMES: &[Steps] = &[
         &["SET search_path = attack, public; SELECT city FROM customers"],
         Protected,
     ),
+    // Functions: a path listing pg_catalog late shadows a built-in outright; any path schema
+    // can offer a better-matching overload.
+    (
+        "support",
+        None,
+        &[
+            "SET search_path = attack, pg_catalog, public",
+            "SELECT upper(city) FROM public.customers WHERE id <= 3",
+        ],
+        NoLeak,
+    ),
+    (
+        "support",
+        None,
+        &[
+            "SET search_path = public, attack",
+            "SELECT lower(id) FROM customers WHERE id <= 3",
+        ],
+        NoLeak,
+    ),
 ];
 
 /// Class 6: values leaving by errors, notices, notifications and settings.
@@ -177,6 +199,24 @@ const SIDE_CHANNELS: &[Steps] = &[
             "SELECT id FROM public.customers WHERE set_config('application_name', email, false) IS NOT NULL AND id = 3",
             "SHOW application_name",
         ],
+        NoLeak,
+    ),
+];
+
+/// Statement splits the server sees differently than the analyser might (a `--` comment ends
+/// at CR for PostgreSQL): whatever the lexer decides, the server may not run a statement
+/// tokengate did not analyse (it would end the session, TG020) and nothing leaks.
+const SPLITS: &[Steps] = &[
+    (
+        "support",
+        None,
+        &["SELECT 1; --x\rSELECT ssn FROM customers WHERE id <= 5"],
+        NoLeak,
+    ),
+    (
+        "support",
+        None,
+        &["SELECT 1 --x\r; SELECT ssn FROM customers WHERE id <= 5 --\r"],
         NoLeak,
     ),
 ];
@@ -256,6 +296,11 @@ async fn corpus(name: &str, cases: &[Steps], with_options: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_name_resolution() {
     corpus("name resolution", NAMES, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_statement_splits() {
+    corpus("statement splits", SPLITS, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -760,4 +805,48 @@ async fn descriptions_are_cross_checked_on_the_extended_protocol() {
         direct.row(r, "direct");
     }
     assert!(!oracle.leaks(&direct).is_empty());
+}
+
+/// ParameterStatus: settings set from literals work for restricted roles; a reported setting
+/// that changes in a message that also ran a statement involving protected columns ends the
+/// session (PostgreSQL reports changes just before ReadyForQuery, so the change cannot be tied
+/// to one statement, and `set_config(name, <protected value>)` would otherwise be read back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_settings_cannot_carry_protected_values() {
+    setup().await;
+    let proxy = crm_proxy().await;
+    let s = session_with(config(proxy.addr.port(), "support", None)).await;
+    s.client
+        .batch_execute("SET application_name = 'tg-app'")
+        .await
+        .unwrap();
+    let rows = s
+        .client
+        .simple_query("SHOW application_name")
+        .await
+        .unwrap();
+    let shown = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(shown.as_deref(), Some("tg-app"));
+    s.client
+        .execute("SET application_name = 'tg-app2'", &[])
+        .await
+        .unwrap();
+    let mut raw = raw_in(proxy.addr, "support", DB).await;
+    let msgs = raw
+        .query("SELECT email FROM customers WHERE id = 1; SET application_name = 'y'")
+        .await;
+    let e = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the session is ended");
+    assert!(
+        e.field(b'M').unwrap().contains("TG021"),
+        "{:?}",
+        e.field(b'M')
+    );
+    assert!(msgs.last().is_some_and(|m| m.tag != b'Z'));
+    assert!(raw.recv().await.is_none(), "the connection is closed");
 }

@@ -142,6 +142,14 @@ impl ReadPath {
                 cache.get_or_analyze(sql, lex, &catalog, snapshot.generation)
             }
         };
+        if let Some((schema, name)) = catalog.shadowing_name(sql) {
+            return Err(Refusal::new(
+                Code::Unproven,
+                format!(
+                    "{name:?} may resolve to a user-defined function, operator or type in schema {schema} of the session's search_path"
+                ),
+            ));
+        }
         let texts = crate::sql::split_statements(sql, lex);
         let mut local = NamedPlans::default();
         let mut planned = Vec::with_capacity(analyses.len());
@@ -348,6 +356,8 @@ impl ReadPath {
         match tag {
             frontend::QUERY => {
                 let sql = frontend::query(body)?;
+                // A Query drops the unnamed portal, and may DECLARE or CLOSE any other.
+                self.described = None;
                 if !restricted {
                     self.unanalysed();
                     self.sent(Request::Query, Pending::Query(Box::default()));
@@ -355,12 +365,14 @@ impl ReadPath {
                 }
                 match self.decide(sql) {
                     Ok((statements, audit)) => {
+                        let enforced = self.view.enforce();
                         self.sent(
                             Request::Query,
                             Pending::Query(Box::new(QueryReply {
                                 statements,
                                 audit,
                                 restricted: true,
+                                enforced,
                                 ..QueryReply::default()
                             })),
                         );
@@ -432,6 +444,9 @@ impl ReadPath {
             }
             frontend::BIND => {
                 let b = frontend::bind(body)?;
+                if self.described.as_deref() == Some(b.portal) {
+                    self.described = None;
+                }
                 if restricted && !self.statement_may_be_known(b.statement) {
                     let r = Refusal::new(
                         Code::Unproven,
@@ -487,15 +502,19 @@ impl ReadPath {
                     return Ok(ClientVerdict::Replace(frame(frontend::EXECUTE, &out)));
                 }
                 // The server's own description of the portal, checked against its plan before
-                // any row is forwarded (TG110 on the extended protocol).
-                self.sent(
-                    Request::DescribePortal,
-                    Pending::Describe {
-                        statement: false,
-                        name: portal.to_vec(),
-                        internal: true,
-                    },
-                );
+                // any row is forwarded (TG110 on the extended protocol): the client's Describe
+                // since the portal's Bind (libpq sends one), or one tokengate adds.
+                let described = self.described.as_deref() == Some(portal);
+                if !described {
+                    self.sent(
+                        Request::DescribePortal,
+                        Pending::Describe {
+                            statement: false,
+                            name: portal.to_vec(),
+                            internal: true,
+                        },
+                    );
+                }
                 self.sent(
                     Request::Execute,
                     Pending::Execute(Box::new(ExecuteReply {
@@ -504,6 +523,9 @@ impl ReadPath {
                         ..ExecuteReply::default()
                     })),
                 );
+                if described {
+                    return Ok(ClientVerdict::Forward);
+                }
                 let mut out = frontend::describe_portal(portal);
                 out.extend_from_slice(frame_bytes);
                 Ok(ClientVerdict::Replace(out))
@@ -511,6 +533,9 @@ impl ReadPath {
             frontend::DESCRIBE => {
                 let (target, name) = frontend::target(body, "Describe")?;
                 let statement = target == frontend::Target::Statement;
+                if !statement {
+                    self.described = Some(name.to_vec());
+                }
                 self.sent(
                     if statement {
                         Request::DescribeStatement
@@ -527,6 +552,9 @@ impl ReadPath {
             }
             frontend::CLOSE => {
                 let (target, name) = frontend::target(body, "Close")?;
+                if target == frontend::Target::Portal && self.described.as_deref() == Some(name) {
+                    self.described = None;
+                }
                 self.sent(
                     Request::Close,
                     Pending::Close {

@@ -5,7 +5,8 @@
 //! - [`super::protocol`]: the expectation queue (which replies may come, in order); a reply
 //!   that does not fit ends the session (TG020).
 //! - [`client`]: client-side decisions: analysis, planning, refusals by substitution.
-//! - [`server`]: server-side handling: bookkeeping on confirmation, rewriting, cross-checks.
+//! - [`server`]: server-side handling: bookkeeping on confirmation, rewriting.
+//! - [`describe`]: RowDescriptions checked against plans (TG110).
 //! - [`objects`]: statements, portals, cursors and savepoints as the server confirmed them.
 //! - [`names`]: the session's search path and temp schema, read from the server.
 //! - [`transform`]: prepared column transforms and the row rewriters.
@@ -20,6 +21,7 @@
 //! The expectation queue is kept for every role whenever a policy is configured, so a policy
 //! reload mid-session can never attribute one statement's rows to another's plan.
 mod client;
+mod describe;
 pub mod names;
 pub mod objects;
 mod observe;
@@ -78,6 +80,10 @@ struct QueryReply {
     internal: bool,
     /// Analysed for a restricted role (otherwise nothing is rewritten or checked).
     restricted: bool,
+    /// Its plans are enforced: the server must run exactly the statements analysed.
+    enforced: bool,
+    /// The server reported an error (the rest of the Query did not run).
+    errored: bool,
 }
 
 impl QueryReply {
@@ -157,11 +163,13 @@ pub struct ReadPath {
     /// Audit records were queued by the frame just handled: with `fsync: always` the relay
     /// waits for them to be durable before forwarding it ([`Self::durable_ticket`]).
     audit_queued: bool,
-    /// An extended-protocol message since the last ReadyForQuery touched protected columns
-    /// (or was refused): a setting the server reports at the Sync may carry what it computed.
-    extended_sensitive: bool,
     /// The transaction status of the last ReadyForQuery.
     pub transaction_status: u8,
+    /// A statement involving protected columns ran since the last ReadyForQuery.
+    sensitive_ran: bool,
+    /// The portal the client itself last sent Describe for, since its Bind (its reply is
+    /// cross-checked, so an Execute of it needs no Describe of tokengate's).
+    described: Option<Vec<u8>>,
     protocol: ProtocolState<Pending>,
     objects: Objects,
     metrics: SessionMetrics,
@@ -172,9 +180,6 @@ pub struct ReadPath {
     scratch: Vec<u8>,
     /// The analysis cache for the current names (and its key), looked up when they change.
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
-    /// A restricted, sensitive Execute finished since the last Sync: a ParameterStatus the
-    /// Sync's ReadyForQuery brings may carry what it read.
-    sensitive_since_sync: bool,
     /// The server backend's pid: notifications this session sent itself name it.
     pub server_pid: Option<u32>,
     /// (channel, payload) pairs this session sent as literals (NOTIFY, pg_notify): its own
@@ -199,7 +204,6 @@ impl ReadPath {
             session,
             terminate: None,
             audit_queued: false,
-            extended_sensitive: false,
             scratch: Vec::new(),
             cache: None,
             metrics: SessionMetrics::new(metrics, &login),
@@ -212,7 +216,8 @@ impl ReadPath {
             policy_generation: 0,
             names: SessionNames::default(),
             transaction_status: b'I',
-            sensitive_since_sync: false,
+            sensitive_ran: false,
+            described: None,
             server_pid: None,
             own_payloads: std::collections::HashSet::new(),
             protocol: ProtocolState::default(),

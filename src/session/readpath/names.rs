@@ -70,12 +70,23 @@ impl SessionNames {
         if self.dirty { None } else { self.path.as_ref() }
     }
 
-    /// The analysis cache key for the current state.
+    /// The analysis cache key for the current state (the lexing setting is part of it: the
+    /// same text splits differently with `standard_conforming_strings = off`).
     pub fn cache_key(&self) -> &str {
-        if self.dirty || self.path.is_none() {
-            "?"
-        } else {
-            &self.key
+        match (
+            self.dirty || self.path.is_none(),
+            self.standard_conforming_strings,
+        ) {
+            (true, true) => "?",
+            (true, false) => "?\u{2}scs=off",
+            (false, _) => &self.key,
+        }
+    }
+
+    fn update_key(&mut self) {
+        self.key = self.path.as_ref().map(|p| p.key()).unwrap_or_default();
+        if !self.standard_conforming_strings {
+            self.key.push_str("\u{2}scs=off");
         }
     }
 
@@ -145,9 +156,8 @@ impl SessionNames {
             .filter(|(n, _)| *n > 0)
             .map(|(_, s)| s)
             .collect();
-        let path = SearchPath::new(schemas, temp);
-        self.key = path.key();
-        self.path = Some(Arc::new(path));
+        self.path = Some(Arc::new(SearchPath::new(schemas, temp)));
+        self.update_key();
         self.dirty = false;
     }
 
@@ -162,6 +172,7 @@ impl SessionNames {
     pub fn parameter(&mut self, name: &[u8], value: &[u8]) {
         if name == b"standard_conforming_strings" {
             self.standard_conforming_strings = value != b"off";
+            self.update_key();
         }
     }
 }
@@ -172,16 +183,24 @@ pub fn may_change_names(a: &StatementAnalysis, text: &str) -> bool {
     if a.is_ddl || matches!(a.kind, StatementKind::Call | StatementKind::Other) {
         return true;
     }
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("set_config") || lower.contains("search_path") {
+    let contains = |needle: &[u8]| {
+        text.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if contains(b"set_config") || contains(b"search_path") {
         return true;
     }
     if a.kind == StatementKind::Utility {
-        let first = lower
+        let first = text
             .split(|c: char| !c.is_ascii_alphabetic())
             .find(|w| !w.is_empty())
-            .unwrap_or("");
-        return matches!(first, "set" | "reset" | "discard" | "do" | "load" | "call");
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        return matches!(
+            first.as_str(),
+            "set" | "reset" | "discard" | "do" | "load" | "call"
+        );
     }
     false
 }
@@ -273,8 +292,11 @@ mod tests {
     fn standard_conforming_strings_follows_the_server() {
         let mut n = SessionNames::default();
         assert!(n.standard_conforming_strings);
+        n.finish_read();
+        let on = n.cache_key().to_string();
         n.parameter(b"standard_conforming_strings", b"off");
         assert!(!n.standard_conforming_strings);
+        assert_ne!(n.cache_key(), on);
         n.parameter(b"standard_conforming_strings", b"on");
         assert!(n.standard_conforming_strings);
         assert_eq!(parameter_status(b"a\0b\0"), Some((&b"a"[..], &b"b"[..])));

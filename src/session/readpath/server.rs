@@ -1,22 +1,27 @@
 //! Server-side handling: every reply is matched against the expectation queue first (a
-//! mismatch ends the session, TG020), then bookkeeping happens on the server's confirmation,
-//! rows are rewritten by the plan of the statement they belong to, and RowDescriptions (simple
-//! Query results, Describe replies, and a Describe tokengate injects before each restricted
-//! Execute) are cross-checked against the plan (TG110).
+//! mismatch ends the session, TG020), then bookkeeping happens on the server's confirmation
+//! and rows are rewritten by the plan of the statement they belong to. RowDescriptions are
+//! checked against plans in [`super::describe`] (TG110).
 use super::objects::{Effect, Portal};
-use super::transform::{
-    ActiveResult, DescribedColumn, parse_row_description, rewrite_copy_line, rewrite_data_row,
-};
+use super::transform::{ActiveResult, rewrite_copy_line, rewrite_data_row};
 use super::{
     EndSession, ExecuteReply, Pending, QueryReply, ReadPath, ServerVerdict, frame, refusal_error,
     scrub,
 };
 use crate::errors::Code;
-use crate::plan::{Refusal, ResultPlan};
-use crate::policy::Action as PolicyAction;
+use crate::plan::Refusal;
 use crate::session::protocol::{Event, Mismatch, tag};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+fn statement_count_mismatch(analysed: usize) -> EndSession {
+    EndSession(Refusal::new(
+        Code::ProtocolMismatch,
+        format!(
+            "the server ran a different number of statements than the {analysed} tokengate analysed in this query"
+        ),
+    ))
+}
 
 fn mismatch(m: Mismatch) -> EndSession {
     EndSession(Refusal::new(Code::ProtocolMismatch, m.to_string()))
@@ -63,25 +68,16 @@ impl ReadPath {
         let body = &frame_bytes[5..];
         self.protocol.settle_front();
         self.resolve_front();
-        if !matches!(
-            self.protocol.front(),
-            None | Some((
-                _,
-                _,
-                Pending::Query(_) | Pending::Sync | Pending::Refused(_)
-            ))
-        ) && self.front_sensitive()
-        {
-            self.extended_sensitive = true;
-        }
         match t {
             tag::NOTICE_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
-                Ok(if self.restricted() && self.front_sensitive() {
-                    ServerVerdict::Replace(scrub::rebuild(t, body))
-                } else {
-                    ServerVerdict::Forward
-                })
+                Ok(
+                    if self.restricted() && (self.front_sensitive() || self.sensitive_ran) {
+                        ServerVerdict::Replace(scrub::rebuild(t, body))
+                    } else {
+                        ServerVerdict::Forward
+                    },
+                )
             }
             tag::NOTIFICATION_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
@@ -101,10 +97,13 @@ impl ReadPath {
                 if let Some((name, value)) = super::names::parameter_status(body) {
                     self.names.parameter(name, value);
                 }
-                if self.restricted() && self.front_setting_sensitive() {
+                // PostgreSQL reports changed settings just before ReadyForQuery, so the setting
+                // cannot be tied to one statement: any statement since the last ReadyForQuery
+                // that involved protected columns counts.
+                if self.restricted() && (self.sensitive_ran || self.front_sensitive()) {
                     return Err(EndSession(Refusal::new(
                         Code::SettingFromProtectedStatement,
-                        "a statement involving protected columns changed a reported setting",
+                        "a statement involving protected columns ran before a reported setting changed",
                     )));
                 }
                 Ok(ServerVerdict::Forward)
@@ -201,35 +200,12 @@ impl ReadPath {
 
     /// Whether the statement the server is working on involves protected columns (or is not
     /// known: then it counts as sensitive).
-    /// Whether a ParameterStatus now may carry what a protected statement computed. The server
-    /// reports changed settings just before ReadyForQuery, after the last CommandComplete, so
-    /// for a simple Query any of its statements may have made the change, and for the extended
-    /// protocol any Execute (or FunctionCall) since the last ReadyForQuery.
-    fn front_setting_sensitive(&self) -> bool {
-        match self.protocol.front() {
-            Some((_, _, Pending::Query(q))) => {
-                // A refused statement never ran (it was substituted), so only the others count.
-                q.restricted && q.statements.iter().any(|s| s.sensitive)
-            }
-            Some((_, _, Pending::Sync)) => self.extended_sensitive,
-            _ => self.front_sensitive(),
-        }
-    }
-
     fn front_sensitive(&self) -> bool {
         match self.protocol.front() {
             None => false,
             Some((_, _, p)) => match p {
                 Pending::Query(q) => {
-                    // Past the last statement (ParameterStatus comes just before
-                    // ReadyForQuery): sensitive when any of the statements was.
-                    q.restricted
-                        && q.current().map_or_else(
-                            || q.statements.iter().any(|s| s.sensitive),
-                            |s| s.sensitive,
-                        )
-                        && !q.statements.is_empty()
-                        || q.refusal.is_some()
+                    q.restricted && q.current().is_some_and(|s| s.sensitive) || q.refusal.is_some()
                 }
                 Pending::Execute(x) => x.restricted && x.sensitive,
                 Pending::Parse { planned, .. } => planned.as_ref().is_some_and(|p| p.sensitive),
@@ -246,9 +222,13 @@ impl ReadPath {
                             .and_then(|s| s.planned.as_ref())
                             .is_none_or(|p| p.sensitive)
                 }
-                Pending::Describe { .. } | Pending::Close { .. } | Pending::CopyEnd => false,
-                Pending::Sync => self.sensitive_since_sync,
-                Pending::FunctionCall | Pending::Refused(_) => true,
+                // What ran before a Sync is counted in `sensitive_ran`.
+                Pending::Describe { .. }
+                | Pending::Close { .. }
+                | Pending::CopyEnd
+                | Pending::Sync
+                | Pending::FunctionCall => false,
+                Pending::Refused(_) => true,
                 // Parse analysis reads no rows: its errors quote only the statement and the
                 // catalog.
                 Pending::Probe => false,
@@ -259,8 +239,11 @@ impl ReadPath {
     fn error(&mut self, body: &[u8]) -> Result<ServerVerdict, EndSession> {
         let fatal = scrub::is_fatal(body);
         // Decided before the reply moves the queue: the statement the error is about.
-        let sensitive =
-            self.restricted() && self.front_sensitive() && !self.unique_key_is_clear(body);
+        // (or, at a Sync or the end of a Query, any statement of the batch).
+        let sensitive = self.restricted() && (self.front_sensitive() || self.sensitive_ran);
+        self.sensitive_ran |= sensitive;
+        // A unique violation on unprotected key columns quotes only values the role may see.
+        let sensitive = sensitive && !self.unique_key_is_clear(body);
         let step = self
             .protocol
             .reply(tag::ERROR_RESPONSE, fatal)
@@ -285,6 +268,7 @@ impl ReadPath {
             Event::Part => match self.protocol.front_mut() {
                 Some(Pending::Query(q)) => {
                     q.active = None;
+                    q.errored = true;
                     if q.internal {
                         self.names.failed_read();
                         ServerVerdict::Drop
@@ -305,6 +289,24 @@ impl ReadPath {
 
     /// A reply that continues the front request.
     fn part(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) -> Result<ServerVerdict, EndSession> {
+        if t == tag::COMMAND_COMPLETE && self.front_sensitive() {
+            self.sensitive_ran = true;
+        }
+        // The server runs more statements than tokengate analysed in this Query: it split the
+        // text differently, so no plan can be trusted for what follows.
+        if let Some(Pending::Query(q)) = self.protocol.front_mut()
+            && q.enforced
+            && q.index >= q.statements.len()
+            && matches!(
+                t,
+                tag::ROW_DESCRIPTION
+                    | tag::COMMAND_COMPLETE
+                    | tag::COPY_IN_RESPONSE
+                    | tag::COPY_OUT_RESPONSE
+            )
+        {
+            return Err(statement_count_mismatch(q.statements.len()));
+        }
         Ok(match t {
             tag::ROW_DESCRIPTION => self.query_description(body),
             tag::DATA_ROW => self.data_row(body, out),
@@ -387,6 +389,7 @@ impl ReadPath {
                 }
             }
             Pending::Execute(x) => {
+                self.sensitive_ran |= x.restricted && x.sensitive;
                 let failed = self.execute_complete(t, body, &x);
                 self.finish_execute(*x);
                 match failed {
@@ -395,20 +398,24 @@ impl ReadPath {
                 }
             }
             Pending::Sync => {
-                self.sensitive_since_sync = false;
                 self.protocol.synced();
                 self.ready(body, None)
             }
-            Pending::Query(q) => self.ready(body, Some(*q)),
+            Pending::Query(q) => {
+                if q.enforced && !q.errored && q.index != q.statements.len() {
+                    return Err(statement_count_mismatch(q.statements.len()));
+                }
+                self.ready(body, Some(*q))
+            }
             Pending::FunctionCall | Pending::CopyEnd => self.ready(body, None),
         })
     }
 
     /// ReadyForQuery: the transaction status decides which portals survive.
     fn ready(&mut self, body: &[u8], query: Option<QueryReply>) -> ServerVerdict {
+        self.sensitive_ran = false;
         let status = body.first().copied().unwrap_or(b'I');
         self.transaction_status = status;
-        self.extended_sensitive = false;
         self.objects.ready(status);
         self.names.ready(status);
         let Some(q) = query else {
@@ -471,184 +478,6 @@ impl ReadPath {
             }
         }
         p
-    }
-
-    /// A Describe's RowDescription, checked against the statement's or portal's plan; a
-    /// disagreement refuses every later Execute of it.
-    fn check_described(&mut self, statement: bool, name: &[u8], body: &[u8]) {
-        let Some(columns) = parse_row_description(body) else {
-            return;
-        };
-        if statement {
-            let plan = match self.objects.statements.get(name) {
-                Some(s) => match &s.planned {
-                    Some(p) => p.result.clone(),
-                    None => return,
-                },
-                None => return,
-            };
-            if let Some(r) = self.check_columns(&columns, plan.as_deref())
-                && let Some(s) = self.objects.statements.get_mut(name)
-            {
-                s.failed = Some(r);
-            }
-        } else {
-            let plan = match self.objects.portal(name).and_then(|p| p.plan.clone()) {
-                Some(p) => p,
-                None => return,
-            };
-            if let Some(r) = self.check_columns(&columns, plan.as_deref())
-                && let Some(p) = self.objects.portals.get_mut(name)
-            {
-                p.failed = Some(r.clone());
-                // The Execute that follows was resolved already if it is at the front.
-                if let Some(Pending::Execute(x)) = self.protocol.front_mut()
-                    && x.portal == name
-                {
-                    x.failed = Some(r);
-                    x.active = None;
-                }
-            }
-        }
-    }
-
-    /// Server truth: a column RowDescription attributes to a protected table column must be
-    /// protected by the plan at that position, or the two sources disagree.
-    fn check_columns(
-        &self,
-        columns: &[DescribedColumn],
-        plan: Option<&ResultPlan>,
-    ) -> Option<Refusal> {
-        if self.view.fully_clear() {
-            return None;
-        }
-        for (i, c) in columns.iter().enumerate() {
-            if c.table_oid == 0 {
-                continue;
-            }
-            let Some((name, _)) = self
-                .snapshot
-                .as_ref()
-                .and_then(|s| s.column_by_oid(c.table_oid, c.attnum))
-            else {
-                continue;
-            };
-            let Some(d) = self.view.column(&name) else {
-                continue;
-            };
-            if d.action == PolicyAction::Clear {
-                continue;
-            }
-            let covered = plan
-                .and_then(|p| p.protected_at(i))
-                .is_some_and(|p| p.decision.label == d.label);
-            if !covered {
-                return Some(Refusal::new(
-                    Code::LineageMismatch,
-                    format!(
-                        "the server reports result column {} as {name}, which the analysis did not see",
-                        i + 1
-                    ),
-                ));
-            }
-        }
-        if let Some(plan) = plan
-            && plan.width != columns.len()
-        {
-            return Some(Refusal::new(
-                Code::LineageMismatch,
-                format!(
-                    "the server returns {} columns where the analysis expected {}",
-                    columns.len(),
-                    plan.width
-                ),
-            ));
-        }
-        None
-    }
-
-    /// The plan a Query statement's rows come by: its own, or for FETCH and EXECUTE the one
-    /// the server confirmed for that cursor or prepared statement.
-    fn statement_result(&self, q: &QueryReply) -> Result<Option<Arc<ResultPlan>>, Refusal> {
-        let Some(s) = q.current() else {
-            return Ok(None);
-        };
-        let unknown = |what: &str, name: &str| {
-            Refusal::new(
-                Code::Unproven,
-                format!("{what} {name:?} is not known to tokengate in this session"),
-            )
-        };
-        match &s.effect {
-            Effect::Fetch(name) => match self.objects.portal(name.as_bytes()) {
-                Some(p) if p.failed.is_none() => {
-                    p.plan.clone().ok_or_else(|| unknown("cursor", name))
-                }
-                Some(p) => Err(p.failed.clone().unwrap_or_else(|| unknown("cursor", name))),
-                None => Err(unknown("cursor", name)),
-            },
-            Effect::Execute(name) => match self.objects.statements.get(name.as_bytes()) {
-                Some(st) => st
-                    .planned
-                    .as_ref()
-                    .map(|p| p.result.clone())
-                    .ok_or_else(|| unknown("prepared statement", name)),
-                None => Err(unknown("prepared statement", name)),
-            },
-            _ => Ok(s.result.clone()),
-        }
-    }
-
-    /// A RowDescription in a simple Query.
-    fn query_description(&mut self, body: &[u8]) -> ServerVerdict {
-        let (internal, restricted) = match self.protocol.front_mut() {
-            Some(Pending::Query(q)) => (q.internal, q.restricted),
-            _ => return ServerVerdict::Forward,
-        };
-        if internal {
-            return ServerVerdict::Drop;
-        }
-        if !restricted {
-            return ServerVerdict::Forward;
-        }
-        let Some(columns) = parse_row_description(body) else {
-            return ServerVerdict::Forward;
-        };
-        let outcome = match self.protocol.front() {
-            Some((_, _, Pending::Query(q))) => self.statement_result(q).and_then(|plan| match self
-                .check_columns(&columns, plan.as_deref())
-            {
-                Some(r) => Err(r),
-                None => Ok((plan, q.audit.clone())),
-            }),
-            _ => return ServerVerdict::Forward,
-        };
-        let built = outcome.and_then(|(plan, audit)| match plan {
-            None => Ok(None),
-            Some(plan) => ActiveResult::build(
-                plan,
-                &|p| columns.get(p.index).map_or(0, |c| c.type_oid),
-                &|i| columns.get(i).map_or(0, |c| c.format),
-                &self.shared,
-                &self.keys,
-                &self.metrics,
-                audit,
-            )
-            .map(Some),
-        });
-        let Some(Pending::Query(q)) = self.protocol.front_mut() else {
-            return ServerVerdict::Forward;
-        };
-        match built {
-            Ok(a) => {
-                q.active = a;
-                ServerVerdict::Forward
-            }
-            Err(r) => {
-                q.failed = Some(r);
-                ServerVerdict::Drop
-            }
-        }
     }
 
     fn current_active(&mut self) -> Option<Arc<ActiveResult>> {
@@ -817,7 +646,12 @@ impl ReadPath {
             .map_or((true, true), |s| (s.changes_names, s.is_ddl));
         let internal = q.internal;
         let restricted = q.restricted;
-        q.index += 1;
+        q.index = if t == tag::EMPTY_QUERY_RESPONSE {
+            // The whole text was empty to the server (comments, semicolons).
+            q.statements.len()
+        } else {
+            q.index + 1
+        };
         q.active = None;
         let failed = q.failed.take();
         if t == tag::COMMAND_COMPLETE {
@@ -909,7 +743,6 @@ impl ReadPath {
     }
 
     fn finish_execute(&mut self, x: ExecuteReply) {
-        self.sensitive_since_sync |= x.restricted && x.sensitive;
         if let Some(p) = x.audit {
             let rows = x.active.map_or(0, |a| a.rows.load(Ordering::Relaxed));
             self.finish_audit(&p, rows);
