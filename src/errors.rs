@@ -257,6 +257,24 @@ codes! {
         meaning: "The statement came before tokengate could re-read the session's search_path, temp schema or catalog after a statement that may have changed them (SET/RESET/set_config/DISCARD/DDL, or the end of a transaction that changed them).",
         hint: "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline).",
     }
+    CodeBlock {
+        id: "TG170",
+        sqlstate: "42501",
+        meaning: "Anonymous or procedural code (a DO block, CALL, a procedural statement) runs statements tokengate never sees; restricted roles are refused by design.",
+        hint: "Run the statements the code block would run directly, or use a role whose policy is clear for this work.",
+    }
+    SideChannelArgument {
+        id: "TG171",
+        sqlstate: "42501",
+        meaning: "A protected column reaches an argument that leaves the statement: a notification payload (pg_notify), a setting (set_config), an advisory lock key, a WAL message.",
+        hint: "Pass only unprotected values or literals to pg_notify, set_config and advisory lock functions.",
+    }
+    DataReaching {
+        id: "TG172",
+        sqlstate: "42501",
+        meaning: "The function or catalog view reaches data by name or out of band (query_to_xml, lo_get, pg_read_file, ts_stat, dblink, pg_stats, pg_stat_activity's other sessions' statement text…), so what it returns cannot be traced to the statement's columns; restricted roles are refused by design.",
+        hint: "Query the tables themselves; tokengate then applies the role's policy to each column.",
+    }
     AtRestUnsupported {
         id: "TG180",
         sqlstate: "0A000",

@@ -79,18 +79,22 @@ struct Inner {
     refreshes: Counter,
 }
 
+/// `information_schema` views show only metadata (they are defined over the system catalogs
+/// and filtered by the caller's privileges): they are loaded as plain relations, by
+/// classification, rather than expanded through definitions sqlparser cannot all read.
 const RELATIONS: &str = "
-SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END
+SELECT c.oid::int8, n.nspname::text, c.relname::text,
+       CASE WHEN n.nspname = 'information_schema' THEN 'r' ELSE c.relkind::text END,
+       CASE WHEN c.relkind IN ('v', 'm') AND n.nspname <> 'information_schema'
+            THEN pg_get_viewdef(c.oid) END
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg_toast%'";
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT LIKE 'pg_toast%'";
 /// [`RELATIONS`] without the view definitions (which wait for locks on the views' tables).
 const RELATIONS_WITHOUT_DEFINITIONS: &str = "
-SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text, NULL::text
+SELECT c.oid::int8, n.nspname::text, c.relname::text,
+       CASE WHEN n.nspname = 'information_schema' THEN 'r' ELSE c.relkind::text END, NULL::text
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg_toast%'";
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT LIKE 'pg_toast%'";
 const COLUMNS: &str = "
 SELECT a.attrelid::int8, a.attnum, a.attname::text, a.atttypid::int8
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid

@@ -6,7 +6,7 @@
 use crate::catalog::Snapshot;
 use crate::errors::Code;
 use crate::policy::{Action, ColumnDecision, RoleView, StatementKind as PolicyKind};
-use crate::sql::{Clause, StatementAnalysis, StatementKind};
+use crate::sql::{Clause, ProblemKind, StatementAnalysis, StatementKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,6 +17,10 @@ pub mod write;
 pub struct Refusal {
     pub code: Code,
     pub message: String,
+    /// The statement could not be read at all (it does not parse, or names a relation or
+    /// column tokengate's catalog lacks): the server may be asked to parse it, without running
+    /// it, so that its own error (SQLSTATE, message, hint, position) reaches the client.
+    pub server_may_explain: bool,
 }
 
 impl Refusal {
@@ -24,6 +28,7 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            server_may_explain: false,
         }
     }
 
@@ -179,8 +184,23 @@ pub fn plan_statement(
     catalog: &dyn PlanCatalog,
     named: &dyn Named,
 ) -> Result<StatementPlan, Refusal> {
-    if let Some(p) = a.problems.first() {
-        return Err(Refusal::new(p.kind.code(), p.message.clone()));
+    // A code block's own code says more than "cannot parse".
+    let first = a
+        .problems
+        .iter()
+        .find(|p| p.kind == ProblemKind::ProceduralCode)
+        .or(a.problems.first());
+    if let Some(p) = first {
+        let mut refusal = Refusal::new(p.kind.code(), p.message.clone());
+        refusal.server_may_explain = a.problems.iter().all(|p| {
+            matches!(
+                p.kind,
+                ProblemKind::Unparseable
+                    | ProblemKind::UnknownRelation
+                    | ProblemKind::UnknownColumn
+            )
+        });
+        return Err(refusal);
     }
     let kind = policy_kind(a.kind, a.inner_kind);
     if !view.statement_allowed(kind) {
@@ -218,7 +238,11 @@ pub fn plan_statement(
                 &d.filter_rule
             };
             return Err(Refusal::new(
-                Code::FilterDenied,
+                if u.clause == Clause::SideChannel {
+                    Code::SideChannelArgument
+                } else {
+                    Code::FilterDenied
+                },
                 format!(
                     "protected column {} is used in {} ({rule})",
                     u.column,
@@ -409,6 +433,9 @@ fn clause_name(c: Clause) -> &'static str {
         Clause::SetOperation => "UNION/INTERSECT/EXCEPT",
         Clause::Distinct => "DISTINCT",
         Clause::Other => "a condition",
+        Clause::SideChannel => {
+            "an argument that leaves the statement (notification, setting, lock key)"
+        }
     }
 }
 

@@ -418,6 +418,7 @@ async fn start_readpath(ctx: &Context, info: &super::startup::SessionInfo) -> Op
             },
         ),
     );
+    rp.server_pid = info.server_pid;
     rp.snapshot = snapshot;
     rp.catalog_error = catalog_error;
     for (name, value) in &info.parameters {

@@ -34,6 +34,8 @@ pub struct SessionInfo {
     /// The cancel key tokengate issued to the client (the backend's real pid, tokengate's own
     /// secret), if the upstream sent one.
     pub client_key: Option<CancelKey>,
+    /// The server backend's own pid (NotificationResponses name it as their sender).
+    pub server_pid: Option<u32>,
     /// ParameterStatus values the server reported during startup (e.g.
     /// `standard_conforming_strings`), in order; the read path tracks later changes.
     pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
@@ -113,6 +115,7 @@ pub async fn handshake(
             .to_string(),
         client_tls: client.is_tls(),
         client_key: None,
+        server_pid: None,
         parameters: Vec::new(),
     };
     let mut client_buf = BytesMut::with_capacity(1024);
@@ -220,6 +223,7 @@ pub async fn handshake(
                 }
                 backend::BACKEND_KEY_DATA => {
                     let key = backend::backend_key_data(body).map_err(|_| upstream_garbage(ctx))?;
+                    info.server_pid = Some(key.pid);
                     let ours = ctx.cancels.register(key);
                     let message = backend::encode_backend_key_data(&ours);
                     // Recorded before writing, so a failed write still unregisters it.

@@ -309,9 +309,10 @@ const TRACEABLE: &[&str] = &[
     "daterange",
 ];
 
-/// Functions that move data through a side channel (files, large objects, other servers,
-/// notifications, settings) or execute SQL text the analyser cannot see. Named separately so the
-/// problem message can say why, not just "unknown function".
+/// Functions that reach data the statement does not name (SQL text they run, files, large
+/// objects, other servers, other sessions' statement text, planner statistics, logical decoding),
+/// so their output cannot be traced to the statement's columns. Refused for restricted roles.
+/// Named separately so the problem message can say why, not just "unknown function".
 const DATA_EXPOSING: &[&str] = &[
     "lo_get",
     "lo_export",
@@ -325,6 +326,7 @@ const DATA_EXPOSING: &[&str] = &[
     "lo_creat",
     "lo_create",
     "pg_read_file",
+    "pg_read_file_old",
     "pg_read_binary_file",
     "pg_ls_dir",
     "pg_stat_file",
@@ -343,12 +345,56 @@ const DATA_EXPOSING: &[&str] = &[
     "schema_to_xml",
     "database_to_xml",
     "ts_stat",
+    "ts_rewrite",
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_mcv_list_items",
+    "pg_show_all_file_settings",
+    "xpath_table",
+];
+
+/// Name prefixes of [`DATA_EXPOSING`] families (every version's members, present and future).
+const DATA_EXPOSING_PREFIXES: &[&str] = &[
+    "lo_",
+    "dblink",
+    "pg_read_",
+    "pg_ls_",
+    "pg_file_",
+    "pg_logical_slot_",
+    "pg_stat_statements",
+];
+
+/// Built-in functions that send their arguments somewhere other sessions or the server's files
+/// can see (notifications, settings, WAL messages, advisory lock keys). Their output is
+/// traceable like a value function's, but every argument is a *use* in [`Clause::SideChannel`]
+/// (crate::sql::Clause): allowed when no protected column reaches it, refused when one does.
+const SINKS: &[&str] = &[
     "pg_notify",
     "set_config",
     "pg_logical_emit_message",
-    "pg_get_keywords",
-    "xpath_table",
+    "pg_create_restore_point",
 ];
+
+/// Every function in PostgreSQL 15's `pg_catalog` (`SELECT DISTINCT proname FROM pg_proc WHERE
+/// pronamespace = 'pg_catalog'::regnamespace`), one name a line. The test
+/// `every_live_builtin_is_classified` checks the list against the running server's `pg_proc`.
+/// A built-in not in [`DATA_EXPOSING`] or [`SINKS`] is a value function (output derived from its
+/// arguments) or a catalog/system function (reads catalogs and server state, never table rows).
+const BUILTINS: &str = include_str!("builtins.txt");
+
+fn is_builtin(name: &str) -> bool {
+    use std::sync::OnceLock;
+    static SET: OnceLock<std::collections::HashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| {
+        BUILTINS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
+    })
+    .contains(name)
+        || TRACEABLE.contains(&name)
+}
 
 /// Relations that expose data values from other tables (histograms, most-common values), or
 /// other sessions' statement text, which may carry literal protected values.
@@ -361,7 +407,6 @@ const DATA_EXPOSING_RELATIONS: &[&str] = &[
     "pg_stat_statements",
     "pg_stat_activity",
     "pg_largeobject",
-    "pg_prepared_statements",
 ];
 
 /// How a function name resolves for lineage purposes.
@@ -371,6 +416,9 @@ pub enum FunctionClass {
     Traceable,
     /// Known to expose data through a side channel or hidden SQL.
     DataExposing,
+    /// Built-in whose arguments leave the statement (see [`SINKS`]): traceable, and every
+    /// argument is a side-channel use.
+    Sink,
     /// Anything else (user-defined, extension, unknown): its output cannot be traced.
     Untraceable,
 }
@@ -378,11 +426,17 @@ pub enum FunctionClass {
 /// Classifies a function by its (already folded) schema and name. A schema other than
 /// `pg_catalog` means a user-defined function even when the name matches a built-in.
 pub fn classify(schema: Option<&str>, name: &str) -> FunctionClass {
-    if DATA_EXPOSING.contains(&name) || name.starts_with("lo_") || name.starts_with("dblink") {
+    if DATA_EXPOSING.contains(&name)
+        || DATA_EXPOSING_PREFIXES.iter().any(|p| name.starts_with(p))
+        || name.contains("_to_xml")
+    {
         return FunctionClass::DataExposing;
     }
     match schema {
-        None | Some("pg_catalog") if TRACEABLE.contains(&name) => FunctionClass::Traceable,
+        None | Some("pg_catalog") if SINKS.contains(&name) || name.contains("_advisory_") => {
+            FunctionClass::Sink
+        }
+        None | Some("pg_catalog") if is_builtin(name) => FunctionClass::Traceable,
         _ => FunctionClass::Untraceable,
     }
 }
@@ -430,9 +484,38 @@ mod tests {
             "dblink",
             "pg_read_file",
             "query_to_xml",
-            "pg_notify",
+            "ts_rewrite",
+            "pg_stat_get_activity",
+            "pg_logical_slot_peek_changes",
         ] {
             assert_eq!(classify(None, name), FunctionClass::DataExposing, "{name}");
+        }
+        for name in [
+            "pg_notify",
+            "set_config",
+            "pg_advisory_lock",
+            "pg_try_advisory_xact_lock",
+        ] {
+            assert_eq!(classify(None, name), FunctionClass::Sink, "{name}");
+        }
+        assert_eq!(
+            classify(Some("public"), "pg_notify"),
+            FunctionClass::Untraceable
+        );
+    }
+
+    #[test]
+    fn catalog_functions_are_builtins() {
+        for name in [
+            "pg_get_expr",
+            "pg_encoding_to_char",
+            "pg_function_is_visible",
+            "pg_total_relation_size",
+            "pg_size_pretty",
+            "format_type",
+            "pg_advisory_unlock_all",
+        ] {
+            assert_ne!(classify(None, name), FunctionClass::Untraceable, "{name}");
         }
     }
 

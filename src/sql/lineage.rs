@@ -120,6 +120,13 @@ impl<'c> Analyzer<'c> {
         }
     }
 
+    /// Arguments of a sink function: never direct, so any protected column is refused.
+    fn side_channel(&mut self, sources: &[Source]) {
+        for source in sources {
+            self.add_use(&source.column, Clause::SideChannel, false);
+        }
+    }
+
     fn add_use(&mut self, column: &str, clause: Clause, direct: bool) {
         let used = Use {
             column: column.to_owned(),
@@ -1339,6 +1346,9 @@ impl<'c> Analyzer<'c> {
         for name in &collector.functions {
             let (schema, function) = split_name(name);
             self.check_function(schema.as_deref(), &function, name);
+            if functions::classify(schema.as_deref(), &function) == FunctionClass::Sink {
+                self.side_channel(&sources);
+            }
         }
         derive(sources, "expression")
     }
@@ -1350,7 +1360,7 @@ impl<'c> Analyzer<'c> {
         name: &ObjectName,
     ) {
         match functions::classify(schema, function) {
-            FunctionClass::Traceable => {}
+            FunctionClass::Traceable | FunctionClass::Sink => {}
             FunctionClass::DataExposing => self.problem(
                 ProblemKind::DataExposingFunction,
                 format!("function {name} exposes data through a side channel"),
@@ -1413,6 +1423,9 @@ impl<'c> Analyzer<'c> {
         }
         if let Some(WindowType::WindowSpec(spec)) = &function.over {
             self.window_spec(spec, scope);
+        }
+        if functions::classify(schema.as_deref(), &name) == FunctionClass::Sink {
+            self.side_channel(&sources);
         }
         derive(sources, &name)
     }

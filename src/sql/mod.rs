@@ -20,6 +20,7 @@ pub mod functions;
 pub mod lexer;
 mod lineage;
 mod parity;
+mod rewrite;
 mod statements;
 pub mod types;
 
@@ -70,6 +71,30 @@ pub fn analyze_with(
             .map(|range| analyze_part(sql, &tokens[range], catalog, settings))
             .collect()
     })
+}
+
+/// (channel, payload) of the notifications one statement's text sends with literal text
+/// (`NOTIFY ch, 'x'`, `NOTIFY ch, $$x$$`, `pg_notify('ch', 'x')`); the NOTIFY channel is folded
+/// like an identifier. Not cached with the analysis (the cache normalises literals away). Used
+/// only to recognise a session's own notifications, so a text read differently than the server
+/// reads it just finds no match.
+pub fn literal_notifications(sql: &str) -> Vec<(String, String)> {
+    if !sql.to_ascii_lowercase().contains("notify") {
+        return Vec::new();
+    }
+    let Ok(tokens) = parity::sqlparser_tokens(sql) else {
+        return Vec::new();
+    };
+    let tokens = rewrite::postgres_only_forms(tokens);
+    match Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+    {
+        Ok(statements) if statements.len() == 1 => {
+            statements::literal_notifications(&statements[0])
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// `MOVE [direction] {FROM|IN} cursor`: sqlparser 0.63 lacks MOVE. Only words, numbers and
@@ -157,6 +182,7 @@ fn analyze_part(
     } else {
         theirs
     };
+    let theirs = rewrite::postgres_only_forms(theirs);
     let dialect = PostgreSqlDialect {};
     let mut analysis = match Parser::new(&dialect)
         .with_tokens_with_locations(theirs)

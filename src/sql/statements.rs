@@ -36,6 +36,42 @@ pub(crate) fn analyze_statement(statement: &Statement, catalog: &dyn Catalog) ->
     analysis
 }
 
+/// Notifications the statement sends with literal channel and payload.
+pub(crate) fn literal_notifications(statement: &Statement) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    if let Statement::NOTIFY { channel, payload } = statement {
+        found.push((fold(channel), payload.clone().unwrap_or_default()));
+        return found;
+    }
+    let _ = sqlparser::ast::visit_expressions(statement, |e| {
+        if let Expr::Function(f) = e {
+            let (schema, name) = split_name(&f.name);
+            if name == "pg_notify"
+                && matches!(schema.as_deref(), None | Some("pg_catalog"))
+                && let sqlparser::ast::FunctionArguments::List(list) = &f.args
+                && let [a, b] = list.args.as_slice()
+                && let (Some(channel), Some(payload)) = (literal_text(a), literal_text(b))
+            {
+                found.push((channel, payload));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+fn literal_text(arg: &sqlparser::ast::FunctionArg) -> Option<String> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr};
+    let FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) = arg else {
+        return None;
+    };
+    match &v.value {
+        Value::SingleQuotedString(s) => Some(s.clone()),
+        Value::DollarQuotedString(d) => Some(d.value.clone()),
+        _ => None,
+    }
+}
+
 fn outputs(cols: Vec<Col>) -> Vec<OutputColumn> {
     cols.into_iter()
         .map(|c| OutputColumn {
@@ -633,7 +669,8 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
     let column_is_code = |def: &sqlparser::ast::ColumnDef| {
         !is_builtin_type(&def.data_type)
             || def.options.iter().any(|o| match &o.option {
-                ColumnOption::Default(expr) => !is_constant(expr),
+                ColumnOption::Default(expr) => !is_builtin_expression(expr),
+                ColumnOption::Check(check) => !is_builtin_expression(&check.expr),
                 ColumnOption::Generated {
                     generation_expr, ..
                 } => generation_expr.is_some(),
@@ -657,10 +694,10 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
                 || create.inherits.is_some()
                 || create.partition_of.is_some()
                 || create.columns.iter().any(column_is_code)
-                || create
-                    .constraints
-                    .iter()
-                    .any(|c| matches!(c, TableConstraint::Check { .. }))
+                || create.constraints.iter().any(|c| match c {
+                    TableConstraint::Check(check) => !is_builtin_expression(&check.expr),
+                    _ => false,
+                })
         }
         Statement::CreateIndex(index) => {
             index.predicate.is_some()
@@ -714,13 +751,31 @@ pub(crate) fn creates_code(statement: &Statement) -> bool {
 }
 
 /// A DEFAULT that runs no code: a literal, a signed number, NULL.
-fn is_constant(expr: &Expr) -> bool {
-    match expr {
-        Expr::Value(_) => true,
-        Expr::Nested(e) => is_constant(e),
-        Expr::UnaryOp { expr, .. } => matches!(expr.as_ref(), Expr::Value(_)),
-        _ => false,
-    }
+/// A DEFAULT or CHECK expression that runs no user code and sends nothing anywhere: no
+/// subquery, every function a traceable built-in (not a sink or data-reaching one, see
+/// [`super::functions`]), every cast to a built-in type (a domain's CHECK is code). Such an
+/// expression is judged like any statement's, not as creating code.
+fn is_builtin_expression(expr: &Expr) -> bool {
+    use super::functions::{FunctionClass, classify};
+    let verdict = sqlparser::ast::visit_expressions(expr, |e| {
+        let ok = match e {
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => false,
+            Expr::Function(f) => {
+                let (schema, name) = split_name(&f.name);
+                // A setting differs between the sessions that will insert rows.
+                name != "current_setting"
+                    && classify(schema.as_deref(), &name) == FunctionClass::Traceable
+            }
+            Expr::Cast { data_type, .. } => is_builtin_type(data_type),
+            _ => true,
+        };
+        if ok {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    });
+    verdict.is_continue()
 }
 
 /// Built-in types (as sqlparser prints them, lower case, without modifiers or array

@@ -112,6 +112,9 @@ pub enum Clause {
     Distinct,
     /// Anything else (e.g. ON CONFLICT conditions, MERGE conditions).
     Other,
+    /// An argument of a function that sends it out of the statement (`pg_notify`,
+    /// `set_config`, advisory lock keys): other sessions or later statements can read it.
+    SideChannel,
 }
 
 /// A use of a source column in a clause.
@@ -172,6 +175,8 @@ impl ProblemKind {
             Self::LexerMismatch => Code::LexerMismatch,
             Self::NotBuiltin => Code::NotBuiltin,
             Self::CopyOption => Code::CopyOption,
+            Self::ProceduralCode => Code::CodeBlock,
+            Self::DataExposingFunction | Self::DataExposingRelation => Code::DataReaching,
             _ => Code::Unproven,
         }
     }

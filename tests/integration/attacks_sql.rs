@@ -199,9 +199,11 @@ const CODE: &[Attack] = &[
     attack(
         "support",
         &["CREATE TEMP TABLE t1 (id int, v text DEFAULT public.leak_ssn(1))"],
+        // The setup is refused (a user function in a DEFAULT is code), so t1 does not exist:
+        // tokengate refuses the INSERT, or lets the server say so (issue 10's parse probe).
         "INSERT INTO t1 (id) VALUES (1) RETURNING v",
         Proof::Plaintext,
-        Refused,
+        NoLeak,
     ),
     attack(
         "analyst",

@@ -261,7 +261,8 @@ const SIMPLE: &[Case] = &[
         "SELECT query_to_xml('select ssn from customers', true, true, '')",
         Refused,
     ),
-    ("support", "TABLE customers", Refused),
+    // `TABLE t` is read as `SELECT * FROM t` (issue 10): masked, like the SELECT.
+    ("support", "TABLE customers", Rewritten),
     (
         "support",
         "DO $$ BEGIN RAISE NOTICE '%', (SELECT string_agg(ssn, ',') FROM customers); END $$",
@@ -314,8 +315,14 @@ const SIMPLE: &[Case] = &[
         "SELECT ssn AS \"email\", email AS city FROM customers",
         Rewritten,
     ),
-    // sqlparser 0.63 reads `ONLY` as a table name: unresolvable, so refused (fail closed).
-    ("support", "SELECT ssn FROM ONLY customers", Refused),
+    // `ONLY` is dropped before parsing (issue 10): the same columns as without it, masked.
+    ("support", "SELECT ssn FROM ONLY customers", Rewritten),
+    (
+        "support",
+        "SELECT ssn FROM ONLY customers FOR NO KEY UPDATE",
+        Rewritten,
+    ),
+    ("support", "TABLE visits", Refused),
     (
         "support",
         "SELECT email FROM customers WHERE id = 1 FOR UPDATE",
@@ -792,7 +799,7 @@ const RAW_EXTENDED: &[(&str, &str, i16, Expect)] = &[
         0,
         Refused,
     ),
-    ("support", "TABLE customers", 0, Refused),
+    ("support", "TABLE customers", 0, Rewritten),
     ("ana2", "SELECT phone FROM customers", 0, Refused),
     ("support", "SELECT notes FROM visits", 1, Refused),
 ];

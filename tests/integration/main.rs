@@ -3,6 +3,7 @@
 //! compares what arrives through tokengate with what arrives directly.
 mod harness;
 
+mod apps;
 mod at_rest;
 mod attacks;
 mod attacks_sql;

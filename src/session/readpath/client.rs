@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 /// Substitute SQL that PostgreSQL rejects at parse time (a syntax error).
 const REFUSED_SQL: &[u8] = b"tokengate refused this statement";
+/// How many literal notification payloads a session remembers as its own.
+const OWN_PAYLOADS: usize = 1024;
+/// The prepared statement a probe parses the client's text into (and closes at once).
+const PROBE_NAME: &[u8] = b"tokengate probe";
 /// Names that never exist, so Bind/Execute on them fail in the server.
 const REFUSED_NAME: &[u8] = b"tokengate refused";
 
@@ -203,6 +207,12 @@ impl ReadPath {
                 }
                 _ => {}
             }
+            // Bounded: past the limit, further payloads are simply delivered empty.
+            for n in crate::sql::literal_notifications(text) {
+                if self.own_payloads.len() < OWN_PAYLOADS {
+                    self.own_payloads.insert(n);
+                }
+            }
             let changes_names = super::names::may_change_names(a, text);
             self.names.planned(a, text);
             if self.names.dirty {
@@ -285,6 +295,58 @@ impl ReadPath {
         outcome.map(|plans| (plans, pending))
     }
 
+    /// A refused simple Query may be replaced by a probe when it is one statement and nothing
+    /// else is waiting for the server (a Sync of ours must not end a client's pipeline).
+    fn may_probe(&self, sql: &[u8]) -> bool {
+        self.protocol.front().is_none()
+            && std::str::from_utf8(sql).is_ok_and(|text| {
+                crate::sql::split_statements(
+                    text,
+                    crate::sql::LexSettings {
+                        standard_conforming_strings: self.names.standard_conforming_strings,
+                    },
+                )
+                .len()
+                    == 1
+            })
+    }
+
+    /// Parse of the client's text as [`PROBE_NAME`], Close of it, Parse of [`REFUSED_SQL`] as
+    /// `target`. The server parses and analyses the text without running it: when it cannot,
+    /// its own error is the answer (what the client would have got straight from PostgreSQL)
+    /// and it skips the rest up to the client's (or our) Sync; when it can, the probe is closed
+    /// and the last Parse fails, carrying the refusal. Either way the client sees one
+    /// ErrorResponse, and the server is in the failed state the client expects.
+    fn probe(
+        &mut self,
+        sql: &[u8],
+        param_types: &[u32],
+        target: &[u8],
+        refusal: Refusal,
+    ) -> Vec<u8> {
+        let parse = |name: &[u8], text: &[u8], types: &[u32]| {
+            let mut b = Vec::new();
+            cstr(&mut b, name);
+            cstr(&mut b, text);
+            b.extend_from_slice(&(types.len().min(i16::MAX as usize) as i16).to_be_bytes());
+            for t in types.iter().take(i16::MAX as usize) {
+                b.extend_from_slice(&t.to_be_bytes());
+            }
+            frame(frontend::PARSE, &b)
+        };
+        let mut close = vec![b'S'];
+        cstr(&mut close, PROBE_NAME);
+        self.sent(Request::Parse, Pending::Probe);
+        self.sent(Request::Close, Pending::Probe);
+        self.sent(Request::Parse, Pending::Refused(refusal));
+        [
+            parse(PROBE_NAME, sql, param_types),
+            frame(frontend::CLOSE, &close),
+            parse(target, REFUSED_SQL, &[]),
+        ]
+        .concat()
+    }
+
     fn sent(&mut self, request: Request, pending: Pending) {
         self.protocol.sent(request, pending);
     }
@@ -340,6 +402,12 @@ impl ReadPath {
                             None => ClientVerdict::Forward,
                         })
                     }
+                    Err(r) if r.server_may_explain && self.may_probe(sql) => {
+                        let mut bytes = self.probe(sql, &[], b"", r);
+                        self.sent(Request::Sync, Pending::Sync);
+                        bytes.extend_from_slice(&frame(frontend::SYNC, &[]));
+                        Ok(ClientVerdict::Replace(bytes))
+                    }
                     Err(r) => {
                         self.sent(
                             Request::Query,
@@ -392,6 +460,12 @@ impl ReadPath {
                             None => ClientVerdict::Forward,
                         })
                     }
+                    Err(r) if r.server_may_explain => Ok(ClientVerdict::Replace(self.probe(
+                        p.sql,
+                        &p.param_types,
+                        p.statement,
+                        r,
+                    ))),
                     Err(r) => {
                         self.sent(Request::Parse, Pending::Refused(r));
                         let mut b = Vec::new();

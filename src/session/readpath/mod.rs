@@ -137,6 +137,12 @@ enum Pending {
     CopyEnd,
     /// A substituted message: the server's error to it is replaced by this refusal.
     Refused(Refusal),
+    /// The Parse (and Close) of a probe tokengate sent in place of a refused Query or Parse
+    /// whose text it could not read ([`Refusal::server_may_explain`]): the server's own error
+    /// to it goes through unchanged; ParseComplete and CloseComplete are dropped (the
+    /// [`Pending::Refused`] Parse after them then fails, and carries the refusal). Nothing is
+    /// executed either way.
+    Probe,
 }
 
 /// The per-session state.
@@ -177,6 +183,11 @@ pub struct ReadPath {
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
     /// A COPY FROM STDIN into columns stored as tokens (issue 14): its rows are tokenized.
     copy_in: Option<write::CopyInState>,
+    /// The server backend's pid: notifications this session sent itself name it.
+    pub server_pid: Option<u32>,
+    /// (channel, payload) pairs this session sent as literals (NOTIFY, pg_notify): its own
+    /// notifications with one of these payloads are delivered whole.
+    own_payloads: std::collections::HashSet<(String, String)>,
 }
 
 impl ReadPath {
@@ -211,6 +222,8 @@ impl ReadPath {
             transaction_status: b'I',
             sensitive_ran: false,
             described: None,
+            server_pid: None,
+            own_payloads: std::collections::HashSet::new(),
             protocol: ProtocolState::default(),
             objects: Objects::default(),
             shared,

@@ -89,6 +89,15 @@ fn field(out: &mut Vec<u8>, code: u8, value: &[u8]) {
 
 /// A NotificationResponse with its payload emptied; `None` when it is malformed (the caller
 /// then ends the session) .
+/// A NotificationResponse's sender pid, channel and payload (UTF-8 only).
+pub fn notification_parts(body: &[u8]) -> Option<(u32, String, String)> {
+    let mut r = Reader::new(body, "NotificationResponse");
+    let pid = r.u32().ok()?;
+    let channel = String::from_utf8(r.cstr().ok()?.to_vec()).ok()?;
+    let payload = String::from_utf8(r.cstr().ok()?.to_vec()).ok()?;
+    Some((pid, channel, payload))
+}
+
 pub fn notification_without_payload(body: &[u8]) -> Option<Vec<u8>> {
     let mut r = Reader::new(body, "NotificationResponse");
     let pid = r.u32().ok()?;
@@ -168,5 +177,98 @@ mod tests {
         let out = notification_without_payload(&b).unwrap();
         assert_eq!(&out[5..], b"\0\0\0\x2achan\0\0");
         assert!(notification_without_payload(b"\0\0").is_none());
+    }
+}
+
+/// A unique violation's table (schema, name) and key columns, from its fields and its DETAIL
+/// (`Key (a, b)=(…) already exists.`), when every key column is a plain lower-case identifier.
+/// The caller lets the error through unchanged when none of those columns is protected: the
+/// DETAIL then quotes only values of unprotected columns.
+pub fn unique_violation_key(body: &[u8]) -> Option<(String, String, Vec<String>)> {
+    let (mut sqlstate, mut schema, mut table, mut detail) = (None, None, None, None);
+    let mut r = Reader::new(body, "ErrorResponse");
+    while let Ok(code) = r.u8() {
+        if code == 0 {
+            break;
+        }
+        let value = std::str::from_utf8(r.cstr().ok()?).ok()?;
+        match code {
+            b'C' => sqlstate = Some(value),
+            b's' => schema = Some(value),
+            b't' => table = Some(value),
+            b'D' => detail = Some(value),
+            _ => {}
+        }
+    }
+    if sqlstate? != "23505" {
+        return None;
+    }
+    let rest = detail?.strip_prefix("Key (")?;
+    let (list, _) = rest.split_once(")=(")?;
+    let plain = |c: &str| {
+        c.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let columns: Vec<String> = list.split(", ").map(str::to_owned).collect();
+    if !columns.iter().all(|c| plain(c)) {
+        return None;
+    }
+    Some((schema?.to_owned(), table?.to_owned(), columns))
+}
+
+#[cfg(test)]
+mod unique_tests {
+    use super::*;
+
+    fn error(fields: &[(u8, &str)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (c, v) in fields {
+            b.push(*c);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn unique_violation_keys_are_read_only_when_plain() {
+        let ok = error(&[
+            (b'C', "23505"),
+            (b's', "public"),
+            (b't', "customers"),
+            (b'D', "Key (id, city)=(2, x)=(y) already exists."),
+        ]);
+        assert_eq!(
+            unique_violation_key(&ok),
+            Some((
+                "public".into(),
+                "customers".into(),
+                vec!["id".into(), "city".into()]
+            ))
+        );
+        for detail in [
+            "Key (lower(email))=(a@b) already exists.",
+            "Key (\"Email\")=(a) already exists.",
+            "Failing row contains (1, 2).",
+        ] {
+            let e = error(&[
+                (b'C', "23505"),
+                (b's', "public"),
+                (b't', "c"),
+                (b'D', detail),
+            ]);
+            assert_eq!(unique_violation_key(&e), None, "{detail}");
+        }
+        let other = error(&[
+            (b'C', "23502"),
+            (b's', "public"),
+            (b't', "c"),
+            (b'D', "Key (id)=(1)"),
+        ]);
+        assert_eq!(unique_violation_key(&other), None);
     }
 }

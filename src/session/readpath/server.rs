@@ -81,7 +81,7 @@ impl ReadPath {
             }
             tag::NOTIFICATION_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
-                if !self.restricted() {
+                if !self.restricted() || self.own_notification(body) {
                     return Ok(ServerVerdict::Forward);
                 }
                 match scrub::notification_without_payload(body) {
@@ -229,6 +229,9 @@ impl ReadPath {
                 | Pending::Sync
                 | Pending::FunctionCall => false,
                 Pending::Refused(_) => true,
+                // Parse analysis reads no rows: its errors quote only the statement and the
+                // catalog.
+                Pending::Probe => false,
             },
         }
     }
@@ -239,6 +242,8 @@ impl ReadPath {
         // (or, at a Sync or the end of a Query, any statement of the batch).
         let sensitive = self.restricted() && (self.front_sensitive() || self.sensitive_ran);
         self.sensitive_ran |= sensitive;
+        // A unique violation on unprotected key columns quotes only values the role may see.
+        let sensitive = sensitive && !self.unique_key_is_clear(body);
         let step = self
             .protocol
             .reply(tag::ERROR_RESPONSE, fatal)
@@ -349,6 +354,8 @@ impl ReadPath {
                 self.objects.parsed(name, planned);
                 ServerVerdict::Forward
             }
+            // The probe's ParseComplete and CloseComplete: nothing the client asked for.
+            Pending::Probe => ServerVerdict::Drop,
             Pending::Bind {
                 portal,
                 statement,
@@ -706,6 +713,35 @@ impl ReadPath {
     }
 
     /// Writes a completed Execute's audit record (rows read from the portal so far).
+    /// A unique violation whose key columns all exist in the catalog and none is protected
+    /// for this role: its DETAIL quotes only values the role may see.
+    fn unique_key_is_clear(&self, body: &[u8]) -> bool {
+        let (Some((schema, table, columns)), Some(snapshot)) =
+            (scrub::unique_violation_key(body), self.snapshot.as_ref())
+        else {
+            return false;
+        };
+        let Some(relation) = snapshot.relation(Some(&schema), &table) else {
+            return false;
+        };
+        columns.iter().all(|c| {
+            relation.columns.iter().any(|col| &col.name == c)
+                && self
+                    .view
+                    .column(&relation.qualified(c))
+                    .is_none_or(|d| d.action == crate::policy::Action::Clear)
+        })
+    }
+
+    /// A notification this session's own backend sent with a payload the session itself
+    /// wrote as a literal: nothing in it comes from the database.
+    fn own_notification(&self, body: &[u8]) -> bool {
+        let Some((pid, channel, payload)) = scrub::notification_parts(body) else {
+            return false;
+        };
+        Some(pid) == self.server_pid && self.own_payloads.contains(&(channel, payload))
+    }
+
     fn finish_execute(&mut self, x: ExecuteReply) {
         if let Some(p) = x.audit {
             let rows = x.active.map_or(0, |a| a.rows.load(Ordering::Relaxed));
