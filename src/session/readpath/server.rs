@@ -241,7 +241,17 @@ impl ReadPath {
         // Decided before the reply moves the queue: the statement the error is about.
         // (or, at a Sync or the end of a Query, any statement of the batch).
         let sensitive = self.restricted() && (self.front_sensitive() || self.sensitive_ran);
-        self.sensitive_ran |= sensitive;
+        // A refused request was substituted and never ran: the error is the server rejecting
+        // the substitute, and a setting it then reports (SET LOCAL values reverted by the
+        // aborted transaction) was not computed by a protected statement.
+        let substituted = match self.protocol.front() {
+            Some((_, _, Pending::Refused(_))) => true,
+            Some((_, _, Pending::Query(q))) => q.refusal.is_some(),
+            _ => false,
+        };
+        if !substituted {
+            self.sensitive_ran |= sensitive;
+        }
         // A unique violation on unprotected key columns quotes only values the role may see.
         let sensitive = sensitive && !self.unique_key_is_clear(body);
         let step = self
