@@ -16,6 +16,7 @@
 #   SUITE_TIMEOUT   seconds per suite run (default: 900)
 #   SUITES          which suites (default: "psycopg2 asyncpg")
 #   PSYCOPG2_SUBSET, ASYNCPG_SUBSET  test modules to run (default: the lists below)
+#   SUITE_PYTEST_ARGS  extra pytest arguments, e.g. "-k server_failure_during_writes"
 #   DRIVER_SUITES_OUT  keep the junit XML and pytest output there
 # Needs python3 with pytest, pytest-timeout, psycopg2 (or psycopg2-binary) and asyncpg installed;
 # the suites' versions should match the installed drivers' versions.
@@ -153,7 +154,7 @@ run_suite() { # $1 = suite, $2 = mode (direct|tokengate), $3 = port
     PSYCOPG2_TESTDB_USER=postgres PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres \
     PGDATABASE=postgres PGSSLMODE=disable \
     timeout "$SUITE_TIMEOUT" python3 -m pytest -p no:cacheprovider -q --timeout=120 \
-      --junitxml="$WORK/$suite-$mode.xml" "${files[@]}" >"$WORK/$suite-$mode.out" 2>&1) || true
+      --junitxml="$WORK/$suite-$mode.xml" ${SUITE_PYTEST_ARGS:-} "${files[@]}" >"$WORK/$suite-$mode.out" 2>&1) || true
   grep -E '^=* ?[0-9]+ (passed|failed|error|skipped)|in [0-9.]+s' "$WORK/$suite-$mode.out" | tail -1 >&2 || true
 }
 
