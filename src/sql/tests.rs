@@ -49,6 +49,7 @@ fn dv(name: &str, via: &str) -> Source {
         column: col(name),
         passthrough: false,
         via: Some(via.to_owned()),
+        allowance: None,
     }
 }
 
