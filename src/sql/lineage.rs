@@ -202,7 +202,11 @@ impl<'c> Analyzer<'c> {
                 let named = is_column_ref(e);
                 for s in self.expr(e, scope) {
                     self.push_use(Use {
-                        allowance: (named && s.passthrough).then_some(DerivedUse::IsNull),
+                        allowance: if named && s.passthrough {
+                            Some(DerivedUse::IsNull)
+                        } else {
+                            s.allowance
+                        },
                         direct: s.passthrough,
                         column: s.column,
                         clause,

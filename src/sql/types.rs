@@ -60,8 +60,10 @@ pub struct Source {
     /// For derived values, the outermost function/operator/cast that derived it
     /// (`lower`, `||`, `::text`, `count`, `row`...).
     pub via: Option<String>,
-    /// Set when `via` is a named derived use (`count(col)`, `col IS NULL`...) applied to the
-    /// column itself; any further derivation clears it.
+    /// Set when the value went through a named derived use (`count(col)`, `col IS NULL`...)
+    /// applied to the column itself. It survives further derivation (`count(ssn) + 1`,
+    /// `sum(length(ssn))` reveal no more than the use itself); a derivation before the use
+    /// (`count(lower(ssn))`) never gets it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowance: Option<DerivedUse>,
 }
@@ -80,7 +82,11 @@ impl Source {
     /// (passthrough) gets the allowance: `count(lower(ssn))` is just derived.
     pub fn derived_as(&self, via: &str, allowance: DerivedUse) -> Self {
         Self {
-            allowance: self.passthrough.then_some(allowance),
+            allowance: if self.passthrough {
+                Some(allowance)
+            } else {
+                self.allowance
+            },
             ..self.derived_via(via)
         }
     }
@@ -91,7 +97,7 @@ impl Source {
             column: self.column.clone(),
             passthrough: false,
             via: Some(via.to_owned()),
-            allowance: None,
+            allowance: self.allowance,
         }
     }
 }
