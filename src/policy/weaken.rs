@@ -230,6 +230,13 @@ roles:
                 ),
                 "filtering",
             ),
+            (
+                BASE.replace(
+                    "support: { pii: mask }",
+                    "support: { pii: mask, allow: { ssn: [count] } }",
+                ),
+                "ssn: derived uses newly allowed (count)",
+            ),
         ];
         for (text, expect) in cases {
             let w = weakenings(&old, &policy(&text));
