@@ -655,6 +655,41 @@ mod tests {
     }
 
     #[test]
+    fn length_of_a_column_stored_as_tokens_stays_refused() {
+        let text = POLICY
+            .replace(
+                "ssn:         { class: pii,       token: digits,",
+                "ssn:         { class: pii,       token: digits, at_rest: token,",
+            )
+            .replace(
+                "  \"*\": { default: deny }",
+                "  counter: { pii: mask, allow: { pii: [count, is_null, length] } }\n  \"*\": { default: deny }",
+            );
+        assert!(text.contains("at_rest: token"));
+        let policy = Policy::from_yaml(&text, "demo.yaml").unwrap();
+        let view = policy.for_role("counter", &[]);
+        let cat = catalog();
+        let plan = |sql: &str| {
+            crate::sql::analyze(sql, &cat)
+                .iter()
+                .map(|a| plan_statement(a, &view, &cat, &NamedPlans::default()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        assert!(plan("SELECT count(ssn) FROM customers WHERE ssn IS NULL").is_ok());
+        assert_eq!(
+            plan("SELECT length(ssn) FROM customers").unwrap_err().code,
+            Code::DerivedDenied
+        );
+        assert_eq!(
+            plan("SELECT id FROM customers WHERE length(ssn) > 3")
+                .unwrap_err()
+                .code,
+            Code::AtRestComputation
+        );
+        assert!(plan("SELECT length(email) FROM customers").is_ok());
+    }
+
+    #[test]
     fn allowances_compose_by_intersection() {
         // narrow allows only count on ssn; counter allows more on pii.
         let both = |sql| decide_allowed("counter", &["narrow"], sql);
