@@ -287,9 +287,17 @@ pub fn explain_statement(
                 }
                 for (idx, o) in a.outputs.iter().enumerate() {
                     let protected = plan.result.as_ref().and_then(|r| r.protected_at(idx));
-                    let decision = match protected {
-                        Some(p) => format!("{} ({})", p.decision.action, p.decision.rule),
-                        None => "clear".to_string(),
+                    let allowed_by = o.sources.iter().find_map(|s| {
+                        let d = view.column(&s.column)?;
+                        let a = s
+                            .allowance
+                            .filter(|_| !s.passthrough && d.action != Action::Clear)?;
+                        Some(format!("{} allowed ({})", a.as_str(), d.derived_rule))
+                    });
+                    let decision = match (protected, allowed_by) {
+                        (Some(p), _) => format!("{} ({})", p.decision.action, p.decision.rule),
+                        (None, Some(why)) => why,
+                        (None, None) => "clear".to_string(),
                     };
                     let sources: Vec<String> = o
                         .sources
@@ -311,9 +319,12 @@ pub fn explain_statement(
                 }
                 for u in &a.uses {
                     let verdict = match view.column(&u.column) {
-                        Some(d) if d.action != Action::Clear => {
-                            format!("allowed ({})", d.filter_rule)
-                        }
+                        Some(d) if d.action != Action::Clear => match u.allowance {
+                            Some(a) if d.allows(a) => {
+                                format!("{} allowed ({})", a.as_str(), d.derived_rule)
+                            }
+                            _ => format!("allowed ({})", d.filter_rule),
+                        },
                         _ => "unprotected".to_string(),
                     };
                     let how = if u.direct {

@@ -5,7 +5,7 @@
 //! Fail closed: a statement that cannot be proven safe for a restricted role is refused.
 use crate::catalog::Snapshot;
 use crate::errors::Code;
-use crate::policy::{Action, ColumnDecision, RoleView, StatementKind as PolicyKind};
+use crate::policy::{Action, ColumnDecision, DerivedUse, RoleView, StatementKind as PolicyKind};
 use crate::sql::{Clause, ProblemKind, StatementAnalysis, StatementKind};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -166,6 +166,12 @@ fn is_protected(d: &ColumnDecision) -> bool {
     d.action != Action::Clear || d.at_rest
 }
 
+/// Whether the role may receive a named derived use of the column (`allow:`). `length` of a
+/// column stored as tokens would measure the token, so it stays refused there.
+fn allowed_derived(d: &ColumnDecision, use_: DerivedUse) -> bool {
+    d.allows(use_) && !(d.at_rest && use_ == DerivedUse::Length)
+}
+
 /// Whether a result value of this column must be rewritten on its way to the client. Stored
 /// tokens are rewritten for every action but `token` (the stored token is what a token role
 /// sees); other columns for every action but `clear`.
@@ -217,6 +223,7 @@ pub fn plan_statement(
             && d.at_rest
             && d.action != Action::Deny
             && !u.direct
+            && !u.allowance.is_some_and(|a| allowed_derived(d, a))
         {
             return Err(Refusal::new(
                 Code::AtRestComputation,
@@ -230,6 +237,7 @@ pub fn plan_statement(
         if let Some(d) = view.column(&u.column)
             && is_protected(d)
             && (d.action == Action::Deny || !d.may_filter || !u.direct)
+            && !u.allowance.is_some_and(|a| allowed_derived(d, a))
         {
             // filter_on allows comparing the column itself, never an expression over it.
             let rule = if d.action != Action::Deny && d.may_filter {
@@ -376,6 +384,11 @@ fn result_plan(
                     ),
                 ));
             }
+            if !s.passthrough && s.allowance.is_some_and(|a| allowed_derived(d, a)) {
+                // A named derived use the role's `allow:` rules permit: a number or a
+                // boolean about the column, never its value.
+                continue;
+            }
             if !s.passthrough {
                 let via = s.via.as_deref().unwrap_or("an expression");
                 return Err(Refusal::new(
@@ -520,6 +533,184 @@ mod tests {
 
     fn refused(role: &str, sql: &str) -> Code {
         decide(role, sql).expect_err(sql).code
+    }
+
+    /// The demo policy plus roles with `allow:` entries; `both` composes two rules.
+    fn decide_allowed(
+        role: &str,
+        groups: &[&str],
+        sql: &str,
+    ) -> Result<Vec<StatementPlan>, Refusal> {
+        let text = POLICY.replace(
+            "  \"*\": { default: deny }",
+            "  counter:\n    pii: mask\n    financial: mask\n    health: deny\n    \
+             allow: { pii: [count, count_distinct, is_null, length], financial: [count], diagnosis: [count] }\n  \
+             narrow: { pii: token, allow: { ssn: [count] } }\n  \"*\": { default: deny }",
+        );
+        let policy = Policy::from_yaml(&text, "demo.yaml").unwrap();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let view = policy.for_role(role, &groups);
+        let cat = catalog();
+        crate::sql::analyze(sql, &cat)
+            .iter()
+            .map(|a| plan_statement(a, &view, &cat, &NamedPlans::default()))
+            .collect()
+    }
+
+    #[test]
+    fn allowed_derived_uses_are_exact() {
+        for sql in [
+            "SELECT count(ssn), count(DISTINCT email) FROM customers",
+            "SELECT count(c.ssn) AS n FROM customers c",
+            "SELECT count(c.*) FROM customers c",
+            "SELECT count(p.*) FROM payments p",
+            "SELECT pg_catalog.count((ssn)) FROM customers",
+            "SELECT length(email), char_length(phone), octet_length(ssn) FROM customers",
+            "SELECT ssn IS NULL, email IS NOT NULL FROM customers",
+            "SELECT id FROM customers WHERE ssn IS NULL OR email IS NOT NULL",
+            "SELECT city FROM customers GROUP BY city HAVING count(DISTINCT ssn) > 1",
+            "SELECT n FROM (SELECT count(ssn) AS n FROM customers) s",
+            // After the use, any computation reveals no more than the use itself.
+            "SELECT count(ssn) + 1, sum(length(ssn)), max(char_length(email)) FROM customers",
+            "SELECT count(length(ssn)) FROM customers",
+            "SELECT count(*) FILTER (WHERE email IS NULL) FROM customers",
+            "SELECT count(x) FROM (SELECT ssn AS x FROM customers) s",
+        ] {
+            let plans =
+                decide_allowed("counter", &[], sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            // Nothing to rewrite: only numbers and booleans reach the client.
+            assert!(plans[0].result.is_none(), "{sql}");
+            assert!(plans[0].sensitive, "{sql}");
+        }
+        for sql in [
+            "SELECT count(lower(ssn)) FROM customers",
+            "SELECT length(ssn || 'x') FROM customers",
+            "SELECT count(DISTINCT lower(email)) FROM customers",
+            "SELECT count(length(ssn || 'x')) FROM customers",
+            "SELECT length(ssn) || ssn FROM customers",
+            "SELECT count(ssn::int) FROM customers",
+            "SELECT public.count(ssn) FROM customers",
+            "SELECT length(ssn, 'UTF8') FROM customers",
+            "SELECT string_agg(ssn, ',') FROM customers",
+            "SELECT max(ssn) FROM customers",
+            "SELECT count(DISTINCT c.*) FROM customers c",
+            "SELECT count(c) FROM customers c",
+            "SELECT lower(ssn) IS NULL FROM customers",
+            "SELECT count(diagnosis) FROM visits",
+        ] {
+            let code = decide_allowed("counter", &[], sql)
+                .map(|_| ())
+                .expect_err(sql)
+                .code;
+            assert!(
+                matches!(
+                    code,
+                    Code::DerivedDenied
+                        | Code::NotBuiltin
+                        | Code::Unproven
+                        | Code::ColumnDenied
+                        | Code::FilterDenied
+                ),
+                "{sql}: {code:?}"
+            );
+        }
+        assert_eq!(
+            decide_allowed("counter", &[], "SELECT count(lower(ssn)) FROM customers")
+                .unwrap_err()
+                .code,
+            Code::DerivedDenied
+        );
+        // Uses stay refused unless they are the allowed derived use itself.
+        for sql in [
+            "SELECT id FROM customers WHERE ssn = '1'",
+            "SELECT id FROM customers WHERE lower(ssn) IS NULL",
+            "SELECT id FROM customers WHERE length(ssn || 'x') > 3",
+        ] {
+            assert_eq!(
+                decide_allowed("counter", &[], sql).unwrap_err().code,
+                Code::FilterDenied,
+                "{sql}"
+            );
+        }
+        assert!(
+            decide_allowed(
+                "counter",
+                &[],
+                "SELECT id FROM customers WHERE length(ssn) > 3"
+            )
+            .is_ok()
+        );
+        // A role without `allow:` keeps TG106.
+        for sql in [
+            "SELECT count(ssn) FROM customers",
+            "SELECT count(c.*) FROM customers c",
+            "SELECT ssn IS NULL FROM customers",
+        ] {
+            assert_eq!(refused("support", sql), Code::DerivedDenied, "{sql}");
+        }
+        assert_eq!(
+            refused("support", "SELECT id FROM customers WHERE ssn IS NULL"),
+            Code::FilterDenied
+        );
+    }
+
+    #[test]
+    fn length_of_a_column_stored_as_tokens_stays_refused() {
+        let text = POLICY
+            .replace(
+                "ssn:         { class: pii,       token: digits,",
+                "ssn:         { class: pii,       token: digits, at_rest: token,",
+            )
+            .replace(
+                "  \"*\": { default: deny }",
+                "  counter: { pii: mask, allow: { pii: [count, is_null, length] } }\n  \"*\": { default: deny }",
+            );
+        assert!(text.contains("at_rest: token"));
+        let policy = Policy::from_yaml(&text, "demo.yaml").unwrap();
+        let view = policy.for_role("counter", &[]);
+        let cat = catalog();
+        let plan = |sql: &str| {
+            crate::sql::analyze(sql, &cat)
+                .iter()
+                .map(|a| plan_statement(a, &view, &cat, &NamedPlans::default()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        assert!(plan("SELECT count(ssn) FROM customers WHERE ssn IS NULL").is_ok());
+        assert_eq!(
+            plan("SELECT length(ssn) FROM customers").unwrap_err().code,
+            Code::DerivedDenied
+        );
+        assert_eq!(
+            plan("SELECT id FROM customers WHERE length(ssn) > 3")
+                .unwrap_err()
+                .code,
+            Code::AtRestComputation
+        );
+        assert!(plan("SELECT length(email) FROM customers").is_ok());
+    }
+
+    #[test]
+    fn allowances_compose_by_intersection() {
+        // narrow allows only count on ssn; counter allows more on pii.
+        let both = |sql| decide_allowed("counter", &["narrow"], sql);
+        assert!(both("SELECT count(ssn) FROM customers").is_ok());
+        assert_eq!(
+            both("SELECT count(DISTINCT ssn) FROM customers")
+                .unwrap_err()
+                .code,
+            Code::DerivedDenied
+        );
+        // narrow tokenizes email and lists nothing for it: nothing allowed.
+        assert_eq!(
+            both("SELECT count(email) FROM customers").unwrap_err().code,
+            Code::DerivedDenied
+        );
+        // count(c.*) needs count on every protected column of the row.
+        assert_eq!(
+            both("SELECT count(c.*) FROM customers c").unwrap_err().code,
+            Code::DerivedDenied
+        );
+        assert!(decide_allowed("narrow", &[], "SELECT count(ssn) FROM customers").is_ok());
     }
 
     #[test]

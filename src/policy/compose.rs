@@ -7,8 +7,8 @@
 //! ask for it.
 use super::formats::{MaskSpec, TokenFormat};
 use super::model::{
-    Action, Alerts, AuditLevel, Class, Policy, RoleRule, StatementKind, StatementSet,
-    WILDCARD_ROLE, canonical_parts,
+    Action, Alerts, AuditLevel, Class, DerivedSet, DerivedUse, Policy, RoleRule, StatementKind,
+    StatementSet, WILDCARD_ROLE, canonical_parts,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -43,6 +43,17 @@ pub struct ColumnDecision {
     pub may_filter: bool,
     /// Why filtering is or isn't allowed.
     pub filter_rule: Arc<str>,
+    /// The named derived uses (`count(col)`, `col IS NULL`...) every matched rule allows.
+    pub derived: DerivedSet,
+    /// The `allow:` rules behind `derived`, or why it is empty.
+    pub derived_rule: Arc<str>,
+}
+
+impl ColumnDecision {
+    /// Whether the role may receive this derived use of the column. Never for `deny`.
+    pub fn allows(&self, d: DerivedUse) -> bool {
+        self.action != Action::Deny && self.derived.contains(d)
+    }
 }
 
 /// A limit and the rule that set it.
@@ -328,6 +339,7 @@ impl Policy {
         });
 
         let (may_filter, filter_rule) = self.decide_filter(index, action, rules);
+        let (derived, derived_rule) = self.decide_derived(index, action, rules);
         ColumnDecision {
             column: Arc::from(""),
             label: Arc::from(label.name.as_str()),
@@ -344,7 +356,50 @@ impl Policy {
             rule: Arc::from(rule),
             may_filter,
             filter_rule: Arc::from(filter_rule),
+            derived,
+            derived_rule: Arc::from(derived_rule),
         }
+    }
+
+    /// Named derived uses of a label: every matched rule must allow each one, as for
+    /// `filter_on`; a rule allows what its `allow:` entry for the label (else its class)
+    /// lists, everything when it shows the label in clear or says nothing about it, and
+    /// nothing otherwise. `deny` allows nothing.
+    fn decide_derived(
+        &self,
+        index: usize,
+        action: Action,
+        rules: &[&RoleRule],
+    ) -> (DerivedSet, String) {
+        let label = &self.labels[index];
+        if action == Action::Clear {
+            return (DerivedSet::ALL, "shown in clear".to_string());
+        }
+        if action == Action::Deny {
+            return (DerivedSet::NONE, "denied outright".to_string());
+        }
+        let mut set = DerivedSet::ALL;
+        let mut why = Vec::new();
+        for r in rules {
+            let entry = r.entry_for(index, label.class);
+            if let Some(a) = r.allow_for(index, label.class) {
+                set = set.intersect(a.uses);
+                why.push(self.rule_text(r, "allow", a.pos));
+            } else if entry.is_some_and(|e| e.action != Action::Clear) {
+                return (
+                    DerivedSet::NONE,
+                    format!(
+                        "roles.{} does not list '{}' or '{}' in allow ({}:{})",
+                        r.path_name(),
+                        label.name,
+                        label.class,
+                        self.source_name,
+                        r.pos.line
+                    ),
+                );
+            }
+        }
+        (set, why.join(", "))
     }
 
     /// Filtering on a label is fine when the role sees it in clear. Otherwise every matched

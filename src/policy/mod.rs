@@ -24,7 +24,9 @@ pub mod weaken;
 pub use compose::{ColumnDecision, RoleView, RowLimit};
 pub use error::{Diagnostic, PolicyError};
 pub use formats::{MaskSpec, TokenFormat};
-pub use model::{Action, AuditLevel, Class, ColumnName, Policy, StatementKind};
+pub use model::{
+    Action, AuditLevel, Class, ColumnName, DerivedSet, DerivedUse, Policy, StatementKind,
+};
 pub use store::{PolicyStore, WatchError, WatchHandle};
 
 impl Policy {

@@ -326,6 +326,87 @@ pub enum Target {
     Label(usize),
 }
 
+/// A named derived use a rule may allow on a label (`allow: { pii: [count, is_null] }`):
+/// the only functions of a protected value that reach the role, each applied to the column
+/// itself (see the read path's planning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DerivedUse {
+    /// `count(col)`, `count(t.*)`.
+    Count,
+    /// `count(DISTINCT col)`.
+    CountDistinct,
+    /// `col IS NULL`, `col IS NOT NULL`.
+    IsNull,
+    /// `length(col)`, `char_length(col)`, `character_length(col)`, `octet_length(col)`.
+    Length,
+}
+
+impl DerivedUse {
+    pub const ALL: [DerivedUse; 4] = [
+        DerivedUse::Count,
+        DerivedUse::CountDistinct,
+        DerivedUse::IsNull,
+        DerivedUse::Length,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DerivedUse::Count => "count",
+            DerivedUse::CountDistinct => "count_distinct",
+            DerivedUse::IsNull => "is_null",
+            DerivedUse::Length => "length",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DerivedUse> {
+        DerivedUse::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of [`DerivedUse`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DerivedSet(pub u8);
+
+impl DerivedSet {
+    pub const NONE: DerivedSet = DerivedSet(0);
+    pub const ALL: DerivedSet = DerivedSet(0b1111);
+
+    pub fn with(self, d: DerivedUse) -> DerivedSet {
+        DerivedSet(self.0 | d.bit())
+    }
+
+    pub fn contains(self, d: DerivedUse) -> bool {
+        self.0 & d.bit() != 0
+    }
+
+    pub fn intersect(self, other: DerivedSet) -> DerivedSet {
+        DerivedSet(self.0 & other.0)
+    }
+
+    /// The names in the set, e.g. `count, is_null`.
+    pub fn names(self) -> String {
+        let names: Vec<&str> = DerivedUse::ALL
+            .into_iter()
+            .filter(|d| self.contains(*d))
+            .map(DerivedUse::as_str)
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// One `allow:` entry of a role rule, e.g. `pii: [count]` on line 21.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllowEntry {
+    pub target: Target,
+    pub uses: DerivedSet,
+    pub pos: Pos,
+}
+
 /// One action entry in a role rule, e.g. `pii: mask` on line 19.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActionEntry {
@@ -345,6 +426,8 @@ pub struct RoleRule {
     /// `None` when the rule has no `filter_on:` (it then lets filter only on what it shows
     /// in clear).
     pub filter_on: Option<(Vec<Target>, Pos)>,
+    /// `allow:` entries: named derived uses per label or class.
+    pub allow: Vec<AllowEntry>,
     pub statements: StatementSet,
     pub statements_pos: Option<Pos>,
     pub enforce: bool,
@@ -387,6 +470,14 @@ impl RoleRule {
                 Target::Default => false,
             })
         })
+    }
+
+    /// The `allow:` entry for a label: the label's own beats its class's.
+    pub fn allow_for(&self, label: usize, class: Class) -> Option<&AllowEntry> {
+        self.allow
+            .iter()
+            .find(|a| a.target == Target::Label(label))
+            .or_else(|| self.allow.iter().find(|a| a.target == Target::Class(class)))
     }
 
     /// The rule's name as written in `roles.<name>` paths.

@@ -575,3 +575,50 @@ fn at_rest_needs_a_token_format_and_a_known_value() {
     .to_string();
     assert!(e.contains("at_rest"), "{e}");
 }
+
+#[test]
+fn allow_names_are_checked_with_their_line() {
+    let text = format!(
+        "{HEAD}roles:\n  r:\n    pii: mask\n    allow: {{ pii: [count, sum], emial: [count], email: count }}\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(errs.iter().all(|e| e.0 == 7), "{errs:#?}");
+    assert!(
+        errs[0]
+            .2
+            .contains("'sum' is not a derived use; known: count, count_distinct, is_null, length"),
+        "{errs:#?}"
+    );
+    assert!(errs[1].2.contains("'emial' is neither a label nor a class"));
+    assert!(errs[2].2.contains("must be a list"));
+}
+
+#[test]
+fn allow_composes_by_intersection() {
+    use super::DerivedUse as D;
+    let text = format!(
+        "{HEAD}columns:\n  public.t.e: email\nroles:\n  a: {{ pii: mask, allow: {{ pii: [count, is_null] }} }}\n  \
+         b: {{ pii: token, allow: {{ email: [count, length] }} }}\n  c: {{ default: clear }}\n  \
+         d: {{ pii: mask }}\n  \"*\": {{ default: deny }}\n"
+    );
+    let p = Policy::from_yaml(&text, "p.yaml").unwrap();
+    let e = |login: &str, g: &[&str]| {
+        p.for_role(login, &groups(g))
+            .label("email")
+            .unwrap()
+            .clone()
+    };
+    let a = e("a", &[]);
+    assert!(a.allows(D::Count) && a.allows(D::IsNull) && !a.allows(D::Length));
+    assert!(a.derived_rule.contains("roles.a.allow (p.yaml:"));
+    // Both rules apply: only what both allow.
+    let ab = e("a", &["b"]);
+    assert!(ab.allows(D::Count) && !ab.allows(D::IsNull) && !ab.allows(D::Length));
+    // A clear rule says nothing against it; a rule that masks without allow: allows nothing.
+    assert!(e("a", &["c"]).allows(D::IsNull));
+    let ad = e("a", &["d"]);
+    assert!(!ad.allows(D::Count), "{:?}", ad.derived_rule);
+    // The "*" rule denies: deny allows nothing.
+    assert!(!e("nobody", &[]).allows(D::Count));
+}

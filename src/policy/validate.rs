@@ -5,8 +5,9 @@ use super::error::{Diagnostic, PolicyError};
 use super::formats::{mask_fits_token, parse_mask_spec, parse_token_format};
 use super::hints;
 use super::model::{
-    Action, ActionEntry, AlertAction, Alerts, AuditLevel, Class, ColumnEntry, ColumnName, Label,
-    Policy, RoleRule, StatementKind, StatementSet, Target, WILDCARD_ROLE,
+    Action, ActionEntry, AlertAction, Alerts, AllowEntry, AuditLevel, Class, ColumnEntry,
+    ColumnName, DerivedSet, DerivedUse, Label, Policy, RoleRule, StatementKind, StatementSet,
+    Target, WILDCARD_ROLE,
 };
 use super::node::{self, Key, Node, Pos, Value};
 use std::collections::HashMap;
@@ -16,9 +17,10 @@ use std::str::FromStr;
 pub const SUPPORTED_VERSION: i128 = 1;
 
 /// Role-rule keys that are options rather than class or label names.
-const RULE_OPTIONS: [&str; 6] = [
+const RULE_OPTIONS: [&str; 7] = [
     "row_limit",
     "filter_on",
+    "allow",
     "statements",
     "enforce",
     "audit",
@@ -489,6 +491,7 @@ impl Checker {
             actions: Vec::new(),
             row_limit: None,
             filter_on: None,
+            allow: Vec::new(),
             statements: StatementSet::DEFAULT,
             statements_pos: None,
             enforce: true,
@@ -528,6 +531,7 @@ impl Checker {
                         rule.filter_on = Some((targets, k.pos));
                     }
                 }
+                "allow" => rule.allow = self.allow(v, &path, label_index),
                 "statements" => {
                     rule.statements = self.statements(v, &path);
                     rule.statements_pos = Some(k.pos);
@@ -719,6 +723,60 @@ impl Checker {
             }
         }
         alerts
+    }
+}
+
+impl Checker {
+    /// `allow: { pii: [count, is_null], ssn: [length] }`: named derived uses per label or
+    /// class. Unknown labels, classes and use names are errors.
+    fn allow(
+        &mut self,
+        node: &Node,
+        path: &str,
+        label_index: &HashMap<String, usize>,
+    ) -> Vec<AllowEntry> {
+        let mut out = Vec::new();
+        for (k, v) in self.entries(node, path) {
+            let entry_path = format!("{path}.{}", k.name);
+            let target = match target_of(&k.name, label_index) {
+                Some(t @ (Target::Label(_) | Target::Class(_))) => t,
+                _ => {
+                    self.err(
+                        k.pos,
+                        format!(
+                            "{path}: '{}' is neither a label nor a class; labels: {}; classes: {}",
+                            k.name,
+                            known_labels(label_index),
+                            list_of(Class::ALL.iter().map(|c| c.as_str()))
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let mut uses = DerivedSet::NONE;
+            if let Some(items) = self.list(v, &entry_path) {
+                for item in items {
+                    if let Some(name) = self.string(item, &entry_path) {
+                        match DerivedUse::from_name(name) {
+                            Some(d) => uses = uses.with(d),
+                            None => self.err(
+                                item.pos,
+                                format!(
+                                    "{entry_path}: '{name}' is not a derived use; known: {}",
+                                    DerivedSet::ALL.names()
+                                ),
+                            ),
+                        }
+                    }
+                }
+            }
+            out.push(AllowEntry {
+                target,
+                uses,
+                pos: k.pos,
+            });
+        }
+        out
     }
 }
 

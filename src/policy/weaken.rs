@@ -145,6 +145,17 @@ fn compare(
         {
             out.push(format!("roles.{name}: {column}: filtering newly allowed"));
         }
+        if a != Action::Clear && b != Action::Clear && b != Action::Deny {
+            let had = before.map_or(super::DerivedSet::NONE, |d| d.derived);
+            let has = after.map_or(super::DerivedSet::NONE, |d| d.derived);
+            let new_uses = super::DerivedSet(has.0 & !had.0);
+            if new_uses != super::DerivedSet::NONE {
+                out.push(format!(
+                    "roles.{name}: {column}: derived uses newly allowed ({})",
+                    new_uses.names()
+                ));
+            }
+        }
     }
 }
 
@@ -218,6 +229,13 @@ roles:
                     "support: { pii: mask, filter_on: [pii] }",
                 ),
                 "filtering",
+            ),
+            (
+                BASE.replace(
+                    "support: { pii: mask }",
+                    "support: { pii: mask, allow: { ssn: [count] } }",
+                ),
+                "ssn: derived uses newly allowed (count)",
             ),
         ];
         for (text, expect) in cases {

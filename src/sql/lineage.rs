@@ -9,7 +9,7 @@
 
 use super::catalog::{Catalog, RelationKind, fold};
 use super::functions::{self, FunctionClass};
-use super::types::{Clause, Problem, ProblemKind, Source, Use};
+use super::types::{Clause, DerivedUse, Problem, ProblemKind, Source, Use};
 use sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause, FunctionArguments,
     GroupByExpr, JoinConstraint, JoinOperator, ObjectName, OrderBy, OrderByExpr, OrderByKind,
@@ -116,7 +116,12 @@ impl<'c> Analyzer<'c> {
     /// (passthrough), indirect for a value derived from it.
     fn add_uses(&mut self, sources: &[Source], clause: Clause) {
         for source in sources {
-            self.add_use(&source.column, clause, source.passthrough);
+            self.push_use(Use {
+                column: source.column.clone(),
+                clause,
+                direct: source.passthrough,
+                allowance: source.allowance,
+            });
         }
     }
 
@@ -128,11 +133,15 @@ impl<'c> Analyzer<'c> {
     }
 
     fn add_use(&mut self, column: &str, clause: Clause, direct: bool) {
-        let used = Use {
+        self.push_use(Use {
             column: column.to_owned(),
             clause,
             direct,
-        };
+            allowance: None,
+        });
+    }
+
+    fn push_use(&mut self, used: Use) {
         if !self.uses.contains(&used) {
             self.uses.push(used);
         }
@@ -185,7 +194,25 @@ impl<'c> Analyzer<'c> {
                 self.sort_key(left, scope, clause);
                 self.sort_key(right, scope, clause);
             }
-            Expr::IsNull(e) | Expr::IsNotNull(e) => self.sort_key(e, scope, clause),
+            Expr::IsNull(_) | Expr::IsNotNull(_) => {
+                // `col IS [NOT] NULL` is a direct use, and the named derived use `is_null`.
+                let (Expr::IsNull(e) | Expr::IsNotNull(e)) = expr else {
+                    return;
+                };
+                let named = is_column_ref(e);
+                for s in self.expr(e, scope) {
+                    self.push_use(Use {
+                        allowance: if named && s.passthrough {
+                            Some(DerivedUse::IsNull)
+                        } else {
+                            s.allowance
+                        },
+                        direct: s.passthrough,
+                        column: s.column,
+                        clause,
+                    });
+                }
+            }
             Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
                 self.sort_key(a, scope, clause);
                 self.sort_key(b, scope, clause);
@@ -1251,6 +1278,19 @@ impl<'c> Analyzer<'c> {
                 }
                 sources
             }
+            Expr::IsNull(e) | Expr::IsNotNull(e) => {
+                let via = if matches!(expr, Expr::IsNull(_)) {
+                    "IS NULL"
+                } else {
+                    "IS NOT NULL"
+                };
+                let sources = self.expr(e, scope);
+                if is_column_ref(e) {
+                    derive_as(sources, via, DerivedUse::IsNull)
+                } else {
+                    derive(sources, via)
+                }
+            }
             Expr::Subquery(query) => self.scalar_subquery(query, scope),
             Expr::Exists { subquery, .. } => {
                 // Only existence reaches the result; the subquery's clauses are recorded.
@@ -1375,6 +1415,7 @@ impl<'c> Analyzer<'c> {
     fn function(&mut self, function: &Function, scope: &Scope) -> Vec<Source> {
         let (schema, name) = split_name(&function.name);
         self.check_function(schema.as_deref(), &name, &function.name);
+        let named = named_use(schema.as_deref(), &name, function);
         let mut sources = Vec::new();
         match &function.args {
             FunctionArguments::None => {}
@@ -1387,7 +1428,19 @@ impl<'c> Analyzer<'c> {
             }
             FunctionArguments::List(list) => {
                 for arg in &list.args {
-                    extend_unique(&mut sources, self.function_arg(arg, scope, &name));
+                    let arg_sources = match arg {
+                        // count(t.*): the row's columns as they arrive, for `count`.
+                        FunctionArg::Unnamed(FunctionArgExpr::QualifiedWildcard(rel))
+                            if named.is_some() =>
+                        {
+                            match self.find_rel(scope, rel) {
+                                Some(r) => r.cols.iter().flat_map(|c| c.sources.clone()).collect(),
+                                None => self.function_arg(arg, scope, &name),
+                            }
+                        }
+                        _ => self.function_arg(arg, scope, &name),
+                    };
+                    extend_unique(&mut sources, arg_sources);
                 }
                 for clause in &list.clauses {
                     match clause {
@@ -1427,7 +1480,10 @@ impl<'c> Analyzer<'c> {
         if functions::classify(schema.as_deref(), &name) == FunctionClass::Sink {
             self.side_channel(&sources);
         }
-        derive(sources, &name)
+        match named {
+            Some(d) => derive_as(sources, &name, d),
+            None => derive(sources, &name),
+        }
     }
 
     fn function_arg(&mut self, arg: &FunctionArg, scope: &Scope, function: &str) -> Vec<Source> {
@@ -1662,6 +1718,69 @@ fn subscript_exprs(subscript: &sqlparser::ast::Subscript) -> Vec<&Expr> {
 fn whole_row(rel: &Rel) -> Vec<Source> {
     let sources: Vec<Source> = rel.cols.iter().flat_map(|c| c.sources.clone()).collect();
     derive(sources, "row")
+}
+
+/// The named derived use a built-in call is, when its single argument is a column itself
+/// (or `t.*` for `count`): `count(col)`, `count(DISTINCT col)`, `count(t.*)`, `length(col)`,
+/// `char_length(col)`, `character_length(col)`, `octet_length(col)`. Anything else (another
+/// schema, more arguments, an expression inside, ORDER BY or WITHIN GROUP) is `None`.
+fn named_use(schema: Option<&str>, name: &str, function: &Function) -> Option<DerivedUse> {
+    use sqlparser::ast::DuplicateTreatment;
+    if !matches!(schema, None | Some("pg_catalog"))
+        || !matches!(function.parameters, FunctionArguments::None)
+        || !function.within_group.is_empty()
+    {
+        return None;
+    }
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    let [FunctionArg::Unnamed(arg)] = list.args.as_slice() else {
+        return None;
+    };
+    if !list.clauses.is_empty() {
+        return None;
+    }
+    let distinct = match list.duplicate_treatment {
+        None | Some(DuplicateTreatment::All) => false,
+        Some(DuplicateTreatment::Distinct) => true,
+    };
+    let column = matches!(arg, FunctionArgExpr::Expr(e) if is_column_ref(e));
+    let row = matches!(arg, FunctionArgExpr::QualifiedWildcard(_));
+    match name {
+        "count" if distinct && column => Some(DerivedUse::CountDistinct),
+        "count" if !distinct && (column || row) => Some(DerivedUse::Count),
+        "length" | "char_length" | "character_length" | "octet_length"
+            if !distinct && column && function.filter.is_none() && function.over.is_none() =>
+        {
+            Some(DerivedUse::Length)
+        }
+        _ => None,
+    }
+}
+
+/// A column reference, possibly parenthesised: `ssn`, `c.ssn`, `(c.ssn)`.
+fn is_column_ref(expr: &Expr) -> bool {
+    let mut e = expr;
+    loop {
+        match e {
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => return true,
+            Expr::Nested(inner) => e = inner,
+            _ => return false,
+        }
+    }
+}
+
+/// Marks sources as derived through a named derived use (see [`Source::derived_as`]).
+fn derive_as(sources: Vec<Source>, via: &str, allowance: DerivedUse) -> Vec<Source> {
+    let mut out = Vec::with_capacity(sources.len());
+    for source in sources {
+        let derived = source.derived_as(via, allowance);
+        if !out.contains(&derived) {
+            out.push(derived);
+        }
+    }
+    out
 }
 
 /// Marks sources as derived through `via` (the outermost derivation wins).

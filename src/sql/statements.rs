@@ -232,6 +232,7 @@ fn dispatch(
                     direct: source.passthrough,
                     column: source.column,
                     clause: Clause::Explain,
+                    allowance: None,
                 };
                 if !analyzer.uses.contains(&used) {
                     analyzer.uses.push(used);

@@ -49,6 +49,7 @@ fn dv(name: &str, via: &str) -> Source {
         column: col(name),
         passthrough: false,
         via: Some(via.to_owned()),
+        allowance: None,
     }
 }
 
@@ -320,8 +321,54 @@ fn every_derivation_is_reported_derived() {
         } else {
             dv(column, via)
         };
-        assert_eq!(output(&a, 0), [expected], "{expr}");
+        // Named derived uses are checked in `named_derived_uses_are_marked`.
+        let got: Vec<Source> = output(&a, 0)
+            .iter()
+            .map(|s| Source {
+                allowance: None,
+                ..s.clone()
+            })
+            .collect();
+        assert_eq!(got, [expected], "{expr}");
     }
+}
+
+#[test]
+fn named_derived_uses_are_marked() {
+    use super::types::DerivedUse as D;
+    let cases: &[(&str, Option<D>)] = &[
+        ("count(email)", Some(D::Count)),
+        ("count(c.email)", Some(D::Count)),
+        ("count(DISTINCT (email))", Some(D::CountDistinct)),
+        ("pg_catalog.length(email)", Some(D::Length)),
+        ("octet_length(email) + 1", Some(D::Length)),
+        ("email IS NOT NULL", Some(D::IsNull)),
+        ("count(lower(email))", None),
+        ("length(email || 'x')", None),
+        ("length(email, 'UTF8')", None),
+        ("count(email ORDER BY email)", None),
+        ("lower(email) IS NULL", None),
+        ("max(email)", None),
+    ];
+    for (expr, want) in cases {
+        let a = one(&format!("SELECT {expr} FROM customers c"));
+        let got: Vec<Option<D>> = output(&a, 0).iter().map(|s| s.allowance).collect();
+        assert_eq!(got, [*want], "{expr}");
+    }
+    let a = one("SELECT id FROM customers WHERE email IS NULL AND length(ssn) > 3");
+    let mut uses: Vec<(String, bool, Option<D>)> = a
+        .uses
+        .iter()
+        .map(|u| (u.column.clone(), u.direct, u.allowance))
+        .collect();
+    uses.sort();
+    assert_eq!(
+        uses,
+        [
+            (col("email"), true, Some(D::IsNull)),
+            (col("ssn"), false, Some(D::Length)),
+        ]
+    );
 }
 
 #[test]

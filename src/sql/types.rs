@@ -1,5 +1,6 @@
 //! The analysis result types handed to the session and the policy.
 
+pub use crate::policy::DerivedUse;
 use serde::Serialize;
 
 /// What kind of statement this is. [`StatementKind::policy_kind`] maps it onto the policy's
@@ -59,6 +60,12 @@ pub struct Source {
     /// For derived values, the outermost function/operator/cast that derived it
     /// (`lower`, `||`, `::text`, `count`, `row`...).
     pub via: Option<String>,
+    /// Set when the value went through a named derived use (`count(col)`, `col IS NULL`...)
+    /// applied to the column itself. It survives further derivation (`count(ssn) + 1`,
+    /// `sum(length(ssn))` reveal no more than the use itself); a derivation before the use
+    /// (`count(lower(ssn))`) never gets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<DerivedUse>,
 }
 
 impl Source {
@@ -67,6 +74,20 @@ impl Source {
             column: column.into(),
             passthrough: true,
             via: None,
+            allowance: None,
+        }
+    }
+
+    /// The same column through a named derived use. Only a column arriving unchanged
+    /// (passthrough) gets the allowance: `count(lower(ssn))` is just derived.
+    pub fn derived_as(&self, via: &str, allowance: DerivedUse) -> Self {
+        Self {
+            allowance: if self.passthrough {
+                Some(allowance)
+            } else {
+                self.allowance
+            },
+            ..self.derived_via(via)
         }
     }
 
@@ -76,6 +97,7 @@ impl Source {
             column: self.column.clone(),
             passthrough: false,
             via: Some(via.to_owned()),
+            allowance: self.allowance,
         }
     }
 }
@@ -128,6 +150,10 @@ pub struct Use {
     /// when an expression over it is (`ssn::int = 1`, `lower(email) = …`), which can raise
     /// an error that quotes the value: `filter_on` allows only direct uses.
     pub direct: bool,
+    /// The named derived use the column is used through (`WHERE ssn IS NULL`,
+    /// `HAVING count(ssn) > 1`), applied to the column itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<DerivedUse>,
 }
 
 /// Why an analysis is not proven; the caller refuses restricted roles when any is present.

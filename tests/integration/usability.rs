@@ -2,6 +2,7 @@
 //! through tokengate (counts, joins on unprotected keys, their own writes, well-formed tokens and
 //! masks, clear values for app_admin, a usable session after a refusal).
 use crate::crm::*;
+use crate::harness::{SUPERUSER_PW, proxy_with};
 
 use tokengate::demo::data::luhn_valid;
 
@@ -470,5 +471,98 @@ async fn usability_settings_changed_by_ordinary_statements_keep_the_session() {
             .unwrap_or_else(|e| panic!("{role}: extended SET: {e}"));
         let got = rows(&s, "SELECT count(*) FROM customers").await;
         assert_eq!(got.len(), 1, "{role}: the session is still usable");
+    }
+}
+
+/// `allow:` lets a role receive named derived uses of a protected column, exactly: the same
+/// numbers as PostgreSQL gives directly, and nothing else (an expression inside, or a role
+/// without the allowance, stays TG106).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_allowed_derived_uses_return_the_real_numbers() {
+    crm();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
+        .unwrap();
+    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
+    assert!(demo.contains(support_rule));
+    std::fs::write(
+        &path,
+        demo.replace(
+            support_rule,
+            "support:   { pii: mask, financial: mask, health: deny, allow: { pii: [count, count_distinct, is_null, length], financial: [count] } }",
+        ),
+    )
+    .unwrap();
+    let (p, keys) = (path.clone(), crm().keys.clone());
+    let proxy = proxy_with(move |c| {
+        c.policy = Some(p);
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+    })
+    .await;
+    let support = via(&proxy, "support").await;
+    let admin = direct("app_admin").await;
+    for sql in [
+        "SELECT count(ssn), count(DISTINCT email) FROM customers",
+        "SELECT count(c.*), count(c.phone) FROM customers c",
+        "SELECT count(p.*) FROM payments p",
+        "SELECT count(*) FILTER (WHERE email IS NULL), sum(length(ssn)), max(char_length(full_name)) FROM customers",
+        "SELECT id, phone IS NULL FROM customers ORDER BY id LIMIT 20",
+        "SELECT count(*) FROM customers WHERE birth_date IS NOT NULL",
+    ] {
+        let expected = rows(&admin, sql).await;
+        assert!(!expected.is_empty(), "{sql}");
+        assert_eq!(rows(&support, sql).await, expected, "{sql}");
+    }
+    // The numbers are real: 200 customers, each with an SSN.
+    let counts = rows(&support, "SELECT count(ssn), count(c.*) FROM customers c").await;
+    assert_eq!(
+        counts[0][0].as_deref(),
+        Some(CUSTOMERS.to_string().as_str())
+    );
+    let tg = |e: tokio_postgres::Error| {
+        let db = e
+            .as_db_error()
+            .map(|d| (d.code().code().to_string(), d.message().to_string()));
+        db.unwrap_or_else(|| panic!("not an ErrorResponse: {e}"))
+    };
+    for sql in [
+        "SELECT count(lower(ssn)) FROM customers",
+        "SELECT length(ssn || 'x') FROM customers",
+        "SELECT max(ssn) FROM customers",
+        "SELECT length(ssn) || ssn FROM customers",
+    ] {
+        let (code, message) = tg(support
+            .client
+            .simple_query(sql)
+            .await
+            .map(|_| ())
+            .unwrap_err());
+        assert_eq!(code, "42501", "{sql}");
+        assert!(message.contains("TG106"), "{sql}: {message}");
+    }
+    // The session stays usable, and a role without the allowance keeps TG106.
+    assert_eq!(
+        rows(&support, "SELECT count(ssn) FROM customers").await,
+        counts
+            .iter()
+            .map(|r| vec![r[0].clone()])
+            .collect::<Vec<_>>()
+    );
+    let analyst = via(&proxy, "analyst").await;
+    for sql in [
+        "SELECT count(ssn), count(DISTINCT email) FROM customers",
+        "SELECT count(c.*) FROM customers c",
+    ] {
+        let (code, message) = tg(analyst
+            .client
+            .simple_query(sql)
+            .await
+            .map(|_| ())
+            .unwrap_err());
+        assert_eq!(code, "42501", "{sql}");
+        assert!(message.contains("TG106"), "{sql}: {message}");
     }
 }
