@@ -191,14 +191,18 @@ pub fn plan_statement(
     named: &dyn Named,
 ) -> Result<StatementPlan, Refusal> {
     // A code block's own code says more than "cannot parse".
+    // `see_activity: true` waives only the refusal of other sessions' activity views.
+    let waived =
+        |p: &&crate::sql::Problem| p.kind == ProblemKind::SessionActivity && view.see_activity();
     let first = a
         .problems
         .iter()
+        .filter(|p| !waived(p))
         .find(|p| p.kind == ProblemKind::ProceduralCode)
-        .or(a.problems.first());
+        .or(a.problems.iter().find(|p| !waived(p)));
     if let Some(p) = first {
         let mut refusal = Refusal::new(p.kind.code(), p.message.clone());
-        refusal.server_may_explain = a.problems.iter().all(|p| {
+        refusal.server_may_explain = a.problems.iter().filter(|p| !waived(p)).all(|p| {
             matches!(
                 p.kind,
                 ProblemKind::Unparseable
@@ -864,5 +868,35 @@ mod tests {
                 .0,
             1000
         );
+    }
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use crate::policy::Policy;
+
+    #[test]
+    fn see_activity_composes_over_matching_rules() {
+        let demo = include_str!("../../policies/demo.yaml");
+        let rule = "support:   { pii: mask, financial: mask, health: deny }";
+        let text = demo.replace(
+            rule,
+            "support:   { pii: mask, financial: mask, health: deny, see_activity: true }",
+        );
+        let policy = Policy::from_yaml(&text, "demo.yaml").unwrap();
+        assert!(policy.for_role("support", &[]).see_activity());
+        assert!(!policy.for_role("analyst", &[]).see_activity());
+        // A group rule that says nothing does not object; one that says false does.
+        let groups = ["app_admin".to_string()];
+        assert!(policy.for_role("support", &groups).see_activity());
+        let denied = text.replace(
+            "app_admin: { default: clear }",
+            "app_admin: { default: clear, see_activity: false }",
+        );
+        assert_ne!(denied, text);
+        let denied = Policy::from_yaml(&denied, "demo.yaml").unwrap();
+        assert!(!denied.for_role("support", &groups).see_activity());
+        let plain = Policy::from_yaml(demo, "demo.yaml").unwrap();
+        assert!(!plain.for_role("support", &[]).see_activity());
     }
 }

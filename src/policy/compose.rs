@@ -76,6 +76,7 @@ pub struct RoleView {
     statement_rules: [Option<Arc<str>>; 8],
     enforce: bool,
     enforce_rule: String,
+    see_activity: bool,
     audit: Option<AuditLevel>,
     alerts: Option<Alerts>,
 }
@@ -154,6 +155,13 @@ impl RoleView {
     /// `false` = monitor-only: log and count what would have happened, let it through.
     pub fn enforce(&self) -> bool {
         self.enforce
+    }
+
+    /// Whether the role may read other sessions' activity (`pg_stat_activity`): when a rule
+    /// that matches it says `see_activity: true` and none says `false` (the most hiding rule
+    /// wins; a rule that says nothing does not object).
+    pub fn see_activity(&self) -> bool {
+        self.see_activity
     }
 
     /// Why `enforce()` is what it is.
@@ -306,6 +314,8 @@ impl Policy {
             statement_rules,
             enforce,
             enforce_rule,
+            see_activity: rules.iter().any(|r| r.see_activity == Some(true))
+                && !rules.iter().any(|r| r.see_activity == Some(false)),
             audit,
             alerts,
         }

@@ -432,6 +432,9 @@ pub struct RoleRule {
     pub statements_pos: Option<Pos>,
     pub enforce: bool,
     pub enforce_pos: Option<Pos>,
+    /// `see_activity:`: whether the role may read other sessions' activity
+    /// (`pg_stat_activity`); `None` when the rule does not say.
+    pub see_activity: Option<bool>,
     pub audit: Option<AuditLevel>,
     pub alerts: Option<Alerts>,
 }

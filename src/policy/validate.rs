@@ -17,7 +17,8 @@ use std::str::FromStr;
 pub const SUPPORTED_VERSION: i128 = 1;
 
 /// Role-rule keys that are options rather than class or label names.
-const RULE_OPTIONS: [&str; 7] = [
+const RULE_OPTIONS: [&str; 8] = [
+    "see_activity",
     "row_limit",
     "filter_on",
     "allow",
@@ -496,6 +497,7 @@ impl Checker {
             statements_pos: None,
             enforce: true,
             enforce_pos: None,
+            see_activity: None,
             audit: None,
             alerts: None,
         };
@@ -536,6 +538,13 @@ impl Checker {
                     rule.statements = self.statements(v, &path);
                     rule.statements_pos = Some(k.pos);
                 }
+                "see_activity" => match v.value {
+                    Value::Bool(b) => rule.see_activity = Some(b),
+                    ref other => self.err(
+                        v.pos,
+                        format!("{path} must be true or false, found {}", other.kind()),
+                    ),
+                },
                 "enforce" => match v.value {
                     Value::Bool(b) => {
                         rule.enforce = b;

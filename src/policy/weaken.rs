@@ -117,6 +117,11 @@ fn compare(
     columns: &BTreeSet<String>,
     out: &mut Vec<String>,
 ) {
+    if !old.see_activity() && new.see_activity() {
+        out.push(format!(
+            "roles.{name}: may now read other sessions' activity (see_activity)"
+        ));
+    }
     if old.enforce() && !new.enforce() {
         out.push(format!(
             "roles.{name}: enforcement turned off (monitor-only)"
@@ -236,6 +241,13 @@ roles:
                     "support: { pii: mask, allow: { ssn: [count] } }",
                 ),
                 "ssn: derived uses newly allowed (count)",
+            ),
+            (
+                BASE.replace(
+                    "support: { pii: mask }",
+                    "support: { pii: mask, see_activity: true }",
+                ),
+                "other sessions' activity",
             ),
         ];
         for (text, expect) in cases {

@@ -442,6 +442,19 @@ pub fn classify(schema: Option<&str>, name: &str) -> FunctionClass {
 }
 
 /// True for catalog relations whose rows expose data values (see [`DATA_EXPOSING_RELATIONS`]).
+/// The relations and functions that show other sessions' activity (their statement text, which
+/// may carry literal protected values). Refused like any data-exposing object unless the role's
+/// policy says `see_activity: true`.
+pub fn is_session_activity(name: &str) -> bool {
+    matches!(
+        name,
+        "pg_stat_activity"
+            | "pg_stat_statements"
+            | "pg_stat_get_activity"
+            | "pg_stat_get_backend_activity"
+    )
+}
+
 pub fn is_data_exposing_relation(schema: Option<&str>, name: &str) -> bool {
     matches!(schema, None | Some("pg_catalog") | Some("public"))
         && DATA_EXPOSING_RELATIONS.contains(&name)

@@ -994,7 +994,11 @@ impl<'c> Analyzer<'c> {
         };
         if functions::is_data_exposing_relation(schema.as_deref(), &relation_name) {
             self.problem(
-                ProblemKind::DataExposingRelation,
+                if functions::is_session_activity(&relation_name) {
+                    ProblemKind::SessionActivity
+                } else {
+                    ProblemKind::DataExposingRelation
+                },
                 format!("{name} exposes data values from other tables or sessions"),
             );
         }
@@ -1402,7 +1406,11 @@ impl<'c> Analyzer<'c> {
         match functions::classify(schema, function) {
             FunctionClass::Traceable | FunctionClass::Sink => {}
             FunctionClass::DataExposing => self.problem(
-                ProblemKind::DataExposingFunction,
+                if functions::is_session_activity(function) {
+                    ProblemKind::SessionActivity
+                } else {
+                    ProblemKind::DataExposingFunction
+                },
                 format!("function {name} exposes data through a side channel"),
             ),
             FunctionClass::Untraceable => self.problem(

@@ -171,6 +171,9 @@ pub enum ProblemKind {
     DataExposingFunction,
     /// A catalog relation that exposes data values (`pg_stats`...).
     DataExposingRelation,
+    /// Other sessions' activity (`pg_stat_activity`, `pg_stat_statements`): their statement
+    /// text may quote protected literals. Waived for roles with `see_activity: true`.
+    SessionActivity,
     /// DO blocks, CALL, procedural statements.
     ProceduralCode,
     /// COPY to a server file or program: the proxy never sees the data to rewrite it.
@@ -202,7 +205,9 @@ impl ProblemKind {
             Self::NotBuiltin => Code::NotBuiltin,
             Self::CopyOption => Code::CopyOption,
             Self::ProceduralCode => Code::CodeBlock,
-            Self::DataExposingFunction | Self::DataExposingRelation => Code::DataReaching,
+            Self::DataExposingFunction | Self::DataExposingRelation | Self::SessionActivity => {
+                Code::DataReaching
+            }
             _ => Code::Unproven,
         }
     }

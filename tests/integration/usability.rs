@@ -11,7 +11,7 @@ async fn rows(s: &Session, sql: &str) -> Vec<Vec<Option<String>>> {
     s.client
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
         .into_iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => {
@@ -565,4 +565,63 @@ async fn usability_allowed_derived_uses_return_the_real_numbers() {
         assert_eq!(code, "42501", "{sql}");
         assert!(message.contains("TG106"), "{sql}: {message}");
     }
+}
+
+/// `see_activity: true` lets a role read other sessions' activity (`pg_stat_activity`, whose
+/// statement text may quote protected literals); without it the view is refused (TG172), and
+/// the switch waives nothing else (`pg_stats` stays refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_see_activity_switch_opens_only_session_activity() {
+    crm();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
+        .unwrap();
+    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
+    assert!(demo.contains(support_rule));
+    std::fs::write(
+        &path,
+        demo.replace(
+            support_rule,
+            "support:   { pii: mask, financial: mask, health: deny, see_activity: true }",
+        ),
+    )
+    .unwrap();
+    let (p, keys) = (path.clone(), crm().keys.clone());
+    let proxy = proxy_with(move |c| {
+        c.policy = Some(p);
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+    })
+    .await;
+    let code = |r: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>| match r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().chars().take(15).collect())
+            .unwrap_or_else(|| e.to_string()),
+    };
+    let activity = "SELECT pid, query FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    // With the switch: the role's own row, with its own statement text, as directly.
+    let support = via(&proxy, "support").await;
+    let got = rows(&support, activity).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0][1].as_deref(), Some(activity));
+    assert_eq!(
+        code(support.client.simple_query("SELECT * FROM pg_stats").await),
+        "tokengate TG172"
+    );
+    // Without it (analyst, and the shared demo proxy's support): refused.
+    let analyst = via(&proxy, "analyst").await;
+    assert_eq!(
+        code(analyst.client.simple_query(activity).await),
+        "tokengate TG172"
+    );
+    let demo_proxy = crm_proxy().await;
+    let plain = via(&demo_proxy, "support").await;
+    assert_eq!(
+        code(plain.client.simple_query(activity).await),
+        "tokengate TG172"
+    );
 }
