@@ -18,12 +18,12 @@ pub const SUPPORTED_VERSION: i128 = 1;
 
 /// Role-rule keys that are options rather than class or label names.
 const RULE_OPTIONS: [&str; 8] = [
-    "see_activity",
     "row_limit",
     "filter_on",
     "allow",
     "statements",
     "enforce",
+    "see_activity",
     "audit",
     "alerts",
 ];
