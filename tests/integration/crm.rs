@@ -142,17 +142,34 @@ async fn load_secrets() -> Oracle {
 
 /// A tokengate running the demo policy in front of the shared PostgreSQL.
 pub async fn crm_proxy() -> RunningServer {
+    crm_proxy_with_policy(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/demo.yaml"
+    )))
+    .await
+}
+
+/// A proxy over the CRM running the policy file at `path` (its watcher reloads edits).
+pub async fn crm_proxy_with_policy(path: PathBuf) -> RunningServer {
     let keys = crm().keys.clone();
-    proxy_with(|c| {
-        c.policy = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/policies/demo.yaml"
-        )));
+    proxy_with(move |c| {
+        c.policy = Some(path);
         c.keys = Some(keys);
         c.catalog_user = Some("postgres".into());
         c.catalog_password = Some(SUPERUSER_PW.into());
     })
     .await
+}
+
+/// `policies/demo.yaml` with its `support` rule replaced by `rule`, written to `dir`.
+pub fn demo_policy_with_support(dir: &std::path::Path, rule: &str) -> PathBuf {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
+        .unwrap();
+    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
+    assert!(demo.contains(support_rule));
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, demo.replace(support_rule, rule)).unwrap();
+    path
 }
 
 pub fn crm_config(port: u16, role: &str) -> tokio_postgres::Config {

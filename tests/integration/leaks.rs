@@ -1509,24 +1509,8 @@ async fn leaks_auditor_statement_kinds_and_row_limit() {
 async fn statements_prepared_before_a_restricting_reload_are_not_run_in_clear() {
     crm();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.yaml");
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
-    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
-    assert!(demo.contains(support_rule));
-    std::fs::write(
-        &path,
-        demo.replace(support_rule, "support:   { default: clear }"),
-    )
-    .unwrap();
-    let (p, keys) = (path.clone(), crm().keys.clone());
-    let proxy = proxy_with(move |c| {
-        c.policy = Some(p);
-        c.keys = Some(keys);
-        c.catalog_user = Some("postgres".into());
-        c.catalog_password = Some(SUPERUSER_PW.into());
-    })
-    .await;
+    let path = demo_policy_with_support(dir.path(), "support:   { default: clear }");
+    let proxy = crm_proxy_with_policy(path.clone()).await;
     let s = via(&proxy, "support").await;
     let admin = direct("app_admin").await;
     let ssn: String = admin
@@ -1543,6 +1527,8 @@ async fn statements_prepared_before_a_restricting_reload_are_not_run_in_clear() 
     let clear: String = s.client.query_one(&stmt, &[]).await.unwrap().get(0);
     assert_eq!(clear, ssn, "fully clear before the reload");
 
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
+        .unwrap();
     std::fs::write(&path, &demo).unwrap();
     let series = "tokengate_policy_generation";
     assert_eq!(metric_reaching(&proxy, series, 2.0).await, 2.0);

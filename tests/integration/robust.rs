@@ -618,14 +618,7 @@ async fn in_place_truncated_policy_writes_never_leak() {
     let full = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
         .unwrap();
     std::fs::write(&path, &full).unwrap();
-    let (p, keys) = (path.clone(), crm().keys.clone());
-    let proxy = proxy_with(move |c| {
-        c.policy = Some(p);
-        c.keys = Some(keys);
-        c.catalog_user = Some("postgres".into());
-        c.catalog_password = Some(SUPERUSER_PW.into());
-    })
-    .await;
+    let proxy = crm_proxy_with_policy(path.clone()).await;
     let admin = direct("app_admin").await;
     let secrets: std::collections::HashSet<String> = admin
         .client
@@ -712,14 +705,7 @@ async fn a_weakening_edit_waits_for_an_explicit_reload() {
     let full = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
         .unwrap();
     std::fs::write(&path, &full).unwrap();
-    let (p, keys) = (path.clone(), crm().keys.clone());
-    let proxy = proxy_with(move |c| {
-        c.policy = Some(p);
-        c.keys = Some(keys);
-        c.catalog_user = Some("postgres".into());
-        c.catalog_password = Some(SUPERUSER_PW.into());
-    })
-    .await;
+    let proxy = crm_proxy_with_policy(path.clone()).await;
     let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
     assert!(full.contains(support_rule));
     save(

@@ -2,7 +2,6 @@
 //! through tokengate (counts, joins on unprotected keys, their own writes, well-formed tokens and
 //! masks, clear values for app_admin, a usable session after a refusal).
 use crate::crm::*;
-use crate::harness::{SUPERUSER_PW, proxy_with};
 
 use tokengate::demo::data::luhn_valid;
 
@@ -481,27 +480,11 @@ async fn usability_settings_changed_by_ordinary_statements_keep_the_session() {
 async fn usability_allowed_derived_uses_return_the_real_numbers() {
     crm();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.yaml");
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
-    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
-    assert!(demo.contains(support_rule));
-    std::fs::write(
-        &path,
-        demo.replace(
-            support_rule,
-            "support:   { pii: mask, financial: mask, health: deny, allow: { pii: [count, count_distinct, is_null, length], financial: [count] } }",
-        ),
-    )
-    .unwrap();
-    let (p, keys) = (path.clone(), crm().keys.clone());
-    let proxy = proxy_with(move |c| {
-        c.policy = Some(p);
-        c.keys = Some(keys);
-        c.catalog_user = Some("postgres".into());
-        c.catalog_password = Some(SUPERUSER_PW.into());
-    })
-    .await;
+    let path = demo_policy_with_support(
+        dir.path(),
+        "support:   { pii: mask, financial: mask, health: deny, allow: { pii: [count, count_distinct, is_null, length], financial: [count] } }",
+    );
+    let proxy = crm_proxy_with_policy(path.clone()).await;
     let support = via(&proxy, "support").await;
     let admin = direct("app_admin").await;
     for sql in [
@@ -574,27 +557,11 @@ async fn usability_allowed_derived_uses_return_the_real_numbers() {
 async fn usability_see_activity_switch_opens_only_session_activity() {
     crm();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("policy.yaml");
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
-    let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
-    assert!(demo.contains(support_rule));
-    std::fs::write(
-        &path,
-        demo.replace(
-            support_rule,
-            "support:   { pii: mask, financial: mask, health: deny, see_activity: true }",
-        ),
-    )
-    .unwrap();
-    let (p, keys) = (path.clone(), crm().keys.clone());
-    let proxy = proxy_with(move |c| {
-        c.policy = Some(p);
-        c.keys = Some(keys);
-        c.catalog_user = Some("postgres".into());
-        c.catalog_password = Some(SUPERUSER_PW.into());
-    })
-    .await;
+    let path = demo_policy_with_support(
+        dir.path(),
+        "support:   { pii: mask, financial: mask, health: deny, see_activity: true }",
+    );
+    let proxy = crm_proxy_with_policy(path.clone()).await;
     let code = |r: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>| match r {
         Ok(_) => "ok".to_string(),
         Err(e) => e
