@@ -125,7 +125,7 @@ mod tests {
     use super::*;
     use crate::wire::backend::error_field;
 
-    fn body(fields: &[(u8, &str)]) -> Vec<u8> {
+    pub(super) fn body(fields: &[(u8, &str)]) -> Vec<u8> {
         let mut b = Vec::new();
         for (c, v) in fields {
             b.push(*c);
@@ -222,17 +222,7 @@ pub fn unique_violation_key(body: &[u8]) -> Option<(String, String, Vec<String>)
 #[cfg(test)]
 mod unique_tests {
     use super::*;
-
-    fn error(fields: &[(u8, &str)]) -> Vec<u8> {
-        let mut b = Vec::new();
-        for (c, v) in fields {
-            b.push(*c);
-            b.extend_from_slice(v.as_bytes());
-            b.push(0);
-        }
-        b.push(0);
-        b
-    }
+    use tests::body as error;
 
     #[test]
     fn unique_violation_keys_are_read_only_when_plain() {

@@ -125,36 +125,20 @@ fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
             .parse()
             .map_err(|_| bad("token format"))
     };
+    let mask = || -> Result<crate::protect::MaskSpec, Refusal> {
+        d.mask
+            .as_ref()
+            .ok_or_else(|| bad("mask"))?
+            .as_str()
+            .parse()
+            .map_err(|_| bad("mask"))
+    };
     let action = match d.action {
         // Stored as tokens: clear roles get the plaintext, mask roles its mask.
         PolicyAction::Clear if d.at_rest => Action::Reveal(token()?, None),
-        PolicyAction::Mask if d.at_rest => Action::Reveal(
-            token()?,
-            Some(
-                d.mask
-                    .as_ref()
-                    .ok_or_else(|| bad("mask"))?
-                    .as_str()
-                    .parse()
-                    .map_err(|_| bad("mask"))?,
-            ),
-        ),
-        PolicyAction::Token => Action::Token(
-            d.token
-                .as_ref()
-                .ok_or_else(|| bad("token format"))?
-                .as_str()
-                .parse()
-                .map_err(|_| bad("token format"))?,
-        ),
-        PolicyAction::Mask => Action::Mask(
-            d.mask
-                .as_ref()
-                .ok_or_else(|| bad("mask"))?
-                .as_str()
-                .parse()
-                .map_err(|_| bad("mask"))?,
-        ),
+        PolicyAction::Mask if d.at_rest => Action::Reveal(token()?, Some(mask()?)),
+        PolicyAction::Token => Action::Token(token()?),
+        PolicyAction::Mask => Action::Mask(mask()?),
         PolicyAction::Null => Action::Null,
         PolicyAction::Clear | PolicyAction::Deny => return Err(bad("action")),
     };
