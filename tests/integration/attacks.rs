@@ -850,3 +850,39 @@ async fn reported_settings_cannot_carry_protected_values() {
     assert!(msgs.last().is_some_and(|m| m.tag != b'Z'));
     assert!(raw.recv().await.is_none(), "the connection is closed");
 }
+
+/// An attacker who read the own-notification rule (a payload the session itself wrote as a
+/// literal is delivered whole) sends the value it guesses as a literal first, then makes a
+/// DBA's trigger notify the stored value on the same channel from the same backend. The
+/// trigger's notification must still arrive empty: a literal is delivered whole once, so it
+/// cannot stand as a guess that a later notification confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_own_notification_literal_is_no_standing_guess() {
+    setup().await;
+    let admin = session_with(config(cluster().port(), "app_admin", None)).await;
+    let ssn: String = admin
+        .client
+        .query_one("SELECT ssn FROM customers WHERE id = 4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let proxy = crm_proxy().await;
+    let mut raw = raw_in(proxy.addr, "support", DB).await;
+    raw.query("LISTEN crm_chan").await;
+    // The session's own literal comes back whole (nothing in it is from the database).
+    let msgs = raw.query(&format!("NOTIFY crm_chan, '{ssn}'")).await;
+    let own = msgs
+        .iter()
+        .find(|m| m.tag == b'A')
+        .expect("own notification");
+    assert!(own.body.ends_with(format!("crm_chan\0{ssn}\0").as_bytes()));
+    // The trigger's notification with the same (correctly guessed) value: empty.
+    let msgs = raw
+        .query("UPDATE customers SET city = city WHERE id = 4")
+        .await;
+    let notification = msgs.iter().find(|m| m.tag == b'A').expect("a notification");
+    assert!(
+        notification.body.ends_with(b"crm_chan\0\0"),
+        "a guessed payload must not be confirmed"
+    );
+}

@@ -744,12 +744,14 @@ impl ReadPath {
     }
 
     /// A notification this session's own backend sent with a payload the session itself
-    /// wrote as a literal: nothing in it comes from the database.
-    fn own_notification(&self, body: &[u8]) -> bool {
+    /// wrote as a literal: nothing in it comes from the database. Each literal is delivered
+    /// whole once: a later notification with the same payload (a DBA's trigger notifying a
+    /// stored value, say) arrives empty, so a literal cannot serve as a standing guess.
+    fn own_notification(&mut self, body: &[u8]) -> bool {
         let Some((pid, channel, payload)) = scrub::notification_parts(body) else {
             return false;
         };
-        Some(pid) == self.server_pid && self.own_payloads.contains(&(channel, payload))
+        Some(pid) == self.server_pid && self.own_payloads.remove(&(channel, payload))
     }
 
     fn finish_execute(&mut self, x: ExecuteReply) {
