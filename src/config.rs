@@ -155,6 +155,10 @@ pub struct FileConfig {
     pub catalog_lock_timeout: Option<ConfigDuration>,
     pub catalog_statement_timeout: Option<ConfigDuration>,
     pub allow_weakening_reload: Option<bool>,
+    /// How often the state of the columns stored as tokens is re-read (`1s`).
+    pub at_rest_refresh: Option<ConfigDuration>,
+    /// How old that state may be before statements touching them are refused (`5s`).
+    pub at_rest_max_age: Option<ConfigDuration>,
 }
 
 impl FileConfig {
@@ -216,6 +220,11 @@ pub struct ServeConfig {
     /// Let the file watcher apply a policy that protects less than the one in force (by
     /// default only SIGHUP applies such a policy).
     pub allow_weakening_reload: bool,
+    /// How often the state of the columns stored as tokens is re-read.
+    pub at_rest_refresh: Duration,
+    /// How old that state may be before statements touching such columns are refused; keep
+    /// it below the `--grace` of `tokengate rekey` (see docs/at-rest.md).
+    pub at_rest_max_age: Duration,
 }
 
 /// TCP keepalive timing (idle time before the first probe, between probes, probes before
@@ -279,6 +288,14 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CATALOG_TTL: Duration = Duration::from_secs(60);
+/// How often a proxy re-reads the state of the columns stored as tokens.
+pub const DEFAULT_AT_REST_REFRESH: Duration = Duration::from_secs(1);
+/// How old that state may be before statements touching such columns are refused.
+pub const DEFAULT_AT_REST_MAX_AGE: Duration = Duration::from_secs(5);
+/// How long `tokengate rekey` waits after changing a column's state before it takes its lock
+/// barrier: longer than any proxy may use the old state ([`DEFAULT_AT_REST_MAX_AGE`]), twice
+/// over, plus a margin for a statement already planned to reach the server.
+pub const DEFAULT_AT_REST_GRACE: Duration = Duration::from_secs(12);
 
 /// A duration in the config file: a number of seconds (`30`) or a duration text (`30s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,6 +395,8 @@ impl ServeConfig {
             catalog_lock_timeout: DEFAULT_CATALOG_LOCK_TIMEOUT,
             catalog_statement_timeout: DEFAULT_CATALOG_STATEMENT_TIMEOUT,
             allow_weakening_reload: false,
+            at_rest_refresh: DEFAULT_AT_REST_REFRESH,
+            at_rest_max_age: DEFAULT_AT_REST_MAX_AGE,
         }
     }
 }

@@ -305,6 +305,30 @@ codes! {
         meaning: "A parameter bound to a column stored as tokens cannot be tokenized: it is declared with a non-text type, also used outside that column, or a value is not valid UTF-8 or does not fit the token format.",
         hint: "Bind such parameters as text (type unspecified or text/varchar) and use each one only for that column.",
     }
+    AtRestNotReady {
+        id: "TG185",
+        sqlstate: "55000",
+        meaning: "The statement touches a column stored as tokens whose recorded state (`tokengate.at_rest_columns`) is not `tokenized`: never migrated (it may hold plaintext), migrating, or rekeying; or the key file lacks the key version its tokens use, or the policy's label or token format differs from the one its tokens were made with. Refused for every role: tokengate never decrypts plaintext, and never shows a token to a clear role as plaintext. The message names the column, its state and the command to run.",
+        hint: "Run the command the message names (`tokengate migrate` for a column never migrated or whose migration stopped, `tokengate rekey` for one being rekeyed), or give tokengate a key file that holds the column's key version.",
+    }
+    AtRestStateUnknown {
+        id: "TG186",
+        sqlstate: "55000",
+        meaning: "tokengate could not read the state of the columns stored as tokens recently enough (the state table read failed, or the last good read is older than `at_rest_max_age`), so it cannot know which key version their tokens use. Statements touching such columns are refused until a read succeeds.",
+        hint: "Check that the catalog role can connect and read tokengate.at_rest_columns (`tokengate migrate` grants SELECT to PUBLIC); the message names the last error.",
+    }
+    AtRestPlanChanged {
+        id: "TG187",
+        sqlstate: "55000",
+        meaning: "A prepared statement touching a column stored as tokens was planned under a state of that column that has changed since (a migrate or rekey ran): its tokens or key version may no longer match the stored ones.",
+        hint: "Prepare the statement again (close it, or reconnect: a driver's statement cache re-prepares on a new connection).",
+    }
+    TokengateSchema {
+        id: "TG188",
+        sqlstate: "42501",
+        meaning: "The statement may write to the `tokengate` schema, which holds the state of the columns stored as tokens (their key versions). No role may change it through tokengate: a client could otherwise make tokengate decrypt with a wrong key version.",
+        hint: "Only `tokengate migrate` and `tokengate rekey`, connecting directly to PostgreSQL, change the tokengate schema.",
+    }
 }
 
 impl Code {

@@ -53,6 +53,10 @@ pub struct CatalogSettings {
     pub lock_timeout: Duration,
     /// `statement_timeout` of the catalog queries.
     pub statement_timeout: Duration,
+    /// How often the state of the columns stored as tokens is re-read (independent of `ttl`).
+    pub at_rest_refresh: Duration,
+    /// How old that state may be before statements touching such columns are refused.
+    pub at_rest_max_age: Duration,
 }
 
 /// A load's result as waiters see it.
@@ -68,15 +72,17 @@ struct Entry {
 }
 
 pub struct CatalogCache {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    settings: CatalogSettings,
+pub(super) struct Inner {
+    pub(super) settings: CatalogSettings,
     connector: Connector,
     entries: Mutex<HashMap<String, Entry>>,
     generation: AtomicU64,
     refreshes: Counter,
+    /// The at-rest state pollers, per database ([`super::at_rest_cache`]).
+    pub(super) at_rest: super::at_rest_cache::Pollers,
 }
 
 /// `information_schema` views show only metadata (they are defined over the system catalogs
@@ -129,6 +135,7 @@ impl CatalogCache {
                 entries: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 refreshes,
+                at_rest: Default::default(),
             }),
         }
     }
@@ -246,6 +253,23 @@ impl Inner {
     }
 
     async fn load(&self, database: &str, generation: u64) -> Result<Snapshot, CatalogError> {
+        let (client, driver) = self.connect(database, "tokengate-catalog").await?;
+        let snapshot = load_snapshot_tolerant(&client, generation).await;
+        drop(client);
+        let _ = driver.await;
+        snapshot.map_err(|source| CatalogError::Query {
+            database: database.to_string(),
+            source,
+        })
+    }
+
+    /// A connection to `database` as the catalog role, with the catalog queries' timeouts;
+    /// the task driving it ends when the client is dropped.
+    pub(super) async fn connect(
+        &self,
+        database: &str,
+        application_name: &str,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), CatalogError> {
         let conn = self
             .connector
             .connect()
@@ -254,15 +278,11 @@ impl Inner {
                 database: database.to_string(),
                 source,
             })?;
-        let query_err = |source| CatalogError::Query {
-            database: database.to_string(),
-            source,
-        };
         let mut config = tokio_postgres::Config::new();
         config
             .user(&self.settings.user)
             .dbname(database)
-            .application_name("tokengate-catalog")
+            .application_name(application_name)
             .options(format!(
                 "-c lock_timeout={} -c statement_timeout={}",
                 self.settings.lock_timeout.as_millis(),
@@ -274,12 +294,14 @@ impl Inner {
         let (client, connection) = config
             .connect_raw(conn, tokio_postgres::NoTls)
             .await
-            .map_err(query_err)?;
-        let driver = tokio::spawn(connection);
-        let snapshot = load_snapshot_tolerant(&client, generation).await;
-        drop(client);
-        let _ = driver.await;
-        snapshot.map_err(query_err)
+            .map_err(|source| CatalogError::Query {
+                database: database.to_string(),
+                source,
+            })?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, driver))
     }
 }
 

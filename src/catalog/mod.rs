@@ -5,10 +5,13 @@
 //!
 //! [`snapshot`] builds an immutable [`Snapshot`] from catalog rows (pure); [`cache`] loads it
 //! over a metadata connection and refreshes it on DDL and on a TTL.
+pub mod at_rest;
+pub mod at_rest_cache;
 pub mod cache;
 pub mod session;
 pub mod snapshot;
 
+pub use at_rest::{AtRestStates, ColumnState, Phase};
 pub use cache::{CatalogCache, CatalogError, CatalogSettings, load_snapshot};
 pub use session::SessionCatalog;
 pub use snapshot::{Column, Relation, RelationKind, Snapshot};

@@ -231,6 +231,12 @@ impl ServeArgs {
                 .map_or(config::DEFAULT_CATALOG_STATEMENT_TIMEOUT, |d| d.0),
             allow_weakening_reload: self.allow_weakening_reload
                 || file.allow_weakening_reload.unwrap_or(false),
+            at_rest_refresh: file
+                .at_rest_refresh
+                .map_or(config::DEFAULT_AT_REST_REFRESH, |d| d.0),
+            at_rest_max_age: file
+                .at_rest_max_age
+                .map_or(config::DEFAULT_AT_REST_MAX_AGE, |d| d.0),
         };
         Ok((config, log_format))
     }

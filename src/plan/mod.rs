@@ -10,6 +10,7 @@ use crate::sql::{Clause, ProblemKind, StatementAnalysis, StatementKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub mod at_rest_state;
 pub mod write;
 
 /// Why a statement is refused: the catalogue code and a message naming the column and rule.
@@ -62,6 +63,9 @@ pub struct ProtectedColumn {
     pub decision: ColumnDecision,
     /// The source column's type from the catalog (0 if unknown).
     pub type_oid: u32,
+    /// For a column stored as tokens: the key version its tokens use, from the column's
+    /// recorded state (filled in by the session when it checks that state).
+    pub key_version: Option<u32>,
 }
 
 /// How to rewrite one result: which columns, and the row limit.
@@ -424,6 +428,7 @@ fn result_plan(
                 index,
                 decision: d.clone(),
                 type_oid: catalog.column_type(column).unwrap_or(0),
+                key_version: None,
             });
         }
     }

@@ -38,6 +38,11 @@ pub struct AtRest {
     /// The role is shown the stored tokens (`token`), so the values it compares with are
     /// tokens already and stay as they are. Writes are tokenized for every role.
     pub speaks_tokens: bool,
+    /// The column, `schema.table.column`.
+    pub column: Arc<str>,
+    /// The key version of the column's tokens, from its recorded state (filled in by
+    /// [`AtRestPlan::set_versions`]; 0 until then, which no key file holds).
+    pub key_version: u32,
 }
 
 /// What to tokenize in one statement before it reaches PostgreSQL.
@@ -50,6 +55,17 @@ pub struct AtRestPlan {
     /// COPY ... FROM STDIN (text or CSV) into a table with at-rest columns: the fields of
     /// the client's CopyData rows to tokenize.
     pub copy: Option<CopyIn>,
+    /// The at-rest columns the statement touches, with the key version and state generation
+    /// it was planned under (checked again at Bind: TG187 when the state changed since).
+    pub versions: Vec<ColumnVersion>,
+}
+
+/// A column stored as tokens as one statement was planned under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnVersion {
+    pub column: Arc<str>,
+    pub key_version: u32,
+    pub generation: i64,
 }
 
 /// The client's COPY rows: their format, how many fields each has, and which to tokenize.
@@ -63,6 +79,35 @@ pub struct CopyIn {
 impl AtRestPlan {
     pub fn is_empty(&self) -> bool {
         self.literals.is_empty() && self.params.is_empty() && self.copy.is_none()
+    }
+
+    /// The columns whose values this plan tokenizes.
+    pub fn columns(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.literals
+            .iter()
+            .map(|(_, a)| &a.column)
+            .chain(self.params.iter().map(|(_, a)| &a.column))
+            .chain(
+                self.copy
+                    .iter()
+                    .flat_map(|c| c.fields.iter().map(|(_, a)| &a.column)),
+            )
+    }
+
+    /// Records the versions the statement is planned under and gives every value to
+    /// tokenize its column's key version.
+    pub fn set_versions(&mut self, versions: Vec<ColumnVersion>) {
+        let of = |a: &mut AtRest| {
+            if let Some(v) = versions.iter().find(|v| v.column == a.column) {
+                a.key_version = v.key_version;
+            }
+        };
+        self.literals.iter_mut().for_each(|(_, a)| of(a));
+        self.params.iter_mut().for_each(|(_, a)| of(a));
+        if let Some(c) = &mut self.copy {
+            c.fields.iter_mut().for_each(|(_, a)| of(a));
+        }
+        self.versions = versions;
     }
 }
 
@@ -89,6 +134,8 @@ fn at_rest_columns(view: &RoleView) -> AtRestColumns {
                 label: d.label.clone(),
                 format,
                 speaks_tokens: d.action == crate::policy::Action::Token,
+                column: d.column.clone(),
+                key_version: 0,
             },
         );
     }

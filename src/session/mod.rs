@@ -101,6 +101,8 @@ impl Context {
                     ttl: config.catalog_ttl,
                     lock_timeout: config.catalog_lock_timeout,
                     statement_timeout: config.catalog_statement_timeout,
+                    at_rest_refresh: config.at_rest_refresh,
+                    at_rest_max_age: config.at_rest_max_age,
                 },
                 connector.clone(),
                 metrics.catalog_refresh_total.clone(),

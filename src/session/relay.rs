@@ -457,6 +457,7 @@ async fn refresh_readpath(ctx: &Context, shared: &Mutex<Shared>) {
     let Some(store) = ctx.policy.as_ref() else {
         return;
     };
+    refresh_at_rest_states(ctx, shared).await;
     let (refresh, database, login, generation) = {
         let s = lock(shared);
         let Some(rp) = s.readpath.as_ref() else {
@@ -502,6 +503,32 @@ async fn refresh_readpath(ctx: &Context, shared: &Mutex<Shared>) {
         .unwrap_or_default();
     rp.view = store.current().for_role(&login, &groups);
     rp.policy_generation = store.generation();
+}
+
+/// With columns stored as tokens in the policy: the latest state of those columns (their key
+/// versions), read at most `at_rest_max_age` ago (see [`crate::catalog::at_rest_cache`]).
+async fn refresh_at_rest_states(ctx: &Context, shared: &Mutex<Shared>) {
+    let database = {
+        let s = lock(shared);
+        match s.readpath.as_ref() {
+            Some(rp) if rp.view.has_at_rest() => rp.database.clone(),
+            _ => return,
+        }
+    };
+    let result = match &ctx.catalog {
+        Some(c) => c.at_rest_states(&database).await,
+        None => Err("no catalog service role is configured (catalog_user)".to_string()),
+    };
+    let mut s = lock(shared);
+    if let Some(rp) = s.readpath.as_mut() {
+        match result {
+            Ok(states) => {
+                rp.at_rest_states = Some(states);
+                rp.at_rest_error = None;
+            }
+            Err(e) => rp.at_rest_error = Some(e),
+        }
+    }
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {

@@ -20,6 +20,8 @@ fn cache(refreshes: Counter) -> CatalogCache {
             ttl: Duration::from_secs(600),
             lock_timeout: tokengate::config::DEFAULT_CATALOG_LOCK_TIMEOUT,
             statement_timeout: tokengate::config::DEFAULT_CATALOG_STATEMENT_TIMEOUT,
+            at_rest_refresh: tokengate::config::DEFAULT_AT_REST_REFRESH,
+            at_rest_max_age: tokengate::config::DEFAULT_AT_REST_MAX_AGE,
         },
         Connector::new(upstream, None, Duration::from_secs(5)),
         refreshes,

@@ -183,15 +183,22 @@ impl ReadPath {
                 local: &local,
                 session: &session,
             };
-            let plan = plan_statement(a, &self.view, &catalog, &named)?;
+            if self.view.has_at_rest() {
+                crate::plan::at_rest_state::writes_tokengate_schema(a, text, lex)?;
+            }
+            let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
             let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
             let at_rest =
                 crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?;
             // With at-rest labels every statement carries a plan (maybe empty), so a Bind
             // can tell "nothing to tokenize" from "planned before at-rest applied".
             let at_rest = match at_rest {
-                Some(p) => Some(Arc::new(p)),
-                None if self.view.has_at_rest() => Some(Arc::default()),
+                Some(p) => Some(Arc::new(self.at_rest_versions(a, p, &mut plan)?)),
+                None if self.view.has_at_rest() => Some(Arc::new(self.at_rest_versions(
+                    a,
+                    Default::default(),
+                    &mut plan,
+                )?)),
                 None => None,
             };
             if plan.is_ddl {
@@ -237,6 +244,40 @@ impl ReadPath {
             });
         }
         Ok(planned)
+    }
+
+    /// The key versions of the columns stored as tokens the statement touches, from their
+    /// recorded states (refused when one is not usable now), given to the values to tokenize
+    /// and to the result columns to decrypt.
+    fn at_rest_versions(
+        &self,
+        a: &StatementAnalysis,
+        mut at_rest: crate::plan::write::AtRestPlan,
+        plan: &mut crate::plan::StatementPlan,
+    ) -> Result<crate::plan::write::AtRestPlan, Refusal> {
+        use crate::plan::at_rest_state;
+        let touched = at_rest_state::touched(a, &self.view, Some(&at_rest));
+        if touched.is_empty() {
+            return Ok(at_rest);
+        }
+        let versions = at_rest_state::resolve(
+            &touched,
+            &self.view,
+            self.at_rest_states.as_deref(),
+            self.at_rest_error.as_deref(),
+            &self.keys,
+        )?;
+        if let Some(result) = plan.result.as_mut() {
+            let result = Arc::make_mut(result);
+            for p in result.protected.iter_mut().filter(|p| p.decision.at_rest) {
+                p.key_version = versions
+                    .iter()
+                    .find(|v| v.column == p.decision.column)
+                    .map(|v| v.key_version);
+            }
+        }
+        at_rest.set_versions(versions);
+        Ok(at_rest)
     }
 
     /// Plans a statement text and applies the role's enforcement mode. Monitor-only roles

@@ -185,6 +185,11 @@ pub struct ReadPath {
     copy_in: Option<write::CopyInState>,
     /// The server backend's pid: notifications this session sent itself name it.
     pub server_pid: Option<u32>,
+    /// The state of the database's columns stored as tokens (their key versions), refreshed
+    /// by the relay before each batch of client messages; `at_rest_error` says why the last
+    /// refresh failed.
+    pub at_rest_states: Option<Arc<crate::catalog::AtRestStates>>,
+    pub at_rest_error: Option<String>,
     /// (channel, payload) pairs this session sent as literals (NOTIFY, pg_notify): its own
     /// notifications with one of these payloads are delivered whole.
     own_payloads: std::collections::HashSet<(String, String)>,
@@ -223,6 +228,8 @@ impl ReadPath {
             sensitive_ran: false,
             described: None,
             server_pid: None,
+            at_rest_states: None,
+            at_rest_error: None,
             own_payloads: std::collections::HashSet::new(),
             protocol: ProtocolState::default(),
             objects: Objects::default(),

@@ -35,6 +35,8 @@ struct TransformKey {
     spec: String,
     type_oid: u32,
     format: i16,
+    /// Stored tokens: the key version they use.
+    key_version: Option<u32>,
 }
 
 impl ReadPathShared {
@@ -85,6 +87,7 @@ impl ReadPathShared {
             spec: spec_text.unwrap_or_default().to_string(),
             type_oid,
             format,
+            key_version: p.key_version,
         };
         if let Some(t) = self.transforms.get(&key) {
             return Ok(t.clone());
@@ -96,7 +99,7 @@ impl ReadPathShared {
                 action: format!("{:?}", d.action).to_lowercase(),
             })
             .clone();
-        let spec = transform_spec(d)?;
+        let spec = transform_spec(d, p.key_version)?;
         let t = Arc::new(
             ColumnTransform::new(&spec, type_oid, format, keys).map_err(|e| {
                 Refusal::new(
@@ -110,7 +113,7 @@ impl ReadPathShared {
     }
 }
 
-fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
+fn transform_spec(d: &ColumnDecision, key_version: Option<u32>) -> Result<TransformSpec, Refusal> {
     let bad = |what: &str| {
         Refusal::new(
             Code::UnsupportedValue,
@@ -142,7 +145,22 @@ fn transform_spec(d: &ColumnDecision) -> Result<TransformSpec, Refusal> {
         PolicyAction::Null => Action::Null,
         PolicyAction::Clear | PolicyAction::Deny => return Err(bad("action")),
     };
-    Ok(TransformSpec::new(action, d.label.to_string()))
+    let mut spec = TransformSpec::new(action, d.label.to_string());
+    if d.at_rest && matches!(spec.action, Action::Reveal(..)) {
+        // Stored tokens are decrypted with the key version their column's state records,
+        // never the key file's active one.
+        let Some(version) = key_version else {
+            return Err(Refusal::new(
+                Code::AtRestNotReady,
+                format!(
+                    "column {} is stored as tokens, and the key version of its tokens is not known for this result",
+                    d.column
+                ),
+            ));
+        };
+        spec.key_version = Some(version);
+    }
+    Ok(spec)
 }
 
 /// A result being rewritten: the transforms per column and the rows seen so far.

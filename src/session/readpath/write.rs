@@ -16,9 +16,9 @@ use std::sync::Arc;
 /// Text-like type OIDs a parameter of an at-rest column may be declared as (0: unspecified).
 const PARAM_TYPES: [u32; 4] = [0, 25, 1043, 1042];
 
-/// FF1 tokenizers per label, for one message.
+/// FF1 tokenizers per label and key version, for one message.
 #[derive(Default)]
-struct Tokenizers(HashMap<Arc<str>, ColumnTransform>);
+struct Tokenizers(HashMap<(Arc<str>, u32), ColumnTransform>);
 
 impl Tokenizers {
     fn tokenize(
@@ -33,19 +33,23 @@ impl Tokenizers {
                 format!("a value for label {} cannot be tokenized: {e}", how.label),
             )
         };
-        if !self.0.contains_key(&how.label) {
+        let key = (how.label.clone(), how.key_version);
+        if !self.0.contains_key(&key) {
             let format = how
                 .format
                 .parse()
                 .map_err(|_| bad("the token format is not usable".into()))?;
-            let spec = TransformSpec::new(Action::Token(format), how.label.to_string());
+            // The column's recorded key version, never the key file's active one (a plan
+            // without one has version 0, which no key file holds: refused).
+            let mut spec = TransformSpec::new(Action::Token(format), how.label.to_string());
+            spec.key_version = Some(how.key_version);
             let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
                 .map_err(|e| bad(e.to_string()))?;
-            self.0.insert(how.label.clone(), t);
+            self.0.insert(key.clone(), t);
         }
         let t = self
             .0
-            .get(&how.label)
+            .get(&key)
             .ok_or_else(|| bad("no tokenizer".into()))?;
         let mut out = Vec::with_capacity(plain.len());
         match t.apply(plain, &mut out) {
@@ -217,6 +221,13 @@ impl ReadPath {
                 ),
             ));
         };
+        crate::plan::at_rest_state::still_current(
+            &plan.versions,
+            &self.view,
+            self.at_rest_states.as_deref(),
+            self.at_rest_error.as_deref(),
+            &self.keys,
+        )?;
         if plan.params.is_empty() {
             return Ok(None);
         }

@@ -1,0 +1,225 @@
+//! Whether a statement may touch its columns stored as tokens now, and under which key
+//! version: from the columns' recorded states ([`crate::catalog::at_rest`]), never guessed.
+//!
+//! A column is usable only when its state is `tokenized`, made under the label and token
+//! format the policy gives it, with a key version the key file holds. Otherwise the
+//! statement is refused for every role (TG185): a column never migrated may hold plaintext
+//! (decrypting it would show garbage as if it were a value), a migrating one holds both, a
+//! rekeying one two key versions. Without a recent read of the states, TG186.
+use super::Refusal;
+use super::write::ColumnVersion;
+use crate::catalog::at_rest::{AtRestStates, Phase};
+use crate::errors::Code;
+use crate::policy::RoleView;
+use crate::protect::KeyRing;
+use crate::sql::StatementAnalysis;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// The columns stored as tokens a statement reads, compares, writes or copies.
+pub fn touched(
+    a: &StatementAnalysis,
+    view: &RoleView,
+    plan: Option<&super::write::AtRestPlan>,
+) -> BTreeSet<Arc<str>> {
+    let mut out = BTreeSet::new();
+    let names = a
+        .outputs
+        .iter()
+        .flat_map(|o| o.sources.iter().map(|s| s.column.as_str()))
+        .chain(a.uses.iter().map(|u| u.column.as_str()))
+        .chain(a.writes.iter().map(|w| w.column.as_str()));
+    for name in names {
+        if let Some(d) = view.column(name)
+            && d.at_rest
+        {
+            out.insert(d.column.clone());
+        }
+    }
+    if let Some(p) = plan {
+        out.extend(p.columns().cloned());
+    }
+    out
+}
+
+/// The key version and state generation of each touched column, or why the statement may
+/// not run now.
+pub fn resolve(
+    columns: &BTreeSet<Arc<str>>,
+    view: &RoleView,
+    states: Option<&AtRestStates>,
+    states_error: Option<&str>,
+    keys: &KeyRing,
+) -> Result<Vec<ColumnVersion>, Refusal> {
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let states = match states {
+        Some(s) if s.fresh() => s,
+        Some(s) => {
+            return Err(Refusal::new(
+                Code::AtRestStateUnknown,
+                format!(
+                    "the state of the columns stored as tokens was last read {} ms ago, longer than at_rest_max_age ({} ms){}",
+                    s.read_at.elapsed().as_millis(),
+                    s.max_age.as_millis(),
+                    states_error.map(|e| format!("; {e}")).unwrap_or_default()
+                ),
+            ));
+        }
+        None => {
+            return Err(Refusal::new(
+                Code::AtRestStateUnknown,
+                states_error
+                    .unwrap_or("the state of the columns stored as tokens has not been read")
+                    .to_string(),
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(columns.len());
+    let mut by_label: HashMap<&str, (&str, u32)> = HashMap::new();
+    for column in columns {
+        let not_ready = |why: String| Refusal::new(Code::AtRestNotReady, why);
+        let Some(d) = view.column(column) else {
+            continue;
+        };
+        let Some(state) = states.get(column) else {
+            return Err(not_ready(format!(
+                "column {column} is stored as tokens but was never migrated, so it may hold plaintext: run `tokengate migrate --column {column}`"
+            )));
+        };
+        match state.phase {
+            Phase::Tokenized => {}
+            Phase::Migrating => {
+                return Err(not_ready(format!(
+                    "column {column} is being migrated to tokens ({} rows done): wait for `tokengate migrate` to finish, or run `tokengate migrate --column {column}` to resume it",
+                    state.rows_done
+                )));
+            }
+            Phase::Rekeying => {
+                return Err(not_ready(format!(
+                    "column {column} is being rekeyed from key version {} to {} ({} rows done): wait for `tokengate rekey` to finish, or run `tokengate rekey --column {column}` to resume it",
+                    state.key_version,
+                    state.target_version.unwrap_or(0),
+                    state.rows_done
+                )));
+            }
+        }
+        let format = d.token.as_ref().map_or("", |t| t.as_str());
+        if state.label != *d.label || state.token_format != format {
+            return Err(not_ready(format!(
+                "column {column} holds tokens made under label {} (token format {}), but the policy says label {} (token format {format}): restore the policy's label, or decrypt the column and run `tokengate migrate` anew",
+                state.label, state.token_format, d.label
+            )));
+        }
+        if keys
+            .get(&state.key_name, Some(state.key_version))
+            .is_err()
+        {
+            return Err(not_ready(format!(
+                "column {column} holds tokens of key {:?} version {}, which tokengate's key file does not hold: give tokengate a key file with that version",
+                state.key_name, state.key_version
+            )));
+        }
+        if let Some((other, version)) = by_label.get(&*d.label)
+            && *version != state.key_version
+        {
+            return Err(not_ready(format!(
+                "columns {other} (key version {version}) and {column} (key version {}) share label {} but not a key version, so their tokens do not compare: run `tokengate rekey` on the older one",
+                state.key_version, d.label
+            )));
+        }
+        by_label.insert(&d.label, (column, state.key_version));
+        out.push(ColumnVersion {
+            column: column.clone(),
+            key_version: state.key_version,
+            generation: state.generation,
+        });
+    }
+    Ok(out)
+}
+
+/// At Bind: the versions a prepared statement was planned under are still the columns'
+/// current state (TG187 when a migrate or rekey changed it since; TG185/TG186 as at
+/// planning when the column is not usable now).
+pub fn still_current(
+    planned: &[ColumnVersion],
+    view: &RoleView,
+    states: Option<&AtRestStates>,
+    states_error: Option<&str>,
+    keys: &KeyRing,
+) -> Result<(), Refusal> {
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let columns: BTreeSet<Arc<str>> = planned.iter().map(|v| v.column.clone()).collect();
+    let now = resolve(&columns, view, states, states_error, keys)?;
+    for v in planned {
+        if !now
+            .iter()
+            .any(|n| n.column == v.column && n.generation == v.generation)
+        {
+            return Err(Refusal::new(
+                Code::AtRestPlanChanged,
+                format!(
+                    "the statement was prepared when column {} used key version {}; its state has changed since (tokengate migrate or rekey): prepare it again",
+                    v.column, v.key_version
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a statement may change the `tokengate` schema (the recorded key versions), for
+/// any role (TG188). Defense in depth (the schema's privileges are the first guard: only
+/// its owner writes it): a statement naming the schema or its table anywhere (an identifier
+/// or a string such as a `search_path` value) is refused unless it is a plain read, and so
+/// is any statement whose analysed write targets lie in it.
+pub fn writes_tokengate_schema(
+    a: &StatementAnalysis,
+    text: &str,
+    lex: crate::sql::LexSettings,
+) -> Result<(), Refusal> {
+    use crate::catalog::at_rest::SCHEMA;
+    use crate::sql::lexer::{self, Kind};
+    let refuse = || {
+        Refusal::new(
+            Code::TokengateSchema,
+            "the statement may change the tokengate schema, which records the key versions of the columns stored as tokens",
+        )
+    };
+    let prefix = format!("{SCHEMA}.");
+    if a.write_targets.iter().any(|t| t.starts_with(&prefix) || t == SCHEMA) {
+        return Err(refuse());
+    }
+    let read_only = a.kind == crate::sql::StatementKind::Select && a.write_targets.is_empty();
+    if read_only {
+        return Ok(());
+    }
+    // Settings and role or database defaults (`SET search_path = tokengate`) name it in a
+    // string; data statements only as an identifier.
+    let utility = !matches!(
+        a.kind,
+        crate::sql::StatementKind::Select
+            | crate::sql::StatementKind::Insert
+            | crate::sql::StatementKind::Update
+            | crate::sql::StatementKind::Delete
+    );
+    let named = lexer::tokenize(text, lex).iter().any(|t| {
+        let raw = t.text(text);
+        match t.kind {
+            Kind::Word => {
+                let w = raw.to_lowercase();
+                w == SCHEMA || w == "at_rest_columns"
+            }
+            Kind::QuotedIdent => {
+                let w = raw.trim_matches('"');
+                w == SCHEMA || w == "at_rest_columns"
+            }
+            Kind::String => utility && raw.to_lowercase().contains(SCHEMA),
+            _ => false,
+        }
+    });
+    if named { Err(refuse()) } else { Ok(()) }
+}
