@@ -10,6 +10,7 @@
 //! - [`protect`]: pure token (FF1) and mask transforms, and keys.
 //! - [`policy`]: the YAML policy model, validation, composition and hot reload.
 //! - [`catalog`]: the catalog cache (OIDs to column names, `*` expansion, views, roles).
+//! - [`atrest`]: `tokengate migrate` and `rekey` for columns stored as tokens.
 //! - [`config`]: the serve configuration (file, env, flags).
 //! - [`errors`]: the catalogue of user-facing error codes (TG001...).
 //! - [`demo`]: `tokengate demo`, a throwaway CRM behind tokengate.
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod atrest;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

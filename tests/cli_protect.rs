@@ -183,6 +183,26 @@ fn keygen_add_keeps_existing_keys_and_rotates_versions() {
     let rotated = tokengate(&["keygen", "--out", &keys, "--add"], None);
     assert!(String::from_utf8_lossy(&rotated.stdout).contains("\"default\" (version 2)"));
     assert_ne!(token(&keys), before);
+    // Tokens do not record their version: with two versions, --reveal of a version-1 token
+    // without --key-version would print a wrong value with exit 0; it exits 2 instead.
+    let reveal = |extra: &[&str]| {
+        let args = [
+            &[
+                "token", "--keys", &keys, "--label", "ssn", "--format", "digits", "--reveal",
+            ][..],
+            extra,
+            &[before.as_str()],
+        ]
+        .concat();
+        tokengate(&args, None)
+    };
+    let guessed = reveal(&[]);
+    assert_eq!(guessed.status.code(), Some(2), "{guessed:?}");
+    assert!(guessed.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&guessed.stderr).contains("--key-version"));
+    let named = reveal(&["--key-version", "1"]);
+    assert!(named.status.success(), "{named:?}");
+    assert_eq!(stdout_lines(&named), ["123-45-6789"]);
     // --add needs an existing file.
     let missing = dir.path().join("none.json");
     let out = tokengate(

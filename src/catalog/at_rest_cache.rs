@@ -62,7 +62,8 @@ impl CatalogCache {
                 Err(format!(
                     "the state of the columns stored as tokens in database {database:?} was not read within {} ms{}",
                     bound.as_millis(),
-                    last.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    last.map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
                 ))
             }
         }

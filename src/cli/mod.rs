@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod atrest;
 pub mod audit;
 pub mod demo;
 pub mod policy;
@@ -40,6 +41,12 @@ pub enum Command {
     /// Verify audit logs.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Tokenize the existing values of the columns stored as tokens (`at_rest: token`) in
+    /// place, in resumable batches, and record them as tokenized.
+    Migrate(atrest::RunArgs),
+    /// Move the columns stored as tokens from their key version to the active one (or
+    /// --to-version), in resumable batches.
+    Rekey(atrest::RekeyArgs),
 }
 
 /// The runtime for long-running commands (serve, demo); prints why when it cannot start.
@@ -70,5 +77,7 @@ pub fn main() -> ExitCode {
         Command::Mask(args) => protect::mask(args),
         Command::Policy(command) => policy::run(command),
         Command::Audit(command) => audit::run(command),
+        Command::Migrate(args) => atrest::migrate(args),
+        Command::Rekey(args) => atrest::rekey(args),
     }
 }

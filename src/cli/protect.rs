@@ -46,7 +46,8 @@ pub struct TokenArgs {
     /// Key name in the key file.
     #[arg(long, default_value = "default")]
     pub key: String,
-    /// Key version (default: the active one). Tokens do not record the version.
+    /// Key version (default: the active one). Tokens do not record the version, so
+    /// --reveal needs it when the key has several versions.
     #[arg(long)]
     pub key_version: Option<u32>,
     /// Reverse: print the original value of each token.
@@ -115,6 +116,15 @@ pub fn token(args: TokenArgs) -> ExitCode {
         Ok(keys) => keys,
         Err(error) => return config_error(error),
     };
+    // Tokens do not record their key version: revealing with a guessed one prints a wrong
+    // value. With several versions, the version must be named.
+    if args.reveal && args.key_version.is_none() && keys.version_count(&args.key) > 1 {
+        return config_error(format!(
+            "key {:?} has {} versions and tokens do not record theirs: --reveal needs --key-version N (a column's version: `tokengate policy check --upstream`)",
+            args.key,
+            keys.version_count(&args.key)
+        ));
+    }
     let spec = TransformSpec {
         action: Action::Token(format),
         label: args.label,

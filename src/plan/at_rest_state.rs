@@ -112,10 +112,7 @@ pub fn resolve(
                 state.label, state.token_format, d.label
             )));
         }
-        if keys
-            .get(&state.key_name, Some(state.key_version))
-            .is_err()
-        {
+        if keys.get(&state.key_name, Some(state.key_version)).is_err() {
             return Err(not_ready(format!(
                 "column {column} holds tokens of key {:?} version {}, which tokengate's key file does not hold: give tokengate a key file with that version",
                 state.key_name, state.key_version
@@ -190,7 +187,10 @@ pub fn writes_tokengate_schema(
         )
     };
     let prefix = format!("{SCHEMA}.");
-    if a.write_targets.iter().any(|t| t.starts_with(&prefix) || t == SCHEMA) {
+    if a.write_targets
+        .iter()
+        .any(|t| t.starts_with(&prefix) || t == SCHEMA)
+    {
         return Err(refuse());
     }
     let read_only = a.kind == crate::sql::StatementKind::Select && a.write_targets.is_empty();

@@ -117,6 +117,21 @@ impl KeyRing {
         entry.active = version;
     }
 
+    /// The active version of key `name`.
+    pub fn active_version(&self, name: &str) -> Result<u32, KeyError> {
+        self.names
+            .get(name)
+            .map(|n| n.active)
+            .ok_or_else(|| KeyError::UnknownKey {
+                name: name.to_owned(),
+            })
+    }
+
+    /// How many versions key `name` has (0 when there is no such key).
+    pub fn version_count(&self, name: &str) -> usize {
+        self.names.get(name).map_or(0, |n| n.versions.len())
+    }
+
     /// The key `name` at `version`, or at its active version when `version` is `None`.
     pub fn get(&self, name: &str, version: Option<u32>) -> Result<&Key, KeyError> {
         let named = self.names.get(name).ok_or_else(|| KeyError::UnknownKey {

@@ -47,10 +47,7 @@ impl Tokenizers {
                 .map_err(|e| bad(e.to_string()))?;
             self.0.insert(key.clone(), t);
         }
-        let t = self
-            .0
-            .get(&key)
-            .ok_or_else(|| bad("no tokenizer".into()))?;
+        let t = self.0.get(&key).ok_or_else(|| bad("no tokenizer".into()))?;
         let mut out = Vec::with_capacity(plain.len());
         match t.apply(plain, &mut out) {
             Ok(Output::Value) => Ok(out),
