@@ -254,3 +254,131 @@ async fn catalog_errors_show_the_servers_message_and_address() {
         "{out}"
     );
 }
+
+/// `policy check --upstream` reports each column stored as tokens with its recorded state
+/// and key version, and fails while one is not usable through tokengate; `tokengate migrate`
+/// and `rekey` (the binary) move it along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_at_rest_states() {
+    let pg = start_pg();
+    let url = url(&pg, "postgres");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE public.vault (id int PRIMARY KEY, ssn text);
+             INSERT INTO public.vault SELECT g, '123-45-' || (1000 + g) FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: token }\ncolumns:\n  public.vault.ssn: ssn\nroles:\n  \"*\": { default: deny }\n",
+    )
+    .unwrap();
+    let keys = dir.path().join("keys.json");
+    let keys = keys.to_str().unwrap();
+    let (code, out) = tokengate(&["keygen", "--out", keys]);
+    assert_eq!(code, Some(0), "{out}");
+    let check = || {
+        tokengate(&[
+            "policy",
+            "check",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &url,
+        ])
+    };
+    let (code, out) = check();
+    assert!(
+        out.contains("at rest: public.vault.ssn: plaintext (never migrated; refused through tokengate until `tokengate migrate --column public.vault.ssn`)"),
+        "{out}"
+    );
+    assert_eq!(code, Some(1), "{out}");
+
+    let run = |verb: &str, extra: &[&str]| {
+        let args = [
+            &[
+                verb,
+                "--policy",
+                policy.to_str().unwrap(),
+                "--keys",
+                keys,
+                "--upstream",
+                &url,
+                "--quiet",
+            ][..],
+            extra,
+        ]
+        .concat();
+        tokengate(&args)
+    };
+    let (code, out) = run("migrate", &["--batch-size", "7"]);
+    assert_eq!(code, Some(0), "{out}");
+    let plaintext: i64 = client
+        .query_one(
+            "SELECT count(*) FROM public.vault WHERE ssn LIKE '123-45-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plaintext, 0);
+    assert!(
+        out.contains("public.vault.ssn: migrate done, 30 values in"),
+        "{out}"
+    );
+    let (code, out) = check();
+    assert!(
+        out.contains("at rest: public.vault.ssn: tokenized, key version 1"),
+        "{out}"
+    );
+    assert_eq!(code, Some(0), "{out}");
+    // Again: nothing to do.
+    let (code, out) = run("migrate", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("public.vault.ssn: already tokenized, key version 1; nothing to do"),
+        "{out}"
+    );
+
+    // Rotate and rekey to version 2.
+    let (code, out) = tokengate(&["keygen", "--out", keys, "--add"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run("rekey", &["--grace", "0s"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rekey done, 30 values"), "{out}");
+    let (_, out) = check();
+    assert!(
+        out.contains("at rest: public.vault.ssn: tokenized, key version 2"),
+        "{out}"
+    );
+    // An interrupted rekey and migration show as such (and fail the check).
+    client
+        .batch_execute(
+            "UPDATE tokengate.at_rest_columns SET state = 'rekeying', target_version = 3, rows_done = 12",
+        )
+        .await
+        .unwrap();
+    let (code, out) = check();
+    assert!(
+        out.contains("at rest: public.vault.ssn: rekeying 2→3 (12 rows done)"),
+        "{out}"
+    );
+    assert_eq!(code, Some(1), "{out}");
+    client
+        .batch_execute(
+            "UPDATE tokengate.at_rest_columns SET state = 'migrating', target_version = NULL",
+        )
+        .await
+        .unwrap();
+    let (_, out) = check();
+    assert!(
+        out.contains("at rest: public.vault.ssn: migrating to key version 2 (12 rows done)"),
+        "{out}"
+    );
+}

@@ -63,14 +63,20 @@ impl Table {
         })
     }
 
+    /// The key columns qualified by the alias `t`: an unqualified ORDER BY name would mean
+    /// the output column of that name (the key's text form, sorted as text).
     fn pk_list(&self) -> String {
-        let names: Vec<&str> = self.pk.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<String> = self.pk.iter().map(|(n, _)| format!("t.{n}")).collect();
         names.join(", ")
     }
 
     /// The next batch after the cursor (`$1..$k`, when there is one), locked.
     fn select(&self, after_cursor: bool, limit: usize) -> String {
-        let texts: Vec<String> = self.pk.iter().map(|(n, _)| format!("{n}::text")).collect();
+        let texts: Vec<String> = self
+            .pk
+            .iter()
+            .map(|(n, _)| format!("t.{n}::text"))
+            .collect();
         let filter = if after_cursor {
             let casts: Vec<String> = self
                 .pk
@@ -83,7 +89,7 @@ impl Table {
             String::new()
         };
         format!(
-            "SELECT {}, {}::text FROM {} {filter} ORDER BY {} LIMIT {limit} FOR UPDATE",
+            "SELECT {}, t.{}::text FROM {} AS t {filter} ORDER BY {} LIMIT {limit} FOR UPDATE",
             texts.join(", "),
             self.column,
             self.relation,

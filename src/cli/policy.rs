@@ -105,10 +105,24 @@ fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let at_rest_ready = match rt.block_on(report_at_rest(&policy, &url)) {
+        Ok(ready) => ready,
+        Err(e) => {
+            eprintln!(
+                "cannot read the state of the columns stored as tokens from the upstream {}",
+                crate::net::pg_error::describe_at(&e, &crate::net::pg_error::address_of(&url))
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let findings = lint_catalog(&policy, &catalog);
     if findings.is_empty() {
         println!("upstream: {} columns checked, no findings", catalog.len());
-        return ExitCode::SUCCESS;
+        return if at_rest_ready {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     println!(
         "upstream: {} columns checked, {} finding(s); suggested additions under columns:",
@@ -119,6 +133,51 @@ fn check(args: CheckArgs) -> ExitCode {
         println!("{}", f.render());
     }
     ExitCode::FAILURE
+}
+
+/// Prints each column stored as tokens with its recorded state and key version; false when
+/// one is not usable through tokengate yet (never migrated, migrating, rekeying, or made
+/// under another label).
+async fn report_at_rest(policy: &Policy, url: &str) -> Result<bool, tokio_postgres::Error> {
+    let Ok(columns) = crate::atrest::columns(policy, None) else {
+        return Ok(true);
+    };
+    if columns.is_empty() {
+        return Ok(true);
+    }
+    let client = connect(url).await?;
+    let states = crate::catalog::at_rest::load_states(&client).await?;
+    let mut ready = true;
+    for c in &columns {
+        let name = c.qualified();
+        let line = match states.get(&name) {
+            None => {
+                ready = false;
+                format!(
+                    "plaintext (never migrated; refused through tokengate until `tokengate migrate --column {name}`)"
+                )
+            }
+            Some(s) if s.label != c.label || s.token_format != c.format => {
+                ready = false;
+                format!(
+                    "{}, but made under label {} (token format {}) where the policy says {} ({}): refused",
+                    s.describe(),
+                    s.label,
+                    s.token_format,
+                    c.label,
+                    c.format
+                )
+            }
+            Some(s) => {
+                if s.phase != crate::catalog::Phase::Tokenized {
+                    ready = false;
+                }
+                s.describe()
+            }
+        };
+        println!("at rest: {name}: {line}");
+    }
+    Ok(ready)
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -140,7 +199,7 @@ async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, tokio_postgres::
                FROM information_schema.columns c
                JOIN information_schema.tables t
                  ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-              WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema')
+              WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema', 'tokengate')
                 AND c.table_schema NOT LIKE 'pg\\_toast%'
                 AND t.table_type IN ('BASE TABLE', 'VIEW')
               ORDER BY 1, 2, c.ordinal_position",
