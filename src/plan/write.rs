@@ -458,7 +458,15 @@ impl<'a> Planner<'a> {
                 let merged = match (self.scope.get(c), meaning) {
                     (None, m) => m,
                     (Some(InScope::Plain), InScope::Plain) => InScope::Plain,
-                    (Some(InScope::AtRest(a)), InScope::AtRest(b)) if *a == b => InScope::AtRest(b),
+                    // Columns of one label tokenize alike (their key versions are checked
+                    // equal when the statement's columns are resolved).
+                    (Some(InScope::AtRest(a)), InScope::AtRest(b))
+                        if a.label == b.label
+                            && a.format == b.format
+                            && a.speaks_tokens == b.speaks_tokens =>
+                    {
+                        InScope::AtRest(b)
+                    }
                     _ => InScope::Ambiguous,
                 };
                 self.scope.insert(c.clone(), merged);

@@ -79,6 +79,19 @@ fn setup() -> &'static Setup {
                     .unwrap();
                 pg.execute("postgres", &roles).await.unwrap();
                 pg.execute(AT_DB, schema).await.unwrap();
+                // The columns stored as tokens are usable through tokengate once their
+                // state is recorded (tokenized, key version 1): what a deployment runs once.
+                let policy = tokengate::policy::Policy::from_yaml(POLICY, "policy.yaml").unwrap();
+                let mut admin = pg.connect_admin(AT_DB).await.unwrap();
+                let done = tokengate::atrest::migrate_all(
+                    &mut admin,
+                    &policy,
+                    &ring,
+                    &tokengate::atrest::Options::default(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(done.len(), 3);
             });
         });
     });
