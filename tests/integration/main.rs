@@ -5,6 +5,7 @@ mod harness;
 
 mod apps;
 mod at_rest;
+mod at_rest_migrate;
 mod attacks;
 mod attacks_sql;
 mod audit;

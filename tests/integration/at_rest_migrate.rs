@@ -1,0 +1,351 @@
+//! `tokengate migrate` and `tokengate rekey` (the real binary) on a table with existing
+//! plaintext, killed with SIGKILL at random points and resumed, and the proxy obeying the
+//! recorded state: TG185 for a column never migrated or being migrated (every role), the
+//! recorded key version (never the key file's active one) for reads after a rekey, TG185 when
+//! the key file lacks that version, TG188 for writes to the tokengate schema.
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokengate::protect::keys::{DEFAULT_KEY_NAME, Key, KeyRing};
+use tokengate::protect::{Action, ColumnTransform, Output, TransformSpec};
+use tokengate::server::RunningServer;
+
+const MIG_DB: &str = "atmig";
+const ROWS: i32 = 6000;
+
+const POLICY: &str = "version: 1
+labels:
+  ssn: { class: pii, token: digits, mask: \"***-**-####\", at_rest: token }
+columns:
+  public.accounts.ssn: ssn
+roles:
+  mig_admin: { default: clear }
+  mig_token: { default: token, filter_on: [ssn] }
+  \"*\": { default: deny }
+";
+
+/// Row `i`'s plaintext (every 10th row NULL).
+fn plaintext(i: i32) -> Option<String> {
+    (i % 10 != 0).then(|| format!("{:03}-{:02}-{:04}", i % 1000, i % 97, i))
+}
+
+fn region(i: i32) -> &'static str {
+    if i % 2 == 0 { "eu" } else { "us" }
+}
+
+fn ring(versions: &[u32]) -> KeyRing {
+    let mut ring = KeyRing::default();
+    for &v in versions {
+        ring.insert(DEFAULT_KEY_NAME, v, Key::from_bytes([0x40 + v as u8; 32]));
+    }
+    ring
+}
+
+fn token(ring: &KeyRing, version: u32, plain: &str) -> String {
+    let mut spec = TransformSpec::new(Action::Token("digits".parse().unwrap()), "ssn");
+    spec.key_version = Some(version);
+    let t = ColumnTransform::new(&spec, 25, 0, ring).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(t.apply(plain.as_bytes(), &mut out).unwrap(), Output::Value);
+    String::from_utf8(out).unwrap()
+}
+
+async fn proxy(policy: &Path, keys: &Path) -> RunningServer {
+    let (policy, keys) = (policy.to_path_buf(), keys.to_path_buf());
+    proxy_with(|c| {
+        c.policy = Some(policy);
+        c.keys = Some(keys);
+        c.catalog_user = Some("postgres".into());
+        c.catalog_password = Some(SUPERUSER_PW.into());
+        // Consistent with the tools' --grace 1s below (grace > max age).
+        c.at_rest_refresh = Duration::from_millis(100);
+        c.at_rest_max_age = Duration::from_millis(500);
+    })
+    .await
+}
+
+async fn via(proxy: &RunningServer, role: &str) -> tokio_postgres::Client {
+    let mut c = pg_config(proxy.addr.port(), role, &format!("{role}-pw"));
+    c.dbname(MIG_DB);
+    connect(&c).await
+}
+
+fn upstream() -> String {
+    format!(
+        "postgres://postgres:{SUPERUSER_PW}@127.0.0.1:{}/{MIG_DB}",
+        cluster().port()
+    )
+}
+
+fn tool(verb: &str, policy: &Path, keys: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    c.args([
+        verb,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+        "--upstream",
+        &upstream(),
+        "--quiet",
+    ])
+    .args(extra)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// Starts the tool and SIGKILLs it after a random delay, `times` times; then runs it to
+/// completion and returns its output.
+async fn kill_and_resume(
+    verb: &str,
+    policy: &Path,
+    keys: &Path,
+    extra: &[&str],
+    delays_ms: std::ops::Range<u64>,
+    times: usize,
+) -> String {
+    let mut interrupted = 0;
+    for _ in 0..times {
+        let mut child = tool(verb, policy, keys, extra).spawn().unwrap();
+        let delay = rand::random_range(delays_ms.clone());
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // kill() is SIGKILL on Unix: no cleanup runs in the tool.
+        let _ = child.kill();
+        if child.wait().is_ok_and(|s| !s.success()) {
+            interrupted += 1;
+        }
+    }
+    eprintln!("{verb}: {interrupted} of {times} runs killed before they finished");
+    let out = tool(verb, policy, keys, extra).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{verb} failed: {text}");
+    text
+}
+
+/// Every row stored directly is exactly the token of its plaintext under `version` (so none
+/// was tokenized twice or skipped), NULLs stay NULL.
+async fn assert_stored(direct: &tokio_postgres::Client, ring: &KeyRing, version: u32) {
+    let rows = direct
+        .query("SELECT id, ssn FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ROWS as usize);
+    for r in rows {
+        let id: i32 = r.get(0);
+        let stored: Option<String> = r.get(1);
+        let expected = plaintext(id).map(|p| token(ring, version, &p));
+        assert_eq!(stored, expected, "row {id}");
+    }
+}
+
+/// Every row read through tokengate as a clear role is its plaintext.
+async fn assert_clear(proxy: &RunningServer) {
+    let admin = via(proxy, "mig_admin").await;
+    let rows = admin
+        .query("SELECT id, ssn FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ROWS as usize);
+    for r in rows {
+        let id: i32 = r.get(0);
+        assert_eq!(r.get::<_, Option<String>>(1), plaintext(id), "row {id}");
+    }
+}
+
+fn refusal(e: &tokio_postgres::Error) -> String {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e:?}"));
+    format!("{} {}", db.code().code(), db.message())
+}
+
+async fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let pg = &cluster().pg;
+    pg.execute("postgres", &format!("CREATE DATABASE {MIG_DB}"))
+        .await
+        .unwrap();
+    pg.execute(
+        "postgres",
+        "CREATE ROLE mig_admin LOGIN PASSWORD 'mig_admin-pw';
+         CREATE ROLE mig_token LOGIN PASSWORD 'mig_token-pw';",
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        MIG_DB,
+        "CREATE TABLE accounts (region text, id int, ssn varchar(20), PRIMARY KEY (region, id));
+         GRANT ALL ON accounts TO mig_admin, mig_token;",
+    )
+    .await
+    .unwrap();
+    let direct = pg.connect_admin(MIG_DB).await.unwrap();
+    let ids: Vec<i32> = (1..=ROWS).collect();
+    let regions: Vec<&str> = ids.iter().map(|&i| region(i)).collect();
+    let plains: Vec<Option<String>> = ids.iter().map(|&i| plaintext(i)).collect();
+    direct
+        .execute(
+            "INSERT INTO accounts SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
+            &[&regions, &ids, &plains],
+        )
+        .await
+        .unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let keys = dir.join("keys.json");
+    ring(&[1]).write_new(&keys, false).unwrap();
+    (policy, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, keys) = setup(dir.path()).await;
+    let direct = cluster().pg.connect_admin(MIG_DB).await.unwrap();
+    let proxy_v1 = proxy(&policy, &keys).await;
+
+    // Never migrated: the column may hold plaintext, so every role is refused (TG185).
+    for role in ["mig_admin", "mig_token"] {
+        let c = via(&proxy_v1, role).await;
+        let e = c
+            .query("SELECT ssn FROM accounts WHERE id = 1", &[])
+            .await
+            .unwrap_err();
+        let r = refusal(&e);
+        assert!(r.starts_with("55000 tokengate TG185"), "{role}: {r}");
+        assert!(
+            r.contains("never migrated")
+                && r.contains("tokengate migrate --column public.accounts.ssn"),
+            "{r}"
+        );
+        // Statements not touching the column still run.
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM accounts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, i64::from(ROWS));
+    }
+
+    // Interrupted migrations: the state says migrating, and tokengate refuses every role.
+    let mut child = tool("migrate", &policy, &keys, &["--batch-size", "2"])
+        .spawn()
+        .unwrap();
+    let seen = eventually(20, async || {
+        let c = via(&proxy_v1, "mig_token").await;
+        match c.query("SELECT ssn FROM accounts WHERE id = 1", &[]).await {
+            Err(e) => refusal(&e).contains("is being migrated to tokens"),
+            Ok(_) => false,
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen, "the proxy never reported the migration");
+    let admin = via(&proxy_v1, "mig_admin").await;
+    let e = admin
+        .query("SELECT ssn FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap_err();
+    assert!(refusal(&e).contains("TG185"), "{}", refusal(&e));
+    let out = kill_and_resume(
+        "migrate",
+        &policy,
+        &keys,
+        &["--batch-size", "2"],
+        20..700,
+        4,
+    )
+    .await;
+    assert!(
+        out.contains("public.accounts.ssn: migrate done")
+            || out.contains("public.accounts.ssn: already tokenized, key version 1"),
+        "{out}"
+    );
+    let ring_v1 = ring(&[1]);
+    assert_stored(&direct, &ring_v1, 1).await;
+    // The proxy picks up the new state within its refresh interval.
+    assert!(
+        eventually(10, async || {
+            let c = via(&proxy_v1, "mig_admin").await;
+            c.query("SELECT ssn FROM accounts WHERE id = 1", &[])
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    assert_clear(&proxy_v1).await;
+    // Lookups compare tokens; the token role sees the stored token.
+    let token_role = via(&proxy_v1, "mig_token").await;
+    let p7 = plaintext(7).unwrap();
+    let t7 = token(&ring_v1, 1, &p7);
+    let r = token_role
+        .query_one("SELECT ssn FROM accounts WHERE ssn = $1", &[&t7])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), t7);
+    // Running it again is a no-op.
+    let out = tool("migrate", &policy, &keys, &[]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("already tokenized, key version 1; nothing to do")
+    );
+
+    // Nobody changes the recorded state through tokengate (TG188).
+    for sql in [
+        "UPDATE tokengate.at_rest_columns SET key_version = 2",
+        "DELETE FROM tokengate.at_rest_columns",
+        "TRUNCATE tokengate.at_rest_columns",
+        "SET search_path = tokengate, public",
+    ] {
+        let e = admin.batch_execute(sql).await.unwrap_err();
+        assert!(refusal(&e).contains("TG188"), "{sql}: {}", refusal(&e));
+    }
+
+    // Rotate: version 2 becomes active; rekey (killed, resumed) moves every token to it.
+    let ring_v12 = ring(&[1, 2]);
+    let keys_v12 = dir.path().join("keys-v12.json");
+    ring_v12.write_new(&keys_v12, false).unwrap();
+    let rekey_args = ["--batch-size", "2", "--grace", "1s"];
+    let out = kill_and_resume("rekey", &policy, &keys_v12, &rekey_args, 300..3000, 4).await;
+    assert!(out.contains("key version 2"), "{out}");
+    assert_stored(&direct, &ring_v12, 2).await;
+
+    // The proxy whose key file lacks version 2 refuses rather than decrypting with version 1.
+    assert!(
+        eventually(10, async || {
+            let c = via(&proxy_v1, "mig_admin").await;
+            match c.query("SELECT ssn FROM accounts WHERE id = 1", &[]).await {
+                Err(e) => refusal(&e).contains("does not hold"),
+                Ok(_) => false,
+            }
+        })
+        .await
+    );
+    // One with both versions decrypts with the recorded version 2.
+    let proxy_v12 = proxy(&policy, &keys_v12).await;
+    assert_clear(&proxy_v12).await;
+    // A proxy given only version 2 as "active" still decrypts correctly, and writes go in
+    // under version 2.
+    let admin2 = via(&proxy_v12, "mig_admin").await;
+    admin2
+        .execute(
+            "UPDATE accounts SET ssn = $1 WHERE region = 'us' AND id = 1",
+            &[&"555-12-3456"],
+        )
+        .await
+        .unwrap();
+    let stored: String = direct
+        .query_one(
+            "SELECT ssn FROM accounts WHERE region = 'us' AND id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, token(&ring_v12, 2, "555-12-3456"));
+}
