@@ -223,3 +223,122 @@ pub fn writes_tokengate_schema(
     });
     if named { Err(refuse()) } else { Ok(()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::at_rest::ColumnState;
+    use crate::protect::keys::{DEFAULT_KEY_NAME, Key};
+    use std::time::{Duration, Instant};
+
+    const POLICY: &str = "version: 1
+labels:
+  ssn: { class: pii, token: digits, at_rest: token }
+columns:
+  public.a.ssn: ssn
+  public.b.ssn: ssn
+roles:
+  admin: { default: clear }
+";
+
+    fn state(phase: Phase, version: u32, generation: i64) -> ColumnState {
+        ColumnState {
+            label: "ssn".into(),
+            token_format: "digits".into(),
+            key_name: DEFAULT_KEY_NAME.into(),
+            key_version: version,
+            phase,
+            target_version: (phase == Phase::Rekeying).then_some(version + 1),
+            rows_done: 7,
+            generation,
+        }
+    }
+
+    fn states(rows: &[(&str, ColumnState)]) -> AtRestStates {
+        AtRestStates {
+            columns: rows
+                .iter()
+                .map(|(c, s)| (c.to_string(), s.clone()))
+                .collect(),
+            read_at: Instant::now(),
+            max_age: Duration::from_secs(60),
+        }
+    }
+
+    fn columns(names: &[&str]) -> BTreeSet<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    #[test]
+    fn only_tokenized_columns_with_a_known_version_resolve() {
+        let policy = crate::policy::Policy::from_yaml(POLICY, "p.yaml").unwrap();
+        let view = policy.for_role("admin", &[]);
+        let mut keys = KeyRing::default();
+        keys.insert(DEFAULT_KEY_NAME, 1, Key::from_bytes([1; 32]));
+        keys.insert(DEFAULT_KEY_NAME, 2, Key::from_bytes([2; 32]));
+        let a = columns(&["public.a.ssn"]);
+        let code = |r: Result<Vec<ColumnVersion>, Refusal>| r.unwrap_err().code;
+        // The recorded version is used, not the active one (2).
+        let s = states(&[("public.a.ssn", state(Phase::Tokenized, 1, 4))]);
+        let v = resolve(&a, &view, Some(&s), None, &keys).unwrap();
+        assert_eq!((v[0].key_version, v[0].generation), (1, 4));
+        // Never migrated, migrating, rekeying: refused.
+        let none = states(&[]);
+        assert_eq!(
+            code(resolve(&a, &view, Some(&none), None, &keys)),
+            Code::AtRestNotReady
+        );
+        for phase in [Phase::Migrating, Phase::Rekeying] {
+            let s = states(&[("public.a.ssn", state(phase, 1, 4))]);
+            assert_eq!(
+                code(resolve(&a, &view, Some(&s), None, &keys)),
+                Code::AtRestNotReady
+            );
+        }
+        // A version the key file lacks, or another label: refused.
+        let s = states(&[("public.a.ssn", state(Phase::Tokenized, 3, 4))]);
+        assert_eq!(
+            code(resolve(&a, &view, Some(&s), None, &keys)),
+            Code::AtRestNotReady
+        );
+        let mut other = state(Phase::Tokenized, 1, 4);
+        other.label = "card".into();
+        let s = states(&[("public.a.ssn", other)]);
+        assert_eq!(
+            code(resolve(&a, &view, Some(&s), None, &keys)),
+            Code::AtRestNotReady
+        );
+        // Two columns of one label under different versions do not compare.
+        let ab = columns(&["public.a.ssn", "public.b.ssn"]);
+        let s = states(&[
+            ("public.a.ssn", state(Phase::Tokenized, 1, 4)),
+            ("public.b.ssn", state(Phase::Tokenized, 2, 9)),
+        ]);
+        assert_eq!(
+            code(resolve(&ab, &view, Some(&s), None, &keys)),
+            Code::AtRestNotReady
+        );
+        // No recent read: TG186.
+        let mut stale = states(&[("public.a.ssn", state(Phase::Tokenized, 1, 4))]);
+        stale.max_age = Duration::ZERO;
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            code(resolve(&a, &view, Some(&stale), None, &keys)),
+            Code::AtRestStateUnknown
+        );
+        assert_eq!(
+            code(resolve(&a, &view, None, Some("down"), &keys)),
+            Code::AtRestStateUnknown
+        );
+        // A statement prepared under generation 4 is refused at Bind once it is 5.
+        let planned = resolve(&a, &view, Some(&s), None, &keys).unwrap();
+        let later = states(&[("public.a.ssn", state(Phase::Tokenized, 2, 5))]);
+        assert!(still_current(&planned, &view, Some(&s), None, &keys).is_ok());
+        assert_eq!(
+            still_current(&planned, &view, Some(&later), None, &keys)
+                .unwrap_err()
+                .code,
+            Code::AtRestPlanChanged
+        );
+    }
+}
