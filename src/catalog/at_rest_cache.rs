@@ -47,8 +47,19 @@ impl CatalogCache {
     pub async fn at_rest_states(&self, database: &str) -> Result<Arc<AtRestStates>, String> {
         let mut rx = self.at_rest_poller(database);
         let usable = |p: &Polled| p.states.as_ref().filter(|s| s.fresh()).cloned();
-        if let Some(s) = usable(&rx.borrow()) {
-            return Ok(s);
+        let failing = {
+            let polled = rx.borrow();
+            if let Some(s) = usable(&polled) {
+                return Ok(s);
+            }
+            polled.error.clone()
+        };
+        // The last read failed: say so at once rather than hold every session's messages
+        // (also those not touching such columns) until the next attempt.
+        if let Some(e) = failing {
+            return Err(format!(
+                "the state of the columns stored as tokens in database {database:?} cannot be read: {e}"
+            ));
         }
         let bound = self.inner.settings.at_rest_max_age;
         let waited = tokio::time::timeout(bound, rx.wait_for(|p| usable(p).is_some()))
