@@ -33,7 +33,16 @@ pub fn run(args: DemoArgs) -> ExitCode {
             }
         };
         println!("{}", demo::banner(&demo));
-        println!("What each role sees for SELECT id, full_name, email, phone, ssn, birth_date FROM customers LIMIT 3:{}", demo::preview(&demo).await);
+        println!(
+            "Stored as tokens: {}{}",
+            demo::STORED_QUERY,
+            demo::stored_preview(&demo).await
+        );
+        println!(
+            "What each role sees for {}:{}",
+            demo::PREVIEW_QUERY,
+            demo::preview(&demo).await
+        );
         shutdown.await;
         eprintln!("stopping the demo and removing its database...");
         let demo::Demo { server, pg } = demo;

@@ -680,7 +680,11 @@ fn python(port: u16) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restricted_role_runs_applications_unchanged() {
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let d = demo::start(any, None, 30).await.expect("demo starts");
+    // Read-path only: these checks compare with a direct connection, which would see
+    // tokens in the columns the demo stores as tokens.
+    let d = demo::start_with_policy(any, None, 30, &demo::read_path_only_policy())
+        .await
+        .expect("demo starts");
     let direct = d.pg.port();
     let bindir = d.pg.bindir().to_path_buf();
     // The demo's policy: support masks pii and financial, denies health.
@@ -796,7 +800,11 @@ async fn differences(direct: u16, via: u16, bindir: &std::path::Path) -> Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restricted_role_still_gets_no_protected_value() {
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let d = demo::start(any, None, 10).await.expect("demo starts");
+    // Read-path only: these checks compare with a direct connection, which would see
+    // tokens in the columns the demo stores as tokens.
+    let d = demo::start_with_policy(any, None, 10, &demo::read_path_only_policy())
+        .await
+        .expect("demo starts");
     let via = d.server.addr.port();
     let admin = d.pg.connect_admin(demo::DATABASE).await.unwrap();
     let secrets: Vec<String> = admin

@@ -14,8 +14,7 @@ async fn audit_log_records_decisions_and_alerts_terminate() {
     let mut ring = KeyRing::generate("default");
     ring.insert("audit", 1, Key::generate());
     ring.write_new(&keys, false).unwrap();
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
+    let demo = crm_policy_text();
     let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
     assert!(
         demo.contains(support_rule),

@@ -140,13 +140,39 @@ async fn load_secrets() -> Oracle {
     Oracle::new(&secrets)
 }
 
-/// A tokengate running the demo policy in front of the shared PostgreSQL.
+/// `policies/demo.yaml` in read-path-only mode. The CRM fixture loads its plaintext directly,
+/// so here nothing is stored as tokens (`at_rest: token` removed) and tokengate protects what
+/// leaves PostgreSQL; `demo.rs` covers the demo's at-rest columns and `at_rest.rs` that mode.
+pub fn crm_policy_text() -> String {
+    let text = tokengate::demo::read_path_only_policy();
+    assert_ne!(
+        text,
+        tokengate::demo::POLICY,
+        "the demo policy stores some labels as tokens"
+    );
+    assert!(!text.contains("at_rest: token }"));
+    text
+}
+
+/// [`crm_policy_text`] in a file that lives as long as the test process.
+pub fn crm_policy_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("tokengate-crm-policy-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let path = dir.join("demo.yaml");
+        std::fs::write(&path, crm_policy_text()).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// A tokengate running the demo policy (read-path only) in front of the shared PostgreSQL.
 pub async fn crm_proxy() -> RunningServer {
-    crm_proxy_with_policy(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/policies/demo.yaml"
-    )))
-    .await
+    crm_proxy_with_policy(crm_policy_path()).await
 }
 
 /// A proxy over the CRM running the policy file at `path` (its watcher reloads edits).
@@ -163,8 +189,7 @@ pub async fn crm_proxy_with_policy(path: PathBuf) -> RunningServer {
 
 /// `policies/demo.yaml` with its `support` rule replaced by `rule`, written to `dir`.
 pub fn demo_policy_with_support(dir: &std::path::Path, rule: &str) -> PathBuf {
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
+    let demo = crm_policy_text();
     let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
     assert!(demo.contains(support_rule));
     let path = dir.join("policy.yaml");

@@ -79,6 +79,76 @@ async fn demo_serves_the_crm_to_every_role() {
             .iter()
             .all(|r| demo::data::luhn_valid(&r.get::<_, String>(0)))
     );
+    // ssn and card_number are stored as tokens: a direct read sees, for each value app_admin
+    // reads in clear through tokengate, exactly its FF1 token under the demo's key (so the
+    // database holds no plaintext, and nothing was tokenized twice), of the same shape.
+    let keys =
+        tokengate::protect::KeyRing::load(&d.pg.socket_dir().join("demo-keys.json")).unwrap();
+    let token_of = |label: &str, format: &str, plain: &str| {
+        let spec = tokengate::protect::TransformSpec::new(
+            tokengate::protect::Action::Token(format.parse().unwrap()),
+            label,
+        );
+        let t = tokengate::protect::ColumnTransform::new(&spec, 25, 0, &keys).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            t.apply(plain.as_bytes(), &mut out).unwrap(),
+            tokengate::protect::Output::Value
+        );
+        String::from_utf8(out).unwrap()
+    };
+    let direct = d.pg.connect_admin(demo::DATABASE).await.unwrap();
+    let admin = {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user("app_admin")
+            .password("admin-demo-pw")
+            .dbname(demo::DATABASE);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    for (sql, label, format) in [
+        ("SELECT ssn FROM customers ORDER BY id", "ssn", "digits"),
+        (
+            "SELECT card_number FROM payments ORDER BY id",
+            "card",
+            "card:keep-last4",
+        ),
+    ] {
+        let stored: Vec<String> = direct
+            .query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let clear: Vec<String> = admin
+            .query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(stored.len(), clear.len());
+        assert!(!stored.is_empty());
+        for (s, c) in stored.iter().zip(&clear) {
+            assert_ne!(s, c, "{label}: the database holds the plaintext");
+            assert_eq!(
+                s,
+                &token_of(label, format, c),
+                "{label}: stored value is the token of the clear one"
+            );
+            assert_eq!(s.len(), c.len());
+        }
+    }
+    let stored_preview = demo::stored_preview(&d).await;
+    assert!(
+        !stored_preview.contains("refused") && !stored_preview.contains("cannot"),
+        "{stored_preview}"
+    );
     let root = d.pg.socket_dir().to_path_buf();
     let demo::Demo { server, pg } = d;
     server.shutdown().await;

@@ -1527,8 +1527,7 @@ async fn statements_prepared_before_a_restricting_reload_are_not_run_in_clear() 
     let clear: String = s.client.query_one(&stmt, &[]).await.unwrap().get(0);
     assert_eq!(clear, ssn, "fully clear before the reload");
 
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
+    let demo = crm_policy_text();
     std::fs::write(&path, &demo).unwrap();
     let series = "tokengate_policy_generation";
     assert_eq!(metric_reaching(&proxy, series, 2.0).await, 2.0);

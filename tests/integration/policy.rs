@@ -3,8 +3,6 @@
 use crate::harness::*;
 use std::path::Path;
 
-const DEMO_POLICY: &str = include_str!("../../policies/demo.yaml");
-
 fn serve_binary(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .arg("serve")
@@ -76,7 +74,8 @@ fn write_atomically(path: &Path, text: &str) {
 async fn running_server_hot_reloads_and_keeps_the_last_good_policy() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.yaml");
-    std::fs::write(&path, DEMO_POLICY).unwrap();
+    let demo_policy = crate::crm::crm_policy_text();
+    std::fs::write(&path, &demo_policy).unwrap();
     let p = path.clone();
     let proxy = proxy_with(move |c| {
         c.policy = Some(p);
@@ -90,7 +89,7 @@ async fn running_server_hot_reloads_and_keeps_the_last_good_policy() {
     assert_eq!(generation_and_errors(&proxy).await, (1.0, 0.0));
 
     // An invalid edit is rejected; the old policy stays in force.
-    write_atomically(&path, &format!("{DEMO_POLICY}\nroles: {{}}\n"));
+    write_atomically(&path, &format!("{demo_policy}\nroles: {{}}\n"));
     assert!(eventually(10, async || generation_and_errors(&proxy).await.1 >= 1.0).await);
     assert_eq!(generation_and_errors(&proxy).await.0, 1.0);
     let store = proxy.context.policy.as_ref().unwrap();
@@ -100,7 +99,7 @@ async fn running_server_hot_reloads_and_keeps_the_last_good_policy() {
     );
 
     // A valid edit takes effect.
-    write_atomically(&path, &DEMO_POLICY.replace("app_admin", "app_owner"));
+    write_atomically(&path, &demo_policy.replace("app_admin", "app_owner"));
     assert!(eventually(10, async || generation_and_errors(&proxy).await.0 == 2.0).await);
     let view = store.current().for_role("app_owner", &[]);
     assert!(view.fully_clear());

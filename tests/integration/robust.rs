@@ -330,7 +330,8 @@ async fn health_endpoints_answer_when_file_descriptors_run_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_never_contain_statement_literals() {
     let keys = crm().keys.display().to_string();
-    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml");
+    let policy_path = crm_policy_path();
+    let policy = policy_path.to_str().unwrap();
     let serve = Serve::start(
         None,
         "",
@@ -405,10 +406,7 @@ async fn a_locked_view_base_table_does_not_block_new_sessions() {
         .unwrap();
     let keys = crm().keys.clone();
     let proxy = proxy_with(move |c| {
-        c.policy = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/policies/demo.yaml"
-        )));
+        c.policy = Some(crm_policy_path());
         c.keys = Some(keys);
         c.catalog_user = Some("postgres".into());
         c.catalog_password = Some(SUPERUSER_PW.into());
@@ -547,10 +545,7 @@ async fn a_stalled_catalog_connection_is_an_error_not_a_hang() {
     let (keys, fwd) = (crm().keys.clone(), stall.addr);
     let proxy = proxy_with(move |c| {
         c.upstream = Upstream::parse(&format!("postgres://{fwd}?sslmode=disable")).unwrap();
-        c.policy = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/policies/demo.yaml"
-        )));
+        c.policy = Some(crm_policy_path());
         c.keys = Some(keys);
         c.catalog_user = Some("postgres".into());
         c.catalog_password = Some(SUPERUSER_PW.into());
@@ -615,8 +610,7 @@ async fn in_place_truncated_policy_writes_never_leak() {
     crm();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.yaml");
-    let full = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
+    let full = crm_policy_text();
     std::fs::write(&path, &full).unwrap();
     let proxy = crm_proxy_with_policy(path.clone()).await;
     let admin = direct("app_admin").await;
@@ -702,8 +696,7 @@ async fn a_weakening_edit_waits_for_an_explicit_reload() {
     crm();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.yaml");
-    let full = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/demo.yaml"))
-        .unwrap();
+    let full = crm_policy_text();
     std::fs::write(&path, &full).unwrap();
     let proxy = crm_proxy_with_policy(path.clone()).await;
     let support_rule = "support:   { pii: mask, financial: mask, health: deny }";
@@ -754,10 +747,7 @@ async fn with_fsync_always_the_record_is_on_disk_before_ready_for_query() {
     let log = dir.path().join("audit.log");
     let (k, l) = (keys.clone(), log.clone());
     let proxy = proxy_with(move |c| {
-        c.policy = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/policies/demo.yaml"
-        )));
+        c.policy = Some(crm_policy_path());
         c.keys = Some(k);
         c.catalog_user = Some("postgres".into());
         c.catalog_password = Some(SUPERUSER_PW.into());
@@ -873,10 +863,7 @@ async fn a_first_catalog_load_survives_a_locked_view_base_table() {
     // A fresh tokengate: no snapshot yet, and the view's definition cannot be read.
     let keys = crm().keys.clone();
     let proxy = proxy_with(move |c| {
-        c.policy = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/policies/demo.yaml"
-        )));
+        c.policy = Some(crm_policy_path());
         c.keys = Some(keys);
         c.catalog_user = Some("postgres".into());
         c.catalog_password = Some(SUPERUSER_PW.into());
