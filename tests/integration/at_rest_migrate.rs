@@ -329,9 +329,29 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
     // One with both versions decrypts with the recorded version 2.
     let proxy_v12 = proxy(&policy, &keys_v12).await;
     assert_clear(&proxy_v12).await;
-    // A proxy given only version 2 as "active" still decrypts correctly, and writes go in
-    // under version 2.
+    // A statement prepared under one state generation is refused at Bind once the state
+    // changed (TG187), and works prepared again.
     let admin2 = via(&proxy_v12, "mig_admin").await;
+    let by_key = "SELECT ssn FROM accounts WHERE region = $1 AND id = $2";
+    let prepared = admin2.prepare(by_key).await.unwrap();
+    let r = admin2.query_one(&prepared, &[&"us", &7i32]).await.unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0), plaintext(7));
+    direct
+        .batch_execute("UPDATE tokengate.at_rest_columns SET generation = generation + 1")
+        .await
+        .unwrap();
+    assert!(
+        eventually(10, async || {
+            match admin2.query(&prepared, &[&"us", &7i32]).await {
+                Err(e) => refusal(&e).starts_with("55000 tokengate TG187"),
+                Ok(_) => false,
+            }
+        })
+        .await
+    );
+    let r = admin2.query_one(by_key, &[&"us", &7i32]).await.unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0), plaintext(7));
+    // Writes go in under the recorded version 2.
     admin2
         .execute(
             "UPDATE accounts SET ssn = $1 WHERE region = 'us' AND id = 1",
