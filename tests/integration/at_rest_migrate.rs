@@ -369,3 +369,80 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
         .get(0);
     assert_eq!(stored, token(&ring_v12, 2, "555-12-3456"));
 }
+
+/// A value the token format cannot take stops the run naming the row's key (never its
+/// value) and leaves the state resumable; a table without a primary key is refused.
+#[tokio::test]
+async fn a_bad_value_stops_the_run_resumably_and_a_table_needs_a_primary_key() {
+    let pg = &cluster().pg;
+    pg.execute("postgres", "CREATE DATABASE atbad")
+        .await
+        .unwrap();
+    pg.execute(
+        "atbad",
+        "CREATE TABLE cards (id int PRIMARY KEY, ssn text);
+         INSERT INTO cards SELECT g, '123-45-' || (1000 + g) FROM generate_series(1, 40) g;
+         UPDATE cards SET ssn = 'secret-words' WHERE id = 13;
+         CREATE TABLE loose (ssn text);",
+    )
+    .await
+    .unwrap();
+    let policy = tokengate::policy::Policy::from_yaml(
+        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: token }\ncolumns:\n  public.cards.ssn: ssn\n  public.loose.ssn: ssn\nroles:\n  \"*\": { default: deny }\n",
+        "p.yaml",
+    )
+    .unwrap();
+    let keys = ring(&[1]);
+    let mut client = pg.connect_admin("atbad").await.unwrap();
+    let options = tokengate::atrest::Options {
+        batch_size: 4,
+        ..Default::default()
+    };
+    let quiet = tokengate::atrest::Quiet;
+    let columns = tokengate::atrest::columns(&policy, None).unwrap();
+    let cards = columns.iter().find(|c| c.table == "cards").unwrap();
+    let loose = columns.iter().find(|c| c.table == "loose").unwrap();
+
+    let e = tokengate::atrest::migrate(&mut client, &keys, loose, &options, &quiet)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("has no primary key"), "{e}");
+
+    let e = tokengate::atrest::migrate(&mut client, &keys, cards, &options, &quiet)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the row with key (13)"), "{e}");
+    assert!(!e.contains("secret-words"), "{e}");
+    // Rows before the bad one's batch are done; the state says migrating with them counted.
+    let states = tokengate::atrest::load_states(&client).await.unwrap();
+    let s = &states["public.cards.ssn"];
+    assert_eq!(s.describe(), "migrating to key version 1 (12 rows done)");
+    client
+        .batch_execute("UPDATE cards SET ssn = '123-45-1013' WHERE id = 13")
+        .await
+        .unwrap();
+    let done = tokengate::atrest::migrate(&mut client, &keys, cards, &options, &quiet)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            done,
+            tokengate::atrest::Outcome::Done {
+                rows: 28,
+                key_version: 1,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    for r in client
+        .query("SELECT id, ssn FROM cards", &[])
+        .await
+        .unwrap()
+    {
+        let id: i32 = r.get(0);
+        let plain = format!("123-45-{}", 1000 + id);
+        assert_eq!(r.get::<_, String>(1), token(&keys, 1, &plain), "row {id}");
+    }
+}
