@@ -310,6 +310,26 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
     let ring_v12 = ring(&[1, 2]);
     let keys_v12 = dir.path().join("keys-v12.json");
     ring_v12.write_new(&keys_v12, false).unwrap();
+    // While a rekey waits out its grace period the state is rekeying: every role refused.
+    let mut child = tool("rekey", &policy, &keys_v12, &["--grace", "60s"])
+        .spawn()
+        .unwrap();
+    for role in ["mig_token", "mig_admin"] {
+        let seen = eventually(20, async || {
+            let c = via(&proxy_v1, role).await;
+            match c.query("SELECT ssn FROM accounts WHERE id = 1", &[]).await {
+                Err(e) => {
+                    let r = refusal(&e);
+                    r.contains("TG185") && r.contains("being rekeyed from key version 1 to 2")
+                }
+                Ok(_) => false,
+            }
+        })
+        .await;
+        assert!(seen, "{role}: the proxy never reported the rekey");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
     let rekey_args = ["--batch-size", "2", "--grace", "1s"];
     let out = kill_and_resume("rekey", &policy, &keys_v12, &rekey_args, 300..3000, 4).await;
     assert!(out.contains("key version 2"), "{out}");
