@@ -50,6 +50,11 @@ pub struct RekeyArgs {
     /// Default 1s.
     #[arg(long, value_parser = crate::config::parse_duration)]
     pub lock_timeout: Option<Duration>,
+    /// How long to wait, after the grace period, for the database's sessions that are running
+    /// statements to be seen idle once (a statement queued behind a long one may have been
+    /// planned under the old state). Default 10m.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub drain_timeout: Option<Duration>,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -142,6 +147,7 @@ pub fn rekey(args: RekeyArgs) -> ExitCode {
         batch_size: args.run.batch_size,
         grace: args.grace.unwrap_or(defaults.grace),
         lock_timeout: args.lock_timeout.unwrap_or(defaults.lock_timeout),
+        drain_timeout: args.drain_timeout.unwrap_or(defaults.drain_timeout),
         to_version: args.to_version,
         ..defaults
     };
