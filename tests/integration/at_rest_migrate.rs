@@ -388,6 +388,58 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
         .unwrap()
         .get(0);
     assert_eq!(stored, token(&ring_v12, 2, "555-12-3456"));
+
+    // Fail closed: a proxy that cannot read the state table refuses statements touching the
+    // column (TG186) and runs the others; once it can read it again, it goes on.
+    cluster()
+        .pg
+        .execute(
+            "postgres",
+            "CREATE ROLE mig_catalog LOGIN PASSWORD 'mig_catalog-pw'",
+        )
+        .await
+        .unwrap();
+    let (p, k) = (policy.clone(), keys_v12.clone());
+    let proxy_cat = proxy_with(|c| {
+        c.policy = Some(p);
+        c.keys = Some(k);
+        c.catalog_user = Some("mig_catalog".into());
+        c.catalog_password = Some("mig_catalog-pw".into());
+        c.at_rest_refresh = Duration::from_millis(100);
+        c.at_rest_max_age = Duration::from_millis(500);
+    })
+    .await;
+    let read = async |expect_ok: bool| {
+        let c = via(&proxy_cat, "mig_admin").await;
+        match c
+            .query(
+                "SELECT ssn FROM accounts WHERE region = 'us' AND id = 3",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => expect_ok && rows[0].get::<_, Option<String>>(0) == plaintext(3),
+            Err(e) => !expect_ok && refusal(&e).starts_with("55000 tokengate TG186"),
+        }
+    };
+    assert!(eventually(10, async || read(true).await).await);
+    direct
+        .batch_execute("REVOKE SELECT ON tokengate.at_rest_columns FROM PUBLIC")
+        .await
+        .unwrap();
+    assert!(eventually(10, async || read(false).await).await);
+    let c = via(&proxy_cat, "mig_admin").await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, i64::from(ROWS));
+    direct
+        .batch_execute("GRANT SELECT ON tokengate.at_rest_columns TO PUBLIC")
+        .await
+        .unwrap();
+    assert!(eventually(10, async || read(true).await).await);
 }
 
 /// A value the token format cannot take stops the run naming the row's key (never its
