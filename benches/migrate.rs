@@ -35,11 +35,14 @@ fn main() {
                  SELECT g, 'person ' || g,
                         lpad((g % 1000)::text, 3, '0') || '-' || lpad((g % 100)::text, 2, '0')
                         || '-' || lpad((g % 10000)::text, 4, '0')
-                   FROM generate_series(1, {rows}) g;
-                 VACUUM ANALYZE people;"
+                   FROM generate_series(1, {rows}) g;"
             ))
             .await
             .expect("load");
+        client
+            .batch_execute("VACUUM ANALYZE people")
+            .await
+            .expect("vacuum");
         let mut keys = KeyRing::default();
         keys.insert(DEFAULT_KEY_NAME, 1, Key::from_bytes([7; 32]));
         let column = Column {

@@ -165,6 +165,75 @@ pub(super) async fn lock_state(
     }))
 }
 
+/// Client backends of this database (other than ours) running a statement now.
+const BUSY_SQL: &str = "
+SELECT pid, backend_start::text FROM pg_stat_activity
+ WHERE datname = current_database() AND pid <> pg_backend_pid()
+   AND backend_type = 'client backend' AND state = 'active'";
+
+/// After the grace period: waits until every other client backend of the database that is
+/// running a statement has been seen not running one at least once. A statement a proxy
+/// planned under the old state may sit queued behind a long one on its connection (a
+/// pipeline, or an earlier statement of its transaction that does not touch the table),
+/// where the lock barrier cannot see it; once its backend has been seen idle, it has started
+/// (and holds its table lock, which the barrier then waits for) or finished.
+pub(super) async fn drain(
+    client: &Client,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<(), AtRestError> {
+    let busy = || async {
+        let rows = client.query(BUSY_SQL, &[]).await?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            out.insert((r.try_get::<_, i32>(0)?, r.try_get::<_, Option<String>>(1)?));
+        }
+        Ok::<_, AtRestError>(out)
+    };
+    let hidden: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND backend_type = 'client backend' AND state IS NULL",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if hidden > 0 {
+        return Err(AtRestError::Privilege(format!(
+            "{hidden} sessions of other roles hide their state in pg_stat_activity; rekey must see whether they run statements: run it as a superuser or a member of pg_read_all_stats"
+        )));
+    }
+    let mut waiting = busy().await?;
+    let started = std::time::Instant::now();
+    let mut said = false;
+    while !waiting.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = busy().await?;
+        waiting.retain(|p| now.contains(p));
+        if waiting.is_empty() {
+            break;
+        }
+        if !said && started.elapsed() > std::time::Duration::from_secs(2) {
+            said = true;
+            let pids: Vec<String> = waiting.iter().map(|(p, _)| p.to_string()).collect();
+            progress.note(&format!(
+                "waiting for backends {} to finish the statements they were running",
+                pids.join(", ")
+            ));
+        }
+        if started.elapsed() > options.drain_timeout {
+            let mut pids: Vec<i32> = waiting.iter().map(|(p, _)| *p).collect();
+            pids.sort_unstable();
+            return Err(AtRestError::Drain {
+                pids,
+                secs: options.drain_timeout.as_secs(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Takes and releases `ACCESS EXCLUSIVE` on the table: every transaction that touched it
 /// before (under the old state) has ended once this returns. Retried with a short
 /// `lock_timeout`, so waiting for it does not block the table's readers for long.

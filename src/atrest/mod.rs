@@ -9,7 +9,9 @@
 //!   is tokenized twice or skipped. The state row is locked `FOR UPDATE` in each batch too,
 //!   so two tools on one column take turns rather than race.
 //! - A state change commits before any row changes. `rekey` then waits `grace` (longer than
-//!   any proxy's `at_rest_max_age`), and takes a barrier `LOCK TABLE ... IN ACCESS EXCLUSIVE
+//!   any proxy's `at_rest_max_age`), waits until the database's backends that were running a
+//!   statement have each been seen idle once (a statement queued behind a long one on its
+//!   connection has then started), and takes a barrier `LOCK TABLE ... IN ACCESS EXCLUSIVE
 //!   MODE`, which waits out the transactions that touched the table under the old state.
 //!   `migrate` needs no wait: proxies refuse a column with no state row, and a migrating one.
 //! - The library API is small: [`columns`] lists a policy's columns stored as tokens,
@@ -61,6 +63,9 @@ pub struct Options {
     pub lock_timeout: Duration,
     /// Attempts at the lock barrier before giving up (the state stays resumable).
     pub lock_attempts: u32,
+    /// `rekey`: how long to wait for the database's other backends that were running a
+    /// statement after the grace period to be seen idle once.
+    pub drain_timeout: Duration,
     /// `rekey`: the version to move to (default: the key file's active version).
     pub to_version: Option<u32>,
 }
@@ -72,6 +77,7 @@ impl Default for Options {
             grace: crate::config::DEFAULT_AT_REST_GRACE,
             lock_timeout: Duration::from_secs(1),
             lock_attempts: 60,
+            drain_timeout: Duration::from_secs(600),
             to_version: None,
         }
     }
@@ -134,6 +140,12 @@ pub enum AtRestError {
     State { column: String, message: String },
     #[error("key file: {0}")]
     Key(#[from] crate::protect::KeyError),
+    #[error(
+        "backends {pids:?} of the database kept running statements for {secs}s after the grace period; a statement planned under the old state may be queued behind them; run the command again to resume (pg_stat_activity shows them)"
+    )]
+    Drain { pids: Vec<i32>, secs: u64 },
+    #[error("{0}")]
+    Privilege(String),
     #[error(
         "column {column}: could not lock table {table} after {attempts} attempts (lock_timeout {timeout_ms} ms each); long transactions hold it; run the command again to resume"
     )]
@@ -384,6 +396,7 @@ pub async fn rekey(
         options.grace.as_millis()
     ));
     tokio::time::sleep(options.grace).await;
+    batch::drain(client, options, progress).await?;
     batch::barrier(client, c, options, progress).await?;
     let started = Instant::now();
     let rows = batch::run(

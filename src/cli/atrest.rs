@@ -43,12 +43,18 @@ pub struct RekeyArgs {
     pub to_version: Option<u32>,
     /// Wait after recording the rekeying state before touching rows: longer than every
     /// proxy's `at_rest_max_age` (default 5s), so no proxy still writes or decrypts with the
-    /// old version. Durations like 12s, 500ms.
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "12s")]
-    pub grace: Duration,
+    /// old version. Durations like 12s, 500ms. Default 12s.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub grace: Option<Duration>,
     /// `lock_timeout` of each attempt at the lock barrier taken after the grace period.
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "1s")]
-    pub lock_timeout: Duration,
+    /// Default 1s.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub lock_timeout: Option<Duration>,
+    /// How long to wait, after the grace period, for the database's sessions that are running
+    /// statements to be seen idle once (a statement queued behind a long one may have been
+    /// planned under the old state). Default 10m.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub drain_timeout: Option<Duration>,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -136,12 +142,14 @@ pub fn migrate(args: RunArgs) -> ExitCode {
 }
 
 pub fn rekey(args: RekeyArgs) -> ExitCode {
+    let defaults = Options::default();
     let options = Options {
         batch_size: args.run.batch_size,
-        grace: args.grace,
-        lock_timeout: args.lock_timeout,
+        grace: args.grace.unwrap_or(defaults.grace),
+        lock_timeout: args.lock_timeout.unwrap_or(defaults.lock_timeout),
+        drain_timeout: args.drain_timeout.unwrap_or(defaults.drain_timeout),
         to_version: args.to_version,
-        ..Options::default()
+        ..defaults
     };
     run(&args.run, options, "rekey", true)
 }

@@ -310,6 +310,26 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
     let ring_v12 = ring(&[1, 2]);
     let keys_v12 = dir.path().join("keys-v12.json");
     ring_v12.write_new(&keys_v12, false).unwrap();
+    // While a rekey waits out its grace period the state is rekeying: every role refused.
+    let mut child = tool("rekey", &policy, &keys_v12, &["--grace", "60s"])
+        .spawn()
+        .unwrap();
+    for role in ["mig_token", "mig_admin"] {
+        let seen = eventually(20, async || {
+            let c = via(&proxy_v1, role).await;
+            match c.query("SELECT ssn FROM accounts WHERE id = 1", &[]).await {
+                Err(e) => {
+                    let r = refusal(&e);
+                    r.contains("TG185") && r.contains("being rekeyed from key version 1 to 2")
+                }
+                Ok(_) => false,
+            }
+        })
+        .await;
+        assert!(seen, "{role}: the proxy never reported the rekey");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
     let rekey_args = ["--batch-size", "2", "--grace", "1s"];
     let out = kill_and_resume("rekey", &policy, &keys_v12, &rekey_args, 300..3000, 4).await;
     assert!(out.contains("key version 2"), "{out}");
@@ -329,9 +349,29 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
     // One with both versions decrypts with the recorded version 2.
     let proxy_v12 = proxy(&policy, &keys_v12).await;
     assert_clear(&proxy_v12).await;
-    // A proxy given only version 2 as "active" still decrypts correctly, and writes go in
-    // under version 2.
+    // A statement prepared under one state generation is refused at Bind once the state
+    // changed (TG187), and works prepared again.
     let admin2 = via(&proxy_v12, "mig_admin").await;
+    let by_key = "SELECT ssn FROM accounts WHERE region = $1 AND id = $2";
+    let prepared = admin2.prepare(by_key).await.unwrap();
+    let r = admin2.query_one(&prepared, &[&"us", &7i32]).await.unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0), plaintext(7));
+    direct
+        .batch_execute("UPDATE tokengate.at_rest_columns SET generation = generation + 1")
+        .await
+        .unwrap();
+    assert!(
+        eventually(10, async || {
+            match admin2.query(&prepared, &[&"us", &7i32]).await {
+                Err(e) => refusal(&e).starts_with("55000 tokengate TG187"),
+                Ok(_) => false,
+            }
+        })
+        .await
+    );
+    let r = admin2.query_one(by_key, &[&"us", &7i32]).await.unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0), plaintext(7));
+    // Writes go in under the recorded version 2.
     admin2
         .execute(
             "UPDATE accounts SET ssn = $1 WHERE region = 'us' AND id = 1",
@@ -348,4 +388,133 @@ async fn migrate_and_rekey_survive_kill_9_and_the_proxy_obeys_the_state() {
         .unwrap()
         .get(0);
     assert_eq!(stored, token(&ring_v12, 2, "555-12-3456"));
+
+    // Fail closed: a proxy that cannot read the state table refuses statements touching the
+    // column (TG186) and runs the others; once it can read it again, it goes on.
+    cluster()
+        .pg
+        .execute(
+            "postgres",
+            "CREATE ROLE mig_catalog LOGIN PASSWORD 'mig_catalog-pw'",
+        )
+        .await
+        .unwrap();
+    let (p, k) = (policy.clone(), keys_v12.clone());
+    let proxy_cat = proxy_with(|c| {
+        c.policy = Some(p);
+        c.keys = Some(k);
+        c.catalog_user = Some("mig_catalog".into());
+        c.catalog_password = Some("mig_catalog-pw".into());
+        c.at_rest_refresh = Duration::from_millis(100);
+        c.at_rest_max_age = Duration::from_millis(500);
+    })
+    .await;
+    let read = async |expect_ok: bool| {
+        let c = via(&proxy_cat, "mig_admin").await;
+        match c
+            .query(
+                "SELECT ssn FROM accounts WHERE region = 'us' AND id = 3",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => expect_ok && rows[0].get::<_, Option<String>>(0) == plaintext(3),
+            Err(e) => !expect_ok && refusal(&e).starts_with("55000 tokengate TG186"),
+        }
+    };
+    assert!(eventually(10, async || read(true).await).await);
+    direct
+        .batch_execute("REVOKE SELECT ON tokengate.at_rest_columns FROM PUBLIC")
+        .await
+        .unwrap();
+    assert!(eventually(10, async || read(false).await).await);
+    let c = via(&proxy_cat, "mig_admin").await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, i64::from(ROWS));
+    direct
+        .batch_execute("GRANT SELECT ON tokengate.at_rest_columns TO PUBLIC")
+        .await
+        .unwrap();
+    assert!(eventually(10, async || read(true).await).await);
+}
+
+/// A value the token format cannot take stops the run naming the row's key (never its
+/// value) and leaves the state resumable; a table without a primary key is refused.
+#[tokio::test]
+async fn a_bad_value_stops_the_run_resumably_and_a_table_needs_a_primary_key() {
+    let pg = &cluster().pg;
+    pg.execute("postgres", "CREATE DATABASE atbad")
+        .await
+        .unwrap();
+    pg.execute(
+        "atbad",
+        "CREATE TABLE cards (id int PRIMARY KEY, ssn text);
+         INSERT INTO cards SELECT g, '123-45-' || (1000 + g) FROM generate_series(1, 40) g;
+         UPDATE cards SET ssn = 'secret-words' WHERE id = 13;
+         CREATE TABLE loose (ssn text);",
+    )
+    .await
+    .unwrap();
+    let policy = tokengate::policy::Policy::from_yaml(
+        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: token }\ncolumns:\n  public.cards.ssn: ssn\n  public.loose.ssn: ssn\nroles:\n  \"*\": { default: deny }\n",
+        "p.yaml",
+    )
+    .unwrap();
+    let keys = ring(&[1]);
+    let mut client = pg.connect_admin("atbad").await.unwrap();
+    let options = tokengate::atrest::Options {
+        batch_size: 4,
+        ..Default::default()
+    };
+    let quiet = tokengate::atrest::Quiet;
+    let columns = tokengate::atrest::columns(&policy, None).unwrap();
+    let cards = columns.iter().find(|c| c.table == "cards").unwrap();
+    let loose = columns.iter().find(|c| c.table == "loose").unwrap();
+
+    let e = tokengate::atrest::migrate(&mut client, &keys, loose, &options, &quiet)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("has no primary key"), "{e}");
+
+    let e = tokengate::atrest::migrate(&mut client, &keys, cards, &options, &quiet)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the row with key (13)"), "{e}");
+    assert!(!e.contains("secret-words"), "{e}");
+    // Rows before the bad one's batch are done; the state says migrating with them counted.
+    let states = tokengate::atrest::load_states(&client).await.unwrap();
+    let s = &states["public.cards.ssn"];
+    assert_eq!(s.describe(), "migrating to key version 1 (12 rows done)");
+    client
+        .batch_execute("UPDATE cards SET ssn = '123-45-1013' WHERE id = 13")
+        .await
+        .unwrap();
+    let done = tokengate::atrest::migrate(&mut client, &keys, cards, &options, &quiet)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            done,
+            tokengate::atrest::Outcome::Done {
+                rows: 28,
+                key_version: 1,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    for r in client
+        .query("SELECT id, ssn FROM cards", &[])
+        .await
+        .unwrap()
+    {
+        let id: i32 = r.get(0);
+        let plain = format!("123-45-{}", 1000 + id);
+        assert_eq!(r.get::<_, String>(1), token(&keys, 1, &plain), "row {id}");
+    }
 }
