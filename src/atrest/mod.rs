@@ -68,6 +68,9 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// `rekey`: the version to move to (default: the key file's active version).
     pub to_version: Option<u32>,
+    /// `migrate`: the column already holds tokens made with this key version (written by a
+    /// tokengate without the state table): record it `tokenized` without touching a row.
+    pub already_tokenized: Option<u32>,
 }
 
 impl Default for Options {
@@ -79,6 +82,7 @@ impl Default for Options {
             lock_attempts: 60,
             drain_timeout: Duration::from_secs(600),
             to_version: None,
+            already_tokenized: None,
         }
     }
 }
@@ -104,6 +108,8 @@ impl Progress for Quiet {}
 pub enum Outcome {
     /// Nothing to do: the column was already tokenized with this key version.
     AlreadyDone { key_version: u32 },
+    /// `already_tokenized`: the state was recorded as given; no row was read or changed.
+    Recorded { key_version: u32 },
     /// Done: `rows` values changed by this run (earlier interrupted runs not counted).
     Done {
         rows: u64,
@@ -254,8 +260,48 @@ pub async fn migrate(
     client.batch_execute(at_rest::CREATE_SQL).await?;
     let table = batch::Table::inspect(client, c).await?;
     let tx = client.transaction().await?;
-    let version = match batch::lock_state(&tx, c).await? {
-        None => {
+    let version = match (batch::lock_state(&tx, c).await?, options.already_tokenized) {
+        (None, Some(version)) => {
+            keys.get(DEFAULT_KEY_NAME, Some(version))?;
+            tx.execute(
+                "INSERT INTO tokengate.at_rest_columns
+                   (table_schema, table_name, column_name, label, token_format, key_name,
+                    key_version, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'tokenized')",
+                &[
+                    &c.schema,
+                    &c.table,
+                    &c.column,
+                    &c.label,
+                    &c.format,
+                    &DEFAULT_KEY_NAME,
+                    &(version as i32),
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Outcome::Recorded {
+                key_version: version,
+            });
+        }
+        (Some(s), Some(version)) => {
+            same_label(c, &s)?;
+            if s.phase == Phase::Tokenized && s.key_version == version {
+                return Ok(Outcome::AlreadyDone {
+                    key_version: s.key_version,
+                });
+            }
+            return Err(state_error(
+                c,
+                format!(
+                    "its state is already recorded ({} with key version {}); \
+                     --already-tokenized only records a column that has no state",
+                    s.phase.as_str(),
+                    s.key_version
+                ),
+            ));
+        }
+        (None, None) => {
             let active = keys.active_version(DEFAULT_KEY_NAME)?;
             tx.execute(
                 "INSERT INTO tokengate.at_rest_columns
@@ -275,7 +321,7 @@ pub async fn migrate(
             .await?;
             active
         }
-        Some(s) => {
+        (Some(s), None) => {
             same_label(c, &s)?;
             match s.phase {
                 Phase::Tokenized => {

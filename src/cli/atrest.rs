@@ -35,6 +35,17 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The column already holds tokens made with this key version (written through a
+    /// tokengate that had no state table): record it as tokenized without touching a row.
+    /// Never guess: a wrong version makes clear roles read garbage.
+    #[arg(long, value_name = "KEY_VERSION")]
+    pub already_tokenized: Option<u32>,
+}
+
+#[derive(Args, Debug)]
 pub struct RekeyArgs {
     #[command(flatten)]
     pub run: RunArgs,
@@ -133,12 +144,13 @@ fn load(args: &RunArgs) -> Result<Loaded, ExitCode> {
     Ok(Loaded { keys, columns })
 }
 
-pub fn migrate(args: RunArgs) -> ExitCode {
+pub fn migrate(args: MigrateArgs) -> ExitCode {
     let options = Options {
-        batch_size: args.batch_size,
+        batch_size: args.run.batch_size,
+        already_tokenized: args.already_tokenized,
         ..Options::default()
     };
-    run(&args, options, "migrate", false)
+    run(&args.run, options, "migrate", false)
 }
 
 pub fn rekey(args: RekeyArgs) -> ExitCode {
@@ -193,6 +205,10 @@ fn run(args: &RunArgs, options: Options, verb: &str, rekey: bool) -> ExitCode {
                 atrest::migrate(&mut client, &loaded.keys, c, &options, &bar).await
             };
             match result {
+                Ok(Outcome::Recorded { key_version }) => println!(
+                    "{}: recorded as tokenized with key version {key_version}; no row changed",
+                    c.qualified()
+                ),
                 Ok(Outcome::AlreadyDone { key_version }) => println!(
                     "{}: already tokenized, key version {key_version}; nothing to do",
                     c.qualified()

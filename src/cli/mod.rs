@@ -43,7 +43,7 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Tokenize the existing values of the columns stored as tokens (`at_rest: token`) in
     /// place, in resumable batches, and record them as tokenized.
-    Migrate(atrest::RunArgs),
+    Migrate(atrest::MigrateArgs),
     /// Move the columns stored as tokens from their key version to the active one (or
     /// --to-version), in resumable batches.
     Rekey(atrest::RekeyArgs),

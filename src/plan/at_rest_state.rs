@@ -85,7 +85,7 @@ pub fn resolve(
         };
         let Some(state) = states.get(column) else {
             return Err(not_ready(format!(
-                "column {column} is stored as tokens but was never migrated, so it may hold plaintext: run `tokengate migrate --column {column}`"
+                "column {column} is stored as tokens but was never migrated, so it may hold plaintext: run `tokengate migrate --column {column}` (or, if it already holds tokens written by an earlier tokengate, `tokengate migrate --column {column} --already-tokenized <key version>`)"
             )));
         };
         match state.phase {

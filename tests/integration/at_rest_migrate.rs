@@ -518,3 +518,99 @@ async fn a_bad_value_stops_the_run_resumably_and_a_table_needs_a_primary_key() {
         assert_eq!(r.get::<_, String>(1), token(&keys, 1, &plain), "row {id}");
     }
 }
+
+/// A column that already holds tokens but has no state row (written by a tokengate without the
+/// state table) is recorded with `migrate --already-tokenized N`: no row changes (a plain
+/// migrate would tokenize the tokens again), the proxy then decrypts with version N, and a
+/// second `--already-tokenized` with another version is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_tokenized_columns_are_recorded_without_touching_a_row() {
+    let pg = &cluster().pg;
+    pg.execute("postgres", "CREATE DATABASE atadopt")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys_path = dir.path().join("keys.json");
+    let keys = ring(&[1, 2]);
+    keys.write_new(&keys_path, false).unwrap();
+    let plains: Vec<String> = (1..=20).map(|i| format!("123-45-{}", 6000 + i)).collect();
+    // Tokens made with version 1 while version 2 is active: only the recorded version can
+    // decrypt them.
+    let stored: Vec<String> = plains.iter().map(|p| token(&keys, 1, p)).collect();
+    let direct = pg.connect_admin("atadopt").await.unwrap();
+    direct
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE mig_admin LOGIN PASSWORD 'mig_admin-pw';
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             CREATE TABLE accounts (region text, id int, ssn varchar(20), PRIMARY KEY (region, id));
+             GRANT ALL ON accounts TO mig_admin;",
+        )
+        .await
+        .unwrap();
+    direct
+        .execute(
+            "INSERT INTO accounts SELECT 'eu', g, ($1::text[])[g] FROM generate_series(1, 20) g",
+            &[&stored],
+        )
+        .await
+        .unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let url = upstream().replace(&format!("/{MIG_DB}"), "/atadopt");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["migrate", "--policy", policy.to_str().unwrap()])
+            .args([
+                "--keys",
+                keys_path.to_str().unwrap(),
+                "--upstream",
+                &url,
+                "--quiet",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--already-tokenized", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("recorded as tokenized with key version 1"),
+        "{stdout}"
+    );
+    let after: Vec<String> = direct
+        .query("SELECT ssn FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(after, stored, "no row changed");
+    // Another version for the same column is refused; the same one is a no-op.
+    let out = run(&["--already-tokenized", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already recorded"));
+    assert!(run(&["--already-tokenized", "1"]).status.success());
+    let states = tokengate::atrest::load_states(&direct).await.unwrap();
+    assert_eq!(
+        states["public.accounts.ssn"].describe(),
+        "tokenized, key version 1"
+    );
+    // Through tokengate the clear role reads the plaintext: version 1, not the active 2.
+    let proxy = proxy(&policy, &keys_path).await;
+    let mut c = pg_config(proxy.addr.port(), "mig_admin", "mig_admin-pw");
+    c.dbname("atadopt");
+    let admin = connect(&c).await;
+    let clear: Vec<String> = admin
+        .query("SELECT ssn FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(clear, plains);
+}
