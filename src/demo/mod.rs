@@ -45,9 +45,21 @@ pub async fn start(
     admin: Option<SocketAddr>,
     customers: usize,
 ) -> Result<Demo, DemoError> {
+    start_with_ssl(listen, admin, customers, None).await
+}
+
+/// [`start`] with PostgreSQL's `ssl` on, given its PEM certificate and key (tokengate's own
+/// upstream leg stays plain; tests start another tokengate for TLS on both legs).
+pub async fn start_with_ssl(
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    customers: usize,
+    ssl: Option<(String, String)>,
+) -> Result<Demo, DemoError> {
     let pg = tokio::task::spawn_blocking(|| {
         EmbeddedPostgres::start(&PgOptions {
             superuser_password: random_password(),
+            ssl,
             ..PgOptions::default()
         })
     })
