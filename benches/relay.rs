@@ -6,7 +6,8 @@
 //! When `pgbouncer` is on PATH (Debian's package), PgBouncer in session mode runs as a third
 //! contender in the same rounds, so tokengate's CPU cost has a same-machine, same-run baseline.
 //!
-//! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000).
+//! Run: `cargo bench --bench relay` (env: ROUNDS=5, SECONDS=5, SCALE=10, ROWS=1000000;
+//! TOKENGATE_BENCH_BIN=path runs that tokengate binary instead of the one just built).
 //! `TLS=1` puts TLS on both legs for every contender: PostgreSQL with `ssl=on`, clients with
 //! `sslmode=require`, tokengate and PgBouncer terminating TLS and connecting upstream with
 //! `sslmode=require` (direct runs are TLS too).

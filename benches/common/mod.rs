@@ -125,7 +125,11 @@ pub fn start_tokengate_sslmode(pg_port: u16, sslmode: &str, extra: &[&str]) -> (
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+    // TOKENGATE_BENCH_BIN runs another build (e.g. the previous commit's, for an interleaved
+    // before/after comparison); by default the one cargo built with this bench.
+    let binary = std::env::var_os("TOKENGATE_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tokengate").into());
+    let child = Command::new(binary)
         .args([
             "serve",
             "--listen",

@@ -1,7 +1,8 @@
 //! Reads a role's stored SCRAM secret per login, the way PgBouncer's `auth_user` /
-//! `auth_query` do: a configured query, run as a configured auth role over a connection that
-//! tokengate keeps per database. The usual query calls a `SECURITY DEFINER` function owned by
-//! a superuser, so the auth role needs no access to `pg_authid`:
+//! `auth_query` do: a configured query, run as a configured auth role over connections that
+//! tokengate keeps per database (up to [`MAX_LOOKUP_CONNECTIONS`], one per lookup in flight, so
+//! concurrent logins do not wait on each other). The usual query calls a `SECURITY DEFINER`
+//! function owned by a superuser, so the auth role needs no access to `pg_authid`:
 //!
 //! ```sql
 //! CREATE FUNCTION tokengate.get_auth(p_usename text, OUT usename name, OUT passwd text)
@@ -9,13 +10,15 @@
 //!   $$ SELECT rolname, rolpassword FROM pg_authid WHERE rolname = p_usename AND rolcanlogin $$;
 //! ```
 //!
-//! The secret is never cached, stored or logged; the parsed keys are zeroized when dropped.
+//! The secret is never cached, stored or logged. tokengate copies only the parsed keys, which
+//! are zeroized when dropped; the secret's text stays in tokio-postgres's receive buffers and
+//! `Row` (plain `bytes` buffers, freed but not wiped, and overwritten by the connection's
+//! next replies).
 use super::scram::ScramSecret;
 use crate::net::pg_error;
 use crate::net::upstream::{Connector, UpstreamError};
 use std::collections::HashMap;
-use tokio::sync::Mutex;
-use zeroize::Zeroizing;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -32,6 +35,8 @@ pub enum LookupError {
         database: String,
         source: tokio_postgres::Error,
     },
+    #[error("auth_query lookups are shut down")]
+    Closed,
 }
 
 /// What the lookup returns, from config.
@@ -45,11 +50,26 @@ pub struct LookupSettings {
     pub dbname: Option<String>,
 }
 
+/// Lookups that may run at once, over as many connections (more logins wait for a free one).
+/// Logins no longer wait on each other up to this many, and the auth role's connections to the
+/// upstream stay bounded.
+pub const MAX_LOOKUP_CONNECTIONS: usize = 8;
+
+/// One open lookup connection, with the auth query prepared on it.
+struct LookupConn {
+    client: tokio_postgres::Client,
+    query: tokio_postgres::Statement,
+}
+
 pub struct AuthLookup {
     settings: LookupSettings,
     connector: Connector,
-    /// One open connection per database, reused across logins (reopened when closed).
-    clients: Mutex<HashMap<String, tokio_postgres::Client>>,
+    /// Idle connections per database, reused across logins; at most
+    /// [`MAX_LOOKUP_CONNECTIONS`] in all. A connection is taken out for one lookup, so
+    /// concurrent logins each get their own.
+    idle: std::sync::Mutex<HashMap<String, Vec<LookupConn>>>,
+    /// One permit per lookup in flight (and per connection open for it).
+    permits: Semaphore,
     /// Derives the mock salts of unknown roles (random per process).
     mock_nonce: [u8; 32],
 }
@@ -59,7 +79,8 @@ impl AuthLookup {
         AuthLookup {
             settings,
             connector,
-            clients: Mutex::new(HashMap::new()),
+            idle: std::sync::Mutex::new(HashMap::new()),
+            permits: Semaphore::new(MAX_LOOKUP_CONNECTIONS),
             mock_nonce: rand::random(),
         }
     }
@@ -77,31 +98,28 @@ impl AuthLookup {
         database: &str,
     ) -> Result<Option<ScramSecret>, LookupError> {
         let database = self.settings.dbname.as_deref().unwrap_or(database);
-        let mut clients = self.clients.lock().await;
+        // The semaphore is never closed; a wait is bounded by the caller's login deadline.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| LookupError::Closed)?;
         // One retry: a kept connection may have been closed by the server meanwhile.
         for attempt in 0..2 {
-            let client = match clients.remove(database) {
-                Some(c) if !c.is_closed() => c,
-                _ => self.open(database).await?,
+            let conn = match self.take_idle(database) {
+                Some(c) => c,
+                None => self.open(database).await?,
             };
-            match client.query(self.settings.query.as_str(), &[&user]).await {
+            match conn.client.query(&conn.query, &[&user]).await {
                 Ok(rows) => {
-                    clients.insert(database.to_string(), client);
-                    let Some(row) = rows.first() else {
-                        return Ok(None);
-                    };
-                    let Some(last) = row.len().checked_sub(1) else {
-                        return Ok(None);
-                    };
-                    let text: Option<String> =
-                        row.try_get(last).map_err(|source| LookupError::Query {
-                            database: database.to_string(),
-                            source,
-                        })?;
-                    let text = Zeroizing::new(text.unwrap_or_default());
-                    return Ok(ScramSecret::parse(&text));
+                    let secret = secret_of(&rows, database);
+                    // The rows hold the secret's text in tokio-postgres's buffers: drop them
+                    // now rather than with the function's other locals.
+                    drop(rows);
+                    self.put_idle(database, conn);
+                    return secret;
                 }
-                Err(e) if attempt == 0 && client.is_closed() => {
+                Err(e) if attempt == 0 && conn.client.is_closed() => {
                     tracing::debug!(error = %pg_error::describe(&e), "auth_query connection closed; reopening");
                 }
                 Err(source) => {
@@ -115,7 +133,40 @@ impl AuthLookup {
         Ok(None)
     }
 
-    async fn open(&self, database: &str) -> Result<tokio_postgres::Client, LookupError> {
+    fn take_idle(&self, database: &str) -> Option<LookupConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.get_mut(database)?;
+        while let Some(c) = conns.pop() {
+            if !c.client.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next login, unless as many connections are already idle as may
+    /// ever run at once (then the oldest idle one of another database makes room, or `conn`
+    /// is closed).
+    fn put_idle(&self, database: &str, conn: LookupConn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, v| {
+            v.retain(|c| !c.client.is_closed());
+            !v.is_empty()
+        });
+        let total: usize = idle.values().map(Vec::len).sum();
+        if total >= MAX_LOOKUP_CONNECTIONS {
+            let other = idle.keys().find(|k| k.as_str() != database).cloned();
+            match other.and_then(|k| idle.get_mut(&k)) {
+                Some(v) => {
+                    v.remove(0);
+                }
+                None => return,
+            }
+        }
+        idle.entry(database.to_string()).or_default().push(conn);
+    }
+
+    async fn open(&self, database: &str) -> Result<LookupConn, LookupError> {
         let conn = self
             .connector
             .connect()
@@ -132,14 +183,39 @@ impl AuthLookup {
         if let Some(p) = &self.settings.password {
             config.password(p);
         }
+        let query_error = |source| LookupError::Query {
+            database: database.to_string(),
+            source,
+        };
         let (client, connection) = config
             .connect_raw(conn, tokio_postgres::NoTls)
             .await
-            .map_err(|source| LookupError::Query {
-                database: database.to_string(),
-                source,
-            })?;
+            .map_err(query_error)?;
         tokio::spawn(connection);
-        Ok(client)
+        let query = client
+            .prepare(&self.settings.query)
+            .await
+            .map_err(query_error)?;
+        Ok(LookupConn { client, query })
     }
+}
+
+/// The secret in the last column of the first row. It is read as a borrowed `&str` straight
+/// from the row, so tokengate makes no copy of its text; only the parsed keys, which
+/// [`ScramSecret`] zeroizes on drop.
+fn secret_of(
+    rows: &[tokio_postgres::Row],
+    database: &str,
+) -> Result<Option<ScramSecret>, LookupError> {
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let Some(last) = row.len().checked_sub(1) else {
+        return Ok(None);
+    };
+    let text: Option<&str> = row.try_get(last).map_err(|source| LookupError::Query {
+        database: database.to_string(),
+        source,
+    })?;
+    Ok(text.and_then(ScramSecret::parse))
 }

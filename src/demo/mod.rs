@@ -56,20 +56,24 @@ pub async fn start(
     admin: Option<SocketAddr>,
     customers: usize,
 ) -> Result<Demo, DemoError> {
-    start_with_policy(listen, admin, customers, POLICY).await
+    start_with(listen, admin, customers, POLICY, None).await
 }
 
-/// [`start`] with another policy text (e.g. [`read_path_only_policy`]); the columns it stores
-/// as tokens are tokenized after the load.
-pub async fn start_with_policy(
+/// [`start`] with another policy text (e.g. [`read_path_only_policy`]; the columns it stores
+/// as tokens are tokenized after the load) and, when `ssl` is given (PEM certificate and
+/// key), PostgreSQL's `ssl` on (tokengate's own upstream leg stays plain; tests start another
+/// tokengate for TLS on both legs).
+pub async fn start_with(
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     customers: usize,
     policy_text: &str,
+    ssl: Option<(String, String)>,
 ) -> Result<Demo, DemoError> {
     let pg = tokio::task::spawn_blocking(|| {
         EmbeddedPostgres::start(&PgOptions {
             superuser_password: random_password(),
+            ssl,
             ..PgOptions::default()
         })
     })

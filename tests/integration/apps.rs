@@ -682,7 +682,7 @@ async fn restricted_role_runs_applications_unchanged() {
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // Read-path only: these checks compare with a direct connection, which would see
     // tokens in the columns the demo stores as tokens.
-    let d = demo::start_with_policy(any, None, 30, &demo::read_path_only_policy())
+    let d = demo::start_with(any, None, 30, &demo::read_path_only_policy(), None)
         .await
         .expect("demo starts");
     let direct = d.pg.port();
@@ -725,6 +725,92 @@ async fn restricted_role_runs_applications_unchanged() {
         demo_failures.len(),
         one_failures.len()
     );
+    d.server.shutdown().await;
+    let pg = d.pg;
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}
+
+/// The same checks in the usual production setup: PostgreSQL with `ssl=on`, tokengate with
+/// its own certificate and a TLS upstream, terminating SCRAM with `auth_query`, and every
+/// client at its default settings (psql and psycopg: `sslmode=prefer`,
+/// `channel_binding=prefer`, so SCRAM-SHA-256-PLUS over TLS on both legs; tokio-postgres
+/// without a TLS connector: a plain client leg). Directly, the same clients use TLS too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_role_runs_applications_unchanged_with_tls_on_both_legs() {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let files = crate::harness::cluster().tls_files();
+    let pem = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let ssl = Some((pem(&files.cert), pem(&files.key)));
+    let d = demo::start_with(any, None, 30, &demo::read_path_only_policy(), ssl)
+        .await
+        .expect("demo starts");
+    d.pg.execute(
+        demo::DATABASE,
+        "CREATE ROLE tokengate_auth LOGIN PASSWORD 'auth-pw';
+         CREATE SCHEMA tokengate;
+         CREATE FUNCTION tokengate.get_auth(p_usename text, OUT usename name, OUT passwd text)
+           RETURNS record LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS
+           $$ SELECT rolname, rolpassword FROM pg_authid
+               WHERE rolname = p_usename AND rolcanlogin AND NOT rolsuper $$;
+         REVOKE ALL ON FUNCTION tokengate.get_auth(text) FROM PUBLIC;
+         GRANT USAGE ON SCHEMA tokengate TO tokengate_auth;
+         GRANT EXECUTE ON FUNCTION tokengate.get_auth(text) TO tokengate_auth;",
+    )
+    .await
+    .unwrap();
+    let mut config = tokengate::config::ServeConfig::for_upstream(
+        tokengate::config::Upstream::parse(&format!(
+            "postgres://127.0.0.1:{}?sslmode=require",
+            d.pg.port()
+        ))
+        .unwrap(),
+    );
+    config.listen = any;
+    config.tls = Some(files);
+    // The demo's own policy and key file.
+    config.policy = Some(d.pg.socket_dir().join("demo-policy.yaml"));
+    config.keys = Some(d.pg.socket_dir().join("demo-keys.json"));
+    config.catalog_user = Some("postgres".into());
+    config.catalog_password = Some(d.pg.superuser_password().to_string());
+    config.auth_query = Some("SELECT usename, passwd FROM tokengate.get_auth($1)".into());
+    config.auth_user = Some("tokengate_auth".into());
+    config.auth_password = Some("auth-pw".into());
+    let tls = tokengate::server::RunningServer::start(config)
+        .await
+        .unwrap();
+    let bindir = d.pg.bindir().to_path_buf();
+    // Both legs really are TLS: psql's client leg at its defaults, and the upstream leg of a
+    // session through tokengate as the server sees it.
+    for port in [d.pg.port(), tls.addr.port()] {
+        let (ok, out, err) = psql(&bindir, port, "\\conninfo");
+        assert!(ok && out.contains("SSL connection"), "{out}{err}");
+    }
+    let via = session(tls.addr.port()).await;
+    let admin = crate::harness::connect(&{
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(d.pg.port())
+            .user("postgres")
+            .password(d.pg.superuser_password())
+            .dbname(demo::DATABASE);
+        c
+    })
+    .await;
+    let row = admin
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE a.usename = 'support'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<bool>>(0), Some(true));
+    drop(via);
+    let failures = differences(d.pg.port(), tls.addr.port(), &bindir).await;
+    tls.shutdown().await;
+    assert!(failures.is_empty(), "{} checks differ", failures.len());
     d.server.shutdown().await;
     let pg = d.pg;
     tokio::task::spawn_blocking(move || pg.stop())
@@ -802,7 +888,7 @@ async fn restricted_role_still_gets_no_protected_value() {
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // Read-path only: these checks compare with a direct connection, which would see
     // tokens in the columns the demo stores as tokens.
-    let d = demo::start_with_policy(any, None, 10, &demo::read_path_only_policy())
+    let d = demo::start_with(any, None, 10, &demo::read_path_only_policy(), None)
         .await
         .expect("demo starts");
     let via = d.server.addr.port();

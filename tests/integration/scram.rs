@@ -346,3 +346,110 @@ async fn cancel_and_pids_work_after_termination() {
     let err = slow.await.unwrap().unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
 }
+
+static GATED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+const GATE_LOCK: i64 = 4_242_011;
+
+/// A lookup function that, for `gated_user` only, first waits on an advisory lock the test
+/// holds: a lookup that is slow for as long as the test wants.
+async fn gated_setup() {
+    setup().await;
+    GATED
+        .get_or_init(|| async {
+            cluster()
+                .pg
+                .execute(
+                    DB,
+                    &format!(
+                        "SET password_encryption = 'scram-sha-256';
+                         CREATE ROLE gated_user LOGIN PASSWORD 'gated-pw';
+                         CREATE FUNCTION tokengate.get_auth_gated(p_usename text, OUT usename name, OUT passwd text)
+                           RETURNS record LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS
+                           $$ BEGIN
+                                IF p_usename = 'gated_user' THEN
+                                  PERFORM pg_advisory_xact_lock_shared({GATE_LOCK});
+                                END IF;
+                                SELECT rolname, rolpassword INTO usename, passwd FROM pg_authid
+                                 WHERE rolname = p_usename AND rolcanlogin AND NOT rolsuper;
+                              END $$;
+                         REVOKE ALL ON FUNCTION tokengate.get_auth_gated(text) FROM PUBLIC;
+                         GRANT EXECUTE ON FUNCTION tokengate.get_auth_gated(text) TO {AUTH_USER};"
+                    ),
+                )
+                .await
+                .expect("create the gated lookup function");
+        })
+        .await;
+}
+
+/// Logins whose secret lookups overlap do not wait on each other: while one login's lookup is
+/// stuck (its function waits on a lock), more logins than there are lookup connections, all
+/// at once, complete, and the stuck one is still waiting; once released, it completes too.
+/// (With one lookup connection per database, the others queued behind the stuck one until its
+/// login deadline passed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_do_not_wait_on_a_slow_lookup() {
+    use tokio_postgres::config::ChannelBinding as Cb;
+    gated_setup().await;
+    let files = cluster().tls_files();
+    let proxy = proxy_with(|c| {
+        c.tls = Some(files);
+        c.upstream = tls_upstream();
+        terminating(c);
+        c.auth_query = Some("SELECT usename, passwd FROM tokengate.get_auth_gated($1)".into());
+        c.startup_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let port = proxy.addr.port();
+
+    let gate = connect(&pg_config(cluster().port(), "postgres", SUPERUSER_PW)).await;
+    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE_LOCK])
+        .await
+        .unwrap();
+    let gated = tokio::spawn(async move {
+        tokio_postgres_tls(port, "gated_user", "gated-pw", Cb::Prefer).await
+    });
+    // Wait until its lookup is blocked on the lock (a hang guard, not a timing assertion).
+    let mut blocked = false;
+    for _ in 0..400 {
+        let row = gate
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'tokengate-auth' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 1 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(blocked, "the gated lookup never started");
+
+    let n = tokengate::auth::lookup::MAX_LOOKUP_CONNECTIONS + 2;
+    let logins = (0..n).map(|_| async {
+        let client = tokio_postgres_tls(port, "scram_user", "scram-pw", Cb::Prefer)
+            .await
+            .expect("a login beside a stuck lookup");
+        let row = client.query_one(WHO, &[]).await.unwrap();
+        row.get::<_, String>(0)
+    });
+    let whos = futures_util::future::join_all(logins).await;
+    assert_eq!(whos, vec!["scram_user true".to_string(); n]);
+    assert!(
+        !gated.is_finished(),
+        "the stuck login should still be waiting for its lookup"
+    );
+
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE_LOCK])
+        .await
+        .unwrap();
+    let client = gated
+        .await
+        .unwrap()
+        .expect("the gated login, once released");
+    let row = client.query_one(WHO, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "gated_user true");
+}
