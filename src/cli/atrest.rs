@@ -183,20 +183,16 @@ fn run(args: &RunArgs, options: Options, verb: &str, rekey: bool) -> ExitCode {
         quiet: args.quiet,
     };
     rt.block_on(async {
-        let (mut client, connection) =
-            match tokio_postgres::connect(&args.upstream, tokio_postgres::NoTls).await {
+        let (mut client, driver) =
+            match crate::net::direct::connect(&args.upstream, &format!("tokengate-{verb}")).await {
                 Ok(c) => c,
                 Err(e) => {
                     return config_error(format!(
-                        "cannot connect to the upstream {}",
-                        crate::net::pg_error::describe_at(
-                            &e,
-                            &crate::net::pg_error::address_of(&args.upstream)
-                        )
+                        "cannot connect to the upstream {}: {e}",
+                        crate::net::pg_error::address_of(&args.upstream)
                     ));
                 }
             };
-        let driver = tokio::spawn(connection);
         let mut failed = false;
         for c in &loaded.columns {
             let result = if rekey {

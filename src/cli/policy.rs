@@ -1,5 +1,6 @@
 //! `tokengate policy check` and `tokengate policy explain`: flags, database look-ups and
 //! printing. The decisions themselves come from [`crate::policy`].
+use crate::net::direct::DirectError;
 use crate::policy::detect::{CatalogColumn, is_text_type, lint_catalog, quote_ident};
 use crate::policy::model::StatementKind;
 use crate::policy::{Action, Policy, RoleView};
@@ -99,8 +100,8 @@ fn check(args: CheckArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
-                "cannot read the catalog from the upstream {}",
-                crate::net::pg_error::describe_at(&e, &crate::net::pg_error::address_of(&url))
+                "cannot read the catalog from the upstream {}: {e}",
+                crate::net::pg_error::address_of(&url)
             );
             return ExitCode::FAILURE;
         }
@@ -109,8 +110,8 @@ fn check(args: CheckArgs) -> ExitCode {
         Ok(ready) => ready,
         Err(e) => {
             eprintln!(
-                "cannot read the state of the columns stored as tokens from the upstream {}",
-                crate::net::pg_error::describe_at(&e, &crate::net::pg_error::address_of(&url))
+                "cannot read the state of the columns stored as tokens from the upstream {}: {e}",
+                crate::net::pg_error::address_of(&url)
             );
             return ExitCode::FAILURE;
         }
@@ -138,7 +139,7 @@ fn check(args: CheckArgs) -> ExitCode {
 /// Prints each column stored as tokens with its recorded state and key version; false when
 /// one is not usable through tokengate yet (never migrated, migrating, rekeying, or made
 /// under another label).
-async fn report_at_rest(policy: &Policy, url: &str) -> Result<bool, tokio_postgres::Error> {
+async fn report_at_rest(policy: &Policy, url: &str) -> Result<bool, DirectError> {
     let Ok(columns) = crate::atrest::columns(policy, None) else {
         return Ok(true);
     };
@@ -180,18 +181,13 @@ async fn report_at_rest(policy: &Policy, url: &str) -> Result<bool, tokio_postgr
     Ok(ready)
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "upstream connection ended");
-        }
-    });
+async fn connect(url: &str) -> Result<tokio_postgres::Client, DirectError> {
+    let (client, _driver) = crate::net::direct::connect(url, "tokengate-policy").await?;
     Ok(client)
 }
 
 /// Every user column, with up to [`SAMPLE_ROWS`] non-null values of the text-like ones.
-async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, tokio_postgres::Error> {
+async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, DirectError> {
     let client = connect(url).await?;
     let rows = client
         .query(
@@ -243,7 +239,7 @@ async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, tokio_postgres::
 }
 
 /// The groups `role` belongs to, directly or through other groups.
-async fn fetch_groups(url: &str, role: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+async fn fetch_groups(url: &str, role: &str) -> Result<Vec<String>, DirectError> {
     let client = connect(url).await?;
     let rows = client
         .query(
@@ -256,7 +252,7 @@ async fn fetch_groups(url: &str, role: &str) -> Result<Vec<String>, tokio_postgr
             &[&role],
         )
         .await?;
-    rows.iter().map(|r| r.try_get(0)).collect()
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 fn explain(args: ExplainArgs) -> ExitCode {
@@ -273,7 +269,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
             let found = fetch_groups(url, &args.role).await?;
             let client = connect(url).await?;
             let snap = crate::catalog::load_snapshot(&client, 1).await?;
-            Ok::<_, tokio_postgres::Error>((found, snap))
+            Ok::<_, DirectError>((found, snap))
         });
         match loaded {
             Ok((found, snap)) => {
@@ -282,8 +278,8 @@ fn explain(args: ExplainArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!(
-                    "cannot read the catalog from the upstream {}",
-                    crate::net::pg_error::describe_at(&e, &crate::net::pg_error::address_of(url))
+                    "cannot read the catalog from the upstream {}: {e}",
+                    crate::net::pg_error::address_of(url)
                 );
                 return ExitCode::FAILURE;
             }

@@ -1,5 +1,6 @@
 //! Sockets and TLS for both legs. [`Conn`] is a client or upstream connection that may be TLS;
 //! its halves let the two relay pumps read and write independently.
+pub mod direct;
 pub mod pg_error;
 pub mod tls;
 pub mod upstream;

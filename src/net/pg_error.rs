@@ -33,11 +33,6 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     s
 }
 
-/// [`describe`], naming the server it came from.
-pub fn describe_at(e: &tokio_postgres::Error, address: &str) -> String {
-    format!("{address}: {}", describe(e))
-}
-
 /// `host:port` list of a libpq-style connection string or URL, for error messages (never the
 /// password).
 pub fn address_of(conninfo: &str) -> String {

@@ -540,10 +540,9 @@ async fn already_tokenized_columns_are_recorded_without_touching_a_row() {
     let direct = pg.connect_admin("atadopt").await.unwrap();
     direct
         .batch_execute(
-            "DO $$ BEGIN CREATE ROLE mig_admin LOGIN PASSWORD 'mig_admin-pw';
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+            "CREATE ROLE adopt_admin LOGIN PASSWORD 'adopt_admin-pw';
              CREATE TABLE accounts (region text, id int, ssn varchar(20), PRIMARY KEY (region, id));
-             GRANT ALL ON accounts TO mig_admin;",
+             GRANT ALL ON accounts TO adopt_admin;",
         )
         .await
         .unwrap();
@@ -555,7 +554,7 @@ async fn already_tokenized_columns_are_recorded_without_touching_a_row() {
         .await
         .unwrap();
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, POLICY.replace("mig_admin", "adopt_admin")).unwrap();
     let url = upstream().replace(&format!("/{MIG_DB}"), "/atadopt");
     let run = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
@@ -602,7 +601,7 @@ async fn already_tokenized_columns_are_recorded_without_touching_a_row() {
     );
     // Through tokengate the clear role reads the plaintext: version 1, not the active 2.
     let proxy = proxy(&policy, &keys_path).await;
-    let mut c = pg_config(proxy.addr.port(), "mig_admin", "mig_admin-pw");
+    let mut c = pg_config(proxy.addr.port(), "adopt_admin", "adopt_admin-pw");
     c.dbname("atadopt");
     let admin = connect(&c).await;
     let clear: Vec<String> = admin

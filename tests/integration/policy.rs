@@ -114,3 +114,48 @@ async fn running_server_hot_reloads_and_keeps_the_last_good_policy() {
         1
     );
 }
+
+/// The tools that connect to the upstream themselves (`policy check --upstream`, `migrate`,
+/// `rekey`) negotiate TLS like the proxy: `tls_user` may log in only over TLS, so this fails
+/// with `sslmode=disable` and works with `require` and the default `prefer` (it failed for
+/// every mode when the tools connected without TLS support).
+#[test]
+fn upstream_tools_speak_tls_like_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nlabels:\n  ssn: { class: pii, mask: \"***-**-####\" }\ncolumns: {}\nroles:\n  \"*\": { default: deny }\n",
+    )
+    .unwrap();
+    let check = |query: &str| {
+        let url = format!(
+            "postgres://tls_user:tls-pw@127.0.0.1:{}/postgres{query}",
+            cluster().port()
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args([
+                "policy",
+                "check",
+                policy.to_str().unwrap(),
+                "--upstream",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for query in ["?sslmode=require", ""] {
+        let out = check(query);
+        assert!(out.contains("columns checked"), "{query}: {out}");
+    }
+    let out = check("?sslmode=disable");
+    assert!(
+        out.contains("no encryption") && !out.contains("columns checked"),
+        "{out}"
+    );
+}
