@@ -20,6 +20,7 @@ columns:
   public.people.card: card
   public.people.note: note
   public.others.ssn: ssn
+  public.cards.ssn: card
 roles:
   at_admin: { default: clear }
   at_token: { default: token, filter_on: [ssn, card] }
@@ -65,6 +66,7 @@ fn setup() -> &'static Setup {
     let schema = "CREATE TABLE people (id int PRIMARY KEY, name text, ssn char(11) UNIQUE, card text, note text);
         CREATE TABLE others (id int PRIMARY KEY, ssn char(11));
         CREATE TABLE plain (id int PRIMARY KEY, ssn text);
+        CREATE TABLE cards (id int PRIMARY KEY, ssn text);
         CREATE VIEW people_v AS SELECT id, ssn FROM people;
         GRANT ALL ON ALL TABLES IN SCHEMA public TO at_admin, at_token, at_mask, trust_user;";
     std::thread::scope(|scope| {
@@ -283,7 +285,7 @@ async fn writes_are_tokenized_and_clear_roles_read_the_plaintext() {
         .unwrap();
     let r = admin
         .query_one(
-            "SELECT p.id, o.ssn FROM people p JOIN others o ON p.ssn = o.ssn",
+            "SELECT p.id, o.ssn FROM people p JOIN others o ON p.ssn = o.ssn WHERE o.id = 1",
             &[],
         )
         .await
@@ -534,7 +536,7 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
             "SELECT id FROM people WHERE ssn::text = '123-45-6789'",
             "TG183",
         ),
-        ("SELECT count(*) FROM people GROUP BY ssn", "TG183"),
+        ("SELECT count(*) FROM people GROUP BY lower(ssn)", "TG183"),
         // Forms tokengate does not transform.
         ("COPY people (id, card) FROM STDIN", "TG181"),
         ("COPY people FROM STDIN (FORMAT binary)", "TG180"),
@@ -642,4 +644,244 @@ async fn text_format_parameters_are_tokenized_for_any_role() {
         (r.get::<_, String>(0), r.get::<_, String>(1)),
         ("400-40-4000".to_string(), "4111111111111111".to_string())
     );
+}
+
+/// psql as `role` through `proxy`: (stdout, stderr).
+fn psql_as(proxy: &RunningServer, role: &str, sql: &str) -> (String, String) {
+    let out = std::process::Command::new(cluster().pg.bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+        .arg(proxy.addr.port().to_string())
+        .args(["-U", role, "-d", AT_DB, "-c", sql])
+        .env("PGPASSWORD", format!("{role}-pw"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ids(rows: &[tokio_postgres::Row]) -> Vec<i32> {
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Rows 701-703 (ids 700-799 belong to this test): two share a card.
+async fn search_rows(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "INSERT INTO people (id, ssn, card) VALUES (701, '701-00-0001', '4111111111111111'), (702, '702-00-0002', '4111111111111111'), (703, '703-00-0003', '5500000000000004') ON CONFLICT (id) DO NOTHING;
+             INSERT INTO others (id, ssn) VALUES (701, '701-00-0001'), (703, '703-00-0003') ON CONFLICT (id) DO NOTHING;",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn equality_with_any_array_compares_tokens() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    search_rows(&admin).await;
+    const Q: &str = "SELECT id FROM people WHERE ssn = ANY($1) ORDER BY id";
+    // tokio-postgres binds the array in binary format (bpchar[] inferred by the server).
+    let wanted: Vec<Option<&str>> = vec![
+        Some("701-00-0001"),
+        None,
+        Some("703-00-0003"),
+        Some("999-99-9999"),
+    ];
+    assert_eq!(ids(&admin.query(Q, &[&wanted]).await.unwrap()), [701, 703]);
+    // Checked against PostgreSQL directly: the plaintext array finds nothing there.
+    let raw = direct().await.query(Q, &[&wanted]).await.unwrap();
+    assert!(raw.is_empty());
+    // A token role looks rows up by the tokens it was shown.
+    let tokens: Vec<String> = direct()
+        .await
+        .query(
+            "SELECT ssn::text FROM people WHERE id IN (702, 703) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let t = via(&proxy, "at_token").await;
+    assert_eq!(ids(&t.query(Q, &[&tokens]).await.unwrap()), [702, 703]);
+    // Simple protocol (psql): an array literal and ARRAY[...], clear and token roles.
+    let (out, err) = psql_as(
+        &proxy,
+        "at_admin",
+        "SELECT id FROM people WHERE ssn = ANY('{701-00-0001,\"702-00-0002\",NULL}') ORDER BY id",
+    );
+    assert_eq!(out, "701\n702", "{err}");
+    let (out, err) = psql_as(
+        &proxy,
+        "at_admin",
+        "SELECT ssn FROM people WHERE ssn = ANY(ARRAY['703-00-0003', NULL]) OR ssn = SOME('{}')",
+    );
+    assert_eq!(out, "703-00-0003", "{err}");
+    let sql = format!(
+        "SELECT id FROM people WHERE ssn = ANY('{{{},{}}}') ORDER BY id",
+        tokens[0], tokens[1]
+    );
+    let (out, err) = psql_as(&proxy, "at_token", &sql);
+    assert_eq!(out, "702\n703", "{err}");
+    // Text-format array parameter (as psycopg sends it), with quotes and a NULL.
+    let text = TextParam("{\"701-00-0001\", NULL ,702-00-0002}");
+    let q = "SELECT id FROM people WHERE ssn = ANY($1::text[]) ORDER BY id";
+    assert_eq!(ids(&admin.query(q, &[&text]).await.unwrap()), [701, 702]);
+    assert!(direct().await.query(q, &[&text]).await.unwrap().is_empty());
+    let bad = TextParam("{701-00-0001,{nested}}");
+    let e = admin.query(q, &[&bad]).await.unwrap_err();
+    assert!(code(&e).contains("TG184"), "{e:?}");
+    // Other forms stay refused, with their code, and the session stays usable.
+    for (sql, want) in [
+        ("SELECT id FROM people WHERE ssn <> ALL($1)", "TG183"),
+        ("SELECT id FROM people WHERE ssn > ANY($1)", "TG183"),
+        (
+            "SELECT id FROM people WHERE ssn = ANY(SELECT ssn FROM plain)",
+            "TG183",
+        ),
+        (
+            "SELECT id FROM people WHERE ssn = ANY(string_to_array($1, ','))",
+            "TG182",
+        ),
+    ] {
+        let e = admin.query(sql, &[&"701-00-0001"]).await.expect_err(sql);
+        assert!(code(&e).contains(want), "{sql}: {e:?}");
+    }
+    assert_eq!(ids(&admin.query(Q, &[&wanted]).await.unwrap()), [701, 703]);
+}
+
+#[tokio::test]
+async fn joins_using_grouping_and_distinct_on_tokens() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    search_rows(&admin).await;
+    let pairs = |rows: Vec<tokio_postgres::Row>| -> Vec<(i32, String)> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let using = "SELECT p.id, ssn FROM people p JOIN others o USING (ssn) WHERE p.id BETWEEN 700 AND 799 ORDER BY p.id";
+    assert_eq!(
+        pairs(admin.query(using, &[]).await.unwrap()),
+        [
+            (701, "701-00-0001".to_string()),
+            (703, "703-00-0003".to_string())
+        ]
+    );
+    let natural =
+        "SELECT id, ssn FROM people NATURAL JOIN others WHERE id BETWEEN 700 AND 799 ORDER BY id";
+    assert_eq!(
+        pairs(admin.query(natural, &[]).await.unwrap()),
+        [
+            (701, "701-00-0001".to_string()),
+            (703, "703-00-0003".to_string())
+        ]
+    );
+    // A token role sees the stored tokens of the joined rows.
+    let t = via(&proxy, "at_token").await;
+    let stored = stored(703).await.0;
+    let got = pairs(t.query(using, &[]).await.unwrap());
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1], (703, stored));
+    // Labels differ, or the other side is plaintext: refused.
+    for sql in [
+        "SELECT 1 FROM people JOIN cards USING (ssn)",
+        "SELECT 1 FROM people JOIN plain USING (ssn)",
+        "SELECT 1 FROM people NATURAL JOIN plain",
+    ] {
+        let e = admin.query(sql, &[]).await.expect_err(sql);
+        assert!(code(&e).contains("TG183"), "{sql}: {e:?}");
+    }
+
+    // GROUP BY, DISTINCT, count(DISTINCT): the same groups as the plaintext.
+    let group =
+        "SELECT card, count(*) FROM people WHERE id BETWEEN 700 AND 799 GROUP BY card ORDER BY 2";
+    let rows = admin.query(group, &[]).await.unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        [
+            ("5500000000000004".to_string(), 1),
+            ("4111111111111111".to_string(), 2)
+        ]
+    );
+    let distinct = "SELECT DISTINCT card FROM people WHERE id BETWEEN 700 AND 799";
+    let mut cards: Vec<String> = admin
+        .query(distinct, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    cards.sort();
+    assert_eq!(cards, ["4111111111111111", "5500000000000004"]);
+    let r = admin
+        .query_one(
+            "SELECT count(DISTINCT card), count(card) FROM people WHERE id BETWEEN 700 AND 799",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (2, 3));
+    let (out, err) = psql_as(
+        &proxy,
+        "at_admin",
+        "SELECT card FROM people WHERE id BETWEEN 700 AND 799 GROUP BY 1 HAVING count(*) > 1",
+    );
+    assert_eq!(out, "4111111111111111", "{err}");
+    // The token role (filter_on card) groups its tokens.
+    let rows = t.query(group, &[]).await.unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].0, stored_card(701).await);
+    assert_eq!(got[1].1, 2);
+    // Roles that may not compare a label keep their refusals: the mask role filters on ssn
+    // only, and the token role may not receive count(DISTINCT) (no `allow:`).
+    let m = via(&proxy, "at_mask").await;
+    for sql in [group, distinct] {
+        let e = m.query(sql, &[]).await.expect_err(sql);
+        assert!(code(&e).contains("TG103"), "{sql}: {e:?}");
+    }
+    let e = t
+        .query("SELECT count(DISTINCT card) FROM people", &[])
+        .await
+        .unwrap_err();
+    assert!(code(&e).contains("TG106"), "{e:?}");
+    // Grouping on an expression over the tokens stays refused.
+    let e = admin
+        .query(
+            "SELECT count(*) FROM people GROUP BY substr(card, 1, 4)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(code(&e).contains("TG183"), "{e:?}");
+    admin.batch_execute("SELECT 1").await.unwrap();
+}
+
+async fn stored_card(id: i32) -> String {
+    stored(id).await.1
+}
+
+/// A parameter sent in the text format, as written (psycopg's default).
+#[derive(Debug)]
+struct TextParam(&'static str);
+
+impl tokio_postgres::types::ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        tokio_postgres::types::Format::Text
+    }
+    tokio_postgres::types::to_sql_checked!();
 }

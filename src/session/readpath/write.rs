@@ -16,6 +16,12 @@ use std::sync::Arc;
 /// Text-like type OIDs a parameter of an at-rest column may be declared as (0: unspecified).
 const PARAM_TYPES: [u32; 4] = [0, 25, 1043, 1042];
 
+/// Array types a `col = ANY($n)` parameter may be declared as: text[], varchar[], bpchar[].
+const ARRAY_PARAM_TYPES: [u32; 4] = [0, 1009, 1015, 1014];
+
+/// Element types of a binary array parameter: text, varchar, bpchar (UTF-8 bytes).
+const ELEMENT_TYPES: [u32; 3] = [25, 1043, 1042];
+
 /// FF1 tokenizers per label, for one message.
 #[derive(Default)]
 struct Tokenizers(HashMap<Arc<str>, ColumnTransform>);
@@ -56,21 +62,98 @@ impl Tokenizers {
     }
 }
 
+impl Tokenizers {
+    /// A text-format array (`{a,"b c",NULL}`) with every element tokenized; NULLs stay.
+    fn tokenize_text_array(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        text: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        let elements = crate::wire::array::parse_text(text).map_err(|e| array_refusal(how, e))?;
+        let elements = self.tokenize_elements(keys, how, elements)?;
+        let mut out = Vec::with_capacity(text.len() + 8);
+        crate::wire::array::write_text(&elements, &mut out);
+        Ok(out)
+    }
+
+    /// A binary-format array of text, varchar or bpchar with every element tokenized.
+    fn tokenize_binary_array(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        let mut a = crate::wire::array::parse_binary(bytes).map_err(|e| array_refusal(how, e))?;
+        if !ELEMENT_TYPES.contains(&a.element_type) {
+            return Err(Refusal::new(
+                Code::AtRestParameter,
+                format!(
+                    "an array compared with label {} has elements of type oid {}; they must be text",
+                    how.label, a.element_type
+                ),
+            ));
+        }
+        a.elements = self.tokenize_elements(keys, how, std::mem::take(&mut a.elements))?;
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        crate::wire::array::write_binary(&a, &mut out);
+        Ok(out)
+    }
+
+    fn tokenize_elements(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        elements: Vec<crate::wire::array::Element>,
+    ) -> Result<Vec<crate::wire::array::Element>, Refusal> {
+        elements
+            .into_iter()
+            .map(|e| match e {
+                None => Ok(None),
+                Some(v) if std::str::from_utf8(&v).is_err() => Err(Refusal::new(
+                    Code::AtRestParameter,
+                    format!(
+                        "an array element for label {} is not valid UTF-8",
+                        how.label
+                    ),
+                )),
+                Some(v) => self.tokenize(keys, how, &v).map(Some),
+            })
+            .collect()
+    }
+}
+
+fn array_refusal(how: &AtRest, e: crate::wire::array::ArrayError) -> Refusal {
+    Refusal::new(
+        Code::AtRestParameter,
+        format!(
+            "the array compared with label {} (= ANY) cannot be tokenized: {e}",
+            how.label
+        ),
+    )
+}
+
 /// Replaces each planned literal of `sql` by the quoted token of its value.
 fn rewrite_sql(
     keys: &crate::protect::KeyRing,
     sql: &[u8],
     plans: &[&AtRestPlan],
 ) -> Result<Option<Vec<u8>>, Refusal> {
-    let mut literals: Vec<_> = plans.iter().flat_map(|p| p.literals.iter()).collect();
+    let mut literals: Vec<_> = plans
+        .iter()
+        .flat_map(|p| {
+            let scalars = p.literals.iter().map(|(r, h)| (r, h, false));
+            scalars.chain(p.array_literals.iter().map(|(r, h)| (r, h, true)))
+        })
+        .collect();
     if literals.is_empty() {
         return Ok(None);
     }
-    literals.sort_by_key(|(r, _)| r.start);
+    literals.sort_by_key(|(r, _, _)| r.start);
     let mut tokenizers = Tokenizers::default();
     let mut out = Vec::with_capacity(sql.len() + 16);
     let mut at = 0;
-    for (range, how) in literals {
+    for (range, how, array) in literals {
         let literal = sql
             .get(range.clone())
             .filter(|l| range.start >= at && l.len() >= 2)
@@ -83,7 +166,20 @@ fn rewrite_sql(
             plain.push(inner[i]);
             i += if inner[i] == b'\'' { 2 } else { 1 };
         }
-        let token = tokenizers.tokenize(keys, how, &plain)?;
+        let token = if array {
+            let token = tokenizers.tokenize_text_array(keys, how, &plain)?;
+            // Inside the SQL literal a backslash could mean something else under
+            // standard_conforming_strings = off: only arrays that need none are rewritten.
+            if token.contains(&b'\\') {
+                return Err(Refusal::new(
+                    Code::AtRestValue,
+                    "a token in an array literal would need a backslash escape; bind the array as a parameter",
+                ));
+            }
+            token
+        } else {
+            tokenizers.tokenize(keys, how, &plain)?
+        };
         out.extend_from_slice(&sql[at..range.start]);
         out.push(b'\'');
         for &b in &token {
@@ -160,6 +256,17 @@ impl ReadPath {
                 ));
             }
         }
+        for (n, _) in &plan.array_params {
+            let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
+            if !ARRAY_PARAM_TYPES.contains(&declared) {
+                return Err(Refusal::new(
+                    Code::AtRestParameter,
+                    format!(
+                        "${n} is declared with type oid {declared}; an array compared with a column stored as tokens must be text[], varchar[] or char[]"
+                    ),
+                ));
+            }
+        }
         let Some(sql) = rewrite_sql(&self.keys, p.sql, &[plan])? else {
             return Ok(None);
         };
@@ -217,13 +324,14 @@ impl ReadPath {
                 ),
             ));
         };
-        if plan.params.is_empty() {
+        if plan.params.is_empty() && plan.array_params.is_empty() {
             return Ok(None);
         }
         let mut tokenizers = Tokenizers::default();
         let mut params: Vec<Option<Vec<u8>>> =
             b.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
-        for (n, how) in &plan.params {
+        let arrays = plan.array_params.iter().map(|(n, h)| (n, h, true));
+        for (n, how, array) in plan.params.iter().map(|(n, h)| (n, h, false)).chain(arrays) {
             let i = n - 1;
             let format = match b.param_formats.as_slice() {
                 [] => 0,
@@ -236,7 +344,16 @@ impl ReadPath {
                     format!("${n} has an unknown format code {format}"),
                 ));
             }
-            if let Some(Some(v)) = params.get(i) {
+            if let Some(Some(v)) = params.get(i)
+                && array
+            {
+                let token = if format == 0 {
+                    tokenizers.tokenize_text_array(&self.keys, how, v)?
+                } else {
+                    tokenizers.tokenize_binary_array(&self.keys, how, v)?
+                };
+                params[i] = Some(token);
+            } else if let Some(Some(v)) = params.get(i) {
                 if std::str::from_utf8(v).is_err() {
                     return Err(Refusal::new(
                         Code::AtRestParameter,
