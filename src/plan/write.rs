@@ -219,16 +219,13 @@ pub fn plan_at_rest(
                 let Some((relation, cols)) = planner.target(table_name)? else {
                     return Ok(None);
                 };
-                let format = match &analysis.copy {
-                    Some(f) if f.kind != crate::sql::CopyKind::Binary => f.clone(),
-                    _ => {
-                        return Err(refuse(
-                            Code::AtRestUnsupported,
-                            format!(
-                                "COPY FROM into {table_name}, which has columns stored as tokens, is supported in text and CSV format only"
-                            ),
-                        ));
-                    }
+                let Some(format) = analysis.copy.clone() else {
+                    return Err(refuse(
+                        Code::AtRestUnsupported,
+                        format!(
+                            "the format of COPY FROM into {table_name}, which has columns stored as tokens, is not known"
+                        ),
+                    ));
                 };
                 let listed: Vec<String> = if listed.is_empty() {
                     relation.columns.clone()
@@ -1518,6 +1515,37 @@ roles:
         ] {
             assert_eq!(plan(sql).map_err(|r| r.code).err(), Some(code), "{sql}");
         }
+    }
+
+    #[test]
+    fn copy_from_plans_text_csv_and_binary() {
+        for (sql, kind) in [
+            (
+                "COPY people (id, ssn) FROM STDIN",
+                crate::sql::CopyKind::Text,
+            ),
+            (
+                "COPY people FROM STDIN (FORMAT csv)",
+                crate::sql::CopyKind::Csv,
+            ),
+            (
+                "COPY people FROM STDIN (FORMAT binary)",
+                crate::sql::CopyKind::Binary,
+            ),
+            (
+                "COPY people (ssn, id) FROM STDIN BINARY",
+                crate::sql::CopyKind::Binary,
+            ),
+        ] {
+            let p = plan(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .remove(0);
+            let copy = p.and_then(|p| p.copy).unwrap_or_else(|| panic!("{sql}"));
+            assert_eq!(copy.format.kind, kind, "{sql}");
+        }
+        let p = plan("COPY people (ssn, id) FROM STDIN (FORMAT binary)").unwrap();
+        let copy = p[0].as_ref().and_then(|p| p.copy.clone()).unwrap();
+        assert_eq!((copy.width, copy.fields[0].0), (2, 0));
     }
 
     #[test]

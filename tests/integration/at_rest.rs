@@ -539,7 +539,6 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
         ("SELECT count(*) FROM people GROUP BY lower(ssn)", "TG183"),
         // Forms tokengate does not transform.
         ("COPY people (id, card) FROM STDIN", "TG181"),
-        ("COPY people FROM STDIN (FORMAT binary)", "TG180"),
         (
             "MERGE INTO people p USING plain s ON p.id = s.id WHEN MATCHED THEN UPDATE SET ssn = s.ssn",
             "TG18",
@@ -568,13 +567,6 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
         let msg = code(&e);
         assert!(msg.contains(want), "{sql}: {msg}");
     }
-    // COPY FROM through the extended protocol (tokio-postgres) is refused.
-    let e = admin
-        .copy_in::<_, bytes::Bytes>("COPY people (id, ssn, card) FROM STDIN")
-        .await
-        .err()
-        .expect("refused");
-    assert!(code(&e).contains("TG180"), "{e:?}");
     // A parameter used for the at-rest column and elsewhere, or declared non-text.
     let e = admin
         .query("SELECT id FROM people WHERE ssn = $1 OR name = $1", &[&"x"])
@@ -884,4 +876,190 @@ impl tokio_postgres::types::ToSql for TextParam {
         tokio_postgres::types::Format::Text
     }
     tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test]
+async fn copy_in_binary_and_text_through_the_extended_protocol() {
+    use futures_util::SinkExt;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    // tokio-postgres' copy_in: Parse/Bind/Execute of COPY ... FROM STDIN, then CopyData.
+    let sink = admin
+        .copy_in("COPY people (id, ssn, card) FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BPCHAR, Type::TEXT]);
+    futures_util::pin_mut!(writer);
+    let rows: [(i32, Option<&str>, Option<&str>); 3] = [
+        (801, Some("801-00-0001"), Some("4111111111111111")),
+        (802, None, Some("5500000000000004")),
+        (803, Some("803-00-0003"), None),
+    ];
+    for (id, ssn, card) in &rows {
+        writer.as_mut().write(&[id, ssn, card]).await.unwrap();
+    }
+    assert_eq!(writer.finish().await.unwrap(), 3);
+    // Text format through the same path, in two CopyData chunks that split a row.
+    let sink = admin
+        .copy_in("COPY people (id, ssn, card) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"804\t804-0"))
+        .await
+        .unwrap();
+    sink.send(bytes::Bytes::from_static(b"0-0004\t4000000000000002\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    // PostgreSQL holds tokens only.
+    let held = direct()
+        .await
+        .query(
+            "SELECT id, ssn::text, card FROM people WHERE id BETWEEN 801 AND 804 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let held: Vec<(i32, Option<String>, Option<String>)> = held
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(held.len(), 4);
+    for ((id, ssn, card), (hid, hssn, hcard)) in rows
+        .iter()
+        .chain([(804, Some("804-00-0004"), Some("4000000000000002"))].iter())
+        .zip(&held)
+    {
+        assert_eq!(id, hid);
+        assert_eq!(ssn.is_none(), hssn.is_none());
+        assert_eq!(card.is_none(), hcard.is_none());
+        if let (Some(p), Some(t)) = (ssn, hssn) {
+            assert!(same_shape(p, t) && p != t, "{p} stored as {t}");
+        }
+        if let (Some(p), Some(t)) = (card, hcard) {
+            assert!(t.len() == p.len() && p != t, "{p} stored as {t}");
+        }
+    }
+    // The clear role reads the plaintext back.
+    let back = admin
+        .query(
+            "SELECT id, ssn, card FROM people WHERE id BETWEEN 801 AND 804 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let back: Vec<(i32, Option<String>, Option<String>)> = back
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(i32, Option<String>, Option<String>)> = rows
+        .iter()
+        .chain([(804, Some("804-00-0004"), Some("4000000000000002"))].iter())
+        .map(|(i, s, c)| (*i, s.map(str::to_string), c.map(str::to_string)))
+        .collect();
+    assert_eq!(back, want);
+
+    // A malformed binary stream becomes a CopyFail: nothing is stored, nothing forwarded in
+    // clear, and the session goes on.
+    let header = {
+        let mut h = b"PGCOPY\n\xff\r\n\0".to_vec();
+        h.extend_from_slice(&[0; 8]);
+        h
+    };
+    let tuple = |fields: &[Option<&[u8]>]| {
+        let mut t = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                None => t.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    t.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    t.extend_from_slice(v);
+                }
+            }
+        }
+        t
+    };
+    let id = 805i32.to_be_bytes();
+    let good = tuple(&[Some(&id), Some(b"805-00-0005"), None]);
+    for bad in [
+        // Two fields where the COPY lists three.
+        [header.clone(), tuple(&[Some(&id), Some(b"805-00-0005")])].concat(),
+        // Cut inside the second tuple.
+        [header.clone(), good.clone(), good[..9].to_vec()].concat(),
+        // Data after the trailer.
+        [header.clone(), good.clone(), vec![0xff, 0xff, 0]].concat(),
+    ] {
+        let sink = admin
+            .copy_in("COPY people (id, ssn, card) FROM STDIN (FORMAT binary)")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(bad)).await.unwrap();
+        let e = sink.finish().await.unwrap_err();
+        assert!(code(&e).contains("TG182"), "{e:?}");
+    }
+    let n = direct()
+        .await
+        .query("SELECT 1 FROM people WHERE id = 805", &[])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
+    admin.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn binary_copy_in_a_simple_query_is_tokenized_whatever_the_chunking() {
+    let proxy = at_proxy().await;
+    // trust_user matches only the "*" rule (deny): its writes are tokenized all the same.
+    let (mut raw, _) = Raw::login(proxy.addr, "trust_user", &[("database", AT_DB)]).await;
+    let mut q = b"COPY people (ssn, id, card) FROM STDIN (FORMAT binary)".to_vec();
+    q.push(0);
+    raw.send(&frame(b'Q', &q)).await;
+    let m = raw.recv().await.expect("CopyInResponse");
+    assert_eq!(m.tag, b'G', "{:?}", m.field(b'M'));
+    let mut stream = b"PGCOPY\n\xff\r\n\0".to_vec();
+    stream.extend_from_slice(&[0; 8]);
+    for (id, ssn) in [(811i32, "811-00-0011"), (812, "812-00-0012")] {
+        stream.extend_from_slice(&3i16.to_be_bytes());
+        stream.extend_from_slice(&(ssn.len() as i32).to_be_bytes());
+        stream.extend_from_slice(ssn.as_bytes());
+        stream.extend_from_slice(&4i32.to_be_bytes());
+        stream.extend_from_slice(&id.to_be_bytes());
+        stream.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    stream.extend_from_slice(&(-1i16).to_be_bytes());
+    // One byte per CopyData: every boundary falls inside something.
+    for b in &stream {
+        raw.send(&frame(b'd', &[*b])).await;
+    }
+    raw.send(&frame(b'c', &[])).await;
+    let replies = raw.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().map(|m| m.field(b'M')).collect::<Vec<_>>()
+    );
+    let held: Vec<String> = direct()
+        .await
+        .query(
+            "SELECT ssn::text FROM people WHERE id IN (811, 812) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(held.len(), 2);
+    assert!(same_shape(&held[0], "811-00-0011") && held[0] != "811-00-0011");
+    let admin = via(&proxy, "at_admin").await;
+    let r = admin
+        .query_one("SELECT ssn FROM people WHERE id = 812", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "812-00-0012");
 }

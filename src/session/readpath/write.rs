@@ -239,12 +239,6 @@ impl ReadPath {
         let Some(plan) = planned.at_rest.as_deref() else {
             return Ok(None);
         };
-        if plan.copy.is_some() {
-            return Err(Refusal::new(
-                Code::AtRestUnsupported,
-                "COPY FROM into columns stored as tokens is supported in a simple Query only (psql's COPY ... FROM STDIN and \\copy), not the extended protocol",
-            ));
-        }
         for (n, _) in &plan.params {
             let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
             if !PARAM_TYPES.contains(&declared) {
@@ -307,6 +301,42 @@ impl ReadPath {
                 "too many messages in flight to know which parameters are stored as tokens",
             )),
         }
+    }
+
+    /// A Bind the server will run: a portal of a COPY FROM STDIN into at-rest columns is
+    /// remembered, so that its Execute tokenizes the CopyData that follows.
+    pub(super) fn bound(&mut self, b: &frontend::Bind<'_>) -> Result<(), Refusal> {
+        if !self.view.has_at_rest() {
+            return Ok(());
+        }
+        let copy = self
+            .statement_at_rest(b.statement)?
+            .and_then(|p| p.copy.clone());
+        match copy {
+            Some(c) => {
+                if self.copy_portals.len() >= MAX_COPY_PORTALS
+                    && !self.copy_portals.contains_key(b.portal)
+                {
+                    return Err(Refusal::new(
+                        Code::AtRestUnsupported,
+                        "too many open portals of COPY FROM into columns stored as tokens",
+                    ));
+                }
+                self.copy_portals.insert(b.portal.to_vec(), c);
+            }
+            None => {
+                self.copy_portals.remove(b.portal);
+            }
+        }
+        Ok(())
+    }
+
+    /// An Execute: the COPY FROM STDIN it starts, if its portal is one.
+    pub(super) fn executed(&mut self, portal: &[u8]) {
+        self.copy_in = self
+            .copy_portals
+            .get(portal)
+            .map(|c| CopyInState::new(c.clone()));
     }
 
     /// The Bind body with its at-rest parameters tokenized (`None`: unchanged). Text and
@@ -389,6 +419,9 @@ impl ReadPath {
     }
 }
 
+/// Bound on the COPY portals a session has bound at once.
+const MAX_COPY_PORTALS: usize = 64;
+
 /// Bound on a COPY line tokengate holds while waiting for its end.
 const MAX_COPY_LINE: usize = 16 << 20;
 
@@ -401,6 +434,8 @@ pub(super) struct CopyInState {
     /// The first row that could not be tokenized: the rest is dropped and the COPY fails.
     failed: Option<Refusal>,
     tokenizers: Tokenizers,
+    /// FORMAT binary: the PGCOPY stream's state.
+    binary: Option<super::copy_binary::BinaryRows>,
 }
 
 impl std::fmt::Debug for CopyInState {
@@ -420,13 +455,43 @@ fn copy_refusal(why: impl Into<String>) -> Refusal {
 
 impl CopyInState {
     pub(super) fn new(plan: crate::plan::write::CopyIn) -> Self {
+        let binary = (plan.format.kind == crate::sql::CopyKind::Binary)
+            .then(|| super::copy_binary::BinaryRows::new(plan.width, MAX_COPY_LINE));
         CopyInState {
+            binary,
             plan,
             partial: Vec::new(),
             lines: 0,
             failed: None,
             tokenizers: Tokenizers::default(),
         }
+    }
+
+    /// Rewrites the complete tuples of a binary COPY chunk into `out`.
+    fn binary(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
+        let Some(rows) = self.binary.as_mut() else {
+            return Err(copy_refusal("not a binary COPY"));
+        };
+        let (fields, tokenizers) = (&self.plan.fields, &mut self.tokenizers);
+        let result = rows.feed(data, out, |i, value| {
+            let Some((_, how)) = fields.iter().find(|(p, _)| *p == i) else {
+                return Ok(None);
+            };
+            // text, varchar and bpchar travel as their UTF-8 bytes in binary COPY too.
+            if std::str::from_utf8(value).is_err() {
+                return Err(copy_refusal("a value is not valid UTF-8 text"));
+            }
+            tokenizers.tokenize(keys, how, value).map(Some)
+        });
+        result.map_err(|e| match e {
+            super::copy_binary::BinaryError::Malformed(why) => copy_refusal(why),
+            super::copy_binary::BinaryError::Field(r) => r,
+        })
     }
 
     /// Rewrites one line (without its `\n`) into `out`.
@@ -529,6 +594,17 @@ impl ReadPath {
         if state.failed.is_some() {
             return ClientVerdict::Replace(Vec::new());
         }
+        if state.binary.is_some() {
+            let mut out = Vec::with_capacity(body.len() + 64);
+            if let Err(r) = state.binary(&keys, body, &mut out) {
+                state.failed = Some(r);
+                return ClientVerdict::Replace(Vec::new());
+            }
+            if out.is_empty() {
+                return ClientVerdict::Replace(Vec::new());
+            }
+            return ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out));
+        }
         state.partial.extend_from_slice(body);
         let buffered = std::mem::take(&mut state.partial);
         let mut out = Vec::with_capacity(buffered.len() + 64);
@@ -562,6 +638,11 @@ impl ReadPath {
             return ClientVerdict::Forward;
         };
         let mut out = Vec::new();
+        if state.failed.is_none()
+            && let Some(Err(why)) = state.binary.as_ref().map(|b| b.finish())
+        {
+            state.failed = Some(copy_refusal(why));
+        }
         if state.failed.is_none() && !state.partial.is_empty() {
             let last = std::mem::take(&mut state.partial);
             if let Err(r) = state.line(&keys, &last, &mut out) {
@@ -572,8 +653,11 @@ impl ReadPath {
             self.refused(&r, None);
             // The server's error to this CopyFail (part of the COPY's Query reply) is replaced
             // by the refusal.
-            if let Some(Pending::Query(q)) = self.protocol.front_mut() {
-                q.refusal = Some(r.clone());
+            match self.protocol.front_mut() {
+                Some(Pending::Query(q)) => q.refusal = Some(r.clone()),
+                // A COPY run through Bind/Execute (tokio-postgres' copy_in): the same.
+                Some(Pending::Execute(x)) => x.failed = Some(r.clone()),
+                _ => {}
             }
             self.protocol.sent(
                 crate::session::protocol::Request::CopyFail,
