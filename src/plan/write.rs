@@ -5,10 +5,14 @@
 //! written to it, and every value it is compared with, must be tokenized by tokengate first:
 //! - string literals (by their exact byte range from the PostgreSQL-exact lexer) and
 //!   parameters (`$n`, rewritten in Bind) in INSERT ... VALUES, UPDATE ... SET, ON CONFLICT DO
-//!   UPDATE SET, and in equality comparisons (`=`, `<>`, `IN (...)`);
+//!   UPDATE SET, and in equality comparisons (`=`, `<>`, `IN (...)`, `= ANY(array)` element by
+//!   element), and the rows of COPY FROM STDIN (text, CSV, binary);
+//! - comparisons that give the same answer on tokens as on values are left to run on them:
+//!   joins (`ON`, `USING`, `NATURAL`) between columns of one label, GROUP BY, DISTINCT,
+//!   count(col), count(DISTINCT col);
 //! - everything else that writes or computes on such a column is refused (TG180–TG184): an
-//!   expression, INSERT ... SELECT, a server-side default, MERGE, COPY FROM, a write through a
-//!   view, a range, LIKE, ORDER BY or a function over it.
+//!   expression, INSERT ... SELECT, a server-side default, MERGE, a write through a view, a
+//!   range, LIKE, ORDER BY or a function over it.
 //!
 //! Fail closed: a statement that mentions an at-rest table or column in any form this module
 //! does not understand is refused, so PostgreSQL never stores a plaintext value there and no
