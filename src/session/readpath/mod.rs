@@ -188,6 +188,8 @@ pub struct ReadPath {
     /// Portals bound to a COPY FROM STDIN into columns stored as tokens (extended protocol):
     /// their Execute starts tokenizing the client's CopyData.
     copy_portals: HashMap<Vec<u8>, crate::plan::write::CopyIn>,
+    /// FF1 tokenizers for Bind parameters of columns stored as tokens, kept for the session.
+    bind_tokenizers: write::Tokenizers,
     /// The server backend's pid: notifications this session sent itself name it.
     pub server_pid: Option<u32>,
     /// (channel, payload) pairs this session sent as literals (NOTIFY, pg_notify): its own
@@ -216,6 +218,7 @@ impl ReadPath {
             cache: None,
             copy_in: None,
             copy_portals: HashMap::new(),
+            bind_tokenizers: write::Tokenizers::default(),
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,

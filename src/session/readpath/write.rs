@@ -22,9 +22,9 @@ const ARRAY_PARAM_TYPES: [u32; 4] = [0, 1009, 1015, 1014];
 /// Element types of a binary array parameter: text, varchar, bpchar (UTF-8 bytes).
 const ELEMENT_TYPES: [u32; 3] = [25, 1043, 1042];
 
-/// FF1 tokenizers per label, for one message.
+/// FF1 tokenizers per label and format: for one message, one COPY, or (Bind) the session.
 #[derive(Default)]
-struct Tokenizers(HashMap<Arc<str>, ColumnTransform>);
+pub(super) struct Tokenizers(HashMap<(Arc<str>, Arc<str>), ColumnTransform>);
 
 impl Tokenizers {
     fn tokenize(
@@ -33,29 +33,41 @@ impl Tokenizers {
         how: &AtRest,
         plain: &[u8],
     ) -> Result<Vec<u8>, Refusal> {
+        let mut out = Vec::with_capacity(plain.len());
+        self.tokenize_into(keys, how, plain, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the token of `plain` to `out`.
+    fn tokenize_into(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
         let bad = |e: String| {
             Refusal::new(
                 Code::AtRestParameter,
                 format!("a value for label {} cannot be tokenized: {e}", how.label),
             )
         };
-        if !self.0.contains_key(&how.label) {
-            let format = how
-                .format
-                .parse()
-                .map_err(|_| bad("the token format is not usable".into()))?;
-            let spec = TransformSpec::new(Action::Token(format), how.label.to_string());
-            let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
-                .map_err(|e| bad(e.to_string()))?;
-            self.0.insert(how.label.clone(), t);
-        }
-        let t = self
-            .0
-            .get(&how.label)
-            .ok_or_else(|| bad("no tokenizer".into()))?;
-        let mut out = Vec::with_capacity(plain.len());
-        match t.apply(plain, &mut out) {
-            Ok(Output::Value) => Ok(out),
+        let key = (how.label.clone(), how.format.clone());
+        let t = match self.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let format = how
+                    .format
+                    .parse()
+                    .map_err(|_| bad("the token format is not usable".into()))?;
+                let spec = TransformSpec::new(Action::Token(format), how.label.to_string());
+                let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
+                    .map_err(|e| bad(e.to_string()))?;
+                v.insert(t)
+            }
+        };
+        match t.apply(plain, out) {
+            Ok(Output::Value) => Ok(()),
             Ok(Output::Null) => Err(bad("it would become NULL".into())),
             Err(e) => Err(bad(e.to_string())),
         }
@@ -341,7 +353,22 @@ impl ReadPath {
 
     /// The Bind body with its at-rest parameters tokenized (`None`: unchanged). Text and
     /// binary formats carry the same UTF-8 bytes for the text types at-rest columns have.
-    pub(super) fn tokenize_bind(&self, b: &frontend::Bind<'_>) -> Result<Option<Vec<u8>>, Refusal> {
+    /// The tokenizers (FF1 key schedules) are kept for the session.
+    pub(super) fn tokenize_bind(
+        &mut self,
+        b: &frontend::Bind<'_>,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let mut tokenizers = std::mem::take(&mut self.bind_tokenizers);
+        let result = self.tokenize_bind_with(b, &mut tokenizers);
+        self.bind_tokenizers = tokenizers;
+        result
+    }
+
+    fn tokenize_bind_with(
+        &self,
+        b: &frontend::Bind<'_>,
+        tokenizers: &mut Tokenizers,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
         if !self.view.has_at_rest() {
             return Ok(None);
         }
@@ -357,7 +384,6 @@ impl ReadPath {
         if plan.params.is_empty() && plan.array_params.is_empty() {
             return Ok(None);
         }
-        let mut tokenizers = Tokenizers::default();
         let mut params: Vec<Option<Vec<u8>>> =
             b.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
         let arrays = plan.array_params.iter().map(|(n, h)| (n, h, true));
@@ -553,7 +579,12 @@ impl CopyInState {
             if !text && value.contains(&quote) {
                 return Err(copy_refusal("a quote inside an unquoted value"));
             }
-            let token = self.tokenizers.tokenize(keys, how, value)?;
+            if field.quoted {
+                out.push(quote);
+            }
+            let at = out.len();
+            self.tokenizers.tokenize_into(keys, how, value, out)?;
+            let token = &out[at..];
             if token
                 .iter()
                 .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == quote)
@@ -563,10 +594,6 @@ impl CopyInState {
             }
             if field.quoted {
                 out.push(quote);
-                out.extend_from_slice(&token);
-                out.push(quote);
-            } else {
-                out.extend_from_slice(&token);
             }
         }
         if cr {
@@ -605,9 +632,18 @@ impl ReadPath {
             }
             return ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out));
         }
-        state.partial.extend_from_slice(body);
-        let buffered = std::mem::take(&mut state.partial);
-        let mut out = Vec::with_capacity(buffered.len() + 64);
+        // Without a pending partial line, the message is read where it is.
+        let joined;
+        let buffered: &[u8] = if state.partial.is_empty() {
+            body
+        } else {
+            let mut p = std::mem::take(&mut state.partial);
+            p.extend_from_slice(body);
+            joined = p;
+            &joined
+        };
+        let mut out = Vec::with_capacity(buffered.len() + buffered.len() / 4 + 64);
+        let frame_start = crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
         let mut start = 0;
         while let Some(n) = buffered[start..].iter().position(|&b| b == b'\n') {
             if let Err(r) = state.line(&keys, &buffered[start..start + n], &mut out) {
@@ -617,16 +653,16 @@ impl ReadPath {
             out.push(b'\n');
             start += n + 1;
         }
-        state.partial = buffered[start..].to_vec();
-        if state.partial.len() > MAX_COPY_LINE {
+        if buffered.len() - start > MAX_COPY_LINE {
             state.failed = Some(copy_refusal("a line is longer than 16 MiB"));
             return ClientVerdict::Replace(Vec::new());
         }
-        if out.is_empty() {
-            ClientVerdict::Replace(Vec::new())
-        } else {
-            ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out))
+        state.partial = buffered[start..].to_vec();
+        if start == 0 {
+            return ClientVerdict::Replace(Vec::new());
         }
+        crate::wire::frame::end_message(&mut out, frame_start);
+        ClientVerdict::Replace(out)
     }
 
     /// CopyDone: the last line without a newline is flushed; a failed COPY becomes a
