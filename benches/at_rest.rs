@@ -111,6 +111,24 @@ fn psql_copy(pg: &EmbeddedPostgres, port: u16, user: &str, table: &str, file: &P
     start.elapsed().as_secs_f64()
 }
 
+/// The rows `sql` returns to `user` through `port` (psql, unaligned, tuples only), so a
+/// fast read is known to be a whole one.
+fn psql_rows(pg: &EmbeddedPostgres, port: u16, user: &str, sql: &str) -> usize {
+    let out = Command::new(pg.bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", user, "-d", "bench", "-c", sql])
+        .env("PGPASSWORD", "bench-pw")
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.iter().filter(|&&b| b == b'\n').count()
+}
+
 fn direct_sql(pg: &EmbeddedPostgres, rt: &tokio::runtime::Runtime, sql: &str) {
     rt.block_on(pg.execute("bench", sql)).unwrap();
 }
@@ -192,12 +210,18 @@ fn main() {
         "tokengate at-rest benchmark: {rounds} rounds, pgbench {seconds}s, {rows} rows; tokengate pids: read-path-only {}, at-rest {}",
         read_path.pid, at_rest.pid
     );
+    let read_sql = "SELECT id, ssn, card, phone FROM people";
     let names = ["direct", "read-path-only", "at-rest"];
     let ports = [pg.port(), read_path.port, at_rest.port];
     let pids = [None, Some(read_path.pid), Some(at_rest.pid)];
+    for (name, port) in names.iter().zip(ports) {
+        for user in ["writer", "reader"] {
+            let n = psql_rows(&pg, port, user, read_sql);
+            assert_eq!(n as u64, rows, "{name} as {user}");
+        }
+    }
     let mut s: Vec<Samples> = vec![Samples::default(); 3];
     let workload = ["-f", script.to_str().unwrap()];
-    let read_sql = "SELECT id, ssn, card, phone FROM people";
     for round in 1..=rounds {
         for i in 0..3 {
             let before = pids[i].map(cpu_seconds);
