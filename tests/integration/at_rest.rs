@@ -962,6 +962,42 @@ async fn copy_in_binary_and_text_through_the_extended_protocol() {
         .collect();
     assert_eq!(back, want);
 
+    // More rows than tokengate holds back at once (64 KiB), in chunks that split rows.
+    let mut text = String::new();
+    for i in 0..4000 {
+        text.push_str(&format!(
+            "{}\t{:03}-00-{:04}\t\\N\n",
+            10_000 + i,
+            100 + i % 900,
+            i
+        ));
+    }
+    let sink = admin
+        .copy_in("COPY people (id, ssn, card) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in text.as_bytes().chunks(1000) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 4000);
+    let r = direct()
+        .await
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE ssn = '100-00-0000' OR ssn = '499-00-3999') FROM people WHERE id >= 10000",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (4000, 0));
+    let r = admin
+        .query_one("SELECT ssn FROM people WHERE id = 13999", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "499-00-3999");
+
     // A malformed binary stream becomes a CopyFail: nothing is stored, nothing forwarded in
     // clear, and the session goes on.
     let header = {

@@ -445,6 +445,9 @@ impl ReadPath {
     }
 }
 
+/// Tokenized COPY rows are sent on once this many bytes are held (and at CopyDone).
+const COPY_FLUSH: usize = 64 << 10;
+
 /// Bound on the COPY portals a session has bound at once.
 const MAX_COPY_PORTALS: usize = 64;
 
@@ -462,6 +465,10 @@ pub(super) struct CopyInState {
     tokenizers: Tokenizers,
     /// FORMAT binary: the PGCOPY stream's state.
     binary: Option<super::copy_binary::BinaryRows>,
+    /// Text and CSV: tokenized rows not yet sent, as one CopyData frame being built (the
+    /// server gets a few large messages instead of one per line; COPY FROM has no reply
+    /// before CopyDone, so holding them back changes nothing the client sees).
+    held: Vec<u8>,
 }
 
 impl std::fmt::Debug for CopyInState {
@@ -485,6 +492,7 @@ impl CopyInState {
             .then(|| super::copy_binary::BinaryRows::new(plan.width, MAX_COPY_LINE));
         CopyInState {
             binary,
+            held: Vec::new(),
             plan,
             partial: Vec::new(),
             lines: 0,
@@ -642,8 +650,11 @@ impl ReadPath {
             joined = p;
             &joined
         };
-        let mut out = Vec::with_capacity(buffered.len() + buffered.len() / 4 + 64);
-        let frame_start = crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
+        let mut out = std::mem::take(&mut state.held);
+        if out.is_empty() {
+            out.reserve(COPY_FLUSH + COPY_FLUSH / 4);
+            crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
+        }
         let mut start = 0;
         while let Some(n) = buffered[start..].iter().position(|&b| b == b'\n') {
             if let Err(r) = state.line(&keys, &buffered[start..start + n], &mut out) {
@@ -658,10 +669,11 @@ impl ReadPath {
             return ClientVerdict::Replace(Vec::new());
         }
         state.partial = buffered[start..].to_vec();
-        if start == 0 {
+        if out.len() < COPY_FLUSH {
+            state.held = out;
             return ClientVerdict::Replace(Vec::new());
         }
-        crate::wire::frame::end_message(&mut out, frame_start);
+        crate::wire::frame::end_message(&mut out, 0);
         ClientVerdict::Replace(out)
     }
 
@@ -673,7 +685,10 @@ impl ReadPath {
         let Some(mut state) = self.copy_in.take() else {
             return ClientVerdict::Forward;
         };
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut state.held);
+        if out.is_empty() {
+            crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
+        }
         if state.failed.is_none()
             && let Some(Err(why)) = state.binary.as_ref().map(|b| b.finish())
         {
@@ -707,11 +722,12 @@ impl ReadPath {
             crate::session::protocol::Request::CopyDone,
             Pending::CopyEnd,
         );
-        if out.is_empty() {
+        // The held rows and the last line without a newline, then the CopyDone.
+        if out.len() <= 5 {
             return ClientVerdict::Forward;
         }
-        let mut bytes = super::frame(frontend::COPY_DATA, &out);
-        bytes.extend_from_slice(frame_bytes);
-        ClientVerdict::Replace(bytes)
+        crate::wire::frame::end_message(&mut out, 0);
+        out.extend_from_slice(frame_bytes);
+        ClientVerdict::Replace(out)
     }
 }
