@@ -278,7 +278,7 @@ codes! {
     AtRestUnsupported {
         id: "TG180",
         sqlstate: "0A000",
-        meaning: "The statement touches a column stored as tokens (`at_rest: token`) in a form tokengate cannot transform: MERGE, COPY FROM into such a table, a write through a view, PREPARE, EXPLAIN, or DDL naming such a table. It is refused so PostgreSQL never stores a plaintext value there.",
+        meaning: "The statement touches a column stored as tokens (`at_rest: token`) in a form tokengate cannot transform: MERGE, a COPY FROM into such a table that is not its Query's only statement, a write through a view, PREPARE, EXPLAIN, or DDL naming such a table. It is refused so PostgreSQL never stores a plaintext value there.",
         hint: "Write the column with INSERT ... VALUES or UPDATE ... SET using literals or parameters, through tokengate; run DDL on that table directly against PostgreSQL.",
     }
     AtRestOmitted {
@@ -296,8 +296,8 @@ codes! {
     AtRestComputation {
         id: "TG183",
         sqlstate: "0A000",
-        meaning: "A column stored as tokens is used in a range comparison, LIKE, ORDER BY, GROUP BY, a function, a cast or another expression. PostgreSQL would compute on the tokens, not the plaintext, and return a wrong answer.",
-        hint: "Only equality (`col = 'value'`, `col = $1`, `col IN (...)`, `IS NULL`, and joins between columns of the same label) works on columns stored as tokens; sort or compute in the application.",
+        meaning: "A column stored as tokens is used in a range comparison, LIKE, ORDER BY, `<> ALL`, `= ANY (subquery)`, a join with a column of another label, a function, a cast or another expression. PostgreSQL would compute on the tokens, not the plaintext, and return a wrong answer.",
+        hint: "Only equality (`col = 'value'`, `col = $1`, `col IN (...)`, `col = ANY($1)`, `IS NULL`, joins between columns of the same label), GROUP BY / DISTINCT / count(DISTINCT) of the column itself work on columns stored as tokens; sort or compute in the application.",
     }
     AtRestParameter {
         id: "TG184",

@@ -5,10 +5,14 @@
 //! written to it, and every value it is compared with, must be tokenized by tokengate first:
 //! - string literals (by their exact byte range from the PostgreSQL-exact lexer) and
 //!   parameters (`$n`, rewritten in Bind) in INSERT ... VALUES, UPDATE ... SET, ON CONFLICT DO
-//!   UPDATE SET, and in equality comparisons (`=`, `<>`, `IN (...)`);
+//!   UPDATE SET, and in equality comparisons (`=`, `<>`, `IN (...)`, `= ANY(array)` element by
+//!   element), and the rows of COPY FROM STDIN (text, CSV, binary);
+//! - comparisons that give the same answer on tokens as on values are left to run on them:
+//!   joins (`ON`, `USING`, `NATURAL`) between columns of one label, GROUP BY, DISTINCT,
+//!   count(col), count(DISTINCT col);
 //! - everything else that writes or computes on such a column is refused (TG180–TG184): an
-//!   expression, INSERT ... SELECT, a server-side default, MERGE, COPY FROM, a write through a
-//!   view, a range, LIKE, ORDER BY or a function over it.
+//!   expression, INSERT ... SELECT, a server-side default, MERGE, a write through a view, a
+//!   range, LIKE, ORDER BY or a function over it.
 //!
 //! Fail closed: a statement that mentions an at-rest table or column in any form this module
 //! does not understand is refused, so PostgreSQL never stores a plaintext value there and no
@@ -55,6 +59,10 @@ pub struct AtRestPlan {
     /// COPY ... FROM STDIN (text or CSV) into a table with at-rest columns: the fields of
     /// the client's CopyData rows to tokenize.
     pub copy: Option<CopyIn>,
+    /// `col = ANY('{...}')`: byte ranges of array literals whose elements are tokenized.
+    pub array_literals: Vec<(Range<usize>, AtRest)>,
+    /// `col = ANY($n)`: array parameters whose elements are tokenized.
+    pub array_params: Vec<(usize, AtRest)>,
     /// The at-rest columns the statement touches, with the key version and state generation
     /// it was planned under (checked again at Bind: TG187 when the state changed since).
     pub versions: Vec<ColumnVersion>,
@@ -78,7 +86,11 @@ pub struct CopyIn {
 
 impl AtRestPlan {
     pub fn is_empty(&self) -> bool {
-        self.literals.is_empty() && self.params.is_empty() && self.copy.is_none()
+        self.literals.is_empty()
+            && self.params.is_empty()
+            && self.copy.is_none()
+            && self.array_literals.is_empty()
+            && self.array_params.is_empty()
     }
 
     /// The columns whose values this plan tokenizes.
@@ -87,6 +99,8 @@ impl AtRestPlan {
             .iter()
             .map(|(_, a)| &a.column)
             .chain(self.params.iter().map(|(_, a)| &a.column))
+            .chain(self.array_literals.iter().map(|(_, a)| &a.column))
+            .chain(self.array_params.iter().map(|(_, a)| &a.column))
             .chain(
                 self.copy
                     .iter()
@@ -104,6 +118,8 @@ impl AtRestPlan {
         };
         self.literals.iter_mut().for_each(|(_, a)| of(a));
         self.params.iter_mut().for_each(|(_, a)| of(a));
+        self.array_literals.iter_mut().for_each(|(_, a)| of(a));
+        self.array_params.iter_mut().for_each(|(_, a)| of(a));
         if let Some(c) = &mut self.copy {
             c.fields.iter_mut().for_each(|(_, a)| of(a));
         }
@@ -238,6 +254,7 @@ pub fn plan_at_rest(
         compared: HashSet::new(),
         excluded: HashSet::new(),
         top: None,
+        ctes: HashSet::new(),
     };
     planner.scope(&statement)?;
     match &statement {
@@ -257,16 +274,13 @@ pub fn plan_at_rest(
                 let Some((relation, cols)) = planner.target(table_name)? else {
                     return Ok(None);
                 };
-                let format = match &analysis.copy {
-                    Some(f) if f.kind != crate::sql::CopyKind::Binary => f.clone(),
-                    _ => {
-                        return Err(refuse(
-                            Code::AtRestUnsupported,
-                            format!(
-                                "COPY FROM into {table_name}, which has columns stored as tokens, is supported in text and CSV format only"
-                            ),
-                        ));
-                    }
+                let Some(format) = analysis.copy.clone() else {
+                    return Err(refuse(
+                        Code::AtRestUnsupported,
+                        format!(
+                            "the format of COPY FROM into {table_name}, which has columns stored as tokens, is not known"
+                        ),
+                    ));
                 };
                 let listed: Vec<String> = if listed.is_empty() {
                     relation.columns.clone()
@@ -324,7 +338,17 @@ pub fn plan_at_rest(
     // (a renamed column in a subquery or view would compare its tokens with plaintext).
     for u in &analysis.uses {
         if let Some(name) = at_rest_name(&columns, &u.column) {
-            if !matches!(u.clause, Clause::Where | Clause::JoinOn | Clause::Other) {
+            // GROUP BY, DISTINCT and HAVING reach here only in the forms Pass1 allows (the
+            // column itself, count(col), equality); anything else was refused by Pass2.
+            if !matches!(
+                u.clause,
+                Clause::Where
+                    | Clause::JoinOn
+                    | Clause::Other
+                    | Clause::GroupBy
+                    | Clause::Distinct
+                    | Clause::Having
+            ) {
                 return Err(refuse(
                     Code::AtRestComputation,
                     format!(
@@ -391,6 +415,8 @@ struct Planner<'a> {
     /// At-rest columns assigned their own EXCLUDED value in ON CONFLICT DO UPDATE.
     excluded: HashSet<String>,
     top: Option<*const Query>,
+    /// Names of the statement's CTEs (a FROM item naming one is not a catalog table).
+    ctes: HashSet<String>,
 }
 
 fn parts(name: &ObjectName) -> Vec<String> {
@@ -401,6 +427,28 @@ fn parts(name: &ObjectName) -> Vec<String> {
             ObjectNamePart::Function(_) => String::new(),
         })
         .collect()
+}
+
+/// `count` or `pg_catalog.count` (the analysis classifies which function it resolves to).
+fn is_count(name: &ObjectName) -> bool {
+    matches!(parts(name).as_slice(), [c] if c == "count")
+        || matches!(parts(name).as_slice(), [s, c] if s == "pg_catalog" && c == "count")
+}
+
+/// `text[]`, `varchar[]`, `char[]` (the arrays an at-rest column can be compared with).
+fn is_text_array(t: &sqlparser::ast::DataType) -> bool {
+    use sqlparser::ast::{ArrayElemTypeDef, DataType};
+    match t {
+        DataType::Array(ArrayElemTypeDef::SquareBracket(inner, None)) => matches!(
+            **inner,
+            DataType::Text
+                | DataType::Varchar(_)
+                | DataType::CharacterVarying(_)
+                | DataType::Char(_)
+                | DataType::Character(_)
+        ),
+        _ => false,
+    }
 }
 
 fn addr(e: &Expr) -> usize {
@@ -553,6 +601,12 @@ impl<'a> Planner<'a> {
         match value(e) {
             Some(Val::Null) => Ok(()),
             Some(Val::Param(n)) => {
+                if self.plan.array_params.iter().any(|(p, _)| *p == n) {
+                    return Err(refuse(
+                        Code::AtRestParameter,
+                        format!("${n} is used both as an array for = ANY and otherwise"),
+                    ));
+                }
                 if let Some(l) = self.param_labels.get(&n)
                     && *l != how.label
                 {
@@ -586,6 +640,87 @@ impl<'a> Planner<'a> {
                 Code::AtRestValue,
                 format!(
                     "{what} is not a quoted literal, NULL or a parameter, so tokengate cannot tokenize it"
+                ),
+            )),
+        }
+    }
+
+    /// The array of `col = ANY(array)`: a parameter or a `'{...}'` literal (each element is
+    /// tokenized when bound or rewritten), or `ARRAY[...]` of values; anything else refused.
+    fn array(&mut self, e: &Expr, how: &AtRest) -> Result<(), Refusal> {
+        let what = "the array compared with a column stored as tokens (= ANY)";
+        match e {
+            Expr::Nested(inner) => return self.array(inner, how),
+            Expr::Subquery(_) => {
+                return Err(refuse(
+                    Code::AtRestComputation,
+                    "= ANY (subquery) on a column stored as tokens: tokengate cannot tell whether the subquery yields tokens; use a join on columns of the same label",
+                ));
+            }
+            Expr::Array(a) => {
+                for item in &a.elem {
+                    self.compared(item, how, "an element of ARRAY[...] in = ANY")?;
+                }
+                return Ok(());
+            }
+            Expr::Cast {
+                kind: sqlparser::ast::CastKind::DoubleColon | sqlparser::ast::CastKind::Cast,
+                expr,
+                data_type,
+                format: None,
+                ..
+            } if is_text_array(data_type)
+                && matches!(value(expr), Some(Val::Param(_) | Val::Literal(_))) =>
+            {
+                return self.array(expr, how);
+            }
+            _ => {}
+        }
+        if how.speaks_tokens {
+            // The role compares by the tokens it was shown: the array stays as it is.
+            return match value(e) {
+                Some(Val::Param(_) | Val::Literal(_) | Val::Null) => Ok(()),
+                None => Err(refuse(
+                    Code::AtRestValue,
+                    format!("{what} is not a parameter, a '{{...}}' literal or ARRAY[...]"),
+                )),
+            };
+        }
+        match value(e) {
+            Some(Val::Null) => Ok(()),
+            Some(Val::Param(n)) => {
+                if self.plan.params.iter().any(|(p, _)| *p == n)
+                    || self.param_labels.get(&n).is_some_and(|l| *l != how.label)
+                {
+                    return Err(refuse(
+                        Code::AtRestParameter,
+                        format!("${n} is used both as an array for = ANY and otherwise"),
+                    ));
+                }
+                self.param_labels.insert(n, how.label.clone());
+                *self.param_counts.entry(n).or_default() += 1;
+                if !self.plan.array_params.iter().any(|(p, _)| *p == n) {
+                    self.plan.array_params.push((n, how.clone()));
+                }
+                Ok(())
+            }
+            Some(Val::Literal(at)) => {
+                let range = self.literal_range(at).ok_or_else(|| {
+                    refuse(
+                        Code::AtRestValue,
+                        format!(
+                            "{what} must be a plain quoted literal ('{{...}}') without backslashes"
+                        ),
+                    )
+                })?;
+                let (start, end) = (range.start + self.offset, range.end + self.offset);
+                self.plan.array_literals.push((start..end, how.clone()));
+                Ok(())
+            }
+            None => Err(refuse(
+                Code::AtRestValue,
+                format!(
+                    "{what} is not a parameter, a '{{...}}' literal or ARRAY[...] of literals, so tokengate cannot tokenize it"
                 ),
             )),
         }
@@ -746,6 +881,102 @@ impl<'a> Planner<'a> {
         self.tokenize(&a.value, how, &format!("the value assigned to {column}"))
     }
 
+    /// A FROM item tokengate knows the columns of: a catalog table (not a CTE, subquery,
+    /// function or nested join).
+    fn factor(&self, f: &TableFactor) -> Option<crate::sql::Relation> {
+        match f {
+            TableFactor::Table {
+                name, args: None, ..
+            } => {
+                let p = parts(name);
+                if p.len() == 1 && self.ctes.contains(&p[0]) {
+                    return None;
+                }
+                self.resolve(name)
+            }
+            _ => None,
+        }
+    }
+
+    /// `JOIN ... USING (col)` and `NATURAL JOIN` compare the same-named columns of both
+    /// sides. Allowed for an at-rest column when every relation in the statement with that
+    /// name stores it as tokens of the same label (tokens compare like the values), and
+    /// every FROM item of the join is a catalog table (a subquery or function could supply
+    /// plaintext under that name).
+    fn joins(&mut self, from: &sqlparser::ast::TableWithJoins) -> Result<(), Refusal> {
+        use sqlparser::ast::{JoinConstraint, JoinOperator};
+        let mut left = vec![self.factor(&from.relation)];
+        for j in &from.joins {
+            let right = self.factor(&j.relation);
+            let constraint = match &j.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::FullOuter(c) => Some(c),
+                _ => None,
+            };
+            let known = left.iter().all(Option::is_some) && right.is_some();
+            let names: Vec<String> = match constraint {
+                Some(JoinConstraint::Using(ns)) => ns
+                    .iter()
+                    .map(|n| parts(n).pop().unwrap_or_default())
+                    .collect(),
+                Some(JoinConstraint::Natural) if known => {
+                    let on_left: HashSet<&String> = left
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| r.columns.iter())
+                        .collect();
+                    right
+                        .iter()
+                        .flat_map(|r| r.columns.iter())
+                        .filter(|c| on_left.contains(c))
+                        .cloned()
+                        .collect()
+                }
+                Some(JoinConstraint::Natural) => {
+                    if self.scope.values().any(|m| !matches!(m, InScope::Plain)) {
+                        return Err(refuse(
+                            Code::AtRestComputation,
+                            "a NATURAL JOIN over a subquery, CTE or function in a statement with columns stored as tokens: tokengate cannot tell which columns it compares; join with ON",
+                        ));
+                    }
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            for name in names {
+                match self.scope.get(&name) {
+                    None | Some(InScope::Plain) => {}
+                    Some(InScope::Ambiguous) => {
+                        return Err(refuse(
+                            Code::AtRestComputation,
+                            format!(
+                                "the join compares column {name} of relations that do not store it as tokens of the same label: tokens would be compared with other values"
+                            ),
+                        ));
+                    }
+                    Some(InScope::AtRest(_)) if !known => {
+                        return Err(refuse(
+                            Code::AtRestComputation,
+                            format!(
+                                "JOIN ... USING ({name}) with a subquery, CTE or function: tokengate cannot tell whether that side holds tokens; join tables, or use ON"
+                            ),
+                        ));
+                    }
+                    Some(InScope::AtRest(_)) => {
+                        self.compared.insert(name);
+                    }
+                }
+            }
+            left.push(right);
+        }
+        Ok(())
+    }
+
     fn update(&mut self, u: &sqlparser::ast::Update) -> Result<(), Refusal> {
         let TableFactor::Table { name, .. } = &u.table.relation else {
             return Ok(());
@@ -791,7 +1022,8 @@ impl<'a> Planner<'a> {
         // A parameter that is tokenized must mean only that column.
         let counts = check.params;
         for (n, uses) in &counts {
-            let tokenized = self.plan.params.iter().any(|(p, _)| p == n);
+            let tokenized = self.plan.params.iter().any(|(p, _)| p == n)
+                || self.plan.array_params.iter().any(|(p, _)| p == n);
             if tokenized && *uses > self.param_uses(*n) {
                 return Err(refuse(
                     Code::AtRestParameter,
@@ -879,6 +1111,72 @@ impl Pass1<'_, '_> {
         Ok(true)
     }
 
+    /// GROUP BY and DISTINCT on an at-rest column itself: deterministic tokens form the same
+    /// groups as the plaintext (one token per value under a label), so they are allowed. An
+    /// expression over the column would group on something computed from tokens: refused
+    /// by [`Pass2`].
+    fn grouping(&mut self, s: &sqlparser::ast::Select) -> Result<(), Refusal> {
+        let ambiguous = || {
+            refuse(
+                Code::AtRestComputation,
+                "an ambiguous column stored as tokens in GROUP BY or DISTINCT",
+            )
+        };
+        if let sqlparser::ast::GroupByExpr::Expressions(exprs, modifiers) = &s.group_by {
+            if !modifiers.is_empty() && !exprs.is_empty() {
+                // WITH ROLLUP/CUBE: left to Pass2 (refused when an at-rest column is in it).
+                return Ok(());
+            }
+            for e in exprs {
+                let target = match self.planner.at_rest(e) {
+                    Some(how) => {
+                        how.map_err(|()| ambiguous())?;
+                        Some(e)
+                    }
+                    // GROUP BY 2 / GROUP BY alias: the result column it names.
+                    None => self.output_named(&s.projection, e),
+                };
+                if let Some(t) = target {
+                    if addr(t) == addr(e) {
+                        self.planner.allowed.insert(addr(e));
+                    }
+                    self.mark(t);
+                }
+            }
+        }
+        if let Some(sqlparser::ast::Distinct::Distinct) = &s.distinct {
+            for item in &s.projection {
+                if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
+                    && let Some(how) = self.planner.at_rest(e)
+                {
+                    how.map_err(|()| ambiguous())?;
+                    self.mark(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bare at-rest result column `GROUP BY n` or `GROUP BY alias` names.
+    fn output_named<'s>(&self, projection: &'s [SelectItem], e: &Expr) -> Option<&'s Expr> {
+        let item = match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => projection.get(n.parse::<usize>().ok()?.checked_sub(1)?),
+                _ => None,
+            },
+            Expr::Identifier(i) => projection.iter().find(|item| {
+                matches!(item, SelectItem::ExprWithAlias { alias, .. } if fold(alias) == fold(i))
+            }),
+            _ => None,
+        }?;
+        match item {
+            SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => {
+                matches!(self.planner.at_rest(x), Some(Ok(_))).then_some(x)
+            }
+            _ => None,
+        }
+    }
+
     fn mark(&mut self, e: &Expr) {
         let name = match e {
             Expr::Identifier(i) => fold(i),
@@ -916,6 +1214,47 @@ impl Pass1<'_, '_> {
                     self.mark(expr);
                 }
             }
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } => {
+                if let Some(how) = self.planner.at_rest(left) {
+                    let how = how.map_err(|()| {
+                        refuse(
+                            Code::AtRestComputation,
+                            "an ambiguous column stored as tokens in = ANY (...)",
+                        )
+                    })?;
+                    self.planner.array(right, &how)?;
+                    self.planner.allowed.insert(addr(left));
+                    self.mark(left);
+                }
+            }
+            // count(col), count(DISTINCT col): how many values, how many distinct ones, the same
+            // on tokens (one per value) as on the plaintext. Whether the role may see these
+            // numbers is the read path's decision (`allow:`).
+            Expr::Function(f) if is_count(&f.name) => {
+                if let sqlparser::ast::FunctionArguments::List(list) = &f.args
+                    && let [
+                        sqlparser::ast::FunctionArg::Unnamed(
+                            sqlparser::ast::FunctionArgExpr::Expr(arg),
+                        ),
+                    ] = list.args.as_slice()
+                    && list.clauses.is_empty()
+                    && let Some(how) = self.planner.at_rest(arg)
+                {
+                    how.map_err(|()| {
+                        refuse(
+                            Code::AtRestComputation,
+                            "an ambiguous column stored as tokens in count(...)",
+                        )
+                    })?;
+                    self.planner.allowed.insert(addr(arg));
+                    self.mark(arg);
+                }
+            }
             Expr::IsNull(inner) | Expr::IsNotNull(inner)
                 if self.planner.at_rest(inner).is_some() =>
             {
@@ -933,11 +1272,16 @@ impl Visitor for Pass1<'_, '_> {
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
         let top = self.planner.top == Some(q as *const Query);
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.planner.ctes.insert(fold(&cte.alias.name));
+            }
+        }
         let mut stack = vec![&*q.body];
         let mut selects = Vec::new();
         while let Some(body) = stack.pop() {
             match body {
-                SetExpr::Select(s) => selects.push(&s.projection),
+                SetExpr::Select(s) => selects.push(&**s),
                 SetExpr::SetOperation { left, right, .. } => {
                     stack.push(left);
                     stack.push(right);
@@ -948,8 +1292,8 @@ impl Visitor for Pass1<'_, '_> {
         // UNION ALL of an at-rest column with anything else would decrypt the other branch's
         // values too.
         if selects.len() > 1
-            && selects.iter().any(|p| {
-                p.iter().any(|item| match item {
+            && selects.iter().any(|s| {
+                s.projection.iter().any(|item| match item {
                     SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
                         self.planner.at_rest(e).is_some()
                     }
@@ -963,8 +1307,13 @@ impl Visitor for Pass1<'_, '_> {
             ));
             return ControlFlow::Break(());
         }
-        for p in selects {
-            if let Err(e) = self.planner.projection(p, top) {
+        for s in selects {
+            let done = self
+                .planner
+                .projection(&s.projection, top)
+                .and_then(|()| self.grouping(s))
+                .and_then(|()| s.from.iter().try_for_each(|t| self.planner.joins(t)));
+            if let Err(e) = done {
                 self.error = Some(e);
                 return ControlFlow::Break(());
             }
@@ -1025,32 +1374,40 @@ mod tests {
     const POLICY: &str = "version: 1
 labels:
   ssn: { class: pii, token: digits, at_rest: token }
+  card: { class: pii, token: digits, at_rest: token }
 columns:
   public.people.ssn: ssn
+  public.others.ssn: ssn
+  public.cards.ssn: card
 roles:
   admin: { default: clear }
 ";
 
     fn snapshot() -> Snapshot {
-        let cols = [("id", 23), ("name", 25), ("ssn", 1042)];
+        let table = |oid: u32, name: &str, cols: &[(&str, u32)]| Relation {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+            kind: RelationKind::Table,
+            columns: cols
+                .iter()
+                .enumerate()
+                .map(|(i, (n, t))| Column {
+                    attnum: i as i16 + 1,
+                    name: n.to_string(),
+                    type_oid: *t,
+                })
+                .collect(),
+            definition: None,
+        };
         Snapshot::build(
             1,
-            vec![Relation {
-                oid: 1,
-                schema: "public".into(),
-                name: "people".into(),
-                kind: RelationKind::Table,
-                columns: cols
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (n, t))| Column {
-                        attnum: i as i16 + 1,
-                        name: n.to_string(),
-                        type_oid: *t,
-                    })
-                    .collect(),
-                definition: None,
-            }],
+            vec![
+                table(1, "people", &[("id", 23), ("name", 25), ("ssn", 1042)]),
+                table(2, "others", &[("oid_", 23), ("ssn", 1042)]),
+                table(3, "cards", &[("cid", 23), ("ssn", 25)]),
+                table(4, "plain", &[("pid", 23), ("ssn", 25)]),
+            ],
             vec![],
         )
     }
@@ -1091,6 +1448,167 @@ roles:
         let p = p[0].as_ref().unwrap();
         assert_eq!(p.literals.len(), 2);
         assert_eq!(p.params.len(), 1);
+    }
+
+    #[test]
+    fn any_arrays_are_tokenized_elementwise() {
+        let one = |sql: &str| plan(sql).unwrap().remove(0).unwrap();
+        let p = one("SELECT id FROM people WHERE ssn = ANY($1)");
+        assert_eq!(
+            p.array_params.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [1]
+        );
+        assert!(p.params.is_empty());
+        let p = one("SELECT id FROM people WHERE ssn = SOME($1::text[]) AND id = $2");
+        assert_eq!(p.array_params.len(), 1);
+        let sql = "SELECT id FROM people WHERE ssn = ANY('{1,\"2 3\"}')";
+        let p = one(sql);
+        let texts: Vec<&str> = p
+            .array_literals
+            .iter()
+            .map(|(r, _)| &sql[r.clone()])
+            .collect();
+        assert_eq!(texts, ["'{1,\"2 3\"}'"]);
+        let p = one("SELECT id FROM people WHERE ssn = ANY(ARRAY['1', $1, NULL])");
+        assert_eq!((p.literals.len(), p.params.len()), (1, 1));
+        for (sql, code) in [
+            (
+                "SELECT id FROM people WHERE ssn <> ALL($1)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn > ANY($1)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn <> ANY($1)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = ANY(SELECT name FROM people)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = ANY(string_to_array('1,2', ','))",
+                Code::AtRestValue,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = ANY($1::int[])",
+                Code::AtRestValue,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = ANY($1) OR name = ANY($1)",
+                Code::AtRestParameter,
+            ),
+            (
+                "SELECT id FROM people WHERE ssn = ANY($1) OR ssn = $1",
+                Code::AtRestParameter,
+            ),
+        ] {
+            assert_eq!(plan(sql).map_err(|r| r.code).err(), Some(code), "{sql}");
+        }
+    }
+
+    #[test]
+    fn joins_using_and_grouping_compare_tokens_of_one_label() {
+        for sql in [
+            "SELECT ssn FROM people JOIN others USING (ssn)",
+            "SELECT p.id FROM people p LEFT JOIN others o USING (ssn) WHERE ssn = '1'",
+            "SELECT * FROM people NATURAL JOIN others",
+            "SELECT ssn, count(*) FROM people GROUP BY ssn",
+            "SELECT ssn AS s, count(*) FROM people GROUP BY 1",
+            "SELECT ssn AS s, count(*) FROM people GROUP BY s HAVING count(*) > 1",
+            "SELECT ssn FROM people GROUP BY ssn HAVING ssn = '1'",
+            "SELECT DISTINCT ssn FROM people",
+            "SELECT count(DISTINCT ssn), count(ssn) FROM people",
+            "SELECT name FROM people GROUP BY name HAVING count(DISTINCT ssn) > 1",
+        ] {
+            plan(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+        for (sql, code) in [
+            // Labels differ, or one side is plain: tokens against other values.
+            (
+                "SELECT * FROM people JOIN cards USING (ssn)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT * FROM people JOIN plain USING (ssn)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT * FROM people NATURAL JOIN plain",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT * FROM people JOIN (SELECT '1'::char(11) AS ssn) x USING (ssn)",
+                Code::AtRestComputation,
+            ),
+            (
+                "WITH x AS (SELECT ssn FROM others) SELECT * FROM people JOIN x USING (ssn)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT * FROM people NATURAL JOIN (SELECT 1 AS id) x",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT lower(ssn) FROM people GROUP BY lower(ssn)",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT count(*) FROM people GROUP BY ssn || 'x'",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT DISTINCT upper(ssn) FROM people",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT count(DISTINCT lower(ssn)) FROM people",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT ssn FROM people GROUP BY ssn HAVING max(ssn) > '1'",
+                Code::AtRestComputation,
+            ),
+            (
+                "SELECT count(*) FROM people GROUP BY ROLLUP (ssn)",
+                Code::AtRestComputation,
+            ),
+        ] {
+            assert_eq!(plan(sql).map_err(|r| r.code).err(), Some(code), "{sql}");
+        }
+    }
+
+    #[test]
+    fn copy_from_plans_text_csv_and_binary() {
+        for (sql, kind) in [
+            (
+                "COPY people (id, ssn) FROM STDIN",
+                crate::sql::CopyKind::Text,
+            ),
+            (
+                "COPY people FROM STDIN (FORMAT csv)",
+                crate::sql::CopyKind::Csv,
+            ),
+            (
+                "COPY people FROM STDIN (FORMAT binary)",
+                crate::sql::CopyKind::Binary,
+            ),
+            (
+                "COPY people (ssn, id) FROM STDIN BINARY",
+                crate::sql::CopyKind::Binary,
+            ),
+        ] {
+            let p = plan(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .remove(0);
+            let copy = p.and_then(|p| p.copy).unwrap_or_else(|| panic!("{sql}"));
+            assert_eq!(copy.format.kind, kind, "{sql}");
+        }
+        let p = plan("COPY people (ssn, id) FROM STDIN (FORMAT binary)").unwrap();
+        let copy = p[0].as_ref().and_then(|p| p.copy.clone()).unwrap();
+        assert_eq!((copy.width, copy.fields[0].0), (2, 0));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! on message types it does not know, all of which a transparent relay must avoid. Backend
 //! messages that need full decoding (RowDescription, DataRow) go through the same bounds-checked
 //! [`Reader`], which hands out field ranges without copying.
+pub mod array;
 pub mod backend;
 pub mod frame;
 pub mod frontend;

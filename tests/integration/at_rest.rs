@@ -20,6 +20,7 @@ columns:
   public.people.card: card
   public.people.note: note
   public.others.ssn: ssn
+  public.cards.ssn: card
 roles:
   at_admin: { default: clear }
   at_token: { default: token, filter_on: [ssn, card] }
@@ -65,6 +66,7 @@ fn setup() -> &'static Setup {
     let schema = "CREATE TABLE people (id int PRIMARY KEY, name text, ssn char(11) UNIQUE, card text, note text);
         CREATE TABLE others (id int PRIMARY KEY, ssn char(11));
         CREATE TABLE plain (id int PRIMARY KEY, ssn text);
+        CREATE TABLE cards (id int PRIMARY KEY, ssn text);
         CREATE VIEW people_v AS SELECT id, ssn FROM people;
         GRANT ALL ON ALL TABLES IN SCHEMA public TO at_admin, at_token, at_mask, trust_user;";
     std::thread::scope(|scope| {
@@ -91,7 +93,7 @@ fn setup() -> &'static Setup {
                 )
                 .await
                 .unwrap();
-                assert_eq!(done.len(), 3);
+                assert_eq!(done.len(), 4, "every column stored as tokens is recorded");
             });
         });
     });
@@ -296,7 +298,7 @@ async fn writes_are_tokenized_and_clear_roles_read_the_plaintext() {
         .unwrap();
     let r = admin
         .query_one(
-            "SELECT p.id, o.ssn FROM people p JOIN others o ON p.ssn = o.ssn",
+            "SELECT p.id, o.ssn FROM people p JOIN others o ON p.ssn = o.ssn WHERE o.id = 1",
             &[],
         )
         .await
@@ -547,10 +549,9 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
             "SELECT id FROM people WHERE ssn::text = '123-45-6789'",
             "TG183",
         ),
-        ("SELECT count(*) FROM people GROUP BY ssn", "TG183"),
+        ("SELECT count(*) FROM people GROUP BY lower(ssn)", "TG183"),
         // Forms tokengate does not transform.
         ("COPY people (id, card) FROM STDIN", "TG181"),
-        ("COPY people FROM STDIN (FORMAT binary)", "TG180"),
         (
             "MERGE INTO people p USING plain s ON p.id = s.id WHEN MATCHED THEN UPDATE SET ssn = s.ssn",
             "TG18",
@@ -579,13 +580,6 @@ async fn forms_that_cannot_be_tokenized_are_refused_with_their_code() {
         let msg = code(&e);
         assert!(msg.contains(want), "{sql}: {msg}");
     }
-    // COPY FROM through the extended protocol (tokio-postgres) is refused.
-    let e = admin
-        .copy_in::<_, bytes::Bytes>("COPY people (id, ssn, card) FROM STDIN")
-        .await
-        .err()
-        .expect("refused");
-    assert!(code(&e).contains("TG180"), "{e:?}");
     // A parameter used for the at-rest column and elsewhere, or declared non-text.
     let e = admin
         .query("SELECT id FROM people WHERE ssn = $1 OR name = $1", &[&"x"])
@@ -655,4 +649,466 @@ async fn text_format_parameters_are_tokenized_for_any_role() {
         (r.get::<_, String>(0), r.get::<_, String>(1)),
         ("400-40-4000".to_string(), "4111111111111111".to_string())
     );
+}
+
+/// psql as `role` through `proxy`: (stdout, stderr).
+fn psql_as(proxy: &RunningServer, role: &str, sql: &str) -> (String, String) {
+    let out = std::process::Command::new(cluster().pg.bindir().join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+        .arg(proxy.addr.port().to_string())
+        .args(["-U", role, "-d", AT_DB, "-c", sql])
+        .env("PGPASSWORD", format!("{role}-pw"))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ids(rows: &[tokio_postgres::Row]) -> Vec<i32> {
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Rows 701-703 (ids 700-799 belong to this test): two share a card.
+async fn search_rows(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute(
+            "INSERT INTO people (id, ssn, card) VALUES (701, '701-00-0001', '4111111111111111'), (702, '702-00-0002', '4111111111111111'), (703, '703-00-0003', '5500000000000004') ON CONFLICT (id) DO NOTHING;
+             INSERT INTO others (id, ssn) VALUES (701, '701-00-0001'), (703, '703-00-0003') ON CONFLICT (id) DO NOTHING;",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn equality_with_any_array_compares_tokens() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    search_rows(&admin).await;
+    const Q: &str = "SELECT id FROM people WHERE ssn = ANY($1) ORDER BY id";
+    // tokio-postgres binds the array in binary format (bpchar[] inferred by the server).
+    let wanted: Vec<Option<&str>> = vec![
+        Some("701-00-0001"),
+        None,
+        Some("703-00-0003"),
+        Some("999-99-9999"),
+    ];
+    assert_eq!(ids(&admin.query(Q, &[&wanted]).await.unwrap()), [701, 703]);
+    // Checked against PostgreSQL directly: the plaintext array finds nothing there.
+    let raw = direct().await.query(Q, &[&wanted]).await.unwrap();
+    assert!(raw.is_empty());
+    // A token role looks rows up by the tokens it was shown.
+    let tokens: Vec<String> = direct()
+        .await
+        .query(
+            "SELECT ssn::text FROM people WHERE id IN (702, 703) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let t = via(&proxy, "at_token").await;
+    assert_eq!(ids(&t.query(Q, &[&tokens]).await.unwrap()), [702, 703]);
+    // Simple protocol (psql): an array literal and ARRAY[...], clear and token roles.
+    let (out, err) = psql_as(
+        &proxy,
+        "at_admin",
+        "SELECT id FROM people WHERE ssn = ANY('{701-00-0001,\"702-00-0002\",NULL}') ORDER BY id",
+    );
+    assert_eq!(out, "701\n702", "{err}");
+    let (out, err) = psql_as(
+        &proxy,
+        "at_admin",
+        "SELECT ssn FROM people WHERE ssn = ANY(ARRAY['703-00-0003', NULL]) OR ssn = SOME('{}')",
+    );
+    assert_eq!(out, "703-00-0003", "{err}");
+    let sql = format!(
+        "SELECT id FROM people WHERE ssn = ANY('{{{},{}}}') ORDER BY id",
+        tokens[0], tokens[1]
+    );
+    let (out, err) = psql_as(&proxy, "at_token", &sql);
+    assert_eq!(out, "702\n703", "{err}");
+    // Text-format array parameter (as psycopg sends it), with quotes and a NULL.
+    let text = TextParam("{\"701-00-0001\", NULL ,702-00-0002}");
+    let q = "SELECT id FROM people WHERE ssn = ANY($1::text[]) ORDER BY id";
+    assert_eq!(ids(&admin.query(q, &[&text]).await.unwrap()), [701, 702]);
+    assert!(direct().await.query(q, &[&text]).await.unwrap().is_empty());
+    let bad = TextParam("{701-00-0001,{nested}}");
+    let e = admin.query(q, &[&bad]).await.unwrap_err();
+    assert!(code(&e).contains("TG184"), "{e:?}");
+    // Other forms stay refused, with their code, and the session stays usable.
+    for (sql, want) in [
+        ("SELECT id FROM people WHERE ssn <> ALL($1)", "TG183"),
+        ("SELECT id FROM people WHERE ssn > ANY($1)", "TG183"),
+        (
+            "SELECT id FROM people WHERE ssn = ANY(SELECT ssn FROM plain)",
+            "TG183",
+        ),
+        (
+            "SELECT id FROM people WHERE ssn = ANY(string_to_array($1, ','))",
+            "TG182",
+        ),
+    ] {
+        let e = admin.query(sql, &[&"701-00-0001"]).await.expect_err(sql);
+        assert!(code(&e).contains(want), "{sql}: {e:?}");
+    }
+    assert_eq!(ids(&admin.query(Q, &[&wanted]).await.unwrap()), [701, 703]);
+}
+
+#[tokio::test]
+async fn joins_using_grouping_and_distinct_on_tokens() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    search_rows(&admin).await;
+    let pairs = |rows: Vec<tokio_postgres::Row>| -> Vec<(i32, String)> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let using = "SELECT p.id, ssn FROM people p JOIN others o USING (ssn) WHERE p.id BETWEEN 700 AND 799 ORDER BY p.id";
+    assert_eq!(
+        pairs(admin.query(using, &[]).await.unwrap()),
+        [
+            (701, "701-00-0001".to_string()),
+            (703, "703-00-0003".to_string())
+        ]
+    );
+    let natural =
+        "SELECT id, ssn FROM people NATURAL JOIN others WHERE id BETWEEN 700 AND 799 ORDER BY id";
+    assert_eq!(
+        pairs(admin.query(natural, &[]).await.unwrap()),
+        [
+            (701, "701-00-0001".to_string()),
+            (703, "703-00-0003".to_string())
+        ]
+    );
+    // A token role sees the stored tokens of the joined rows.
+    let t = via(&proxy, "at_token").await;
+    let stored = stored(703).await.0;
+    let got = pairs(t.query(using, &[]).await.unwrap());
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1], (703, stored));
+    // Labels differ, or the other side is plaintext: refused.
+    for sql in [
+        "SELECT 1 FROM people JOIN cards USING (ssn)",
+        "SELECT 1 FROM people JOIN plain USING (ssn)",
+        "SELECT 1 FROM people NATURAL JOIN plain",
+    ] {
+        let e = admin.query(sql, &[]).await.expect_err(sql);
+        assert!(code(&e).contains("TG183"), "{sql}: {e:?}");
+    }
+
+    // GROUP BY, DISTINCT, count(DISTINCT): the same groups as the plaintext.
+    let group =
+        "SELECT card, count(*) FROM people WHERE id BETWEEN 700 AND 799 GROUP BY card ORDER BY 2";
+    let rows = admin.query(group, &[]).await.unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        [
+            ("5500000000000004".to_string(), 1),
+            ("4111111111111111".to_string(), 2)
+        ]
+    );
+    let distinct = "SELECT DISTINCT card FROM people WHERE id BETWEEN 700 AND 799";
+    let mut cards: Vec<String> = admin
+        .query(distinct, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    cards.sort();
+    assert_eq!(cards, ["4111111111111111", "5500000000000004"]);
+    let r = admin
+        .query_one(
+            "SELECT count(DISTINCT card), count(card) FROM people WHERE id BETWEEN 700 AND 799",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (2, 3));
+    let (out, err) = psql_as(
+        &proxy,
+        "at_admin",
+        "SELECT card FROM people WHERE id BETWEEN 700 AND 799 GROUP BY 1 HAVING count(*) > 1",
+    );
+    assert_eq!(out, "4111111111111111", "{err}");
+    // The token role (filter_on card) groups its tokens.
+    let rows = t.query(group, &[]).await.unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].0, stored_card(701).await);
+    assert_eq!(got[1].1, 2);
+    // Roles that may not compare a label keep their refusals: the mask role filters on ssn
+    // only, and the token role may not receive count(DISTINCT) (no `allow:`).
+    let m = via(&proxy, "at_mask").await;
+    for sql in [group, distinct] {
+        let e = m.query(sql, &[]).await.expect_err(sql);
+        assert!(code(&e).contains("TG103"), "{sql}: {e:?}");
+    }
+    let e = t
+        .query("SELECT count(DISTINCT card) FROM people", &[])
+        .await
+        .unwrap_err();
+    assert!(code(&e).contains("TG106"), "{e:?}");
+    // Grouping on an expression over the tokens stays refused.
+    let e = admin
+        .query(
+            "SELECT count(*) FROM people GROUP BY substr(card, 1, 4)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(code(&e).contains("TG183"), "{e:?}");
+    admin.batch_execute("SELECT 1").await.unwrap();
+}
+
+async fn stored_card(id: i32) -> String {
+    stored(id).await.1
+}
+
+/// A parameter sent in the text format, as written (psycopg's default).
+#[derive(Debug)]
+struct TextParam(&'static str);
+
+impl tokio_postgres::types::ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        tokio_postgres::types::Format::Text
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[tokio::test]
+async fn copy_in_binary_and_text_through_the_extended_protocol() {
+    use futures_util::SinkExt;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    // tokio-postgres' copy_in: Parse/Bind/Execute of COPY ... FROM STDIN, then CopyData.
+    let sink = admin
+        .copy_in("COPY people (id, ssn, card) FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BPCHAR, Type::TEXT]);
+    futures_util::pin_mut!(writer);
+    let rows: [(i32, Option<&str>, Option<&str>); 3] = [
+        (801, Some("801-00-0001"), Some("4111111111111111")),
+        (802, None, Some("5500000000000004")),
+        (803, Some("803-00-0003"), None),
+    ];
+    for (id, ssn, card) in &rows {
+        writer.as_mut().write(&[id, ssn, card]).await.unwrap();
+    }
+    assert_eq!(writer.finish().await.unwrap(), 3);
+    // Text format through the same path, in two CopyData chunks that split a row.
+    let sink = admin
+        .copy_in("COPY people (id, ssn, card) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"804\t804-0"))
+        .await
+        .unwrap();
+    sink.send(bytes::Bytes::from_static(b"0-0004\t4000000000000002\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    // PostgreSQL holds tokens only.
+    let held = direct()
+        .await
+        .query(
+            "SELECT id, ssn::text, card FROM people WHERE id BETWEEN 801 AND 804 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let held: Vec<(i32, Option<String>, Option<String>)> = held
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(held.len(), 4);
+    for ((id, ssn, card), (hid, hssn, hcard)) in rows
+        .iter()
+        .chain([(804, Some("804-00-0004"), Some("4000000000000002"))].iter())
+        .zip(&held)
+    {
+        assert_eq!(id, hid);
+        assert_eq!(ssn.is_none(), hssn.is_none());
+        assert_eq!(card.is_none(), hcard.is_none());
+        if let (Some(p), Some(t)) = (ssn, hssn) {
+            assert!(same_shape(p, t) && p != t, "{p} stored as {t}");
+        }
+        if let (Some(p), Some(t)) = (card, hcard) {
+            assert!(t.len() == p.len() && p != t, "{p} stored as {t}");
+        }
+    }
+    // The clear role reads the plaintext back.
+    let back = admin
+        .query(
+            "SELECT id, ssn, card FROM people WHERE id BETWEEN 801 AND 804 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let back: Vec<(i32, Option<String>, Option<String>)> = back
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(i32, Option<String>, Option<String>)> = rows
+        .iter()
+        .chain([(804, Some("804-00-0004"), Some("4000000000000002"))].iter())
+        .map(|(i, s, c)| (*i, s.map(str::to_string), c.map(str::to_string)))
+        .collect();
+    assert_eq!(back, want);
+
+    // More rows than tokengate holds back at once (64 KiB), in chunks that split rows.
+    let mut text = String::new();
+    for i in 0..4000 {
+        text.push_str(&format!(
+            "{}\t{:03}-00-{:04}\t\\N\n",
+            10_000 + i,
+            100 + i % 900,
+            i
+        ));
+    }
+    let sink = admin
+        .copy_in("COPY people (id, ssn, card) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    for chunk in text.as_bytes().chunks(1000) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 4000);
+    let r = direct()
+        .await
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE ssn = '100-00-0000' OR ssn = '499-00-3999') FROM people WHERE id >= 10000",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (4000, 0));
+    let r = admin
+        .query_one("SELECT ssn FROM people WHERE id = 13999", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "499-00-3999");
+
+    // A malformed binary stream becomes a CopyFail: nothing is stored, nothing forwarded in
+    // clear, and the session goes on.
+    let header = {
+        let mut h = b"PGCOPY\n\xff\r\n\0".to_vec();
+        h.extend_from_slice(&[0; 8]);
+        h
+    };
+    let tuple = |fields: &[Option<&[u8]>]| {
+        let mut t = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                None => t.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    t.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    t.extend_from_slice(v);
+                }
+            }
+        }
+        t
+    };
+    let id = 805i32.to_be_bytes();
+    let good = tuple(&[Some(&id), Some(b"805-00-0005"), None]);
+    for bad in [
+        // Two fields where the COPY lists three.
+        [header.clone(), tuple(&[Some(&id), Some(b"805-00-0005")])].concat(),
+        // Cut inside the second tuple.
+        [header.clone(), good.clone(), good[..9].to_vec()].concat(),
+        // Data after the trailer.
+        [header.clone(), good.clone(), vec![0xff, 0xff, 0]].concat(),
+    ] {
+        let sink = admin
+            .copy_in("COPY people (id, ssn, card) FROM STDIN (FORMAT binary)")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(bad)).await.unwrap();
+        let e = sink.finish().await.unwrap_err();
+        assert!(code(&e).contains("TG182"), "{e:?}");
+    }
+    let n = direct()
+        .await
+        .query("SELECT 1 FROM people WHERE id = 805", &[])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
+    admin.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn binary_copy_in_a_simple_query_is_tokenized_whatever_the_chunking() {
+    let proxy = at_proxy().await;
+    // trust_user matches only the "*" rule (deny): its writes are tokenized all the same.
+    let (mut raw, _) = Raw::login(proxy.addr, "trust_user", &[("database", AT_DB)]).await;
+    let mut q = b"COPY people (ssn, id, card) FROM STDIN (FORMAT binary)".to_vec();
+    q.push(0);
+    raw.send(&frame(b'Q', &q)).await;
+    let m = raw.recv().await.expect("CopyInResponse");
+    assert_eq!(m.tag, b'G', "{:?}", m.field(b'M'));
+    let mut stream = b"PGCOPY\n\xff\r\n\0".to_vec();
+    stream.extend_from_slice(&[0; 8]);
+    for (id, ssn) in [(811i32, "811-00-0011"), (812, "812-00-0012")] {
+        stream.extend_from_slice(&3i16.to_be_bytes());
+        stream.extend_from_slice(&(ssn.len() as i32).to_be_bytes());
+        stream.extend_from_slice(ssn.as_bytes());
+        stream.extend_from_slice(&4i32.to_be_bytes());
+        stream.extend_from_slice(&id.to_be_bytes());
+        stream.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    stream.extend_from_slice(&(-1i16).to_be_bytes());
+    // One byte per CopyData: every boundary falls inside something.
+    for b in &stream {
+        raw.send(&frame(b'd', &[*b])).await;
+    }
+    raw.send(&frame(b'c', &[])).await;
+    let replies = raw.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().map(|m| m.field(b'M')).collect::<Vec<_>>()
+    );
+    let held: Vec<String> = direct()
+        .await
+        .query(
+            "SELECT ssn::text FROM people WHERE id IN (811, 812) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(held.len(), 2);
+    assert!(same_shape(&held[0], "811-00-0011") && held[0] != "811-00-0011");
+    let admin = via(&proxy, "at_admin").await;
+    let r = admin
+        .query_one("SELECT ssn FROM people WHERE id = 812", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "812-00-0012");
 }

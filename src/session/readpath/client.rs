@@ -538,7 +538,10 @@ impl ReadPath {
                     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                     return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
                 }
-                let rewritten = match self.tokenize_bind(&b) {
+                let rewritten = match self.tokenize_bind(&b).and_then(|r| {
+                    self.bound(&b)?;
+                    Ok(r)
+                }) {
                     Ok(r) => r,
                     Err(r) => {
                         self.refused(&r, None);
@@ -591,6 +594,7 @@ impl ReadPath {
                     out.extend_from_slice(&0i32.to_be_bytes());
                     return Ok(ClientVerdict::Replace(frame(frontend::EXECUTE, &out)));
                 }
+                self.executed(portal);
                 // The server's own description of the portal, checked against its plan before
                 // any row is forwarded (TG110 on the extended protocol): the client's Describe
                 // since the portal's Bind (libpq sends one), or one tokengate adds.

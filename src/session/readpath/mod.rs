@@ -21,6 +21,7 @@
 //! The expectation queue is kept for every role whenever a policy is configured, so a policy
 //! reload mid-session can never attribute one statement's rows to another's plan.
 mod client;
+mod copy_binary;
 mod describe;
 pub mod names;
 pub mod objects;
@@ -44,6 +45,7 @@ use crate::protect::KeyRing;
 use names::SessionNames;
 use objects::{Objects, Planned};
 use observe::{PendingAudit, SessionMetrics};
+use std::collections::HashMap;
 use std::sync::Arc;
 use transform::ActiveResult;
 
@@ -183,6 +185,11 @@ pub struct ReadPath {
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
     /// A COPY FROM STDIN into columns stored as tokens (issue 14): its rows are tokenized.
     copy_in: Option<write::CopyInState>,
+    /// Portals bound to a COPY FROM STDIN into columns stored as tokens (extended protocol):
+    /// their Execute starts tokenizing the client's CopyData.
+    copy_portals: HashMap<Vec<u8>, crate::plan::write::CopyIn>,
+    /// FF1 tokenizers for Bind parameters of columns stored as tokens, kept for the session.
+    bind_tokenizers: write::Tokenizers,
     /// The server backend's pid: notifications this session sent itself name it.
     pub server_pid: Option<u32>,
     /// The state of the database's columns stored as tokens (their key versions), refreshed
@@ -215,6 +222,8 @@ impl ReadPath {
             scratch: Vec::new(),
             cache: None,
             copy_in: None,
+            copy_portals: HashMap::new(),
+            bind_tokenizers: write::Tokenizers::default(),
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,

@@ -271,8 +271,14 @@ impl ReadPath {
             Event::Async => server(),
             Event::Done(Pending::Refused(r)) => ServerVerdict::Replace(refusal_error(&r)),
             Event::Done(Pending::Execute(x)) => {
+                // A result tokengate failed (e.g. a COPY FROM it turned into a CopyFail):
+                // the refusal is the answer, as it would be for its CommandComplete.
+                let failed = x.failed.clone();
                 self.finish_execute(*x);
-                server()
+                match failed {
+                    Some(r) => ServerVerdict::Replace(refusal_error(&r)),
+                    None => server(),
+                }
             }
             Event::Done(_) => server(),
             Event::Part => match self.protocol.front_mut() {

@@ -16,9 +16,17 @@ use std::sync::Arc;
 /// Text-like type OIDs a parameter of an at-rest column may be declared as (0: unspecified).
 const PARAM_TYPES: [u32; 4] = [0, 25, 1043, 1042];
 
-/// FF1 tokenizers per label and key version, for one message.
+/// Array types a `col = ANY($n)` parameter may be declared as: text[], varchar[], bpchar[].
+const ARRAY_PARAM_TYPES: [u32; 4] = [0, 1009, 1015, 1014];
+
+/// Element types of a binary array parameter: text, varchar, bpchar (UTF-8 bytes).
+const ELEMENT_TYPES: [u32; 3] = [25, 1043, 1042];
+
+/// FF1 tokenizers per label, format and key version: for one message, one COPY, or (Bind)
+/// the session. The key version is part of the key: after a rekey the session's cached
+/// tokenizers of the old version are never used for the new one.
 #[derive(Default)]
-struct Tokenizers(HashMap<(Arc<str>, u32), ColumnTransform>);
+pub(super) struct Tokenizers(HashMap<(Arc<str>, Arc<str>, u32), ColumnTransform>);
 
 impl Tokenizers {
     fn tokenize(
@@ -27,34 +35,119 @@ impl Tokenizers {
         how: &AtRest,
         plain: &[u8],
     ) -> Result<Vec<u8>, Refusal> {
+        let mut out = Vec::with_capacity(plain.len());
+        self.tokenize_into(keys, how, plain, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the token of `plain` to `out`.
+    fn tokenize_into(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
         let bad = |e: String| {
             Refusal::new(
                 Code::AtRestParameter,
                 format!("a value for label {} cannot be tokenized: {e}", how.label),
             )
         };
-        let key = (how.label.clone(), how.key_version);
-        if !self.0.contains_key(&key) {
-            let format = how
-                .format
-                .parse()
-                .map_err(|_| bad("the token format is not usable".into()))?;
-            // The column's recorded key version, never the key file's active one (a plan
-            // without one has version 0, which no key file holds: refused).
-            let mut spec = TransformSpec::new(Action::Token(format), how.label.to_string());
-            spec.key_version = Some(how.key_version);
-            let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
-                .map_err(|e| bad(e.to_string()))?;
-            self.0.insert(key.clone(), t);
-        }
-        let t = self.0.get(&key).ok_or_else(|| bad("no tokenizer".into()))?;
-        let mut out = Vec::with_capacity(plain.len());
-        match t.apply(plain, &mut out) {
-            Ok(Output::Value) => Ok(out),
+        let key = (how.label.clone(), how.format.clone(), how.key_version);
+        let t = match self.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let format = how
+                    .format
+                    .parse()
+                    .map_err(|_| bad("the token format is not usable".into()))?;
+                // The column's recorded key version, never the key file's active one (a plan
+                // without one has version 0, which no key file holds: refused).
+                let mut spec = TransformSpec::new(Action::Token(format), how.label.to_string());
+                spec.key_version = Some(how.key_version);
+                let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
+                    .map_err(|e| bad(e.to_string()))?;
+                v.insert(t)
+            }
+        };
+        match t.apply(plain, out) {
+            Ok(Output::Value) => Ok(()),
             Ok(Output::Null) => Err(bad("it would become NULL".into())),
             Err(e) => Err(bad(e.to_string())),
         }
     }
+}
+
+impl Tokenizers {
+    /// A text-format array (`{a,"b c",NULL}`) with every element tokenized; NULLs stay.
+    fn tokenize_text_array(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        text: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        let elements = crate::wire::array::parse_text(text).map_err(|e| array_refusal(how, e))?;
+        let elements = self.tokenize_elements(keys, how, elements)?;
+        let mut out = Vec::with_capacity(text.len() + 8);
+        crate::wire::array::write_text(&elements, &mut out);
+        Ok(out)
+    }
+
+    /// A binary-format array of text, varchar or bpchar with every element tokenized.
+    fn tokenize_binary_array(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        let mut a = crate::wire::array::parse_binary(bytes).map_err(|e| array_refusal(how, e))?;
+        if !ELEMENT_TYPES.contains(&a.element_type) {
+            return Err(Refusal::new(
+                Code::AtRestParameter,
+                format!(
+                    "an array compared with label {} has elements of type oid {}; they must be text",
+                    how.label, a.element_type
+                ),
+            ));
+        }
+        a.elements = self.tokenize_elements(keys, how, std::mem::take(&mut a.elements))?;
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        crate::wire::array::write_binary(&a, &mut out);
+        Ok(out)
+    }
+
+    fn tokenize_elements(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+        elements: Vec<crate::wire::array::Element>,
+    ) -> Result<Vec<crate::wire::array::Element>, Refusal> {
+        elements
+            .into_iter()
+            .map(|e| match e {
+                None => Ok(None),
+                Some(v) if std::str::from_utf8(&v).is_err() => Err(Refusal::new(
+                    Code::AtRestParameter,
+                    format!(
+                        "an array element for label {} is not valid UTF-8",
+                        how.label
+                    ),
+                )),
+                Some(v) => self.tokenize(keys, how, &v).map(Some),
+            })
+            .collect()
+    }
+}
+
+fn array_refusal(how: &AtRest, e: crate::wire::array::ArrayError) -> Refusal {
+    Refusal::new(
+        Code::AtRestParameter,
+        format!(
+            "the array compared with label {} (= ANY) cannot be tokenized: {e}",
+            how.label
+        ),
+    )
 }
 
 /// Replaces each planned literal of `sql` by the quoted token of its value.
@@ -63,15 +156,21 @@ fn rewrite_sql(
     sql: &[u8],
     plans: &[&AtRestPlan],
 ) -> Result<Option<Vec<u8>>, Refusal> {
-    let mut literals: Vec<_> = plans.iter().flat_map(|p| p.literals.iter()).collect();
+    let mut literals: Vec<_> = plans
+        .iter()
+        .flat_map(|p| {
+            let scalars = p.literals.iter().map(|(r, h)| (r, h, false));
+            scalars.chain(p.array_literals.iter().map(|(r, h)| (r, h, true)))
+        })
+        .collect();
     if literals.is_empty() {
         return Ok(None);
     }
-    literals.sort_by_key(|(r, _)| r.start);
+    literals.sort_by_key(|(r, _, _)| r.start);
     let mut tokenizers = Tokenizers::default();
     let mut out = Vec::with_capacity(sql.len() + 16);
     let mut at = 0;
-    for (range, how) in literals {
+    for (range, how, array) in literals {
         let literal = sql
             .get(range.clone())
             .filter(|l| range.start >= at && l.len() >= 2)
@@ -84,7 +183,20 @@ fn rewrite_sql(
             plain.push(inner[i]);
             i += if inner[i] == b'\'' { 2 } else { 1 };
         }
-        let token = tokenizers.tokenize(keys, how, &plain)?;
+        let token = if array {
+            let token = tokenizers.tokenize_text_array(keys, how, &plain)?;
+            // Inside the SQL literal a backslash could mean something else under
+            // standard_conforming_strings = off: only arrays that need none are rewritten.
+            if token.contains(&b'\\') {
+                return Err(Refusal::new(
+                    Code::AtRestValue,
+                    "a token in an array literal would need a backslash escape; bind the array as a parameter",
+                ));
+            }
+            token
+        } else {
+            tokenizers.tokenize(keys, how, &plain)?
+        };
         out.extend_from_slice(&sql[at..range.start]);
         out.push(b'\'');
         for &b in &token {
@@ -144,12 +256,6 @@ impl ReadPath {
         let Some(plan) = planned.at_rest.as_deref() else {
             return Ok(None);
         };
-        if plan.copy.is_some() {
-            return Err(Refusal::new(
-                Code::AtRestUnsupported,
-                "COPY FROM into columns stored as tokens is supported in a simple Query only (psql's COPY ... FROM STDIN and \\copy), not the extended protocol",
-            ));
-        }
         for (n, _) in &plan.params {
             let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
             if !PARAM_TYPES.contains(&declared) {
@@ -157,6 +263,17 @@ impl ReadPath {
                     Code::AtRestParameter,
                     format!(
                         "${n} is declared with type oid {declared}; a parameter for a column stored as tokens must be text"
+                    ),
+                ));
+            }
+        }
+        for (n, _) in &plan.array_params {
+            let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
+            if !ARRAY_PARAM_TYPES.contains(&declared) {
+                return Err(Refusal::new(
+                    Code::AtRestParameter,
+                    format!(
+                        "${n} is declared with type oid {declared}; an array compared with a column stored as tokens must be text[], varchar[] or char[]"
                     ),
                 ));
             }
@@ -203,9 +320,60 @@ impl ReadPath {
         }
     }
 
+    /// A Bind the server will run: a portal of a COPY FROM STDIN into at-rest columns is
+    /// remembered, so that its Execute tokenizes the CopyData that follows.
+    pub(super) fn bound(&mut self, b: &frontend::Bind<'_>) -> Result<(), Refusal> {
+        if !self.view.has_at_rest() {
+            return Ok(());
+        }
+        let copy = self
+            .statement_at_rest(b.statement)?
+            .and_then(|p| p.copy.clone());
+        match copy {
+            Some(c) => {
+                if self.copy_portals.len() >= MAX_COPY_PORTALS
+                    && !self.copy_portals.contains_key(b.portal)
+                {
+                    return Err(Refusal::new(
+                        Code::AtRestUnsupported,
+                        "too many open portals of COPY FROM into columns stored as tokens",
+                    ));
+                }
+                self.copy_portals.insert(b.portal.to_vec(), c);
+            }
+            None => {
+                self.copy_portals.remove(b.portal);
+            }
+        }
+        Ok(())
+    }
+
+    /// An Execute: the COPY FROM STDIN it starts, if its portal is one.
+    pub(super) fn executed(&mut self, portal: &[u8]) {
+        self.copy_in = self
+            .copy_portals
+            .get(portal)
+            .map(|c| CopyInState::new(c.clone()));
+    }
+
     /// The Bind body with its at-rest parameters tokenized (`None`: unchanged). Text and
     /// binary formats carry the same UTF-8 bytes for the text types at-rest columns have.
-    pub(super) fn tokenize_bind(&self, b: &frontend::Bind<'_>) -> Result<Option<Vec<u8>>, Refusal> {
+    /// The tokenizers (FF1 key schedules) are kept for the session.
+    pub(super) fn tokenize_bind(
+        &mut self,
+        b: &frontend::Bind<'_>,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let mut tokenizers = std::mem::take(&mut self.bind_tokenizers);
+        let result = self.tokenize_bind_with(b, &mut tokenizers);
+        self.bind_tokenizers = tokenizers;
+        result
+    }
+
+    fn tokenize_bind_with(
+        &self,
+        b: &frontend::Bind<'_>,
+        tokenizers: &mut Tokenizers,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
         if !self.view.has_at_rest() {
             return Ok(None);
         }
@@ -225,13 +393,13 @@ impl ReadPath {
             self.at_rest_error.as_deref(),
             &self.keys,
         )?;
-        if plan.params.is_empty() {
+        if plan.params.is_empty() && plan.array_params.is_empty() {
             return Ok(None);
         }
-        let mut tokenizers = Tokenizers::default();
         let mut params: Vec<Option<Vec<u8>>> =
             b.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
-        for (n, how) in &plan.params {
+        let arrays = plan.array_params.iter().map(|(n, h)| (n, h, true));
+        for (n, how, array) in plan.params.iter().map(|(n, h)| (n, h, false)).chain(arrays) {
             let i = n - 1;
             let format = match b.param_formats.as_slice() {
                 [] => 0,
@@ -244,7 +412,16 @@ impl ReadPath {
                     format!("${n} has an unknown format code {format}"),
                 ));
             }
-            if let Some(Some(v)) = params.get(i) {
+            if let Some(Some(v)) = params.get(i)
+                && array
+            {
+                let token = if format == 0 {
+                    tokenizers.tokenize_text_array(&self.keys, how, v)?
+                } else {
+                    tokenizers.tokenize_binary_array(&self.keys, how, v)?
+                };
+                params[i] = Some(token);
+            } else if let Some(Some(v)) = params.get(i) {
                 if std::str::from_utf8(v).is_err() {
                     return Err(Refusal::new(
                         Code::AtRestParameter,
@@ -280,6 +457,12 @@ impl ReadPath {
     }
 }
 
+/// Tokenized COPY rows are sent on once this many bytes are held (and at CopyDone).
+const COPY_FLUSH: usize = 64 << 10;
+
+/// Bound on the COPY portals a session has bound at once.
+const MAX_COPY_PORTALS: usize = 64;
+
 /// Bound on a COPY line tokengate holds while waiting for its end.
 const MAX_COPY_LINE: usize = 16 << 20;
 
@@ -292,6 +475,12 @@ pub(super) struct CopyInState {
     /// The first row that could not be tokenized: the rest is dropped and the COPY fails.
     failed: Option<Refusal>,
     tokenizers: Tokenizers,
+    /// FORMAT binary: the PGCOPY stream's state.
+    binary: Option<super::copy_binary::BinaryRows>,
+    /// Text and CSV: tokenized rows not yet sent, as one CopyData frame being built (the
+    /// server gets a few large messages instead of one per line; COPY FROM has no reply
+    /// before CopyDone, so holding them back changes nothing the client sees).
+    held: Vec<u8>,
 }
 
 impl std::fmt::Debug for CopyInState {
@@ -311,13 +500,44 @@ fn copy_refusal(why: impl Into<String>) -> Refusal {
 
 impl CopyInState {
     pub(super) fn new(plan: crate::plan::write::CopyIn) -> Self {
+        let binary = (plan.format.kind == crate::sql::CopyKind::Binary)
+            .then(|| super::copy_binary::BinaryRows::new(plan.width, MAX_COPY_LINE));
         CopyInState {
+            binary,
+            held: Vec::new(),
             plan,
             partial: Vec::new(),
             lines: 0,
             failed: None,
             tokenizers: Tokenizers::default(),
         }
+    }
+
+    /// Rewrites the complete tuples of a binary COPY chunk into `out`.
+    fn binary(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
+        let Some(rows) = self.binary.as_mut() else {
+            return Err(copy_refusal("not a binary COPY"));
+        };
+        let (fields, tokenizers) = (&self.plan.fields, &mut self.tokenizers);
+        let result = rows.feed(data, out, |i, value| {
+            let Some((_, how)) = fields.iter().find(|(p, _)| *p == i) else {
+                return Ok(None);
+            };
+            // text, varchar and bpchar travel as their UTF-8 bytes in binary COPY too.
+            if std::str::from_utf8(value).is_err() {
+                return Err(copy_refusal("a value is not valid UTF-8 text"));
+            }
+            tokenizers.tokenize(keys, how, value).map(Some)
+        });
+        result.map_err(|e| match e {
+            super::copy_binary::BinaryError::Malformed(why) => copy_refusal(why),
+            super::copy_binary::BinaryError::Field(r) => r,
+        })
     }
 
     /// Rewrites one line (without its `\n`) into `out`.
@@ -379,7 +599,12 @@ impl CopyInState {
             if !text && value.contains(&quote) {
                 return Err(copy_refusal("a quote inside an unquoted value"));
             }
-            let token = self.tokenizers.tokenize(keys, how, value)?;
+            if field.quoted {
+                out.push(quote);
+            }
+            let at = out.len();
+            self.tokenizers.tokenize_into(keys, how, value, out)?;
+            let token = &out[at..];
             if token
                 .iter()
                 .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == quote)
@@ -389,10 +614,6 @@ impl CopyInState {
             }
             if field.quoted {
                 out.push(quote);
-                out.extend_from_slice(&token);
-                out.push(quote);
-            } else {
-                out.extend_from_slice(&token);
             }
         }
         if cr {
@@ -420,9 +641,32 @@ impl ReadPath {
         if state.failed.is_some() {
             return ClientVerdict::Replace(Vec::new());
         }
-        state.partial.extend_from_slice(body);
-        let buffered = std::mem::take(&mut state.partial);
-        let mut out = Vec::with_capacity(buffered.len() + 64);
+        if state.binary.is_some() {
+            let mut out = Vec::with_capacity(body.len() + 64);
+            if let Err(r) = state.binary(&keys, body, &mut out) {
+                state.failed = Some(r);
+                return ClientVerdict::Replace(Vec::new());
+            }
+            if out.is_empty() {
+                return ClientVerdict::Replace(Vec::new());
+            }
+            return ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out));
+        }
+        // Without a pending partial line, the message is read where it is.
+        let joined;
+        let buffered: &[u8] = if state.partial.is_empty() {
+            body
+        } else {
+            let mut p = std::mem::take(&mut state.partial);
+            p.extend_from_slice(body);
+            joined = p;
+            &joined
+        };
+        let mut out = std::mem::take(&mut state.held);
+        if out.is_empty() {
+            out.reserve(COPY_FLUSH + COPY_FLUSH / 4);
+            crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
+        }
         let mut start = 0;
         while let Some(n) = buffered[start..].iter().position(|&b| b == b'\n') {
             if let Err(r) = state.line(&keys, &buffered[start..start + n], &mut out) {
@@ -432,16 +676,17 @@ impl ReadPath {
             out.push(b'\n');
             start += n + 1;
         }
-        state.partial = buffered[start..].to_vec();
-        if state.partial.len() > MAX_COPY_LINE {
+        if buffered.len() - start > MAX_COPY_LINE {
             state.failed = Some(copy_refusal("a line is longer than 16 MiB"));
             return ClientVerdict::Replace(Vec::new());
         }
-        if out.is_empty() {
-            ClientVerdict::Replace(Vec::new())
-        } else {
-            ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out))
+        state.partial = buffered[start..].to_vec();
+        if out.len() < COPY_FLUSH {
+            state.held = out;
+            return ClientVerdict::Replace(Vec::new());
         }
+        crate::wire::frame::end_message(&mut out, 0);
+        ClientVerdict::Replace(out)
     }
 
     /// CopyDone: the last line without a newline is flushed; a failed COPY becomes a
@@ -452,7 +697,15 @@ impl ReadPath {
         let Some(mut state) = self.copy_in.take() else {
             return ClientVerdict::Forward;
         };
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut state.held);
+        if out.is_empty() {
+            crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
+        }
+        if state.failed.is_none()
+            && let Some(Err(why)) = state.binary.as_ref().map(|b| b.finish())
+        {
+            state.failed = Some(copy_refusal(why));
+        }
         if state.failed.is_none() && !state.partial.is_empty() {
             let last = std::mem::take(&mut state.partial);
             if let Err(r) = state.line(&keys, &last, &mut out) {
@@ -463,8 +716,11 @@ impl ReadPath {
             self.refused(&r, None);
             // The server's error to this CopyFail (part of the COPY's Query reply) is replaced
             // by the refusal.
-            if let Some(Pending::Query(q)) = self.protocol.front_mut() {
-                q.refusal = Some(r.clone());
+            match self.protocol.front_mut() {
+                Some(Pending::Query(q)) => q.refusal = Some(r.clone()),
+                // A COPY run through Bind/Execute (tokio-postgres' copy_in): the same.
+                Some(Pending::Execute(x)) => x.failed = Some(r.clone()),
+                _ => {}
             }
             self.protocol.sent(
                 crate::session::protocol::Request::CopyFail,
@@ -478,11 +734,12 @@ impl ReadPath {
             crate::session::protocol::Request::CopyDone,
             Pending::CopyEnd,
         );
-        if out.is_empty() {
+        // The held rows and the last line without a newline, then the CopyDone.
+        if out.len() <= 5 {
             return ClientVerdict::Forward;
         }
-        let mut bytes = super::frame(frontend::COPY_DATA, &out);
-        bytes.extend_from_slice(frame_bytes);
-        ClientVerdict::Replace(bytes)
+        crate::wire::frame::end_message(&mut out, 0);
+        out.extend_from_slice(frame_bytes);
+        ClientVerdict::Replace(out)
     }
 }
