@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tokengate::embedded_pg::{EmbeddedPostgres, PgOptions};
+use tokengate::protect::KeyRing;
 
 /// The policy with the three columns stored as tokens; read-path-only mode drops `at_rest`.
 const POLICY: &str = "version: 1
@@ -45,8 +46,8 @@ roles:
 /// created empty here and filled only through tokengate afterwards.
 const TABLES: [&str; 3] = ["people", "people_copy", "ins"];
 
-/// Creates the database, tables and roles. Every at-rest column must be ready before a
-/// tokengate process serves it: table creation and its initialization live here, together.
+/// Creates the database, tables and roles; [`init_at_rest`] then records the at-rest columns,
+/// which must be ready before a tokengate process serves them.
 fn setup(pg: &EmbeddedPostgres, rt: &tokio::runtime::Runtime) {
     rt.block_on(async {
         pg.execute("postgres", "CREATE DATABASE bench")
@@ -64,9 +65,24 @@ fn setup(pg: &EmbeddedPostgres, rt: &tokio::runtime::Runtime) {
         .await
         .unwrap();
     });
-    // at-rest init: initialize every at-rest column of TABLES here (state rows / `tokengate
-    // migrate` once the state table exists), before start_tokengate serves them.
-    let _ = TABLES;
+}
+
+/// Records every at-rest column of [`TABLES`] (empty so far) as tokenized with the key's
+/// version, as `tokengate migrate` does, before a tokengate process serves them.
+fn init_at_rest(pg: &EmbeddedPostgres, rt: &tokio::runtime::Runtime, keys: &KeyRing) {
+    rt.block_on(async {
+        let policy = tokengate::policy::Policy::from_yaml(POLICY, "bench").unwrap();
+        let mut client = pg.connect_admin("bench").await.unwrap();
+        let done = tokengate::atrest::migrate_all(
+            &mut client,
+            &policy,
+            keys,
+            &tokengate::atrest::Options::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.len(), TABLES.len() * 3);
+    });
 }
 
 /// ROWS text-format COPY lines: id, an SSN `ddd-dd-dddd`, a 16-digit card, a 10-digit phone.
@@ -188,9 +204,9 @@ fn main() {
     let read_path_policy = dir.join("read-path-policy.yaml");
     std::fs::write(&read_path_policy, POLICY.replace(", at_rest: token", "")).unwrap();
     let keys = dir.join("bench-keys.json");
-    tokengate::protect::KeyRing::generate("default")
-        .write_new(&keys, true)
-        .unwrap();
+    let ring = KeyRing::generate("default");
+    ring.write_new(&keys, true).unwrap();
+    init_at_rest(&pg, &rt, &ring);
     let script = dir.join("insert.sql");
     std::fs::write(
         &script,

@@ -49,9 +49,6 @@ impl Table {
                 &[&relation],
             )
             .await?;
-        if pk.is_empty() {
-            return Err(AtRestError::NoPrimaryKey(relation));
-        }
         let mut key = Vec::with_capacity(pk.len());
         for row in pk {
             key.push((quote_ident(&row.try_get::<_, String>(0)?), row.try_get(1)?));
@@ -61,6 +58,32 @@ impl Table {
             pk: key,
             column: quote_ident(&c.column),
         })
+    }
+
+    /// Batches walk the primary key: a table without one can only be recorded while its
+    /// column holds no value ([`Table::holds_no_value`]).
+    pub(super) fn require_pk(&self) -> Result<(), AtRestError> {
+        if self.pk.is_empty() {
+            return Err(AtRestError::NoPrimaryKey(self.relation.clone()));
+        }
+        Ok(())
+    }
+
+    /// Whether the column holds no value, with the table locked against writes (`SHARE`)
+    /// until `tx` ends, so none can arrive before the state commits.
+    pub(super) async fn holds_no_value(&self, tx: &Transaction<'_>) -> Result<bool, AtRestError> {
+        tx.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", self.relation))
+            .await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)",
+                    self.relation, self.column
+                ),
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// The key columns qualified by the alias `t`: an unqualified ORDER BY name would mean

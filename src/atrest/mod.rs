@@ -303,11 +303,21 @@ pub async fn migrate(
         }
         (None, None) => {
             let active = keys.active_version(DEFAULT_KEY_NAME)?;
+            // A table without a primary key cannot be walked in batches; while its column
+            // holds no value (a new table) there is nothing to walk: record it tokenized.
+            let empty_without_key = if table.require_pk().is_err() {
+                if !table.holds_no_value(&tx).await? {
+                    table.require_pk()?;
+                }
+                true
+            } else {
+                false
+            };
             tx.execute(
                 "INSERT INTO tokengate.at_rest_columns
                    (table_schema, table_name, column_name, label, token_format, key_name,
                     key_version, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'migrating')",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &c.schema,
                     &c.table,
@@ -316,9 +326,22 @@ pub async fn migrate(
                     &c.format,
                     &DEFAULT_KEY_NAME,
                     &(active as i32),
+                    &if empty_without_key {
+                        "tokenized"
+                    } else {
+                        "migrating"
+                    },
                 ],
             )
             .await?;
+            if empty_without_key {
+                tx.commit().await?;
+                return Ok(Outcome::Done {
+                    rows: 0,
+                    key_version: active,
+                    elapsed: std::time::Duration::ZERO,
+                });
+            }
             active
         }
         (Some(s), None) => {
@@ -343,6 +366,7 @@ pub async fn migrate(
     keys.get(DEFAULT_KEY_NAME, Some(version))?;
     let tokenizer = transform(c, keys, version)?;
     let started = Instant::now();
+    table.require_pk()?;
     let rows = batch::run(
         client,
         c,
@@ -372,6 +396,7 @@ pub async fn rekey(
 ) -> Result<Outcome, AtRestError> {
     client.batch_execute(at_rest::CREATE_SQL).await?;
     let table = batch::Table::inspect(client, c).await?;
+    table.require_pk()?;
     let tx = client.transaction().await?;
     let Some(s) = batch::lock_state(&tx, c).await? else {
         return Err(state_error(

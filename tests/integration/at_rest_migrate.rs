@@ -455,12 +455,15 @@ async fn a_bad_value_stops_the_run_resumably_and_a_table_needs_a_primary_key() {
         "CREATE TABLE cards (id int PRIMARY KEY, ssn text);
          INSERT INTO cards SELECT g, '123-45-' || (1000 + g) FROM generate_series(1, 40) g;
          UPDATE cards SET ssn = 'secret-words' WHERE id = 13;
-         CREATE TABLE loose (ssn text);",
+         CREATE TABLE loose (ssn text);
+         INSERT INTO loose VALUES (NULL), ('123-45-6789');
+         CREATE TABLE fresh (ssn text);
+         INSERT INTO fresh VALUES (NULL);",
     )
     .await
     .unwrap();
     let policy = tokengate::policy::Policy::from_yaml(
-        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: token }\ncolumns:\n  public.cards.ssn: ssn\n  public.loose.ssn: ssn\nroles:\n  \"*\": { default: deny }\n",
+        "version: 1\nlabels:\n  ssn: { class: pii, token: digits, at_rest: token }\ncolumns:\n  public.cards.ssn: ssn\n  public.loose.ssn: ssn\n  public.fresh.ssn: ssn\nroles:\n  \"*\": { default: deny }\n",
         "p.yaml",
     )
     .unwrap();
@@ -479,6 +482,29 @@ async fn a_bad_value_stops_the_run_resumably_and_a_table_needs_a_primary_key() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("has no primary key"), "{e}");
+    // A table without a primary key whose column holds no value yet has nothing to walk:
+    // it is recorded tokenized (with the table locked against writes meanwhile).
+    let fresh = columns.iter().find(|c| c.table == "fresh").unwrap();
+    let done = tokengate::atrest::migrate(&mut client, &keys, fresh, &options, &quiet)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            done,
+            tokengate::atrest::Outcome::Done {
+                rows: 0,
+                key_version: 1,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    let states = tokengate::atrest::load_states(&client).await.unwrap();
+    assert_eq!(
+        states["public.fresh.ssn"].describe(),
+        "tokenized, key version 1"
+    );
+    assert!(!states.contains_key("public.loose.ssn"));
 
     let e = tokengate::atrest::migrate(&mut client, &keys, cards, &options, &quiet)
         .await
