@@ -213,6 +213,11 @@ leg_check() { # $1 = port
        FROM pg_stat_ssl WHERE pid = pg_backend_pid()" 2>&1 | sed -n 's/.*\(SSL connection ([^,]*\).*/\1)/p; /server sees/p' | tr '\n' ' '
 }
 echo "== mode $MODE; direct: $(leg_check "$PG_PORT"); through tokengate: $(leg_check "$TG_PORT")" >&2
+if [ "$MODE" = scram ]; then
+  # tokengate terminated that login: its auth_query connection stays open for the next one.
+  echo "== auth_query connections open: $(psql_pg -d postgres -At -c \
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokengate-auth'")" >&2
+fi
 
 # --- running ------------------------------------------------------------------------------------
 modules() { # $1 = tests dir, $2 = default subset
