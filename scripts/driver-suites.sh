@@ -55,7 +55,12 @@ chmod 755 "$WORK"
 PG_PID=""
 TG_PID=""
 cleanup() {
+  trap - EXIT INT TERM PIPE
   [ -n "$TG_PID" ] && kill "$TG_PID" 2>/dev/null || true
+  # The postmaster itself (PG_PID may be runuser, which does not always pass the signal on).
+  if [ -f "$WORK/pg/data/postmaster.pid" ]; then
+    kill -INT "$(head -1 "$WORK/pg/data/postmaster.pid")" 2>/dev/null || true
+  fi
   [ -n "$PG_PID" ] && kill -INT "$PG_PID" 2>/dev/null || true
   for _ in $(seq 1 50); do
     { [ -n "$PG_PID" ] && kill -0 "$PG_PID" 2>/dev/null; } || break
@@ -63,7 +68,7 @@ cleanup() {
   done
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT INT TERM PIPE
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -213,6 +218,11 @@ leg_check() { # $1 = port
        FROM pg_stat_ssl WHERE pid = pg_backend_pid()" 2>&1 | sed -n 's/.*\(SSL connection ([^,]*\).*/\1)/p; /server sees/p' | tr '\n' ' '
 }
 echo "== mode $MODE; direct: $(leg_check "$PG_PORT"); through tokengate: $(leg_check "$TG_PORT")" >&2
+if [ "$MODE" = scram ]; then
+  # tokengate terminated that login: its auth_query connection stays open for the next one.
+  echo "== auth_query connections open: $(psql_pg -d postgres -At -c \
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokengate-auth'")" >&2
+fi
 
 # --- running ------------------------------------------------------------------------------------
 modules() { # $1 = tests dir, $2 = default subset
