@@ -712,6 +712,23 @@ async fn equality_with_any_array_compares_tokens() {
         .collect();
     let t = via(&proxy, "at_token").await;
     assert_eq!(ids(&t.query(Q, &[&tokens]).await.unwrap()), [702, 703]);
+    // The mask role compares by plaintext (its values are tokenized) and sees the masks.
+    let m = via(&proxy, "at_mask").await;
+    let rows = m
+        .query(
+            "SELECT id, ssn FROM people WHERE ssn = ANY($1) ORDER BY id",
+            &[&wanted],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        [
+            (701, "***-**-0001".to_string()),
+            (703, "***-**-0003".to_string())
+        ]
+    );
     // Simple protocol (psql): an array literal and ARRAY[...], clear and token roles.
     let (out, err) = psql_as(
         &proxy,
