@@ -72,6 +72,21 @@ pub fn weakenings(old: &Policy, new: &Policy) -> Vec<String> {
         .chain(new.columns())
         .map(|c| c.name.canonical())
         .collect();
+    // Storage is per column, whoever reads: a column no longer stored as tokens would get
+    // plaintext writes, and clear roles would read its stored tokens as values.
+    let (old_any, new_any) = (
+        old.for_role(WILDCARD_ROLE, &[]),
+        new.for_role(WILDCARD_ROLE, &[]),
+    );
+    for column in &columns {
+        let was = old_any.column(column).is_some_and(|d| d.at_rest);
+        let is = new_any.column(column).is_some_and(|d| d.at_rest);
+        if was && !is {
+            out.push(format!(
+                "columns.{column}: no longer stored as tokens (at_rest): writes through tokengate would store the plaintext"
+            ));
+        }
+    }
     let mut names: BTreeSet<&str> = new.roles().iter().map(|r| r.name.as_str()).collect();
     names.insert(WILDCARD_ROLE);
     for name in &names {
@@ -194,6 +209,24 @@ roles:
         // Removing a clear rule: its logins fall to "*" (deny).
         let fewer = BASE.replace("  admin: { default: clear }\n", "");
         assert!(weakenings(&old, &policy(&fewer)).is_empty());
+    }
+
+    #[test]
+    fn dropping_at_rest_is_a_weakening_and_adding_it_is_not() {
+        let at_rest = BASE.replace(
+            "ssn: { class: pii, token: digits }",
+            "ssn: { class: pii, token: digits, at_rest: token }",
+        );
+        assert_ne!(at_rest, BASE);
+        let (plain, stored) = (policy(BASE), policy(&at_rest));
+        let dropped = weakenings(&stored, &plain);
+        assert!(
+            dropped
+                .iter()
+                .any(|w| w.contains("public.customers.ssn: no longer stored as tokens")),
+            "{dropped:?}"
+        );
+        assert!(weakenings(&plain, &stored).is_empty());
     }
 
     #[test]
