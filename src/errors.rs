@@ -329,6 +329,12 @@ codes! {
         meaning: "The statement may write to the `tokengate` schema, which holds the state of the columns stored as tokens (their key versions). No role may change it through tokengate: a client could otherwise make tokengate decrypt with a wrong key version.",
         hint: "Only `tokengate migrate` and `tokengate rekey`, connecting directly to PostgreSQL, change the tokengate schema.",
     }
+    InheritedLabels {
+        id: "TG189",
+        sqlstate: "42501",
+        meaning: "The statement touches a column of a table in an inheritance or partition family (`INHERITS`, `PARTITION OF`) whose members label that column differently, or leave it unlabelled. Rows written through one member are read through another (a parent reads its partitions' rows), so the weaker label would apply to them: a partition left unlabelled would show its rows in clear, or store plaintext in a column stored as tokens.",
+        hint: "Label the column the same way in every table of the family (the parent and each child or partition) in the policy's `columns:`.",
+    }
 }
 
 impl Code {

@@ -108,6 +108,9 @@ SELECT a.attrelid::int8, a.attnum, a.attname::text, a.atttypid::int8
  ORDER BY a.attrelid, a.attnum";
 /// Functions, operators and types outside pg_catalog: names a session's search path could
 /// make an unqualified call, operator or cast resolve to.
+/// Inheritance and partitioning edges (child, parent).
+const INHERITS: &str = "SELECT inhrelid::int8, inhparent::int8 FROM pg_inherits";
+
 const ROUTINES: &str = "
 SELECT n.nspname::text, p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -381,6 +384,7 @@ async fn finish_snapshot(
     let columns = client.query(COLUMNS, &[]).await?;
     let memberships = client.query(MEMBERSHIPS, &[]).await?;
     let routines = client.query(ROUTINES, &[]).await?;
+    let inherits = client.query(INHERITS, &[]).await?;
 
     let mut by_oid: HashMap<u32, Vec<Column>> = HashMap::new();
     for row in &columns {
@@ -418,5 +422,7 @@ async fn finish_snapshot(
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))),
     );
+    let oid = |r: &tokio_postgres::Row, i: usize| u32::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+    snapshot.add_inheritance(inherits.iter().map(|r| (oid(r, 0), oid(r, 1))));
     Ok(snapshot)
 }

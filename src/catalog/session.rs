@@ -75,6 +75,15 @@ impl PlanCatalog for SessionCatalog<'_> {
     fn has_protected_column(&self, table: &str, view: &RoleView) -> bool {
         self.snapshot.has_protected_column(table, view)
     }
+    fn differently_labelled_relative(&self, qualified: &str, view: &RoleView) -> Option<String> {
+        self.snapshot.differently_labelled_relative(qualified, view)
+    }
+    fn table_columns(&self, table: &str) -> Vec<String> {
+        self.snapshot.table_columns(table)
+    }
+    fn has_inheritance(&self) -> bool {
+        self.snapshot.has_inheritance()
+    }
 }
 
 #[cfg(test)]

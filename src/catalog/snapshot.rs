@@ -62,6 +62,8 @@ pub struct Snapshot {
     groups: HashMap<String, Vec<String>>,
     /// Names of functions, operators and types outside pg_catalog, by schema.
     routines: HashMap<String, std::collections::HashSet<String>>,
+    /// `pg_inherits` edges, both ways: a relation's parents and children.
+    inheritance: HashMap<u32, Vec<u32>>,
 }
 
 /// Schemas searched for an unqualified name, in order. tokengate does not follow a session's
@@ -98,6 +100,38 @@ impl Snapshot {
         for (schema, name) in routines {
             self.routines.entry(schema).or_default().insert(name);
         }
+    }
+
+    /// Records inheritance and partitioning edges `(child, parent)` from `pg_inherits`.
+    pub fn add_inheritance(&mut self, edges: impl Iterator<Item = (u32, u32)>) {
+        for (child, parent) in edges {
+            self.inheritance.entry(child).or_default().push(parent);
+            self.inheritance.entry(parent).or_default().push(child);
+        }
+    }
+
+    /// The other relations of `oid`'s inheritance family: every relation connected to it by
+    /// `pg_inherits` edges (parents, children, their partitions and siblings).
+    pub fn family(&self, oid: u32) -> Vec<&Arc<Relation>> {
+        let mut seen = std::collections::HashSet::from([oid]);
+        let mut todo = vec![oid];
+        let mut out = Vec::new();
+        while let Some(next) = todo.pop() {
+            for &other in self.inheritance.get(&next).into_iter().flatten() {
+                if seen.insert(other) {
+                    todo.push(other);
+                    if let Some(r) = self.by_oid.get(&other) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any relation inherits or is inherited.
+    pub fn has_inheritance(&self) -> bool {
+        !self.inheritance.is_empty()
     }
 
     /// The user-defined function, operator or type names in `schema`.

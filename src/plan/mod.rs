@@ -216,6 +216,33 @@ pub fn plan_statement(
         });
         return Err(refusal);
     }
+    // A parent reads its children's rows and a write may land in either: one label for the
+    // whole family, or the weaker one would apply to rows written through the other.
+    if catalog.has_inheritance() {
+        let columns = a
+            .outputs
+            .iter()
+            .flat_map(|o| o.sources.iter().map(|s| s.column.as_str()))
+            .chain(a.uses.iter().map(|u| u.column.as_str()))
+            .chain(a.writes.iter().map(|w| w.column.as_str()));
+        // A write target's columns all count: an INSERT stores values in columns no lineage
+        // names (VALUES lists, defaults).
+        let targets: Vec<String> = a
+            .write_targets
+            .iter()
+            .flat_map(|t| catalog.table_columns(t))
+            .collect();
+        for column in columns.chain(targets.iter().map(String::as_str)) {
+            if let Some(other) = catalog.differently_labelled_relative(column, view) {
+                return Err(Refusal::new(
+                    Code::InheritedLabels,
+                    format!(
+                        "column {column} and {other} belong to one inheritance or partition family but the policy labels them differently"
+                    ),
+                ));
+            }
+        }
+    }
     let kind = policy_kind(a.kind, a.inner_kind);
     if !view.statement_allowed(kind) {
         let rule = view
@@ -325,11 +352,44 @@ pub trait PlanCatalog {
     fn column_type(&self, qualified: &str) -> Option<u32>;
     /// `schema.table` (or the name as written when unresolved: then true, fail closed).
     fn has_protected_column(&self, table: &str, view: &RoleView) -> bool;
+    /// Another member of `schema.table.column`'s inheritance or partition family whose
+    /// same-named column the policy labels differently (or not at all).
+    fn differently_labelled_relative(&self, qualified: &str, view: &RoleView) -> Option<String>;
+    /// The columns of `schema.table` (unknown table: none).
+    fn table_columns(&self, table: &str) -> Vec<String>;
+    /// Whether any relation inherits or is inherited (else the family checks are skipped).
+    fn has_inheritance(&self) -> bool;
 }
 
 impl PlanCatalog for Snapshot {
     fn column_type(&self, qualified: &str) -> Option<u32> {
         Snapshot::column_type(self, qualified)
+    }
+    fn has_inheritance(&self) -> bool {
+        Snapshot::has_inheritance(self)
+    }
+    fn table_columns(&self, table: &str) -> Vec<String> {
+        let Some((schema, name)) = table.split_once('.') else {
+            return Vec::new();
+        };
+        self.relation(Some(schema), name)
+            .map(|r| r.columns.iter().map(|c| r.qualified(&c.name)).collect())
+            .unwrap_or_default()
+    }
+    fn differently_labelled_relative(&self, qualified: &str, view: &RoleView) -> Option<String> {
+        if !self.has_inheritance() {
+            return None;
+        }
+        let mut parts = qualified.splitn(3, '.');
+        let (schema, table, column) = (parts.next()?, parts.next()?, parts.next()?);
+        let r = self.relation(Some(schema), table)?;
+        let label = |q: &str| view.column(q).map(|d| d.label.clone());
+        let mine = label(qualified);
+        self.family(r.oid)
+            .into_iter()
+            .filter(|f| f.columns.iter().any(|c| c.name == column))
+            .map(|f| f.qualified(column))
+            .find(|other| label(other) != mine)
     }
     fn has_protected_column(&self, table: &str, view: &RoleView) -> bool {
         let Some((schema, name)) = table.split_once('.') else {

@@ -639,3 +639,102 @@ async fn already_tokenized_columns_are_recorded_without_touching_a_row() {
         .collect();
     assert_eq!(clear, plains);
 }
+
+/// A parent reads its partitions' rows and a write may go to a partition directly: a policy
+/// that labels the parent but not a partition would show that partition's rows in clear to a
+/// restricted role, and, with the column stored as tokens, let plaintext be written into it
+/// and handed to a token role as if it were a token. Any statement touching such a family's
+/// column is refused (TG189); labelling every member makes it work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_labelled_unlike_their_parent_are_refused() {
+    let pg = &cluster().pg;
+    pg.execute("postgres", "CREATE DATABASE atpart")
+        .await
+        .unwrap();
+    let direct = pg.connect_admin("atpart").await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE ROLE part_token LOGIN PASSWORD 'part_token-pw';
+             CREATE ROLE part_admin LOGIN PASSWORD 'part_admin-pw';
+             CREATE TABLE people (id int PRIMARY KEY, ssn text) PARTITION BY RANGE (id);
+             CREATE TABLE people_a PARTITION OF people FOR VALUES FROM (0) TO (100);
+             CREATE TABLE people_b PARTITION OF people FOR VALUES FROM (100) TO (200);
+             INSERT INTO people VALUES (1, '123-45-6789'), (150, '987-65-4321');
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO part_token, part_admin;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    ring(&[1]).write_new(&keys, false).unwrap();
+    let policy_text = |columns: &str, at_rest: &str| {
+        format!(
+            "version: 1\nlabels:\n  ssn: {{ class: pii, token: digits{at_rest} }}\ncolumns:\n{columns}roles:\n  part_admin: {{ default: clear }}\n  part_token: {{ default: token }}\n  \"*\": {{ default: deny }}\n"
+        )
+    };
+    let parent_only = "  public.people.ssn: ssn\n  public.people_a.ssn: ssn\n";
+    let every =
+        "  public.people.ssn: ssn\n  public.people_a.ssn: ssn\n  public.people_b.ssn: ssn\n";
+    let query = |proxy: &RunningServer, role: &'static str, sql: &'static str| {
+        let port = proxy.addr.port();
+        async move {
+            let mut c = pg_config(port, role, &format!("{role}-pw"));
+            c.dbname("atpart");
+            let client = connect(&c).await;
+            client.query(sql, &[]).await
+        }
+    };
+
+    // Read path: the partition left unlabelled would be read in clear.
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, policy_text(parent_only, "")).unwrap();
+    let p = proxy(&policy, &keys).await;
+    for sql in [
+        "SELECT ssn FROM people_b",
+        "SELECT ssn FROM people",
+        "SELECT ssn FROM people_a",
+    ] {
+        let e = query(&p, "part_token", sql).await.unwrap_err();
+        assert!(refusal(&e).contains("TG189"), "{sql}: {}", refusal(&e));
+    }
+    // The same statement directly: the partition's plaintext.
+    let leaked: String = direct
+        .query_one("SELECT ssn FROM people_b", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, "987-65-4321");
+    // Unrelated statements still run.
+    let n: i64 = query(&p, "part_token", "SELECT count(*) FROM people")
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_eq!(n, 2);
+    p.shutdown().await;
+
+    // Labelled everywhere: tokens for the token role, from the parent and the partition.
+    std::fs::write(&policy, policy_text(every, "")).unwrap();
+    let p = proxy(&policy, &keys).await;
+    let rows = query(&p, "part_token", "SELECT ssn FROM people ORDER BY id")
+        .await
+        .unwrap();
+    let seen: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        !seen.contains(&"123-45-6789".to_string()) && !seen.contains(&"987-65-4321".to_string())
+    );
+    p.shutdown().await;
+
+    // Stored as tokens with one partition unlabelled: a clear role may not write it either.
+    std::fs::write(&policy, policy_text(parent_only, ", at_rest: token")).unwrap();
+    let p = proxy(&policy, &keys).await;
+    let e = query(
+        &p,
+        "part_admin",
+        "INSERT INTO people_b VALUES (151, '111-22-3333') RETURNING id",
+    )
+    .await
+    .unwrap_err();
+    assert!(refusal(&e).contains("TG189"), "{}", refusal(&e));
+    p.shutdown().await;
+}
