@@ -248,6 +248,33 @@ fn same_label(c: &Column, s: &batch::Locked) -> Result<(), AtRestError> {
     Ok(())
 }
 
+/// Records the first state of `c`: its label, token format, key and key version.
+async fn insert_state(
+    tx: &tokio_postgres::Transaction<'_>,
+    c: &Column,
+    version: u32,
+    phase: Phase,
+) -> Result<(), AtRestError> {
+    tx.execute(
+        "INSERT INTO tokengate.at_rest_columns
+           (table_schema, table_name, column_name, label, token_format, key_name,
+            key_version, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &c.schema,
+            &c.table,
+            &c.column,
+            &c.label,
+            &c.format,
+            &DEFAULT_KEY_NAME,
+            &(version as i32),
+            &phase.as_str(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Tokenizes the existing values of `c` in place (resuming an interrupted run), then records
 /// it `tokenized` with the key version used.
 pub async fn migrate(
@@ -263,22 +290,7 @@ pub async fn migrate(
     let version = match (batch::lock_state(&tx, c).await?, options.already_tokenized) {
         (None, Some(version)) => {
             keys.get(DEFAULT_KEY_NAME, Some(version))?;
-            tx.execute(
-                "INSERT INTO tokengate.at_rest_columns
-                   (table_schema, table_name, column_name, label, token_format, key_name,
-                    key_version, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'tokenized')",
-                &[
-                    &c.schema,
-                    &c.table,
-                    &c.column,
-                    &c.label,
-                    &c.format,
-                    &DEFAULT_KEY_NAME,
-                    &(version as i32),
-                ],
-            )
-            .await?;
+            insert_state(&tx, c, version, Phase::Tokenized).await?;
             tx.commit().await?;
             return Ok(Outcome::Recorded {
                 key_version: version,
@@ -313,27 +325,12 @@ pub async fn migrate(
             } else {
                 false
             };
-            tx.execute(
-                "INSERT INTO tokengate.at_rest_columns
-                   (table_schema, table_name, column_name, label, token_format, key_name,
-                    key_version, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &c.schema,
-                    &c.table,
-                    &c.column,
-                    &c.label,
-                    &c.format,
-                    &DEFAULT_KEY_NAME,
-                    &(active as i32),
-                    &if empty_without_key {
-                        "tokenized"
-                    } else {
-                        "migrating"
-                    },
-                ],
-            )
-            .await?;
+            let phase = if empty_without_key {
+                Phase::Tokenized
+            } else {
+                Phase::Migrating
+            };
+            insert_state(&tx, c, active, phase).await?;
             if empty_without_key {
                 tx.commit().await?;
                 return Ok(Outcome::Done {
