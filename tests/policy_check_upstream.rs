@@ -382,3 +382,57 @@ async fn check_reports_at_rest_states() {
         "{out}"
     );
 }
+
+/// `policy check --upstream` names a partition labelled unlike its parent (the proxy refuses
+/// statements touching that family's column, TG189) with the line to paste.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_partitions_labelled_unlike_their_parent() {
+    let pg = start_pg();
+    let (client, conn) = tokio_postgres::connect(&url(&pg, "postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE accounts (id int, ssn text, note text) PARTITION BY RANGE (id);
+             CREATE TABLE accounts_a PARTITION OF accounts FOR VALUES FROM (0) TO (100);
+             CREATE TABLE accounts_b PARTITION OF accounts FOR VALUES FROM (100) TO (200);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let write = |columns: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "version: 1\nlabels:\n  ssn: {{ class: pii, token: digits }}\ncolumns:\n{columns}roles:\n  \"*\": {{ default: deny }}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        tokengate(&[
+            "policy",
+            "check",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &url(&pg, "postgres"),
+        ])
+    };
+    write("  public.accounts.ssn: ssn\n  public.accounts_a.ssn: ssn\n");
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("  public.accounts_b.ssn: ssn   # public.accounts.ssn of its inheritance family is labelled ssn")
+            && out.contains("TG189"),
+        "{out}"
+    );
+    assert!(!out.contains("public.accounts_a.ssn: ssn   #"), "{out}");
+    write(
+        "  public.accounts.ssn: ssn\n  public.accounts_a.ssn: ssn\n  public.accounts_b.ssn: ssn\n",
+    );
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("TG189"), "{out}");
+}

@@ -116,7 +116,20 @@ fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let findings = lint_catalog(&policy, &catalog);
+    let edges = match rt.block_on(fetch_inheritance(&url)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "cannot read the inheritance of tables from the upstream {}: {e}",
+                crate::net::pg_error::address_of(&url)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut findings = lint_catalog(&policy, &catalog);
+    findings.extend(crate::policy::detect::lint_inheritance(
+        &policy, &catalog, &edges,
+    ));
     if findings.is_empty() {
         println!("upstream: {} columns checked, no findings", catalog.len());
         return if at_rest_ready {
@@ -236,6 +249,32 @@ async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, DirectError> {
         catalog.push(col);
     }
     Ok(catalog)
+}
+
+/// `(child, parent)` tables of `pg_inherits` (inheritance and partitions), as `(schema, name)`.
+type Edge = ((String, String), (String, String));
+
+async fn fetch_inheritance(url: &str) -> Result<Vec<Edge>, DirectError> {
+    let client = connect(url).await?;
+    let rows = client
+        .query(
+            "SELECT cn.nspname::text, c.relname::text, pn.nspname::text, p.relname::text
+               FROM pg_inherits i
+               JOIN pg_class c ON c.oid = i.inhrelid
+               JOIN pg_namespace cn ON cn.oid = c.relnamespace
+               JOIN pg_class p ON p.oid = i.inhparent
+               JOIN pg_namespace pn ON pn.oid = p.relnamespace",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                (r.try_get(0)?, r.try_get(1)?),
+                (r.try_get(2)?, r.try_get(3)?),
+            ))
+        })
+        .collect()
 }
 
 /// The groups `role` belongs to, directly or through other groups.

@@ -299,6 +299,14 @@ pub struct CatalogColumn {
 pub enum Finding {
     /// The policy labels a column the database doesn't have.
     MissingColumn { column: String, line: u32 },
+    /// A column labelled unlike its same-named column in a parent or child table
+    /// (`INHERITS`, `PARTITION OF`): statements touching either are refused (TG189).
+    UnlikeRelative {
+        column: String,
+        label: Option<String>,
+        relative: String,
+        relative_label: Option<String>,
+    },
     /// An unlabelled column that looks sensitive.
     Unlabelled {
         column: String,
@@ -317,6 +325,24 @@ impl Finding {
         match self {
             Finding::MissingColumn { column, line } => {
                 format!("  # line {line}: column {column} does not exist in the database")
+            }
+            Finding::UnlikeRelative {
+                column,
+                label,
+                relative,
+                relative_label,
+            } => {
+                let why = format!(
+                    "{relative} of its inheritance family is {}; statements touching either are refused (TG189) until they match",
+                    relative_label
+                        .as_deref()
+                        .map_or("unlabelled".to_string(), |l| format!("labelled {l}"))
+                );
+                match (label, relative_label) {
+                    (None, Some(l)) => format!("  {column}: {l}   # {why}"),
+                    (Some(l), _) => format!("  # {column} is labelled {l}, but {why}"),
+                    (None, None) => format!("  # {column}: {why}"),
+                }
             }
             Finding::Unlabelled {
                 column,
@@ -392,6 +418,59 @@ pub fn lint_catalog(policy: &Policy, catalog: &[CatalogColumn]) -> Vec<Finding> 
         }
     }
     findings
+}
+
+/// Columns labelled unlike the same-named column of a table they inherit from or that inherits
+/// from them. `edges` are `(child, parent)` tables as `(schema, table)`.
+pub fn lint_inheritance(
+    policy: &Policy,
+    catalog: &[CatalogColumn],
+    edges: &[((String, String), (String, String))],
+) -> Vec<Finding> {
+    let label_of: std::collections::HashMap<String, &str> = policy
+        .columns()
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.name.canonical(),
+                policy.labels().get(c.label)?.name.as_str(),
+            ))
+        })
+        .collect();
+    let has = |schema: &str, table: &str, column: &str| {
+        catalog
+            .iter()
+            .any(|c| c.schema == schema && c.table == table && c.column == column)
+    };
+    let mut out = Vec::new();
+    for ((cs, ct), (ps, pt)) in edges {
+        for c in catalog.iter().filter(|c| &c.schema == cs && &c.table == ct) {
+            if !has(ps, pt, &c.column) {
+                continue;
+            }
+            let child = canonical_parts(cs, ct, &c.column);
+            let parent = canonical_parts(ps, pt, &c.column);
+            let (a, b) = (
+                label_of.get(&child).copied(),
+                label_of.get(&parent).copied(),
+            );
+            if a == b {
+                continue;
+            }
+            // Suggest labelling the unlabelled side.
+            let (column, label, relative, relative_label) = match (a, b) {
+                (Some(_), None) => (parent, b, child, a),
+                _ => (child, a, parent, b),
+            };
+            out.push(Finding::UnlikeRelative {
+                column,
+                label: label.map(str::to_string),
+                relative,
+                relative_label: relative_label.map(str::to_string),
+            });
+        }
+    }
+    out
 }
 
 /// Whether a PostgreSQL type name is text-like enough to sample.
