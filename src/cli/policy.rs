@@ -251,10 +251,10 @@ async fn fetch_catalog(url: &str) -> Result<Vec<CatalogColumn>, DirectError> {
     Ok(catalog)
 }
 
-/// `(child, parent)` tables of `pg_inherits` (inheritance and partitions), as `(schema, name)`.
-type Edge = ((String, String), (String, String));
-
-async fn fetch_inheritance(url: &str) -> Result<Vec<Edge>, DirectError> {
+/// The `(child, parent)` tables of `pg_inherits` (inheritance and partitions).
+async fn fetch_inheritance(
+    url: &str,
+) -> Result<Vec<crate::policy::detect::InheritEdge>, DirectError> {
     let client = connect(url).await?;
     let rows = client
         .query(

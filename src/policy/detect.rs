@@ -420,12 +420,16 @@ pub fn lint_catalog(policy: &Policy, catalog: &[CatalogColumn]) -> Vec<Finding> 
     findings
 }
 
+/// One `pg_inherits` edge (inheritance or partition): `(child, parent)` tables as
+/// `(schema, table)`.
+pub type InheritEdge = ((String, String), (String, String));
+
 /// Columns labelled unlike the same-named column of a table they inherit from or that inherits
-/// from them. `edges` are `(child, parent)` tables as `(schema, table)`.
+/// from them.
 pub fn lint_inheritance(
     policy: &Policy,
     catalog: &[CatalogColumn],
-    edges: &[((String, String), (String, String))],
+    edges: &[InheritEdge],
 ) -> Vec<Finding> {
     let label_of: std::collections::HashMap<String, &str> = policy
         .columns()
