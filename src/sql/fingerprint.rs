@@ -144,6 +144,14 @@ pub(crate) fn normalize_into_vec(sql: &str, settings: LexSettings, out: &mut Vec
                 if copy || depends_on_standard_strings(text) {
                     out.extend_from_slice(text);
                 } else {
+                    // The kind of string stays in the key (`U&`, `E`, `B`, `X`, `N`): a
+                    // `U&''` string is refused where a plain one is not, and must not share
+                    // (and poison) the plain statement's entry.
+                    let prefix = text
+                        .iter()
+                        .position(|&b| b == b'\'' || b == b'$')
+                        .unwrap_or(0);
+                    out.extend(text[..prefix].iter().map(u8::to_ascii_lowercase));
                     out.extend_from_slice(PLACEHOLDER);
                 }
             }
@@ -188,6 +196,25 @@ mod tests {
     }
 
     #[test]
+    fn string_kinds_do_not_share_a_key() {
+        let plain = key("SELECT id FROM t WHERE c = 'Paris'");
+        assert_eq!(plain, key("SELECT id FROM t WHERE c = $$Lyon$$"));
+        for other in [
+            "SELECT id FROM t WHERE c = U&'Paris'",
+            "SELECT id FROM t WHERE c = E'Paris'",
+            "SELECT id FROM t WHERE c = N'Paris'",
+            "SELECT id FROM t WHERE c = B'01'",
+        ] {
+            assert_ne!(key(other), plain, "{other}");
+        }
+        assert_eq!(
+            key("SELECT u&'a'"),
+            key("SELECT U&'b'"),
+            "prefixes fold like words"
+        );
+    }
+
+    #[test]
     fn literals_share_a_fingerprint() {
         let a = "SELECT email FROM customers WHERE id = 1 AND city = 'Paris'";
         let b = "select  email\nFROM customers -- comment\n WHERE id = 42 AND city = 'Lyon'";
@@ -202,7 +229,7 @@ mod tests {
     fn every_literal_form_is_replaced() {
         assert_eq!(
             normalize("SELECT 1.5e-3, 'a''b', E'c\\'d', $$x;y$$, $tag$z$tag$, B'01', X'ff', U&'d'"),
-            "select ? , ? , ? , ? , ? , ? , ? , ?"
+            "select ? , ? , e? , ? , ? , b? , x? , u&?"
         );
     }
 

@@ -592,3 +592,26 @@ async fn usability_see_activity_switch_opens_only_session_activity() {
         "tokengate TG172"
     );
 }
+
+/// The analysis cache files statements by their literal-normalised text. A `U&''` string is
+/// refused (it lexes differently when standard_conforming_strings is off), and filed under
+/// the same key as the plain statement it refused every later plain statement of that shape,
+/// in every session: one client could make a query refused for all. The kind of string is
+/// part of the key now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_a_refused_unicode_string_does_not_poison_the_plain_statement() {
+    crm();
+    let proxy = crm_proxy().await;
+    let attacker = via(&proxy, "support").await;
+    let victim = via(&proxy, "support").await;
+    let admin = direct("app_admin").await;
+    let refused = attacker
+        .client
+        .simple_query("SELECT id FROM customers WHERE city = U&'Q-poison' ORDER BY id")
+        .await;
+    assert_eq!(refused_code("U& string", refused), "42501");
+    let sql = "SELECT id FROM customers WHERE city = 'Q-poison' ORDER BY id";
+    assert_eq!(rows(&victim, sql).await, rows(&admin, sql).await);
+    let sql = "SELECT id, city FROM customers WHERE city <> 'Q-poison' ORDER BY id";
+    assert!(!rows(&victim, sql).await.is_empty());
+}
