@@ -72,7 +72,9 @@ impl ReadPath {
             tag::NOTICE_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
                 Ok(
-                    if self.restricted() && (self.front_sensitive() || self.sensitive_ran) {
+                    if self.restricted()
+                        && (self.front_sensitive() || self.sensitive_ran || self.past_analysed())
+                    {
                         ServerVerdict::Replace(scrub::rebuild(t, body))
                     } else {
                         ServerVerdict::Forward
@@ -236,11 +238,23 @@ impl ReadPath {
         }
     }
 
+    /// Whether the front is a restricted Query whose server has gone past the statements
+    /// tokengate analysed: an error or notice then is about a statement it never saw (the
+    /// server split the text differently) or comes at the implicit commit; either way it may
+    /// quote stored values.
+    fn past_analysed(&self) -> bool {
+        matches!(
+            self.protocol.front(),
+            Some((_, _, Pending::Query(q))) if q.restricted && q.current().is_none()
+        )
+    }
+
     fn error(&mut self, body: &[u8]) -> Result<ServerVerdict, EndSession> {
         let fatal = scrub::is_fatal(body);
         // Decided before the reply moves the queue: the statement the error is about.
         // (or, at a Sync or the end of a Query, any statement of the batch).
-        let sensitive = self.restricted() && (self.front_sensitive() || self.sensitive_ran);
+        let sensitive = self.restricted()
+            && (self.front_sensitive() || self.sensitive_ran || self.past_analysed());
         // A refused request was substituted and never ran: the error is the server rejecting
         // the substitute, and a setting it then reports (SET LOCAL values reverted by the
         // aborted transaction) was not computed by a protected statement.
