@@ -49,6 +49,22 @@ impl Table {
                 &[&relation],
             )
             .await?;
+        // A walk of a parent would also rewrite its children's rows (and a child's key need
+        // not be unique across the family): tables of a family are not supported.
+        let family: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_inherits
+                                 WHERE inhrelid = to_regclass($1) OR inhparent = to_regclass($1))",
+                &[&relation],
+            )
+            .await?
+            .try_get(0)?;
+        if family {
+            return Err(state_error(
+                c,
+                "its table belongs to an inheritance or partition family (INHERITS, PARTITION OF), which columns stored as tokens do not support",
+            ));
+        }
         let mut key = Vec::with_capacity(pk.len());
         for row in pk {
             key.push((quote_ident(&row.try_get::<_, String>(0)?), row.try_get(1)?));

@@ -81,6 +81,9 @@ impl PlanCatalog for SessionCatalog<'_> {
     fn table_columns(&self, table: &str) -> Vec<String> {
         self.snapshot.table_columns(table)
     }
+    fn relative_column(&self, qualified: &str) -> Option<String> {
+        self.snapshot.relative_column(qualified)
+    }
     fn has_inheritance(&self) -> bool {
         self.snapshot.has_inheritance()
     }

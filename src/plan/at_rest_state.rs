@@ -152,10 +152,7 @@ pub fn still_current(
     let columns: BTreeSet<Arc<str>> = planned.iter().map(|v| v.column.clone()).collect();
     let now = resolve(&columns, view, states, states_error, keys)?;
     for v in planned {
-        if !now
-            .iter()
-            .any(|n| n.column == v.column && n.generation == v.generation)
-        {
+        if !now.contains(v) {
             return Err(Refusal::new(
                 Code::AtRestPlanChanged,
                 format!(

@@ -233,6 +233,18 @@ pub fn plan_statement(
             .flat_map(|t| catalog.table_columns(t))
             .collect();
         for column in columns.chain(targets.iter().map(String::as_str)) {
+            // Stored as tokens: a parent's reads and a migration's walk would span members
+            // whose recorded states and key versions may differ. Not supported: refused.
+            if view.column(column).is_some_and(|d| d.at_rest)
+                && let Some(other) = catalog.relative_column(column)
+            {
+                return Err(Refusal::new(
+                    Code::AtRestUnsupported,
+                    format!(
+                        "column {column} is stored as tokens in a table of an inheritance or partition family (with {other}), which is not supported"
+                    ),
+                ));
+            }
             if let Some(other) = catalog.differently_labelled_relative(column, view) {
                 return Err(Refusal::new(
                     Code::InheritedLabels,
@@ -355,6 +367,9 @@ pub trait PlanCatalog {
     /// Another member of `schema.table.column`'s inheritance or partition family whose
     /// same-named column the policy labels differently (or not at all).
     fn differently_labelled_relative(&self, qualified: &str, view: &RoleView) -> Option<String>;
+    /// Another member of `schema.table.column`'s inheritance or partition family that has a
+    /// column of that name.
+    fn relative_column(&self, qualified: &str) -> Option<String>;
     /// The columns of `schema.table` (unknown table: none).
     fn table_columns(&self, table: &str) -> Vec<String>;
     /// Whether any relation inherits or is inherited (else the family checks are skipped).
@@ -375,6 +390,15 @@ impl PlanCatalog for Snapshot {
         self.relation(Some(schema), name)
             .map(|r| r.columns.iter().map(|c| r.qualified(&c.name)).collect())
             .unwrap_or_default()
+    }
+    fn relative_column(&self, qualified: &str) -> Option<String> {
+        let mut parts = qualified.splitn(3, '.');
+        let (schema, table, column) = (parts.next()?, parts.next()?, parts.next()?);
+        let r = self.relation(Some(schema), table)?;
+        self.family(r.oid)
+            .into_iter()
+            .find(|f| f.columns.iter().any(|c| c.name == column))
+            .map(|f| f.qualified(column))
     }
     fn differently_labelled_relative(&self, qualified: &str, view: &RoleView) -> Option<String> {
         if !self.has_inheritance() {

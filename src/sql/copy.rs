@@ -29,6 +29,9 @@ pub struct CopyFormat {
     pub null: String,
     /// The first line is a header (CSV and, for COPY FROM, text).
     pub header: bool,
+    /// CSV `FORCE_NOT_NULL`: an unquoted field equal to the NULL string is stored as that
+    /// string, not as NULL.
+    pub force_not_null: bool,
 }
 
 /// One field of a data line.
@@ -50,6 +53,7 @@ impl CopyFormat {
                 escape: b'"',
                 null: String::new(),
                 header: false,
+                force_not_null: false,
             },
             CopyKind::Text | CopyKind::Binary => Self {
                 kind,
@@ -58,6 +62,7 @@ impl CopyFormat {
                 escape: b'"',
                 null: "\\N".into(),
                 header: false,
+                force_not_null: false,
             },
         }
     }
@@ -73,6 +78,7 @@ impl CopyFormat {
         let mut escape = None;
         let mut null = None;
         let mut header = false;
+        let mut force_not_null = false;
         for option in options {
             match option {
                 CopyOption::Format(name) => {
@@ -89,10 +95,8 @@ impl CopyFormat {
                 CopyOption::Null(s) => null = Some(s.clone()),
                 CopyOption::Header(h) => header = *h,
                 CopyOption::Encoding(e) => check_encoding(e)?,
-                CopyOption::Freeze(_)
-                | CopyOption::ForceQuote(_)
-                | CopyOption::ForceNotNull(_)
-                | CopyOption::ForceNull(_) => {}
+                CopyOption::ForceNotNull(_) => force_not_null = true,
+                CopyOption::Freeze(_) | CopyOption::ForceQuote(_) | CopyOption::ForceNull(_) => {}
             }
         }
         for option in legacy {
@@ -107,8 +111,8 @@ impl CopyFormat {
                             CopyLegacyCsvOption::Header => header = true,
                             CopyLegacyCsvOption::Quote(c) => quote = Some(*c),
                             CopyLegacyCsvOption::Escape(c) => escape = Some(*c),
-                            CopyLegacyCsvOption::ForceQuote(_)
-                            | CopyLegacyCsvOption::ForceNotNull(_) => {}
+                            CopyLegacyCsvOption::ForceNotNull(_) => force_not_null = true,
+                            CopyLegacyCsvOption::ForceQuote(_) => {}
                         }
                     }
                 }
@@ -138,6 +142,7 @@ impl CopyFormat {
         if let Some(null) = null {
             format.null = null;
         }
+        format.force_not_null = force_not_null;
         format.header = header;
         Ok(format)
     }

@@ -570,6 +570,17 @@ impl CopyInState {
             )));
         }
         let null = format.null.as_bytes();
+        // Text format: a backslash anywhere but in the NULL marker is an escape PostgreSQL
+        // reads (`\` + tab is a tab in the value, `\` + newline continues the row), so its
+        // fields may not be the ones tokengate split: refused, whichever field holds it.
+        if text
+            && fields.iter().any(|f| {
+                let raw = &content[f.range.clone()];
+                raw.contains(&b'\\') && raw != null
+            })
+        {
+            return Err(copy_refusal("a backslash escape in a row"));
+        }
         let (sep, quote) = (format.delimiter, format.quote);
         for (i, field) in fields.iter().enumerate() {
             if i > 0 {
