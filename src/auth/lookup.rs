@@ -1,7 +1,8 @@
 //! Reads a role's stored SCRAM secret per login, the way PgBouncer's `auth_user` /
 //! `auth_query` do: a configured query, run as a configured auth role over connections that
-//! tokengate keeps per database (up to [`MAX_LOOKUP_CONNECTIONS`], one per lookup in flight, so
-//! concurrent logins do not wait on each other). The usual query calls a `SECURITY DEFINER`
+//! tokengate opens per lookup in flight (up to [`MAX_LOOKUP_CONNECTIONS`], so concurrent
+//! logins do not wait on each other) and keeps up to as many idle ones for the next logins:
+//! at most twice that many at once. The usual query calls a `SECURITY DEFINER`
 //! function owned by a superuser, so the auth role needs no access to `pg_authid`:
 //!
 //! ```sql
@@ -51,8 +52,8 @@ pub struct LookupSettings {
 }
 
 /// Lookups that may run at once, over as many connections (more logins wait for a free one).
-/// Logins no longer wait on each other up to this many, and the auth role's connections to the
-/// upstream stay bounded.
+/// Logins no longer wait on each other up to this many. Up to as many idle connections are kept
+/// (over all databases), so the auth role holds at most twice this many connections.
 pub const MAX_LOOKUP_CONNECTIONS: usize = 8;
 
 /// One open lookup connection, with the auth query prepared on it.
