@@ -292,8 +292,11 @@ pub const DEFAULT_CATALOG_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_AT_REST_REFRESH: Duration = Duration::from_secs(1);
 /// How old that state may be before statements touching such columns are refused.
 pub const DEFAULT_AT_REST_MAX_AGE: Duration = Duration::from_secs(5);
+/// The largest `at_rest_max_age` a proxy accepts: `tokengate rekey` cannot know the proxies'
+/// settings, so its default `--grace` ([`DEFAULT_AT_REST_GRACE`]) is built on this bound.
+pub const MAX_AT_REST_MAX_AGE: Duration = DEFAULT_AT_REST_MAX_AGE;
 /// How long `tokengate rekey` waits after changing a column's state before it takes its lock
-/// barrier: longer than any proxy may use the old state ([`DEFAULT_AT_REST_MAX_AGE`]), twice
+/// barrier: longer than any proxy may use the old state ([`MAX_AT_REST_MAX_AGE`]), twice
 /// over, plus a margin for a statement already planned to reach the server.
 pub const DEFAULT_AT_REST_GRACE: Duration = Duration::from_secs(12);
 

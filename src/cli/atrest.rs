@@ -167,6 +167,13 @@ pub fn rekey(args: RekeyArgs) -> ExitCode {
 }
 
 fn run(args: &RunArgs, options: Options, verb: &str, rekey: bool) -> ExitCode {
+    if rekey && options.grace <= crate::config::MAX_AT_REST_MAX_AGE {
+        eprintln!(
+            "tokengate rekey: warning: --grace {:?} is not above the largest at_rest_max_age a proxy accepts ({:?}); this is safe only if every proxy runs with an at_rest_max_age below it",
+            options.grace,
+            crate::config::MAX_AT_REST_MAX_AGE
+        );
+    }
     let loaded = match load(args) {
         Ok(l) => l,
         Err(code) => return code,

@@ -238,8 +238,35 @@ impl ServeArgs {
                 .at_rest_max_age
                 .map_or(config::DEFAULT_AT_REST_MAX_AGE, |d| d.0),
         };
+        check_at_rest_timing(config.at_rest_refresh, config.at_rest_max_age)?;
         Ok((config, log_format))
     }
+}
+
+/// A proxy may use a column's at-rest state for at most `at_rest_max_age`; `tokengate rekey`
+/// changes rows only after waiting longer than the largest one a proxy accepts, so a larger
+/// value (or a refresh that cannot keep the state that fresh) is a configuration error.
+fn check_at_rest_timing(refresh: Duration, max_age: Duration) -> Result<(), ConfigError> {
+    if max_age > config::MAX_AT_REST_MAX_AGE || max_age.is_zero() {
+        return Err(ConfigError::Invalid {
+            field: "at_rest_max_age",
+            reason: format!(
+                "{max_age:?} is outside (0, {:?}]: `tokengate rekey` changes rows {:?} (its --grace) after a state change, trusting that no proxy uses a state older than {:?}",
+                config::MAX_AT_REST_MAX_AGE,
+                config::DEFAULT_AT_REST_GRACE,
+                config::MAX_AT_REST_MAX_AGE
+            ),
+        });
+    }
+    if refresh.is_zero() || refresh >= max_age {
+        return Err(ConfigError::Invalid {
+            field: "at_rest_refresh",
+            reason: format!(
+                "{refresh:?} must be above zero and below at_rest_max_age ({max_age:?}), or every state read expires before the next one"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks that need the policy file, before anything binds: a policy whose roles get tokens
@@ -339,6 +366,33 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// `tokengate rekey` trusts that no proxy uses an at-rest state older than
+    /// `MAX_AT_REST_MAX_AGE`: a config that would is refused at startup.
+    #[test]
+    fn at_rest_max_age_is_bounded_by_what_rekey_waits_for() {
+        let ms = Duration::from_millis;
+        assert!(
+            check_at_rest_timing(
+                config::DEFAULT_AT_REST_REFRESH,
+                config::DEFAULT_AT_REST_MAX_AGE
+            )
+            .is_ok()
+        );
+        assert!(check_at_rest_timing(ms(100), ms(500)).is_ok());
+        for (refresh, max_age, field) in [
+            (ms(1000), ms(30_000), "at_rest_max_age"),
+            (ms(1000), Duration::ZERO, "at_rest_max_age"),
+            (ms(5000), ms(5000), "at_rest_refresh"),
+            (Duration::ZERO, ms(500), "at_rest_refresh"),
+        ] {
+            match check_at_rest_timing(refresh, max_age) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{refresh:?}/{max_age:?}: {other:?}"),
+            }
+        }
+        assert!(config::DEFAULT_AT_REST_GRACE > config::MAX_AT_REST_MAX_AGE * 2);
+    }
 
     /// With nothing set, `serve` runs on the defaults of `config` (the one place they live),
     /// and its `--help` states those same defaults.

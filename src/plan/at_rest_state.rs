@@ -112,6 +112,15 @@ pub fn resolve(
                 state.label, state.token_format, d.label
             )));
         }
+        // Labels tokenize with the key named `default` (there is no per-label key name): tokens
+        // recorded under another key name would be decrypted with the wrong key.
+        if state.key_name != crate::protect::keys::DEFAULT_KEY_NAME {
+            return Err(not_ready(format!(
+                "column {column} holds tokens of key {:?}, but labels use the key {:?}: decrypt the column with that key and run `tokengate migrate` anew",
+                state.key_name,
+                crate::protect::keys::DEFAULT_KEY_NAME
+            )));
+        }
         if keys.get(&state.key_name, Some(state.key_version)).is_err() {
             return Err(not_ready(format!(
                 "column {column} holds tokens of key {:?} version {}, which tokengate's key file does not hold: give tokengate a key file with that version",
@@ -301,6 +310,16 @@ roles:
         let mut other = state(Phase::Tokenized, 1, 4);
         other.label = "card".into();
         let s = states(&[("public.a.ssn", other)]);
+        assert_eq!(
+            code(resolve(&a, &view, Some(&s), None, &keys)),
+            Code::AtRestNotReady
+        );
+        // Tokens recorded under a key name other than the one labels use: refused, even
+        // when the key file holds that name and version.
+        keys.insert("other", 1, Key::from_bytes([3; 32]));
+        let mut named = state(Phase::Tokenized, 1, 4);
+        named.key_name = "other".into();
+        let s = states(&[("public.a.ssn", named)]);
         assert_eq!(
             code(resolve(&a, &view, Some(&s), None, &keys)),
             Code::AtRestNotReady
