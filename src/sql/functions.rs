@@ -396,6 +396,26 @@ fn is_builtin(name: &str) -> bool {
         || TRACEABLE.contains(&name)
 }
 
+/// PostgreSQL's own SQL functions in `information_schema` (created by `initdb`, owned by the
+/// bootstrap superuser in a schema nobody else may create in) that drivers call by their
+/// qualified name: pgjdbc's `getPrimaryKeys`, `getIndexInfo` and `getImportedKeys` use
+/// `information_schema._pg_expandarray(indkey)`. Each computes from its arguments and the
+/// catalogs only. Traceable only when qualified: unqualified, the name resolves through the
+/// search path, where a user's function of the same name could be.
+const INFORMATION_SCHEMA: &[&str] = &[
+    "_pg_expandarray",
+    "_pg_index_position",
+    "_pg_truetypid",
+    "_pg_truetypmod",
+    "_pg_char_max_length",
+    "_pg_char_octet_length",
+    "_pg_numeric_precision",
+    "_pg_numeric_precision_radix",
+    "_pg_numeric_scale",
+    "_pg_datetime_precision",
+    "_pg_interval_type",
+];
+
 /// Relations that expose data values from other tables (histograms, most-common values), or
 /// other sessions' statement text, which may carry literal protected values.
 const DATA_EXPOSING_RELATIONS: &[&str] = &[
@@ -437,6 +457,9 @@ pub fn classify(schema: Option<&str>, name: &str) -> FunctionClass {
             FunctionClass::Sink
         }
         None | Some("pg_catalog") if is_builtin(name) => FunctionClass::Traceable,
+        Some("information_schema") if INFORMATION_SCHEMA.contains(&name) => {
+            FunctionClass::Traceable
+        }
         _ => FunctionClass::Untraceable,
     }
 }
@@ -467,6 +490,7 @@ pub fn set_returning_columns(name: &str) -> Option<&'static [&'static str]> {
         "json_each" | "jsonb_each" | "json_each_text" | "jsonb_each_text" => {
             Some(&["key", "value"])
         }
+        "_pg_expandarray" => Some(&["x", "n"]),
         _ => None,
     }
 }
@@ -487,6 +511,23 @@ mod tests {
             FunctionClass::Untraceable
         );
         assert_eq!(classify(None, "my_decrypt"), FunctionClass::Untraceable);
+        assert_eq!(
+            classify(Some("information_schema"), "_pg_expandarray"),
+            FunctionClass::Traceable
+        );
+        // Unqualified, or in another schema, it may be a user's function.
+        assert_eq!(
+            classify(None, "_pg_expandarray"),
+            FunctionClass::Untraceable
+        );
+        assert_eq!(
+            classify(Some("public"), "_pg_expandarray"),
+            FunctionClass::Untraceable
+        );
+        assert_eq!(
+            classify(Some("information_schema"), "my_decrypt"),
+            FunctionClass::Untraceable
+        );
     }
 
     #[test]

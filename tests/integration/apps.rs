@@ -677,6 +677,65 @@ fn python(port: u16) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs one driver's check program (tests/clients) against a port: its transcript, or `None`
+/// when the driver is not installed.
+type ClientRun = fn(u16, bool) -> Option<String>;
+
+fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+fn transcript(mut command: std::process::Command) -> Option<String> {
+    let out = command.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Some(text)
+    } else {
+        Some(format!(
+            "FATAL exit {:?}\n{text}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// node-postgres (`pg`), from `TOKENGATE_NODE_MODULES` or where .ci/run installs it. With
+/// `tls`, TLS to the server and SCRAM channel binding (`enableChannelBinding`).
+fn node(port: u16, tls: bool) -> Option<String> {
+    let modules = std::env::var_os("TOKENGATE_NODE_MODULES")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/tokengate-clients/node_modules"))
+        })?;
+    if !modules.join("pg").is_dir() {
+        return None;
+    }
+    let mut c = std::process::Command::new("node");
+    c.arg(clients_dir().join("node_check.js"))
+        .arg(port.to_string())
+        .env("NODE_PATH", modules)
+        .env("TG_TLS", if tls { "1" } else { "0" });
+    transcript(c)
+}
+
+/// pgjdbc at its default settings (sslmode=prefer), from `TOKENGATE_PGJDBC` or Debian's
+/// libpostgresql-jdbc-java, which .ci/run installs.
+fn jdbc(port: u16, _tls: bool) -> Option<String> {
+    let jar = std::env::var_os("TOKENGATE_PGJDBC")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/share/java/postgresql.jar".into());
+    if !jar.is_file() {
+        return None;
+    }
+    let mut c = std::process::Command::new("java");
+    c.arg("-cp")
+        .arg(jar)
+        .arg(clients_dir().join("JdbcCheck.java"))
+        .arg(port.to_string());
+    transcript(c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restricted_role_runs_applications_unchanged() {
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -688,7 +747,7 @@ async fn restricted_role_runs_applications_unchanged() {
     let direct = d.pg.port();
     let bindir = d.pg.bindir().to_path_buf();
     // The demo's policy: support masks pii and financial, denies health.
-    let demo_failures = differences(direct, d.server.addr.port(), &bindir).await;
+    let demo_failures = differences(direct, d.server.addr.port(), &bindir, false).await;
     // A policy labelling one column no check reads (`customers.ssn`), support masking it.
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("one.yaml");
@@ -717,7 +776,7 @@ async fn restricted_role_runs_applications_unchanged() {
     let one = tokengate::server::RunningServer::start(config)
         .await
         .unwrap();
-    let one_failures = differences(direct, one.addr.port(), &bindir).await;
+    let one_failures = differences(direct, one.addr.port(), &bindir, false).await;
     one.shutdown().await;
     assert!(
         demo_failures.is_empty() && one_failures.is_empty(),
@@ -808,7 +867,7 @@ async fn restricted_role_runs_applications_unchanged_with_tls_on_both_legs() {
         .unwrap();
     assert_eq!(row.get::<_, Option<bool>>(0), Some(true));
     drop(via);
-    let failures = differences(d.pg.port(), tls.addr.port(), &bindir).await;
+    let failures = differences(d.pg.port(), tls.addr.port(), &bindir, true).await;
     tls.shutdown().await;
     assert!(failures.is_empty(), "{} checks differ", failures.len());
     d.server.shutdown().await;
@@ -820,7 +879,7 @@ async fn restricted_role_runs_applications_unchanged_with_tls_on_both_legs() {
 
 /// Runs every check straight to PostgreSQL and through tokengate as `support`: the checks
 /// whose results differ.
-async fn differences(direct: u16, via: u16, bindir: &std::path::Path) -> Vec<String> {
+async fn differences(direct: u16, via: u16, bindir: &std::path::Path, tls: bool) -> Vec<String> {
     let mut failures = Vec::new();
     let mut total = 0;
     for (name, steps) in ORDINARY {
@@ -868,6 +927,20 @@ async fn differences(direct: u16, via: u16, bindir: &std::path::Path) -> Vec<Str
                 failures.push(format!(
                     "[psycopg]\n--- direct\n{want}--- via tokengate\n{got}"
                 ));
+            }
+        }
+    }
+    for (name, run) in [("node-postgres", node as ClientRun), ("pgjdbc", jdbc)] {
+        match run(direct, tls) {
+            None => println!("note: {name} is not installed; its checks are skipped"),
+            Some(want) => {
+                total += 1;
+                let got = run(via, tls).unwrap_or_default();
+                if want != got || want.contains("FATAL") {
+                    failures.push(format!(
+                        "[{name}]\n--- direct\n{want}--- via tokengate\n{got}"
+                    ));
+                }
             }
         }
     }
