@@ -446,6 +446,7 @@ impl ReadPath {
         self.sensitive_ran = false;
         let status = body.first().copied().unwrap_or(b'I');
         self.transaction_status = status;
+        self.transaction_states.ready(status, !self.protocol.idle());
         self.objects.ready(status);
         self.names.ready(status);
         let Some(q) = query else {
