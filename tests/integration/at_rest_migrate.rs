@@ -1021,6 +1021,19 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
         )
         .await
         .unwrap();
+    let token_holder = via("snap_token").await;
+    token_holder
+        .batch_execute(
+            "BEGIN; DECLARE t CURSOR WITH HOLD FOR SELECT ssn FROM accounts WHERE region = 'us' ORDER BY id; COMMIT",
+        )
+        .await
+        .unwrap();
+    let first: String = token_holder
+        .query_one("FETCH 1 FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, token(&ring_v12, 1, &plaintext(1).unwrap()));
     let first = holder.simple_query("FETCH 1 FROM h").await.unwrap();
     assert!(
         first
@@ -1056,6 +1069,20 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
         "cursor held across the rekey",
     );
     assert!(r.starts_with("55000 tokengate TG144"), "{r}");
+    expect_refused(
+        holder.simple_query("MOVE 1 IN h").await,
+        "TG144",
+        "MOVE in a cursor held across the rekey",
+    );
+    expect_refused(
+        token_holder.simple_query("FETCH 1 FROM t").await,
+        "TG144",
+        "token role's cursor held across the rekey",
+    );
+    // Through the extended protocol alike.
+    let e = token_holder.query("FETCH 1 FROM t", &[]).await.unwrap_err();
+    assert!(refusal(&e).contains("TG144"), "{}", refusal(&e));
+    token_holder.batch_execute("CLOSE t").await.unwrap();
     holder.batch_execute("CLOSE h").await.unwrap();
     for c in [&old_token, &old_admin] {
         c.batch_execute("ROLLBACK").await.unwrap();
