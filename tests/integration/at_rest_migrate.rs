@@ -761,7 +761,7 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
              CREATE TABLE accounts (region text, id int, ssn varchar(20), PRIMARY KEY (region, id));
              CREATE TABLE notes (id int PRIMARY KEY, body text);
              INSERT INTO notes VALUES (1, 'hello');
-             GRANT ALL ON accounts, notes TO snap_admin, snap_token;",
+             GRANT ALL ON accounts, notes TO snap_admin, snap_token, trust_user;",
         )
         .await
         .unwrap();
@@ -781,7 +781,10 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
         &policy,
         POLICY
             .replace("mig_admin", "snap_admin")
-            .replace("mig_token", "snap_token"),
+            .replace(
+                "  mig_token: { default: token, filter_on: [ssn] }\n",
+                "  snap_token: { default: token, filter_on: [ssn] }\n  trust_user: { default: token, filter_on: [ssn] }\n",
+            ),
     )
     .unwrap();
     let keys_v1 = dir.path().join("keys-v1.json");
@@ -887,6 +890,35 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
         .unwrap()
         .get(0);
 
+    // Outside a transaction block: an extended-protocol implicit transaction (no Sync yet)
+    // under a REPEATABLE READ default keeps one snapshot, taken by its first Execute. The same
+    // messages directly and through tokengate.
+    let mut implicit = Vec::new();
+    for addr in [
+        std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port())),
+        proxy.addr,
+    ] {
+        let mut raw = Raw::tcp(addr).await;
+        raw.send(&startup_packet(
+            196_608,
+            &[("user", "trust_user"), ("database", DB)],
+        ))
+        .await;
+        raw.until_ready().await;
+        let set = raw
+            .query("SET default_transaction_isolation = 'repeatable read'")
+            .await;
+        assert!(set.iter().all(|m| m.tag != b'E'), "{set:?}");
+        raw.send(&extended("SELECT 1", false)).await;
+        while let Some(m) = raw.recv().await {
+            assert_ne!(m.tag, b'E', "{:?}", m.field(b'M'));
+            if m.tag == b'C' {
+                break;
+            }
+        }
+        implicit.push(raw);
+    }
+
     let out = run("migrate", &keys_v1, &[]);
     assert!(out.contains("public.accounts.ssn: migrate done"), "{out}");
     // The leak is real in PostgreSQL: the old snapshot still shows the plaintext, while the
@@ -898,6 +930,47 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
     let now: String = direct.query_one(read7, &[]).await.unwrap().get(0);
     assert_eq!(now, t7);
     assert!(refreshed(&p7).await, "the proxy never served the new state");
+
+    // The implicit transaction: directly it reads the plaintext; through tokengate, refused.
+    let mut proxied = implicit.pop().unwrap();
+    let mut raw_direct = implicit.pop().unwrap();
+    raw_direct.send(&extended(read7, true)).await;
+    let rows: Vec<String> = raw_direct
+        .until_ready()
+        .await
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| first_value(&m.body))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![p7.clone()],
+        "the implicit transaction's snapshot"
+    );
+    proxied.send(&extended(read7, true)).await;
+    let replies = proxied.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'D'),
+        "token role, implicit transaction: {:?}",
+        replies
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| first_value(&m.body))
+            .collect::<Vec<_>>()
+    );
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.field(b'C').as_deref(), Some("40001"));
+    assert!(error.field(b'M').unwrap_or_default().contains("TG142"));
+    // The next implicit transaction reads the token.
+    proxied.send(&extended(read7, true)).await;
+    let rows: Vec<String> = proxied
+        .until_ready()
+        .await
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| first_value(&m.body))
+        .collect();
+    assert_eq!(rows, vec![t7.clone()]);
 
     // Through tokengate the old transactions are refused: no plaintext to the token role, no
     // "decrypted" plaintext to the clear role.
@@ -1095,4 +1168,22 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
     assert_eq!(r.get::<_, String>(0), t7v2);
     let r = holder.query_one(read7, &[]).await.unwrap();
     assert_eq!(r.get::<_, String>(0), p7);
+}
+
+/// Parse, Bind and Execute of `sql` (unnamed), then Sync or Flush.
+fn extended(sql: &str, sync: bool) -> Vec<u8> {
+    let mut parse = vec![0];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = frame(b'P', &parse);
+    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    out.extend(frame(if sync { b'S' } else { b'H' }, &[]));
+    out
+}
+
+/// The first value of a DataRow body, as text.
+fn first_value(body: &[u8]) -> String {
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    String::from_utf8_lossy(&body[6..6 + len.max(0) as usize]).into_owned()
 }
