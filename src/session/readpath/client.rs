@@ -446,7 +446,7 @@ impl ReadPath {
         let body = &frame_bytes[5..];
         let restricted = self.restricted();
         self.transaction_states
-            .client_message(self.at_rest_states.as_ref());
+            .client_message(self.at_rest_states.as_ref(), self.protocol.next_seq());
         match tag {
             frontend::QUERY => {
                 let sql = frontend::query(body)?;
