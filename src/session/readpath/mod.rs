@@ -12,6 +12,7 @@
 //! - [`transform`]: prepared column transforms and the row rewriters.
 //! - [`scrub`]: errors, notices and notifications for restricted roles.
 //! - [`observe`]: audit records, metrics and alerts.
+//! - [`snapshot`]: the at-rest column states a transaction's snapshot may predate (TG142).
 //!
 //! Refusals are substitutions: a refused Query, Parse, Bind, Execute or FunctionCall is replaced
 //! by one that PostgreSQL itself rejects, and the server's ErrorResponse is then replaced by
