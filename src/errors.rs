@@ -257,6 +257,24 @@ codes! {
         meaning: "The statement came before tokengate could re-read the session's search_path, temp schema or catalog after a statement that may have changed them (SET/RESET/set_config/DISCARD/DDL, or the end of a transaction that changed them).",
         hint: "The statement may have changed the search_path, temp objects or the catalog; tokengate re-reads them once the server has answered. Send the next statement after the previous one completes (not in the same message or pipeline).",
     }
+    AtRestSnapshotChanged {
+        id: "TG142",
+        sqlstate: "40001",
+        meaning: "The statement touches a column stored as tokens whose recorded state (key version, generation) changed since the transaction may have taken its snapshot (a `tokengate migrate` or `rekey` finished meanwhile). The snapshot may still show the rows as they were (plaintext, or tokens of the old key version), which tokengate would treat by the new state. Counted from the first message after the server last reported the session idle, so also applies in READ COMMITTED and to a pipeline sent before that; the refusal aborts the transaction as any error does.",
+        hint: "The column's at-rest state changed during this transaction; ROLLBACK and retry.",
+    }
+    AtRestSnapshotImport {
+        id: "TG143",
+        sqlstate: "0A000",
+        meaning: "`SET TRANSACTION SNAPSHOT` (in any form: `SET LOCAL`, `SET SESSION`, after `BEGIN`) is refused for every role while the policy stores columns as tokens: the imported snapshot was exported by a session tokengate does not see and may predate a migrate or rekey, so it could show plaintext or tokens of an old key version.",
+        hint: "Run the transaction without importing a snapshot, or connect directly to PostgreSQL for snapshot-synchronized exports.",
+    }
+    AtRestCursorChanged {
+        id: "TG144",
+        sqlstate: "55000",
+        meaning: "FETCH or MOVE on a cursor whose DECLARE touched a column stored as tokens, after that column's recorded state (key version, generation) changed since the cursor was declared (a `WITH HOLD` cursor kept across a `tokengate migrate` or `rekey`): its rows were read under the old state.",
+        hint: "CLOSE the cursor and declare it again.",
+    }
     CodeBlock {
         id: "TG170",
         sqlstate: "42501",

@@ -174,6 +174,56 @@ pub fn still_current(
     Ok(())
 }
 
+/// FETCH or MOVE on a cursor whose rows were read under `declared` (its DECLARE's versions):
+/// refused (TG144) when a column's state changed since, e.g. a `WITH HOLD` cursor kept across
+/// a migrate or rekey (TG185/TG186 as for any statement when the column is not usable now).
+pub fn cursor_current(
+    cursor: &str,
+    declared: &[ColumnVersion],
+    view: &RoleView,
+    states: Option<&AtRestStates>,
+    states_error: Option<&str>,
+    keys: &KeyRing,
+) -> Result<(), Refusal> {
+    still_current(declared, view, states, states_error, keys).map_err(|r| {
+        if r.code != Code::AtRestPlanChanged {
+            return r;
+        }
+        let changed = declared
+            .iter()
+            .map(|v| format!("{} (key version {})", v.column, v.key_version))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Refusal::new(
+            Code::AtRestCursorChanged,
+            format!(
+                "cursor {cursor:?} was declared when {changed} had another state: a migrate or rekey ran since, and its rows were read under the old state"
+            ),
+        )
+    })
+}
+
+/// `SET [LOCAL | SESSION] TRANSACTION SNAPSHOT '...'` (also inside `ALTER ... SET`): the
+/// statement would import a snapshot some other session exported, maybe before a migrate or
+/// rekey (TG143, every role, while columns are stored as tokens). Read from the lexer's
+/// tokens (comments between the words do not hide it); any `TRANSACTION SNAPSHOT` counts.
+pub fn imports_snapshot(text: &str, lex: crate::sql::LexSettings) -> Result<(), Refusal> {
+    use crate::sql::lexer::{self, Kind};
+    let tokens = lexer::tokenize(text, lex);
+    let word =
+        |t: &lexer::Token, w: &str| t.kind == Kind::Word && t.text(text).eq_ignore_ascii_case(w);
+    if tokens
+        .windows(2)
+        .any(|p| word(&p[0], "transaction") && word(&p[1], "snapshot"))
+    {
+        return Err(Refusal::new(
+            Code::AtRestSnapshotImport,
+            "SET TRANSACTION SNAPSHOT imports a snapshot another session exported, which may predate a migrate or rekey of a column stored as tokens",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a statement may change the `tokengate` schema (the recorded key versions), for
 /// any role (TG188). Defense in depth (the schema's privileges are the first guard: only
 /// its owner writes it): a statement naming the schema or its table anywhere (an identifier
@@ -356,5 +406,41 @@ roles:
                 .code,
             Code::AtRestPlanChanged
         );
+        // A cursor declared under generation 4 is refused at FETCH once it is 5.
+        assert!(cursor_current("c", &planned, &view, Some(&s), None, &keys).is_ok());
+        assert_eq!(
+            cursor_current("c", &planned, &view, Some(&later), None, &keys)
+                .unwrap_err()
+                .code,
+            Code::AtRestCursorChanged
+        );
+    }
+
+    #[test]
+    fn importing_a_snapshot_is_recognised_in_every_form() {
+        let lex = crate::sql::LexSettings {
+            standard_conforming_strings: true,
+        };
+        for sql in [
+            "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'",
+            "set local transaction snapshot '1'",
+            "SET SESSION TRANSACTION\n/* c */ SNAPSHOT '1'",
+            "SET -- c\n TRANSACTION --x\n SNAPSHOT '1'",
+            "ALTER ROLE r SET TRANSACTION SNAPSHOT '1'",
+        ] {
+            assert_eq!(
+                imports_snapshot(sql, lex).unwrap_err().code,
+                Code::AtRestSnapshotImport,
+                "{sql}"
+            );
+        }
+        for sql in [
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "SELECT pg_export_snapshot()",
+            "SELECT 'transaction snapshot'",
+            "SELECT \"transaction\" snapshot FROM t",
+        ] {
+            assert!(imports_snapshot(sql, lex).is_ok(), "{sql}");
+        }
     }
 }

@@ -78,6 +78,9 @@ pub struct ResultPlan {
     pub copy_format: Option<crate::sql::CopyFormat>,
     /// COPY ... TO: rows are CopyData in COPY's own text format, whatever Bind asked for.
     pub copy: bool,
+    /// The columns stored as tokens the statement touched, with the state it was planned
+    /// under: a cursor's rows were read under it (FETCH checks it is still current, TG144).
+    pub at_rest: Vec<write::ColumnVersion>,
 }
 
 impl ResultPlan {
@@ -457,6 +460,7 @@ fn result_plan(
         row_limit: view.row_limit_rule().map(|l| (l.rows, l.rule.to_string())),
         copy_format: a.copy.clone(),
         copy: a.kind == StatementKind::Copy,
+        at_rest: Vec::new(),
     };
     for (index, out) in a.outputs.iter().enumerate() {
         let mut chosen: Option<(&ColumnDecision, &str)> = None;

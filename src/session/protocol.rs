@@ -126,6 +126,8 @@ struct Entry<T> {
     request: Request,
     stage: Stage,
     data: T,
+    /// Its place in the order requests were sent ([`ProtocolState::next_seq`]).
+    seq: u64,
 }
 
 /// The expectation queue of one session.
@@ -135,6 +137,8 @@ pub struct ProtocolState<T> {
     skipping: bool,
     /// Sync answers that may or may not come (Syncs sent inside a COPY that failed).
     spare_syncs: usize,
+    /// The sequence number the next request sent gets.
+    next_seq: u64,
 }
 
 impl<T> Default for ProtocolState<T> {
@@ -143,6 +147,7 @@ impl<T> Default for ProtocolState<T> {
             queue: VecDeque::new(),
             skipping: false,
             spare_syncs: 0,
+            next_seq: 0,
         }
     }
 }
@@ -154,7 +159,20 @@ impl<T> ProtocolState<T> {
             request,
             stage: Stage::Start,
             data,
+            seq: self.next_seq,
         });
+        self.next_seq += 1;
+    }
+
+    /// The sequence number the next request sent will get (requests are numbered in the
+    /// order they are sent).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The sequence number of the oldest request still pending.
+    pub fn front_seq(&self) -> Option<u64> {
+        self.queue.front().map(|e| e.seq)
     }
 
     /// Nothing is pending: every request sent has been answered.
@@ -422,6 +440,7 @@ impl<T> ProtocolState<T> {
                                 request: Request::Sync,
                                 stage: Stage::Start,
                                 data: e.data,
+                                seq: e.seq,
                             });
                             return Event::Part;
                         }

@@ -738,3 +738,452 @@ async fn partitions_labelled_unlike_their_parent_are_refused() {
     assert!(refusal(&e).contains("TG189"), "{}", refusal(&e));
     p.shutdown().await;
 }
+
+/// A transaction whose snapshot predates a migrate or rekey would read the rows as they were
+/// then (plaintext, or tokens of the old key version) while tokengate treats them by the new
+/// state: plaintext handed to a token role as if it were a token, or a clear role shown the
+/// old tokens "decrypted" with the new version. Such a transaction is refused (TG142) once
+/// the proxy has seen the state change, for every role; a cursor held across the change is
+/// refused (TG144); an imported snapshot is always refused (TG143). Sessions that were idle
+/// across the change, pipelining ones included, work as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
+    const DB: &str = "atsnap";
+    let pg = &cluster().pg;
+    pg.execute("postgres", &format!("CREATE DATABASE {DB}"))
+        .await
+        .unwrap();
+    let direct = pg.connect_admin(DB).await.unwrap();
+    direct
+        .batch_execute(
+            "CREATE ROLE snap_admin LOGIN PASSWORD 'snap_admin-pw';
+             CREATE ROLE snap_token LOGIN PASSWORD 'snap_token-pw';
+             CREATE TABLE accounts (region text, id int, ssn varchar(20), PRIMARY KEY (region, id));
+             CREATE TABLE notes (id int PRIMARY KEY, body text);
+             INSERT INTO notes VALUES (1, 'hello');
+             GRANT ALL ON accounts, notes TO snap_admin, snap_token, trust_user;",
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i32> = (1..=40).collect();
+    let regions: Vec<&str> = ids.iter().map(|&i| region(i)).collect();
+    let plains: Vec<Option<String>> = ids.iter().map(|&i| plaintext(i)).collect();
+    direct
+        .execute(
+            "INSERT INTO accounts SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
+            &[&regions, &ids, &plains],
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        POLICY
+            .replace("mig_admin", "snap_admin")
+            .replace(
+                "  mig_token: { default: token, filter_on: [ssn] }\n",
+                "  snap_token: { default: token, filter_on: [ssn] }\n  trust_user: { default: token, filter_on: [ssn] }\n",
+            ),
+    )
+    .unwrap();
+    let keys_v1 = dir.path().join("keys-v1.json");
+    ring(&[1]).write_new(&keys_v1, false).unwrap();
+    let ring_v12 = ring(&[1, 2]);
+    let keys_v12 = dir.path().join("keys-v12.json");
+    ring_v12.write_new(&keys_v12, false).unwrap();
+    let url = upstream().replace(&format!("/{MIG_DB}"), &format!("/{DB}"));
+    let run = |verb: &str, keys: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args([verb, "--policy", policy.to_str().unwrap()])
+            .args(["--keys", keys.to_str().unwrap(), "--upstream", &url])
+            .arg("--quiet")
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{verb}: {text}");
+        text
+    };
+    // The proxy holds both versions throughout (so only the recorded state decides).
+    let proxy = proxy(&policy, &keys_v12).await;
+    let via = async |role: &str| {
+        let mut c = pg_config(proxy.addr.port(), role, &format!("{role}-pw"));
+        c.dbname(DB);
+        connect(&c).await
+    };
+    let p7 = plaintext(7).unwrap();
+    let read7 = "SELECT ssn FROM accounts WHERE region = 'us' AND id = 7";
+    // The state the proxy serves has reached `expected` (a fresh session reads it).
+    let refreshed = async |expected: &str| {
+        eventually(20, async || {
+            let c = via("snap_admin").await;
+            match c.query_one(read7, &[]).await {
+                Ok(r) => r.get::<_, Option<String>>(0).as_deref() == Some(expected),
+                Err(_) => false,
+            }
+        })
+        .await
+    };
+    let expect_refused =
+        |r: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+         code: &str,
+         what: &str|
+         -> String {
+            match r {
+                Ok(msgs) => {
+                    let values: Vec<String> = msgs
+                        .iter()
+                        .filter_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                Some(r.get(0).unwrap_or("NULL").to_string())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    panic!("{what}: not refused, it returned {values:?}");
+                }
+                Err(e) => {
+                    let r = refusal(&e);
+                    assert!(r.contains(code), "{what}: {r}");
+                    r
+                }
+            }
+        };
+
+    // --- migrate ---
+    // Snapshots taken before the migration, by a statement that touches no column stored as
+    // tokens (the column is refused, TG185, until it is migrated).
+    direct
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    let old_token = via("snap_token").await;
+    old_token
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    let old_admin = via("snap_admin").await;
+    old_admin
+        .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT body FROM notes")
+        .await
+        .unwrap();
+    // Sessions idle across the migration (each ran a statement before it).
+    let idle_token = via("snap_token").await;
+    let idle_admin = via("snap_admin").await;
+    for c in [&idle_token, &idle_admin] {
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    // An exported snapshot, to import through tokengate later.
+    let exporter = pg.connect_admin(DB).await.unwrap();
+    exporter
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let exported: String = exporter
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Outside a transaction block: an extended-protocol implicit transaction (no Sync yet)
+    // under a REPEATABLE READ default keeps one snapshot, taken by its first Execute. The same
+    // messages directly and through tokengate.
+    let mut implicit = Vec::new();
+    for addr in [
+        std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port())),
+        proxy.addr,
+    ] {
+        let mut raw = Raw::tcp(addr).await;
+        raw.send(&startup_packet(
+            196_608,
+            &[("user", "trust_user"), ("database", DB)],
+        ))
+        .await;
+        raw.until_ready().await;
+        let set = raw
+            .query("SET default_transaction_isolation = 'repeatable read'")
+            .await;
+        assert!(set.iter().all(|m| m.tag != b'E'), "{set:?}");
+        raw.send(&extended("SELECT 1", false)).await;
+        while let Some(m) = raw.recv().await {
+            assert_ne!(m.tag, b'E', "{:?}", m.field(b'M'));
+            if m.tag == b'C' {
+                break;
+            }
+        }
+        implicit.push(raw);
+    }
+
+    let out = run("migrate", &keys_v1, &[]);
+    assert!(out.contains("public.accounts.ssn: migrate done"), "{out}");
+    // The leak is real in PostgreSQL: the old snapshot still shows the plaintext, while the
+    // table now holds tokens.
+    let t7 = token(&ring_v12, 1, &p7);
+    let seen: String = direct.query_one(read7, &[]).await.unwrap().get(0);
+    assert_eq!(seen, p7, "the old snapshot reads the plaintext");
+    direct.batch_execute("COMMIT").await.unwrap();
+    let now: String = direct.query_one(read7, &[]).await.unwrap().get(0);
+    assert_eq!(now, t7);
+    assert!(refreshed(&p7).await, "the proxy never served the new state");
+
+    // The implicit transaction: directly it reads the plaintext; through tokengate, refused.
+    let mut proxied = implicit.pop().unwrap();
+    let mut raw_direct = implicit.pop().unwrap();
+    raw_direct.send(&extended(read7, true)).await;
+    let rows: Vec<String> = raw_direct
+        .until_ready()
+        .await
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| first_value(&m.body))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![p7.clone()],
+        "the implicit transaction's snapshot"
+    );
+    proxied.send(&extended(read7, true)).await;
+    let replies = proxied.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'D'),
+        "token role, implicit transaction: {:?}",
+        replies
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| first_value(&m.body))
+            .collect::<Vec<_>>()
+    );
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.field(b'C').as_deref(), Some("40001"));
+    assert!(error.field(b'M').unwrap_or_default().contains("TG142"));
+    // The next implicit transaction reads the token.
+    proxied.send(&extended(read7, true)).await;
+    let rows: Vec<String> = proxied
+        .until_ready()
+        .await
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| first_value(&m.body))
+        .collect();
+    assert_eq!(rows, vec![t7.clone()]);
+
+    // Through tokengate the old transactions are refused: no plaintext to the token role, no
+    // "decrypted" plaintext to the clear role.
+    let r = expect_refused(
+        old_token.simple_query(read7).await,
+        "TG142",
+        "token role, old snapshot",
+    );
+    assert!(r.starts_with("40001 tokengate TG142"), "{r}");
+    assert!(r.contains("public.accounts.ssn"), "{r}");
+    assert!(!r.contains(&p7), "{r}");
+    // The extended protocol is refused alike (at Bind).
+    match old_admin.query(read7, &[]).await {
+        Ok(rows) => panic!(
+            "clear role, old snapshot: not refused, it returned {:?}",
+            rows.iter()
+                .map(|r| r.get::<_, Option<String>>(0))
+                .collect::<Vec<_>>()
+        ),
+        Err(e) => assert!(
+            refusal(&e).starts_with("40001 tokengate TG142"),
+            "{}",
+            refusal(&e)
+        ),
+    }
+    // PostgreSQL's transaction rules hold: the refusal aborted the transaction.
+    for c in [&old_token, &old_admin] {
+        let e = c.batch_execute("SELECT 1").await.unwrap_err();
+        assert!(refusal(&e).starts_with("25P02"), "{}", refusal(&e));
+    }
+    for c in [&old_token, &old_admin] {
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    // A new transaction reads the state as it is.
+    let r = old_token.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), t7);
+    let r = old_admin.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), p7);
+    // Statements not touching the column run in old transactions too.
+    old_admin
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let n: i64 = old_admin
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 40);
+    old_admin.batch_execute("COMMIT").await.unwrap();
+
+    // Idle across the migration: no refusal, the right values.
+    let r = idle_token.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), t7);
+    let r = idle_admin.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), p7);
+    // A pipelining client: several queries in flight on one connection.
+    let pipelined = via("snap_admin").await;
+    let by_id = "SELECT ssn FROM accounts WHERE region = $1 AND id = $2";
+    let statement = pipelined.prepare(by_id).await.unwrap();
+    let (a, b, c, d) = tokio::join!(
+        pipelined.query_one(&statement, &[&"us", &7i32]),
+        pipelined.query_one(&statement, &[&"eu", &8i32]),
+        pipelined.query_one(by_id, &[&"us", &9i32]),
+        pipelined.query_one("SELECT body FROM notes WHERE id = 1", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, Option<String>>(0), plaintext(7));
+    assert_eq!(b.unwrap().get::<_, Option<String>>(0), plaintext(8));
+    assert_eq!(c.unwrap().get::<_, Option<String>>(0), plaintext(9));
+    assert_eq!(d.unwrap().get::<_, String>(0), "hello");
+
+    // Importing a snapshot is refused for every role, in every form.
+    for (role, sql) in [
+        (
+            "snap_admin",
+            format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{exported}'"),
+        ),
+        (
+            "snap_token",
+            format!(
+                "START TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET LOCAL TRANSACTION /* x */ SNAPSHOT '{exported}'"
+            ),
+        ),
+    ] {
+        let c = via(role).await;
+        let r = expect_refused(c.simple_query(&sql).await, "TG143", &sql);
+        assert!(r.starts_with("0A000 tokengate TG143"), "{r}");
+        // The session stays usable.
+        c.batch_execute("ROLLBACK").await.unwrap();
+        assert!(c.query_one(read7, &[]).await.is_ok());
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .unwrap();
+        let e = c
+            .execute(&format!("SET TRANSACTION SNAPSHOT '{exported}'"), &[])
+            .await
+            .unwrap_err();
+        assert!(refusal(&e).contains("TG143"), "{}", refusal(&e));
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    exporter.batch_execute("COMMIT").await.unwrap();
+
+    // --- rekey ---
+    direct
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    old_token
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    old_admin
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT body FROM notes")
+        .await
+        .unwrap();
+    // A cursor held past its transaction: its rows are materialized under key version 1.
+    let holder = via("snap_admin").await;
+    holder
+        .batch_execute(
+            "BEGIN; DECLARE h CURSOR WITH HOLD FOR SELECT ssn FROM accounts ORDER BY region, id; COMMIT",
+        )
+        .await
+        .unwrap();
+    let token_holder = via("snap_token").await;
+    token_holder
+        .batch_execute(
+            "BEGIN; DECLARE t CURSOR WITH HOLD FOR SELECT ssn FROM accounts WHERE region = 'us' ORDER BY id; COMMIT",
+        )
+        .await
+        .unwrap();
+    let first: String = token_holder
+        .query_one("FETCH 1 FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first, token(&ring_v12, 1, &plaintext(1).unwrap()));
+    let first = holder.simple_query("FETCH 1 FROM h").await.unwrap();
+    assert!(
+        first
+            .iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))),
+        "{first:?}"
+    );
+
+    let out = run("rekey", &keys_v12, &["--grace", "1s"]);
+    assert!(out.contains("key version 2"), "{out}");
+    let seen: String = direct.query_one(read7, &[]).await.unwrap().get(0);
+    assert_eq!(seen, t7, "the old snapshot reads the version 1 token");
+    direct.batch_execute("COMMIT").await.unwrap();
+    let t7v2 = token(&ring_v12, 2, &p7);
+    let now: String = direct.query_one(read7, &[]).await.unwrap().get(0);
+    assert_eq!(now, t7v2);
+    // The proxy now decrypts with version 2: wait until it does (a fresh session reads the
+    // plaintext, so it decrypts the stored version 2 token).
+    assert!(refreshed(&p7).await);
+    expect_refused(
+        old_admin.simple_query(read7).await,
+        "TG142",
+        "clear role, snapshot from before the rekey",
+    );
+    expect_refused(
+        old_token.simple_query(read7).await,
+        "TG142",
+        "token role, snapshot from before the rekey",
+    );
+    let r = expect_refused(
+        holder.simple_query("FETCH 1 FROM h").await,
+        "TG144",
+        "cursor held across the rekey",
+    );
+    assert!(r.starts_with("55000 tokengate TG144"), "{r}");
+    expect_refused(
+        holder.simple_query("MOVE 1 IN h").await,
+        "TG144",
+        "MOVE in a cursor held across the rekey",
+    );
+    expect_refused(
+        token_holder.simple_query("FETCH 1 FROM t").await,
+        "TG144",
+        "token role's cursor held across the rekey",
+    );
+    // Through the extended protocol alike.
+    let e = token_holder.query("FETCH 1 FROM t", &[]).await.unwrap_err();
+    assert!(refusal(&e).contains("TG144"), "{}", refusal(&e));
+    token_holder.batch_execute("CLOSE t").await.unwrap();
+    holder.batch_execute("CLOSE h").await.unwrap();
+    for c in [&old_token, &old_admin] {
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    let r = old_token.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), t7v2);
+    let r = old_admin.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), p7);
+    let r = idle_token.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), t7v2);
+    let r = holder.query_one(read7, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), p7);
+}
+
+/// Parse, Bind and Execute of `sql` (unnamed), then Sync or Flush.
+fn extended(sql: &str, sync: bool) -> Vec<u8> {
+    let mut parse = vec![0];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = frame(b'P', &parse);
+    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    out.extend(frame(if sync { b'S' } else { b'H' }, &[]));
+    out
+}
+
+/// The first value of a DataRow body, as text.
+fn first_value(body: &[u8]) -> String {
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    String::from_utf8_lossy(&body[6..6 + len.max(0) as usize]).into_owned()
+}

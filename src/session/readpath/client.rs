@@ -87,8 +87,9 @@ impl Named for Projection<'_> {
 }
 
 impl ReadPath {
-    /// Plans every statement of `sql`, or the first refusal.
-    fn plan(&mut self, sql: &[u8]) -> Result<Vec<Planned>, Refusal> {
+    /// Plans every statement of `sql`, or the first refusal. `runs`: the statements run now
+    /// (a simple Query), in the current transaction; a Parse's run at Bind.
+    fn plan(&mut self, sql: &[u8], runs: bool) -> Result<Vec<Planned>, Refusal> {
         let Some(snapshot) = self.snapshot.clone() else {
             return Err(Refusal::new(
                 Code::CatalogUnavailable,
@@ -185,6 +186,7 @@ impl ReadPath {
             };
             if self.view.has_at_rest() {
                 crate::plan::at_rest_state::writes_tokengate_schema(a, text, lex)?;
+                crate::plan::at_rest_state::imports_snapshot(text, lex)?;
             }
             let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
             let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
@@ -201,6 +203,9 @@ impl ReadPath {
                 )?)),
                 None => None,
             };
+            if runs && let Some(p) = &at_rest {
+                self.transaction_states.check(&p.versions)?;
+            }
             if plan.is_ddl {
                 self.needs_refresh = true;
             }
@@ -256,6 +261,25 @@ impl ReadPath {
         plan: &mut crate::plan::StatementPlan,
     ) -> Result<crate::plan::write::AtRestPlan, Refusal> {
         use crate::plan::at_rest_state;
+        if a.kind == StatementKind::Fetch {
+            // The cursor's rows were read under its DECLARE's state, which must still be the
+            // current one; a Bind of a prepared FETCH checks them again.
+            let declared = plan
+                .result
+                .as_ref()
+                .map(|r| r.at_rest.clone())
+                .unwrap_or_default();
+            at_rest_state::cursor_current(
+                a.name.as_deref().unwrap_or_default(),
+                &declared,
+                &self.view,
+                self.at_rest_states.as_deref(),
+                self.at_rest_error.as_deref(),
+                &self.keys,
+            )?;
+            at_rest.set_versions(declared);
+            return Ok(at_rest);
+        }
         let touched = at_rest_state::touched(a, &self.view, Some(&at_rest));
         if touched.is_empty() {
             return Ok(at_rest);
@@ -267,14 +291,27 @@ impl ReadPath {
             self.at_rest_error.as_deref(),
             &self.keys,
         )?;
-        if let Some(result) = plan.result.as_mut() {
-            let result = Arc::make_mut(result);
-            for p in result.protected.iter_mut().filter(|p| p.decision.at_rest) {
-                p.key_version = versions
-                    .iter()
-                    .find(|v| v.column == p.decision.column)
-                    .map(|v| v.key_version);
+        match plan.result.as_mut() {
+            Some(result) => {
+                let result = Arc::make_mut(result);
+                for p in result.protected.iter_mut().filter(|p| p.decision.at_rest) {
+                    p.key_version = versions
+                        .iter()
+                        .find(|v| v.column == p.decision.column)
+                        .map(|v| v.key_version);
+                }
+                result.at_rest = versions.clone();
             }
+            // A cursor with nothing to rewrite (a token role's): FETCH still needs the state
+            // its rows are read under.
+            None if a.kind == StatementKind::DeclareCursor => {
+                plan.result = Some(Arc::new(ResultPlan {
+                    width: a.outputs.len(),
+                    at_rest: versions.clone(),
+                    ..ResultPlan::default()
+                }));
+            }
+            None => {}
         }
         at_rest.set_versions(versions);
         Ok(at_rest)
@@ -286,8 +323,9 @@ impl ReadPath {
     fn decide(
         &mut self,
         sql: &[u8],
+        runs: bool,
     ) -> Result<(Vec<Planned>, Option<Arc<super::PendingAudit>>), Refusal> {
-        let mut outcome = self.plan(sql);
+        let mut outcome = self.plan(sql, runs);
         let rewrites = |plans: &Vec<Planned>| plans.iter().any(|p| p.result.is_some());
         // Columns stored as tokens are always enforced: a monitor-only role's writes must be
         // tokenized too.
@@ -407,6 +445,8 @@ impl ReadPath {
         let tag = frame_bytes[0];
         let body = &frame_bytes[5..];
         let restricted = self.restricted();
+        self.transaction_states
+            .client_message(self.at_rest_states.as_ref(), self.protocol.next_seq());
         match tag {
             frontend::QUERY => {
                 let sql = frontend::query(body)?;
@@ -418,7 +458,7 @@ impl ReadPath {
                     self.sent(Request::Query, Pending::Query(Box::default()));
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.decide(sql).and_then(|(statements, audit)| {
+                match self.decide(sql, true).and_then(|(statements, audit)| {
                     let rewritten = self.tokenize_query(sql, &statements)?;
                     self.copy_in = self.copy_in_of(&statements)?;
                     Ok((statements, audit, rewritten))
@@ -479,7 +519,7 @@ impl ReadPath {
                     );
                     return Ok(ClientVerdict::Forward);
                 }
-                match self.decide(p.sql).and_then(|(planned, audit)| {
+                match self.decide(p.sql, false).and_then(|(planned, audit)| {
                     let mut planned = planned.into_iter().next().unwrap_or_default();
                     if planned.at_rest.is_none() && self.view.has_at_rest() {
                         // An empty statement: nothing to tokenize.

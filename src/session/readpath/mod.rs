@@ -12,6 +12,7 @@
 //! - [`transform`]: prepared column transforms and the row rewriters.
 //! - [`scrub`]: errors, notices and notifications for restricted roles.
 //! - [`observe`]: audit records, metrics and alerts.
+//! - [`snapshot`]: the at-rest column states a transaction's snapshot may predate (TG142).
 //!
 //! Refusals are substitutions: a refused Query, Parse, Bind, Execute or FunctionCall is replaced
 //! by one that PostgreSQL itself rejects, and the server's ErrorResponse is then replaced by
@@ -28,6 +29,7 @@ pub mod objects;
 mod observe;
 pub mod scrub;
 mod server;
+mod snapshot;
 mod transform;
 mod write;
 
@@ -197,6 +199,9 @@ pub struct ReadPath {
     /// refresh failed.
     pub at_rest_states: Option<Arc<crate::catalog::AtRestStates>>,
     pub at_rest_error: Option<String>,
+    /// The at-rest states the current transaction's snapshot may have been taken under
+    /// (TG142).
+    transaction_states: snapshot::TransactionStates,
     /// (channel, payload) pairs this session sent as literals (NOTIFY, pg_notify): its own
     /// notifications with one of these payloads are delivered whole.
     own_payloads: std::collections::HashSet<(String, String)>,
@@ -239,6 +244,7 @@ impl ReadPath {
             server_pid: None,
             at_rest_states: None,
             at_rest_error: None,
+            transaction_states: snapshot::TransactionStates::default(),
             own_payloads: std::collections::HashSet::new(),
             protocol: ProtocolState::default(),
             objects: Objects::default(),

@@ -117,7 +117,7 @@ impl ReadPath {
                 match step.event {
                     Event::Async => Ok(if t == tag::READY_FOR_QUERY {
                         // A spare answer to a Sync sent inside a failed COPY.
-                        self.ready(body, None)
+                        self.ready(body, None, false)
                     } else {
                         ServerVerdict::Forward
                     }),
@@ -429,23 +429,26 @@ impl ReadPath {
             }
             Pending::Sync => {
                 self.protocol.synced();
-                self.ready(body, None)
+                self.ready(body, None, true)
             }
             Pending::Query(q) => {
                 if q.enforced && !q.errored && q.index != q.statements.len() {
                     return Err(statement_count_mismatch(q.statements.len()));
                 }
-                self.ready(body, Some(*q))
+                self.ready(body, Some(*q), true)
             }
-            Pending::FunctionCall | Pending::CopyEnd => self.ready(body, None),
+            Pending::FunctionCall | Pending::CopyEnd => self.ready(body, None, false),
         })
     }
 
-    /// ReadyForQuery: the transaction status decides which portals survive.
-    fn ready(&mut self, body: &[u8], query: Option<QueryReply>) -> ServerVerdict {
+    /// ReadyForQuery: the transaction status decides which portals survive. `boundary`: it
+    /// answers a Sync or a Query (not a spare Sync answer, a FunctionCall or a COPY's end).
+    fn ready(&mut self, body: &[u8], query: Option<QueryReply>, boundary: bool) -> ServerVerdict {
         self.sensitive_ran = false;
         let status = body.first().copied().unwrap_or(b'I');
         self.transaction_status = status;
+        self.transaction_states
+            .ready(status, self.protocol.front_seq(), boundary);
         self.objects.ready(status);
         self.names.ready(status);
         let Some(q) = query else {

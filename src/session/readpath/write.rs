@@ -393,6 +393,7 @@ impl ReadPath {
             self.at_rest_error.as_deref(),
             &self.keys,
         )?;
+        self.transaction_states.check(&plan.versions)?;
         if plan.params.is_empty() && plan.array_params.is_empty() {
             return Ok(None);
         }
