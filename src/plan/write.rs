@@ -495,12 +495,19 @@ pub fn plan_lookups(
     view: &RoleView,
     catalog: &SessionCatalog,
 ) -> Result<Option<AtRestPlan>, Refusal> {
+    // Most statements compare no column shown as tokens: answered from the view alone.
+    let compares = analysis.uses.iter().any(|u| {
+        view.column(&u.column)
+            .is_some_and(|d| !d.at_rest && d.action == crate::policy::Action::Token && d.may_filter)
+    });
+    if !compares {
+        return Ok(None);
+    }
     let columns = lookup_columns(view, catalog);
-    if columns.is_empty()
-        || !analysis
-            .uses
-            .iter()
-            .any(|u| is_at_rest_name(&columns, &u.column))
+    if !analysis
+        .uses
+        .iter()
+        .any(|u| is_at_rest_name(&columns, &u.column))
     {
         return Ok(None);
     }

@@ -257,7 +257,16 @@ fn rewrite_sql(
             }
             token
         } else {
-            tokenizers.tokenize(keys, how, &plain)?
+            let value = tokenizers.tokenize(keys, how, &plain)?;
+            // Formats keep every character they do not encrypt in place, and literals with a
+            // backslash are not planned; checked anyway, as a backslash could be an escape.
+            if value.contains(&b'\\') {
+                return Err(Refusal::new(
+                    how.value_code(),
+                    "a transformed literal would need a backslash; bind it as a parameter",
+                ));
+            }
+            value
         };
         out.extend_from_slice(&sql[at..range.start]);
         out.push(b'\'');
@@ -474,6 +483,11 @@ impl ReadPath {
             return Ok(None);
         }
         let Some(plan) = self.statement_at_rest(b.statement)? else {
+            if !self.view.has_at_rest() {
+                // Lookups by token only: a statement SQL PREPARE made holds no lookup (PREPARE
+                // of one is refused, TG125), so it runs as written.
+                return Ok(None);
+            }
             return Err(Refusal::new(
                 Code::AtRestParameter,
                 format!(
