@@ -1,5 +1,6 @@
 //! Lookups by token in read-path-only mode (issue 14): `analyst` is shown tokens of `email` and
-//! `phone` (stored in clear, `filter_on: [email, phone]`). An equality comparison with a token
+//! `phone` (stored in clear, `filter_on: [email, phone]`; the CRM policy stores nothing as
+//! tokens, at_rest.rs covers token roles' lookups at rest). An equality comparison with a token
 //! it was shown finds exactly that row (tokengate decrypts the compared value before
 //! PostgreSQL compares it with the plaintext), and the decrypted value never comes back to it
 //! (errors, notices, current_query(), statement texts).
