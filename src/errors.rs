@@ -314,7 +314,7 @@ codes! {
     AtRestParameter {
         id: "TG184",
         sqlstate: "0A000",
-        meaning: "A parameter bound to a column stored as tokens cannot be tokenized: it is declared with a non-text type, also used outside that column, or a value is not valid UTF-8 or does not fit the token format.",
+        meaning: "A parameter bound to a column stored as tokens cannot be tokenized: it is declared with a non-text type, also used outside that column, or a value is not valid UTF-8 or does not fit the token format; or SQL `EXECUTE` runs a statement prepared through Parse whose parameters are tokenized at Bind (EXECUTE would send the values as written).",
         hint: "Bind such parameters as text (type unspecified or text/varchar) and use each one only for that column.",
     }
     AtRestNotReady {
