@@ -2204,6 +2204,8 @@ roles:
             "EXPLAIN SELECT id FROM customers WHERE email = 'a@b.c'",
             "UPDATE customers SET city = 'x' WHERE email = 'a@b.c'",
             "SELECT id INTO t FROM customers WHERE email = 'a@b.c'",
+            "WITH u AS (UPDATE customers SET city = city WHERE email = 'a@b.c' RETURNING id) SELECT id FROM u",
+            "WITH u AS (DELETE FROM cities RETURNING city) SELECT id FROM customers WHERE email = 'a@b.c'",
         ] {
             let got = lookups("analyst", sql).map_err(|r| r.code);
             assert_eq!(got.err(), Some(Code::TokenLookupUnsupported), "{sql}");
