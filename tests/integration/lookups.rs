@@ -322,3 +322,34 @@ async fn lookups_by_token_never_return_the_decrypted_value() {
         .await;
     assert_eq!(refusal("pg_stat_activity", got).0, "TG172");
 }
+
+/// psql, the real client: a shown token typed in a query finds its row; a non-token is
+/// refused with TG124.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_looks_rows_up_by_shown_tokens() {
+    crm();
+    let proxy = crm_proxy().await;
+    let s = via(&proxy, "analyst").await;
+    let admin = direct("app_admin").await;
+    let sample = samples(&s, &admin, "email", 3).await;
+    let (id, _, token) = &sample[2];
+    let port = proxy.addr.port().to_string();
+    let psql = |sql: String| {
+        let out = std::process::Command::new(crate::harness::cluster().pg.bindir().join("psql"))
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port])
+            .args(["-U", "analyst", "-d", CRM_DB, "-c", &sql])
+            .env("PGPASSWORD", password("analyst"))
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = psql(format!(
+        "SELECT id FROM customers WHERE email IN ('{token}') ORDER BY id"
+    ));
+    assert_eq!(out, *id, "{err}");
+    let (out, err) = psql("SELECT id FROM customers WHERE email = 'nope'".into());
+    assert!(out.is_empty() && err.contains("TG124"), "{err}");
+}
