@@ -245,6 +245,18 @@ codes! {
         meaning: "A COPY option tokengate cannot apply to the rows (an unknown format, a non-UTF8 ENCODING, a delimiter that is not one ASCII character, an option it does not know).",
         hint: "Use COPY with FORMAT text or csv and the options DELIMITER, HEADER, QUOTE, ESCAPE, FREEZE, ENCODING 'UTF8' only.",
     }
+    NotAToken {
+        id: "TG124",
+        sqlstate: "22023",
+        meaning: "A role shown tokens of a column (`token`, column not stored as tokens) compared that column by equality (`=`, `<>`, `IN`, `= ANY`) with a literal or parameter that is not a token of the label's format: tokengate reads such values as tokens and decrypts them before PostgreSQL compares them with the stored plaintext, and a value that does not decrypt (wrong length or characters, a plaintext, a fragment) is refused rather than compared as written or turned into NULL.",
+        hint: "Compare with a token exactly as tokengate showed it to you; LIKE, ranges and expressions compare the stored plaintext as filter_on allows.",
+    }
+    TokenLookupUnsupported {
+        id: "TG125",
+        sqlstate: "42501",
+        meaning: "An equality lookup by token on a column the role is shown as tokens is in a form where tokengate cannot decrypt the value PostgreSQL will compare, or where the decrypted value could reach the role: SQL PREPARE/EXECUTE or EXPLAIN of such a lookup, a comparison with a column of a view, subquery or CTE, a name that means two columns, a string literal other than '...', a parameter also used elsewhere or declared with a non-text type, a literal lookup in a message that also writes or calls current_query(), or a role with `see_activity: true` (statement texts carry the decrypted value).",
+        hint: "Compare the table's own column with a plain '...' literal or a parameter ($1, bound as text) in a SELECT, through the extended protocol's Parse/Bind or a simple query of its own.",
+    }
     MessageWithheld {
         id: "TG140",
         sqlstate: "42501",
@@ -320,7 +332,7 @@ codes! {
     AtRestParameter {
         id: "TG184",
         sqlstate: "0A000",
-        meaning: "A parameter bound to a column stored as tokens cannot be tokenized: it is declared with a non-text type, also used outside that column, or a value is not valid UTF-8 or does not fit the token format.",
+        meaning: "A parameter bound to a column stored as tokens cannot be tokenized: it is declared with a non-text type, also used outside that column, or a value is not valid UTF-8 or does not fit the token format; or SQL `EXECUTE` runs a statement prepared through Parse whose parameters are tokenized at Bind (EXECUTE would send the values as written).",
         hint: "Bind such parameters as text (type unspecified or text/varchar) and use each one only for that column.",
     }
     AtRestNotReady {

@@ -33,6 +33,18 @@ use std::collections::{HashMap, HashSet};
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
+/// Which way tokengate transforms a planned value before PostgreSQL sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// Stored as tokens (`at_rest: token`): the plaintext becomes its token.
+    #[default]
+    Tokenize,
+    /// Read path only (the column stores plaintext), for a role shown its tokens: a token the
+    /// role compares the column with becomes the plaintext it stands for, under the key the
+    /// read path makes the shown tokens with (the active version). See [`plan_lookups`].
+    Reveal,
+}
+
 /// How one at-rest column tokenizes: its label (the FF1 tweak) and token format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AtRest {
@@ -45,8 +57,10 @@ pub struct AtRest {
     /// The column, `schema.table.column`.
     pub column: Arc<str>,
     /// The key version of the column's tokens, from its recorded state (filled in by
-    /// [`AtRestPlan::set_versions`]; 0 until then, which no key file holds).
+    /// [`AtRestPlan::set_versions`]; 0 until then, which no key file holds). Unused for
+    /// [`Direction::Reveal`], which uses the key file's active version.
     pub key_version: u32,
+    pub direction: Direction,
 }
 
 /// What to tokenize in one statement before it reaches PostgreSQL.
@@ -93,19 +107,43 @@ impl AtRestPlan {
             && self.array_params.is_empty()
     }
 
-    /// The columns whose values this plan tokenizes.
+    /// The columns stored as tokens whose values this plan tokenizes (not those of lookups by
+    /// token, [`Direction::Reveal`], which store plaintext).
     pub fn columns(&self) -> impl Iterator<Item = &Arc<str>> {
         self.literals
             .iter()
-            .map(|(_, a)| &a.column)
-            .chain(self.params.iter().map(|(_, a)| &a.column))
-            .chain(self.array_literals.iter().map(|(_, a)| &a.column))
-            .chain(self.array_params.iter().map(|(_, a)| &a.column))
+            .map(|(_, a)| a)
+            .chain(self.params.iter().map(|(_, a)| a))
+            .chain(self.array_literals.iter().map(|(_, a)| a))
+            .chain(self.array_params.iter().map(|(_, a)| a))
             .chain(
                 self.copy
                     .iter()
-                    .flat_map(|c| c.fields.iter().map(|(_, a)| &a.column)),
+                    .flat_map(|c| c.fields.iter().map(|(_, a)| a)),
             )
+            .filter(|a| a.direction == Direction::Tokenize)
+            .map(|a| &a.column)
+    }
+
+    /// Whether a literal of the statement's text is replaced by the plaintext a token stands
+    /// for (the statement text PostgreSQL runs then carries that plaintext).
+    pub fn reveals_literals(&self) -> bool {
+        self.literals
+            .iter()
+            .chain(&self.array_literals)
+            .any(|(_, a)| a.direction == Direction::Reveal)
+    }
+
+    /// Adds the values of another plan of the same statement (lookups by token to the values
+    /// stored as tokens).
+    pub fn merge(&mut self, other: AtRestPlan) {
+        self.literals.extend(other.literals);
+        self.params.extend(other.params);
+        self.array_literals.extend(other.array_literals);
+        self.array_params.extend(other.array_params);
+        if self.copy.is_none() {
+            self.copy = other.copy;
+        }
     }
 
     /// Records the versions the statement is planned under and gives every value to
@@ -152,6 +190,43 @@ fn at_rest_columns(view: &RoleView) -> AtRestColumns {
                 speaks_tokens: d.action == crate::policy::Action::Token,
                 column: d.column.clone(),
                 key_version: 0,
+                direction: Direction::Tokenize,
+            },
+        );
+    }
+    out
+}
+
+/// The columns this role is shown as tokens, that store plaintext, and that it may filter on:
+/// their equality lookups by token are decrypted. Only text, varchar and char columns (the
+/// type a shown text token and its plaintext share); others compare as written.
+fn lookup_columns(view: &RoleView, catalog: &SessionCatalog) -> AtRestColumns {
+    let mut out: AtRestColumns = HashMap::new();
+    for d in view
+        .columns()
+        .filter(|d| !d.at_rest && d.action == crate::policy::Action::Token && d.may_filter)
+    {
+        let Some(format) = d.token.as_ref() else {
+            continue;
+        };
+        let Ok(name) = ColumnName::parse(&d.column) else {
+            continue;
+        };
+        if !catalog
+            .column_type(&d.column)
+            .is_some_and(|t| TEXT_TYPES.contains(&t))
+        {
+            continue;
+        }
+        out.entry((name.schema, name.table)).or_default().insert(
+            name.column,
+            AtRest {
+                label: d.label.clone(),
+                format: Arc::from(format.as_str()),
+                speaks_tokens: false,
+                column: d.column.clone(),
+                key_version: 0,
+                direction: Direction::Reveal,
             },
         );
     }
@@ -274,6 +349,7 @@ pub fn plan_at_rest(
         excluded: HashSet::new(),
         top: None,
         ctes: HashSet::new(),
+        lookup: false,
     };
     planner.scope(&statement)?;
     match &statement {
@@ -398,6 +474,145 @@ pub fn plan_at_rest(
     Ok((!planner.plan.is_empty()).then_some(planner.plan))
 }
 
+/// Plans the lookups by token of one statement for a role shown tokens of columns that store
+/// plaintext (read path only): the literals and parameters compared by equality (`=`, `<>`,
+/// `IN`, `NOT IN`, `= ANY`) with such a column are tokens the role was shown, decrypted
+/// before PostgreSQL compares them ([`Direction::Reveal`]). The same walker as
+/// [`plan_at_rest`] finds them, so both modes read the same forms. Every other use of the
+/// column (LIKE, ranges, ORDER BY, an expression as the compared value) compares the stored
+/// plaintext, as `filter_on` allows. `Ok(None)`: nothing to decrypt.
+///
+/// Refused (TG125) where the value PostgreSQL compares cannot be decrypted, or the decrypted
+/// value could come back: PREPARE, EXPLAIN and other statements that hold such a lookup,
+/// a compared name tokengate cannot attribute to a table's column (a view's, subquery's or
+/// CTE's column, or a name of two columns), literal lookups in a statement that writes, and
+/// roles with `see_activity` (statement texts).
+pub fn plan_lookups(
+    text: &str,
+    offset: usize,
+    lex: LexSettings,
+    analysis: &StatementAnalysis,
+    view: &RoleView,
+    catalog: &SessionCatalog,
+) -> Result<Option<AtRestPlan>, Refusal> {
+    // Most statements compare no column shown as tokens: answered from the view alone.
+    let compares = analysis.uses.iter().any(|u| {
+        view.column(&u.column)
+            .is_some_and(|d| !d.at_rest && d.action == crate::policy::Action::Token && d.may_filter)
+    });
+    if !compares {
+        return Ok(None);
+    }
+    let columns = lookup_columns(view, catalog);
+    if !analysis
+        .uses
+        .iter()
+        .any(|u| is_at_rest_name(&columns, &u.column))
+    {
+        return Ok(None);
+    }
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let statement = match sqlparser::parser::Parser::parse_sql(&dialect, text) {
+        Ok(mut s) if s.len() == 1 => s.remove(0),
+        // The read path parsed it (the analysis names a use): a parse that differs now is
+        // not guessed at.
+        _ => {
+            return Err(refuse(
+                Code::TokenLookupUnsupported,
+                "a statement comparing a column shown as tokens could not be read to find its lookups",
+            ));
+        }
+    };
+    let tokens = lexer::tokenize(text, lex);
+    let views = HashSet::new();
+    let mut planner = Planner {
+        text,
+        offset,
+        tokens: &tokens,
+        columns: &columns,
+        catalog,
+        scope: HashMap::new(),
+        views: &views,
+        allowed: HashSet::new(),
+        plan: AtRestPlan::default(),
+        param_labels: HashMap::new(),
+        param_counts: HashMap::new(),
+        compared: HashSet::new(),
+        excluded: HashSet::new(),
+        top: None,
+        ctes: HashSet::new(),
+        lookup: true,
+    };
+    planner.scope(&statement)?;
+    planner.walk(&statement)?;
+    if planner.plan.is_empty() {
+        return Ok(None);
+    }
+    let reads = matches!(
+        &statement,
+        Statement::Query(_) | Statement::Declare { .. } | Statement::Copy { to: true, .. }
+    );
+    let writes = matches!(
+        &statement,
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
+    );
+    if !reads && !writes {
+        return Err(refuse(
+            Code::TokenLookupUnsupported,
+            "a lookup by token in PREPARE, EXPLAIN or this kind of statement: tokengate cannot decrypt the value it will compare",
+        ));
+    }
+    if view.see_activity() {
+        return Err(refuse(
+            Code::TokenLookupUnsupported,
+            "a lookup by token for a role with see_activity: the statement PostgreSQL runs carries the decrypted value, which that role can read in pg_stat_activity",
+        ));
+    }
+    // A trigger or event trigger of a write may record current_query(), the text with the
+    // decrypted literal in it; a parameter's value is not part of that text.
+    if planner.plan.reveals_literals()
+        && (!reads || !analysis.write_targets.is_empty() || analysis.is_ddl)
+    {
+        return Err(refuse(
+            Code::TokenLookupUnsupported,
+            "a lookup by token written as a literal in a statement that writes: bind the token as a parameter ($1) instead",
+        ));
+    }
+    Ok(Some(planner.plan))
+}
+
+/// Literals decrypted by lookups by token put the plaintext into the statement text
+/// PostgreSQL runs, which `current_query()` returns (for a simple query, the whole message):
+/// refused (TG125) when the message or any view of the catalog names it, or names an
+/// identifier tokengate cannot read (`U&"..."`).
+pub fn check_revealed_text(
+    sql: &str,
+    lex: LexSettings,
+    snapshot: &crate::catalog::Snapshot,
+) -> Result<(), Refusal> {
+    let refused = || {
+        refuse(
+            Code::TokenLookupUnsupported,
+            "a lookup by token written as a literal together with current_query() (directly, through a view, or in another statement of the message) would return the decrypted value: bind the token as a parameter ($1)",
+        )
+    };
+    for t in lexer::tokenize(sql, lex) {
+        match token_name(t.kind, t.text(sql)) {
+            Some(name) if name == "current_query" => return Err(refused()),
+            None if t.kind == Kind::QuotedIdent => return Err(refused()),
+            _ => {}
+        }
+    }
+    if snapshot.relations().any(|r| {
+        r.definition
+            .as_deref()
+            .is_some_and(|d| d.to_lowercase().contains("current_query"))
+    }) {
+        return Err(refused());
+    }
+    Ok(())
+}
+
 fn at_rest_name<'a>(columns: &AtRestColumns, qualified: &'a str) -> Option<&'a str> {
     let name = ColumnName::parse(qualified).ok()?;
     columns
@@ -419,6 +634,9 @@ enum InScope {
     AtRest(AtRest),
     Plain,
     Ambiguous,
+    /// Lookups by token: a column of a view (or other relation that is not a table), which
+    /// may be a column shown as tokens under another name.
+    Unknown,
 }
 
 struct Planner<'a> {
@@ -444,6 +662,9 @@ struct Planner<'a> {
     top: Option<*const Query>,
     /// Names of the statement's CTEs (a FROM item naming one is not a catalog table).
     ctes: HashSet<String>,
+    /// Planning lookups by token ([`plan_lookups`]): values compared with the columns are
+    /// decrypted; other uses of them are the read path's business and are not refused here.
+    lookup: bool,
 }
 
 fn parts(name: &ObjectName) -> Vec<String> {
@@ -505,6 +726,79 @@ fn value(e: &Expr) -> Option<Val> {
     }
 }
 
+/// Lookups by token: the expression inside parentheses.
+fn unnest(e: &Expr) -> &Expr {
+    let mut e = e;
+    while let Expr::Nested(inner) = e {
+        e = inner;
+    }
+    e
+}
+
+/// Lookups by token: a value inside parentheses and casts to the built-in text types
+/// (`'tok'::text`, `CAST($1 AS varchar)`): the value is decrypted, then cast as PostgreSQL
+/// casts it. A cast to any other type (a domain, a user type) is an expression.
+fn unwrap_text(e: &Expr) -> &Expr {
+    use sqlparser::ast::DataType;
+    let mut e = e;
+    for _ in 0..16 {
+        e = match e {
+            Expr::Nested(inner) => inner,
+            Expr::Cast {
+                kind: sqlparser::ast::CastKind::DoubleColon | sqlparser::ast::CastKind::Cast,
+                expr,
+                data_type,
+                format: None,
+                ..
+            } if match data_type {
+                DataType::Text
+                | DataType::Varchar(_)
+                | DataType::CharacterVarying(_)
+                | DataType::Char(_)
+                | DataType::Character(_) => true,
+                DataType::Custom(name, modifiers) => {
+                    modifiers.is_empty()
+                        && matches!(parts(name).as_slice(), [t] if t == "bpchar" || t == "name")
+                }
+                _ => false,
+            } =>
+            {
+                expr
+            }
+            _ => return e,
+        };
+    }
+    e
+}
+
+/// A string literal other than a plain `'...'` (E'', U&'', $$...$$, N'', B'', X'').
+fn other_string(e: &Expr) -> bool {
+    matches!(e, Expr::Value(v) if !matches!(
+        v.value,
+        Value::SingleQuotedString(_)
+            | Value::Null
+            | Value::Placeholder(_)
+            | Value::Number(..)
+            | Value::Boolean(_)
+    ))
+}
+
+/// Lookups by token: whether `e` is a value the equality forms decrypt (or refuse): a
+/// literal, parameter or NULL, in parentheses or cast to a text type.
+fn compared_value(e: &Expr) -> bool {
+    let e = unwrap_text(e);
+    value(e).is_some() || other_string(e)
+}
+
+/// Lookups by token: whether the array of `= ANY(...)` is one [`Planner::array`] decrypts.
+fn compared_array(e: &Expr) -> bool {
+    match unnest(e) {
+        Expr::Array(a) => a.elem.iter().any(compared_value),
+        Expr::Cast { expr, .. } => compared_array(expr),
+        e => value(e).is_some() || other_string(e),
+    }
+}
+
 impl<'a> Planner<'a> {
     fn resolve(&self, name: &ObjectName) -> Option<crate::sql::Relation> {
         let p = parts(name);
@@ -525,9 +819,11 @@ impl<'a> Planner<'a> {
         for n in &names {
             let Some(r) = self.resolve(n) else { continue };
             let at_rest = self.columns.get(&(r.schema.clone(), r.name.clone()));
+            let table = matches!(r.kind, crate::sql::RelationKind::Table);
             for c in &r.columns {
                 let meaning = match at_rest.and_then(|a| a.get(c)) {
                     Some(a) => InScope::AtRest(a.clone()),
+                    None if self.lookup && !table => InScope::Unknown,
                     None => InScope::Plain,
                 };
                 let merged = match (self.scope.get(c), meaning) {
@@ -561,7 +857,39 @@ impl<'a> Planner<'a> {
         match self.scope.get(&name)? {
             InScope::AtRest(a) => Some(Ok(a.clone())),
             InScope::Plain => None,
-            InScope::Ambiguous => Some(Err(())),
+            InScope::Ambiguous | InScope::Unknown => Some(Err(())),
+        }
+    }
+
+    /// Lookups by token: the column a compared expression names, when its compared values
+    /// are decrypted (`None`: a plain table column, or not a column). A name tokengate cannot
+    /// attribute to one table's column (a view's, subquery's or CTE's column, or two
+    /// columns') is refused: its values could be tokens that would be compared as written.
+    fn lookup_column(&self, e: &Expr) -> Result<Option<AtRest>, Refusal> {
+        let e = unnest(e);
+        let name = match e {
+            Expr::Identifier(i) => fold(i),
+            Expr::CompoundIdentifier(p) => p.last().map(fold).unwrap_or_default(),
+            _ => return Ok(None),
+        };
+        match self.scope.get(&name) {
+            Some(InScope::AtRest(a)) => Ok(Some(a.clone())),
+            Some(InScope::Plain) => Ok(None),
+            Some(InScope::Ambiguous | InScope::Unknown) | None => Err(refuse(
+                Code::TokenLookupUnsupported,
+                format!(
+                    "{name} is compared with a value in a statement that compares a column shown as tokens, and tokengate cannot tell which table column {name} is (a view's, subquery's or CTE's column, or a name of two columns): compare the table's own column"
+                ),
+            )),
+        }
+    }
+
+    /// The code of a refusal about values: at rest's, or TG125 for lookups by token.
+    fn code(&self, at_rest: Code) -> Code {
+        if self.lookup {
+            Code::TokenLookupUnsupported
+        } else {
+            at_rest
         }
     }
 
@@ -612,6 +940,7 @@ impl<'a> Planner<'a> {
     /// A value compared with an at-rest column: tokenized, unless the role compares by the
     /// tokens it was shown.
     fn compared(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
+        let e = if self.lookup { unwrap_text(e) } else { e };
         self.value(e, how, what, !how.speaks_tokens)
     }
 
@@ -630,7 +959,7 @@ impl<'a> Planner<'a> {
             Some(Val::Param(n)) => {
                 if self.plan.array_params.iter().any(|(p, _)| *p == n) {
                     return Err(refuse(
-                        Code::AtRestParameter,
+                        self.code(Code::AtRestParameter),
                         format!("${n} is used both as an array for = ANY and otherwise"),
                     ));
                 }
@@ -638,8 +967,8 @@ impl<'a> Planner<'a> {
                     && *l != how.label
                 {
                     return Err(refuse(
-                        Code::AtRestParameter,
-                        format!("${n} is used for two labels stored as tokens"),
+                        self.code(Code::AtRestParameter),
+                        format!("${n} is used for two labels"),
                     ));
                 }
                 self.param_labels.insert(n, how.label.clone());
@@ -652,7 +981,7 @@ impl<'a> Planner<'a> {
             Some(Val::Literal(at)) => {
                 let range = self.literal_range(at).ok_or_else(|| {
                     refuse(
-                        Code::AtRestValue,
+                        self.code(Code::AtRestValue),
                         format!(
                             "{what} must be a plain quoted literal ('...') without backslashes"
                         ),
@@ -663,6 +992,12 @@ impl<'a> Planner<'a> {
                 self.plan.literals.push((start..end, how.clone()));
                 Ok(())
             }
+            None if self.lookup && other_string(e) => Err(refuse(
+                Code::TokenLookupUnsupported,
+                format!("{what} is a string literal other than '...' (E'', U&'', $$...$$)"),
+            )),
+            // Lookups by token: an expression compares as PostgreSQL computes it (plaintext).
+            None if self.lookup => Ok(()),
             None => Err(refuse(
                 Code::AtRestValue,
                 format!(
@@ -678,6 +1013,8 @@ impl<'a> Planner<'a> {
         let what = "the array compared with a column stored as tokens (= ANY)";
         match e {
             Expr::Nested(inner) => return self.array(inner, how),
+            // Lookups by token: compared as PostgreSQL computes it (plaintext).
+            Expr::Subquery(_) if self.lookup => return Ok(()),
             Expr::Subquery(_) => {
                 return Err(refuse(
                     Code::AtRestComputation,
@@ -720,7 +1057,7 @@ impl<'a> Planner<'a> {
                     || self.param_labels.get(&n).is_some_and(|l| *l != how.label)
                 {
                     return Err(refuse(
-                        Code::AtRestParameter,
+                        self.code(Code::AtRestParameter),
                         format!("${n} is used both as an array for = ANY and otherwise"),
                     ));
                 }
@@ -734,7 +1071,7 @@ impl<'a> Planner<'a> {
             Some(Val::Literal(at)) => {
                 let range = self.literal_range(at).ok_or_else(|| {
                     refuse(
-                        Code::AtRestValue,
+                        self.code(Code::AtRestValue),
                         format!(
                             "{what} must be a plain quoted literal ('{{...}}') without backslashes"
                         ),
@@ -744,6 +1081,11 @@ impl<'a> Planner<'a> {
                 self.plan.array_literals.push((start..end, how.clone()));
                 Ok(())
             }
+            None if self.lookup && other_string(e) => Err(refuse(
+                Code::TokenLookupUnsupported,
+                format!("{what} is a string literal other than '{{...}}'"),
+            )),
+            None if self.lookup => Ok(()),
             None => Err(refuse(
                 Code::AtRestValue,
                 format!(
@@ -978,7 +1320,7 @@ impl<'a> Planner<'a> {
             for name in names {
                 match self.scope.get(&name) {
                     None | Some(InScope::Plain) => {}
-                    Some(InScope::Ambiguous) => {
+                    Some(InScope::Ambiguous | InScope::Unknown) => {
                         return Err(refuse(
                             Code::AtRestComputation,
                             format!(
@@ -1053,8 +1395,10 @@ impl<'a> Planner<'a> {
                 || self.plan.array_params.iter().any(|(p, _)| p == n);
             if tokenized && *uses > self.param_uses(*n) {
                 return Err(refuse(
-                    Code::AtRestParameter,
-                    format!("${n} is bound to a column stored as tokens and also used elsewhere"),
+                    self.code(Code::AtRestParameter),
+                    format!(
+                        "${n} is bound to a column whose values tokengate transforms and also used elsewhere"
+                    ),
                 ));
             }
         }
@@ -1103,6 +1447,20 @@ struct Pass1<'p, 'a> {
 
 impl Pass1<'_, '_> {
     fn compare(&mut self, column: &Expr, other: &Expr) -> Result<bool, Refusal> {
+        if self.planner.lookup {
+            if !compared_value(other) {
+                return Ok(false);
+            }
+            let Some(how) = self.planner.lookup_column(column)? else {
+                return Ok(false);
+            };
+            self.planner.compared(
+                other,
+                &how,
+                "the value compared with a column shown as tokens",
+            )?;
+            return Ok(true);
+        }
         let Some(how) = self.planner.at_rest(column) else {
             return Ok(false);
         };
@@ -1222,6 +1580,31 @@ impl Pass1<'_, '_> {
             } => {
                 let _ = self.compare(left, right)? || self.compare(right, left)?;
             }
+            Expr::InList { expr, list, .. } if self.planner.lookup => {
+                if list.iter().any(compared_value)
+                    && let Some(how) = self.planner.lookup_column(expr)?
+                {
+                    for item in list {
+                        self.planner.compared(
+                            item,
+                            &how,
+                            "a value in IN (...) for a column shown as tokens",
+                        )?;
+                    }
+                }
+            }
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } if self.planner.lookup => {
+                if compared_array(right)
+                    && let Some(how) = self.planner.lookup_column(left)?
+                {
+                    self.planner.array(right, &how)?;
+                }
+            }
             Expr::InList { expr, list, .. } => {
                 if let Some(how) = self.planner.at_rest(expr) {
                     let how = how.map_err(|()| {
@@ -1298,6 +1681,11 @@ impl Visitor for Pass1<'_, '_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if self.planner.lookup {
+            // Result columns, grouping and joins compare the stored plaintext: the read
+            // path's business.
+            return ControlFlow::Continue(());
+        }
         let top = self.planner.top == Some(q as *const Query);
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
@@ -1373,7 +1761,10 @@ impl Visitor for Pass2<'_, '_> {
         if let Some(Val::Param(n)) = value(e) {
             *self.params.entry(n).or_default() += 1;
         }
-        if self.planner.at_rest(e).is_some() && !self.planner.allowed.contains(&addr(e)) {
+        if !self.planner.lookup
+            && self.planner.at_rest(e).is_some()
+            && !self.planner.allowed.contains(&addr(e))
+        {
             let name = match e {
                 Expr::Identifier(i) => fold(i),
                 Expr::CompoundIdentifier(p) => p.last().map(fold).unwrap_or_default(),
@@ -1636,6 +2027,209 @@ roles:
         let p = plan("COPY people (ssn, id) FROM STDIN (FORMAT binary)").unwrap();
         let copy = p[0].as_ref().and_then(|p| p.copy.clone()).unwrap();
         assert_eq!((copy.width, copy.fields[0].0), (2, 0));
+    }
+
+    const LOOKUP_POLICY: &str = "version: 1
+labels:
+  email: { class: pii, token: email }
+  phone: { class: pii, token: digits }
+  ssn: { class: pii, token: digits, at_rest: token }
+columns:
+  public.customers.email: email
+  public.customers.phone: phone
+  public.customers.ssn: ssn
+roles:
+  analyst: { pii: token, filter_on: [email, phone, ssn] }
+  watcher: { pii: token, filter_on: [email, phone, ssn], see_activity: true }
+  support: { pii: mask, filter_on: [email, phone] }
+";
+
+    /// Lookups by token planned for `role` over customers (email, phone: plaintext; ssn:
+    /// stored as tokens), a plain table and a view renaming email.
+    fn lookups(role: &str, sql: &str) -> Result<Vec<Option<AtRestPlan>>, Refusal> {
+        let policy = Policy::from_yaml(LOOKUP_POLICY, "p.yaml").unwrap();
+        let view = policy.for_role(role, &[]);
+        let rel =
+            |oid: u32, name: &str, kind, definition: Option<&str>, cols: &[(&str, u32)]| Relation {
+                oid,
+                schema: "public".into(),
+                name: name.into(),
+                kind,
+                columns: cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, t))| Column {
+                        attnum: i as i16 + 1,
+                        name: n.to_string(),
+                        type_oid: *t,
+                    })
+                    .collect(),
+                definition: definition.map(str::to_string),
+            };
+        let snap = Snapshot::build(
+            1,
+            vec![
+                rel(
+                    1,
+                    "customers",
+                    RelationKind::Table,
+                    None,
+                    &[
+                        ("id", 23),
+                        ("email", 25),
+                        ("phone", 1043),
+                        ("ssn", 25),
+                        ("city", 25),
+                    ],
+                ),
+                rel(
+                    2,
+                    "cities",
+                    RelationKind::Table,
+                    None,
+                    &[("city", 25), ("zip", 25)],
+                ),
+                rel(
+                    3,
+                    "contacts",
+                    RelationKind::View,
+                    Some("SELECT id, email AS contact FROM customers"),
+                    &[("id", 23), ("contact", 25)],
+                ),
+            ],
+            vec![],
+        );
+        let path = SearchPath::new(vec!["pg_catalog".into(), "public".into()], None);
+        let catalog = SessionCatalog {
+            snapshot: &snap,
+            path: Some(&path),
+        };
+        let lex = LexSettings::default();
+        let analyses = crate::sql::analyze_with(sql, &catalog, lex);
+        let texts = crate::sql::split_statements(sql, lex);
+        analyses
+            .iter()
+            .zip(texts)
+            .map(|(a, text)| {
+                let offset = text.as_ptr() as usize - sql.as_ptr() as usize;
+                plan_lookups(text, offset, lex, a, &view, &catalog)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lookups_by_token_decrypt_the_values_of_equality_forms() {
+        let one = |sql: &str| {
+            lookups("analyst", sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .remove(0)
+                .unwrap_or_else(|| panic!("{sql}: nothing planned"))
+        };
+        let texts = |sql: &str, p: &AtRestPlan| -> Vec<String> {
+            p.literals
+                .iter()
+                .chain(&p.array_literals)
+                .map(|(r, _)| sql[r.clone()].to_string())
+                .collect()
+        };
+        let sql = "SELECT id FROM customers WHERE email = 'a@b.c' AND 'x@y.z' <> email";
+        let p = one(sql);
+        assert_eq!(texts(sql, &p), ["'a@b.c'", "'x@y.z'"]);
+        assert!(
+            p.literals
+                .iter()
+                .all(|(_, h)| h.direction == Direction::Reveal && &*h.label == "email")
+        );
+        assert!(p.reveals_literals());
+        // Nothing of it is a column stored as tokens (no key version to resolve).
+        assert_eq!(p.columns().count(), 0);
+        let sql = "SELECT id FROM customers c WHERE c.phone IN ('555', $2) OR phone NOT IN ($1::text, ('7'))";
+        let p = one(sql);
+        assert_eq!(texts(sql, &p), ["'555'", "'7'"]);
+        assert_eq!(p.params.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 1]);
+        let p = one("SELECT id FROM customers WHERE email = ANY($1) AND phone = ANY($2::text[])");
+        assert_eq!(p.array_params.len(), 2);
+        assert!(!p.reveals_literals());
+        let sql = "SELECT id FROM customers WHERE email = ANY('{a@b.c}') OR email = ANY(ARRAY['x@y.z', $1])";
+        let p = one(sql);
+        assert_eq!(texts(sql, &p), ["'x@y.z'", "'{a@b.c}'"]);
+        assert_eq!(p.params.len(), 1);
+        // Writes compare too, with parameters.
+        let p = one("UPDATE customers SET city = 'x' WHERE email = $1");
+        assert_eq!(p.params.len(), 1);
+        // A column stored as tokens is the at-rest plan's business (the role speaks tokens).
+        assert!(
+            lookups("analyst", "SELECT id FROM customers WHERE ssn = '1'").unwrap()[0].is_none()
+        );
+    }
+
+    #[test]
+    fn other_uses_of_a_token_column_compare_the_plaintext() {
+        for sql in [
+            "SELECT id FROM customers WHERE email LIKE 'a%'",
+            "SELECT id FROM customers WHERE email > 'a' ORDER BY email",
+            "SELECT id FROM customers WHERE email = 'a' || 'b'",
+            "SELECT id FROM customers WHERE email = lower($1)",
+            "SELECT id FROM customers WHERE email = phone",
+            "SELECT id FROM customers WHERE email = ANY(string_to_array($1, ','))",
+            "SELECT id FROM customers WHERE email IN (SELECT city FROM cities)",
+            "SELECT id FROM customers WHERE email = 'a'::varchar COLLATE \"C\"",
+            "SELECT id FROM customers WHERE city = 'x'",
+            "SELECT email FROM customers",
+        ] {
+            let p = lookups("analyst", sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            assert!(p[0].is_none(), "{sql}: {:?}", p[0]);
+        }
+        // Clear, mask roles compare the plaintext.
+        let p = lookups("support", "SELECT id FROM customers WHERE email = 'a@b.c'").unwrap();
+        assert!(p[0].is_none());
+    }
+
+    #[test]
+    fn lookups_that_cannot_be_decrypted_are_refused() {
+        for sql in [
+            // Names tokengate cannot attribute to the table's column.
+            "SELECT id FROM contacts WHERE contact = 'a@b.c' AND id IN (SELECT id FROM customers WHERE email LIKE 'a%')",
+            "SELECT x.e FROM (SELECT email AS e FROM customers) x WHERE x.e = 'a@b.c'",
+            "WITH x AS (SELECT email AS e FROM customers) SELECT e FROM x WHERE e IN ('a@b.c')",
+            // Other string literal forms.
+            "SELECT id FROM customers WHERE email = E'a@b.c'",
+            "SELECT id FROM customers WHERE email = $$a@b.c$$",
+            // A decrypted parameter used elsewhere, or for two labels.
+            "SELECT $1::text FROM customers WHERE email = $1",
+            "SELECT id FROM customers WHERE email = $1 OR phone = $1",
+            // Statements whose compared value tokengate cannot decrypt, or whose text a trigger
+            // may record.
+            "PREPARE p AS SELECT id FROM customers WHERE email = $1",
+            "EXPLAIN SELECT id FROM customers WHERE email = 'a@b.c'",
+            "UPDATE customers SET city = 'x' WHERE email = 'a@b.c'",
+            "SELECT id INTO t FROM customers WHERE email = 'a@b.c'",
+            "WITH u AS (UPDATE customers SET city = city WHERE email = 'a@b.c' RETURNING id) SELECT id FROM u",
+            "WITH u AS (DELETE FROM cities RETURNING city) SELECT id FROM customers WHERE email = 'a@b.c'",
+        ] {
+            let got = lookups("analyst", sql).map_err(|r| r.code);
+            assert_eq!(got.err(), Some(Code::TokenLookupUnsupported), "{sql}");
+        }
+        let got = lookups("watcher", "SELECT id FROM customers WHERE email = $1");
+        assert_eq!(
+            got.map_err(|r| r.code).err(),
+            Some(Code::TokenLookupUnsupported)
+        );
+    }
+
+    #[test]
+    fn a_literal_lookup_is_refused_next_to_current_query() {
+        let snap = Snapshot::build(1, vec![], vec![]);
+        let lex = LexSettings::default();
+        check_revealed_text("SELECT 1 WHERE email = 'a'", lex, &snap).unwrap();
+        for sql in [
+            "SELECT current_query()",
+            "SELECT pg_catalog.\"current_query\"()",
+            "SELECT U&\"\\0063urrent_query\"()",
+        ] {
+            let got = check_revealed_text(sql, lex, &snap).map_err(|r| r.code);
+            assert_eq!(got.err(), Some(Code::TokenLookupUnsupported), "{sql}");
+        }
     }
 
     #[test]

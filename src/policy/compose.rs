@@ -114,6 +114,15 @@ impl RoleView {
         self.columns.values().any(|d| d.at_rest)
     }
 
+    /// Some column the role is shown as tokens, not stored as tokens, may be filtered on: its
+    /// equality lookups by a shown token are decrypted before PostgreSQL compares them
+    /// ([`crate::plan::write::plan_lookups`]).
+    pub fn has_token_lookups(&self) -> bool {
+        self.columns
+            .values()
+            .any(|d| !d.at_rest && d.action == Action::Token && d.token.is_some() && d.may_filter)
+    }
+
     /// Every labelled column's decision, in no particular order.
     pub fn columns(&self) -> impl Iterator<Item = &ColumnDecision> {
         self.columns.values()

@@ -1393,3 +1393,38 @@ async fn write_path_bypass_attempts_store_no_plaintext() {
         assert_eq!(row.get::<_, String>(0), plain(*n), "form {n}");
     }
 }
+
+/// SQL `EXECUTE` of a statement prepared through Parse: its parameters are tokenized at Bind,
+/// which EXECUTE does not send, so the values in the EXECUTE would reach the column as
+/// written. Refused (TG184); nothing is stored.
+#[tokio::test]
+async fn sql_execute_of_a_statement_tokenized_at_bind_is_refused() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    let sql = "INSERT INTO people (id, ssn, card) VALUES ($1, $2, NULL)";
+    let _statement = admin.prepare(sql).await.unwrap();
+    let name = admin
+        .simple_query(&format!(
+            "SELECT name FROM pg_prepared_statements WHERE statement = '{sql}'"
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("the prepared statement");
+    let got = admin
+        .simple_query(&format!("EXECUTE \"{name}\"(9177, '111-22-3333')"))
+        .await;
+    let e = got.expect_err("EXECUTE must be refused");
+    assert!(code(&e).contains("TG184"), "{}", code(&e));
+    let left = direct()
+        .await
+        .query("SELECT 1 FROM people WHERE id = 9177", &[])
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "nothing stored");
+    assert_eq!(admin.simple_query("SELECT 1").await.unwrap().len(), 3);
+}

@@ -16,6 +16,7 @@ mod crm;
 mod demo;
 mod faults;
 mod leaks;
+mod lookups;
 mod messages;
 mod metrics;
 mod policy;

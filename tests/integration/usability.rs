@@ -420,13 +420,23 @@ async fn usability_analyst_may_filter_on_email_and_phone_only() {
     assert_eq!(rows(&s, sql).await, rows(&admin, sql).await);
     let sql = "SELECT id FROM customers WHERE phone LIKE '+1 (2%' ORDER BY id";
     assert_eq!(rows(&s, sql).await, rows(&admin, sql).await);
-    // Filtering with a token compares the stored plaintext: nothing matches.
+    // Equality with a token it was shown finds that row (tokengate decrypts the compared
+    // value; tests/integration/lookups.rs covers every form), the plaintext finds nothing.
     let token = rows(&s, "SELECT email FROM customers WHERE id = 1").await[0][0]
         .clone()
         .unwrap();
     let found = rows(
         &s,
         &format!("SELECT id FROM customers WHERE email = '{token}'"),
+    )
+    .await;
+    assert_eq!(found, vec![vec![Some("1".to_string())]]);
+    let plain = rows(&admin, "SELECT email FROM customers WHERE id = 1").await[0][0]
+        .clone()
+        .unwrap();
+    let found = rows(
+        &s,
+        &format!("SELECT id FROM customers WHERE email = '{plain}'"),
     )
     .await;
     assert!(found.is_empty());

@@ -154,6 +154,10 @@ impl ReadPath {
         let texts = crate::sql::split_statements(sql, lex);
         let mut local = NamedPlans::default();
         let mut planned = Vec::with_capacity(analyses.len());
+        // Lookups by token that put a decrypted value into the text PostgreSQL runs, and
+        // whether every statement of the message only reads (checked after the loop).
+        let mut reveals_literals = false;
+        let mut only_reads = true;
         // Set once a statement may have changed name resolution: the later ones of this
         // message were analysed with the old names, so they resolve nothing now.
         let mut stale = path.is_none();
@@ -190,13 +194,26 @@ impl ReadPath {
             }
             let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
             let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
-            let at_rest =
+            let mut at_rest =
                 crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?;
+            if let Some(lookups) =
+                crate::plan::write::plan_lookups(text, offset, lex, a, &self.view, &catalog)?
+            {
+                reveals_literals |= lookups.reveals_literals();
+                match &mut at_rest {
+                    Some(p) => p.merge(lookups),
+                    None => at_rest = Some(lookups),
+                }
+            }
+            only_reads &= matches!(a.kind, StatementKind::Select | StatementKind::DeclareCursor)
+                && a.write_targets.is_empty()
+                && !a.is_ddl;
+            self.executes_planned_values(a)?;
             // With at-rest labels every statement carries a plan (maybe empty), so a Bind
             // can tell "nothing to tokenize" from "planned before at-rest applied".
             let at_rest = match at_rest {
                 Some(p) => Some(Arc::new(self.at_rest_versions(a, p, &mut plan)?)),
-                None if self.view.has_at_rest() => Some(Arc::new(self.at_rest_versions(
+                None if self.rewrites_values() => Some(Arc::new(self.at_rest_versions(
                     a,
                     Default::default(),
                     &mut plan,
@@ -247,6 +264,17 @@ impl ReadPath {
                 is_ddl: plan.is_ddl,
                 at_rest,
             });
+        }
+        if reveals_literals {
+            // Another statement of the message could run a trigger recording current_query(),
+            // which is the whole message.
+            if !only_reads {
+                return Err(Refusal::new(
+                    Code::TokenLookupUnsupported,
+                    "a lookup by token written as a literal in a message with statements that are not SELECT: send it on its own, or bind the token as a parameter ($1)",
+                ));
+            }
+            crate::plan::write::check_revealed_text(sql, lex, &snapshot)?;
         }
         Ok(planned)
     }
@@ -521,7 +549,7 @@ impl ReadPath {
                 }
                 match self.decide(p.sql, false).and_then(|(planned, audit)| {
                     let mut planned = planned.into_iter().next().unwrap_or_default();
-                    if planned.at_rest.is_none() && self.view.has_at_rest() {
+                    if planned.at_rest.is_none() && self.rewrites_values() {
                         // An empty statement: nothing to tokenize.
                         planned.at_rest = Some(Arc::default());
                     }

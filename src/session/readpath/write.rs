@@ -6,7 +6,7 @@ use super::objects::Planned;
 use super::{Pending, ReadPath, cstr};
 use crate::errors::Code;
 use crate::plan::Refusal;
-use crate::plan::write::{AtRest, AtRestPlan};
+use crate::plan::write::{AtRest, AtRestPlan, Direction};
 use crate::protect::{Action, ColumnTransform, Output, TransformSpec};
 use crate::session::protocol::Found;
 use crate::wire::frontend;
@@ -22,11 +22,30 @@ const ARRAY_PARAM_TYPES: [u32; 4] = [0, 1009, 1015, 1014];
 /// Element types of a binary array parameter: text, varchar, bpchar (UTF-8 bytes).
 const ELEMENT_TYPES: [u32; 3] = [25, 1043, 1042];
 
-/// FF1 tokenizers per label, format and key version: for one message, one COPY, or (Bind)
-/// the session. The key version is part of the key: after a rekey the session's cached
-/// tokenizers of the old version are never used for the new one.
+/// FF1 tokenizers per label, format, key version and direction: for one message, one COPY,
+/// or (Bind) the session. The key version is part of the key: after a rekey the session's
+/// cached tokenizers of the old version are never used for the new one.
 #[derive(Default)]
-pub(super) struct Tokenizers(HashMap<(Arc<str>, Arc<str>, u32), ColumnTransform>);
+pub(super) struct Tokenizers(HashMap<(Arc<str>, Arc<str>, u32, Direction), ColumnTransform>);
+
+impl AtRest {
+    /// The code of a value that cannot be transformed: TG184 at rest, TG124 (not a token)
+    /// for lookups by token.
+    fn value_code(&self) -> Code {
+        match self.direction {
+            Direction::Tokenize => Code::AtRestParameter,
+            Direction::Reveal => Code::NotAToken,
+        }
+    }
+
+    /// The code of a parameter tokengate cannot transform (its type or format).
+    pub(super) fn parameter_code(&self) -> Code {
+        match self.direction {
+            Direction::Tokenize => Code::AtRestParameter,
+            Direction::Reveal => Code::TokenLookupUnsupported,
+        }
+    }
+}
 
 impl Tokenizers {
     fn tokenize(
@@ -48,13 +67,26 @@ impl Tokenizers {
         plain: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Refusal> {
-        let bad = |e: String| {
-            Refusal::new(
+        let bad = |e: String| match how.direction {
+            Direction::Tokenize => Refusal::new(
                 Code::AtRestParameter,
                 format!("a value for label {} cannot be tokenized: {e}", how.label),
-            )
+            ),
+            // The message never quotes the value (nor what it decrypts to).
+            Direction::Reveal => Refusal::new(
+                Code::NotAToken,
+                format!(
+                    "a value compared with a column shown as tokens of label {} is not a token of its format ({e})",
+                    how.label
+                ),
+            ),
         };
-        let key = (how.label.clone(), how.format.clone(), how.key_version);
+        let key = (
+            how.label.clone(),
+            how.format.clone(),
+            how.key_version,
+            how.direction,
+        );
         let t = match self.0.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -62,19 +94,49 @@ impl Tokenizers {
                     .format
                     .parse()
                     .map_err(|_| bad("the token format is not usable".into()))?;
-                // The column's recorded key version, never the key file's active one (a plan
-                // without one has version 0, which no key file holds: refused).
                 let mut spec = TransformSpec::new(Action::Token(format), how.label.to_string());
-                spec.key_version = Some(how.key_version);
+                // At rest: the column's recorded key version, never the key file's active
+                // one (a plan without one has version 0, which no key file holds: refused).
+                // Lookups by token: the active version, which the read path shows tokens
+                // under (see `transform_spec` in transform.rs).
+                if how.direction == Direction::Tokenize {
+                    spec.key_version = Some(how.key_version);
+                }
                 let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
                     .map_err(|e| bad(e.to_string()))?;
                 v.insert(t)
             }
         };
+        if how.direction == Direction::Reveal {
+            return reveal_into(t, plain, out).map_err(bad);
+        }
         match t.apply(plain, out) {
             Ok(Output::Value) => Ok(()),
             Ok(Output::Null) => Err(bad("it would become NULL".into())),
             Err(e) => Err(bad(e.to_string())),
+        }
+    }
+}
+
+/// Appends the plaintext `token` stands for, when it is a token the read path could have
+/// shown: its plaintext must tokenize back to exactly `token` (FF1 is a permutation, so
+/// this only fails for values the format does not produce: a masked small value, a
+/// non-canonical number or date). A value that is not one is refused, never passed on as
+/// written (it would be compared with the plaintext) nor turned into NULL (`<>` and
+/// `NOT IN` would answer wrongly).
+fn reveal_into(t: &ColumnTransform, token: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    match t.reveal(token, out) {
+        Ok(Output::Value) => {}
+        Ok(Output::Null) => return Err("it is too short to be a token".into()),
+        Err(e) => return Err(e.to_string()),
+    }
+    let mut again = Vec::with_capacity(token.len());
+    match t.apply(&out[start..], &mut again) {
+        Ok(Output::Value) if again == token => Ok(()),
+        _ => {
+            out.truncate(start);
+            Err("it is not a token tokengate shows".into())
         }
     }
 }
@@ -104,7 +166,7 @@ impl Tokenizers {
         let mut a = crate::wire::array::parse_binary(bytes).map_err(|e| array_refusal(how, e))?;
         if !ELEMENT_TYPES.contains(&a.element_type) {
             return Err(Refusal::new(
-                Code::AtRestParameter,
+                how.parameter_code(),
                 format!(
                     "an array compared with label {} has elements of type oid {}; they must be text",
                     how.label, a.element_type
@@ -128,7 +190,7 @@ impl Tokenizers {
             .map(|e| match e {
                 None => Ok(None),
                 Some(v) if std::str::from_utf8(&v).is_err() => Err(Refusal::new(
-                    Code::AtRestParameter,
+                    how.value_code(),
                     format!(
                         "an array element for label {} is not valid UTF-8",
                         how.label
@@ -142,9 +204,9 @@ impl Tokenizers {
 
 fn array_refusal(how: &AtRest, e: crate::wire::array::ArrayError) -> Refusal {
     Refusal::new(
-        Code::AtRestParameter,
+        how.value_code(),
         format!(
-            "the array compared with label {} (= ANY) cannot be tokenized: {e}",
+            "the array compared with label {} (= ANY) cannot be read: {e}",
             how.label
         ),
     )
@@ -195,7 +257,16 @@ fn rewrite_sql(
             }
             token
         } else {
-            tokenizers.tokenize(keys, how, &plain)?
+            let value = tokenizers.tokenize(keys, how, &plain)?;
+            // Formats keep every character they do not encrypt in place, and literals with a
+            // backslash are not planned; checked anyway, as a backslash could be an escape.
+            if value.contains(&b'\\') {
+                return Err(Refusal::new(
+                    how.value_code(),
+                    "a transformed literal would need a backslash; bind it as a parameter",
+                ));
+            }
+            value
         };
         out.extend_from_slice(&sql[at..range.start]);
         out.push(b'\'');
@@ -256,22 +327,22 @@ impl ReadPath {
         let Some(plan) = planned.at_rest.as_deref() else {
             return Ok(None);
         };
-        for (n, _) in &plan.params {
+        for (n, how) in &plan.params {
             let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
             if !PARAM_TYPES.contains(&declared) {
                 return Err(Refusal::new(
-                    Code::AtRestParameter,
+                    how.parameter_code(),
                     format!(
                         "${n} is declared with type oid {declared}; a parameter for a column stored as tokens must be text"
                     ),
                 ));
             }
         }
-        for (n, _) in &plan.array_params {
+        for (n, how) in &plan.array_params {
             let declared = p.param_types.get(n - 1).copied().unwrap_or(0);
             if !ARRAY_PARAM_TYPES.contains(&declared) {
                 return Err(Refusal::new(
-                    Code::AtRestParameter,
+                    how.parameter_code(),
                     format!(
                         "${n} is declared with type oid {declared}; an array compared with a column stored as tokens must be text[], varchar[] or char[]"
                     ),
@@ -289,6 +360,40 @@ impl ReadPath {
             b.extend_from_slice(&t.to_be_bytes());
         }
         Ok(Some(b))
+    }
+
+    /// Values of statements are rewritten before PostgreSQL sees them: written to or compared
+    /// with columns stored as tokens, or tokens compared with columns shown as tokens
+    /// (lookups by token; not for monitor-only roles, whose results are not rewritten).
+    pub(super) fn rewrites_values(&self) -> bool {
+        self.view.has_at_rest() || (self.view.enforce() && self.view.has_token_lookups())
+    }
+
+    /// SQL `EXECUTE name(...)` of a prepared statement whose parameters tokengate transforms
+    /// at Bind: the values in the EXECUTE would reach PostgreSQL as written. Refused.
+    pub(super) fn executes_planned_values(
+        &self,
+        a: &crate::sql::StatementAnalysis,
+    ) -> Result<(), Refusal> {
+        if a.kind != crate::sql::StatementKind::Execute || !self.rewrites_values() {
+            return Ok(());
+        }
+        let Some(name) = a.name.as_deref() else {
+            return Ok(());
+        };
+        let Some(plan) = self.statement_at_rest(name.as_bytes())? else {
+            return Ok(());
+        };
+        let mut params = plan.params.iter().chain(&plan.array_params);
+        match params.next() {
+            None => Ok(()),
+            Some((n, how)) => Err(Refusal::new(
+                how.parameter_code(),
+                format!(
+                    "EXECUTE {name}: its parameter ${n} is transformed by tokengate at Bind, which EXECUTE does not send; bind it through the extended protocol"
+                ),
+            )),
+        }
     }
 
     /// The at-rest plan of the statement a Bind names, as it will be when the messages
@@ -374,10 +479,15 @@ impl ReadPath {
         b: &frontend::Bind<'_>,
         tokenizers: &mut Tokenizers,
     ) -> Result<Option<Vec<u8>>, Refusal> {
-        if !self.view.has_at_rest() {
+        if !self.rewrites_values() {
             return Ok(None);
         }
         let Some(plan) = self.statement_at_rest(b.statement)? else {
+            if !self.view.has_at_rest() {
+                // Lookups by token only: a statement SQL PREPARE made holds no lookup (PREPARE
+                // of one is refused, TG125), so it runs as written.
+                return Ok(None);
+            }
             return Err(Refusal::new(
                 Code::AtRestParameter,
                 format!(
@@ -409,7 +519,7 @@ impl ReadPath {
             };
             if format != 0 && format != 1 {
                 return Err(Refusal::new(
-                    Code::AtRestParameter,
+                    how.parameter_code(),
                     format!("${n} has an unknown format code {format}"),
                 ));
             }
@@ -425,7 +535,7 @@ impl ReadPath {
             } else if let Some(Some(v)) = params.get(i) {
                 if std::str::from_utf8(v).is_err() {
                     return Err(Refusal::new(
-                        Code::AtRestParameter,
+                        how.value_code(),
                         format!("${n} is not valid UTF-8 text"),
                     ));
                 }
