@@ -771,6 +771,39 @@ fn unwrap_text(e: &Expr) -> &Expr {
     e
 }
 
+/// At rest: a value inside parentheses and casts that leave a string as it is (`$1::varchar`,
+/// as SQLAlchemy's asyncpg dialect writes parameters, `'...'::text`, `CAST($1 AS bpchar)`):
+/// tokenizing the value before such a cast stores what tokenizing after it would. Casts with
+/// a length (`varchar(5)`, `char(11)`) can cut or pad, so the token would no longer be the
+/// token of the stored value: they stay expressions (refused).
+fn unwrap_same_text(e: &Expr) -> &Expr {
+    use sqlparser::ast::DataType;
+    let mut e = e;
+    for _ in 0..16 {
+        e = match e {
+            Expr::Nested(inner) => inner,
+            Expr::Cast {
+                kind: sqlparser::ast::CastKind::DoubleColon | sqlparser::ast::CastKind::Cast,
+                expr,
+                data_type,
+                format: None,
+                ..
+            } if match data_type {
+                DataType::Text | DataType::Varchar(None) | DataType::CharacterVarying(None) => true,
+                DataType::Custom(name, modifiers) => {
+                    modifiers.is_empty() && matches!(parts(name).as_slice(), [t] if t == "bpchar")
+                }
+                _ => false,
+            } =>
+            {
+                expr
+            }
+            _ => return e,
+        };
+    }
+    e
+}
+
 /// A string literal other than a plain `'...'` (E'', U&'', $$...$$, N'', B'', X'').
 fn other_string(e: &Expr) -> bool {
     matches!(e, Expr::Value(v) if !matches!(
@@ -934,13 +967,17 @@ impl<'a> Planner<'a> {
 
     /// Records a value written to (or compared with) an at-rest column, or refuses it.
     fn tokenize(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
-        self.value(e, how, what, true)
+        self.value(unwrap_same_text(e), how, what, true)
     }
 
     /// A value compared with an at-rest column: tokenized, unless the role compares by the
     /// tokens it was shown.
     fn compared(&mut self, e: &Expr, how: &AtRest, what: &str) -> Result<(), Refusal> {
-        let e = if self.lookup { unwrap_text(e) } else { e };
+        let e = if self.lookup {
+            unwrap_text(e)
+        } else {
+            unwrap_same_text(e)
+        };
         self.value(e, how, what, !how.speaks_tokens)
     }
 
@@ -1483,7 +1520,7 @@ impl Pass1<'_, '_> {
                 "columns stored as tokens can only be compared with columns of the same label",
             ));
         }
-        if value(other).is_none() {
+        if value(unwrap_same_text(other)).is_none() {
             return Ok(false);
         }
         self.planner.compared(
@@ -1866,6 +1903,31 @@ roles:
         let p = p[0].as_ref().unwrap();
         assert_eq!(p.literals.len(), 2);
         assert_eq!(p.params.len(), 1);
+    }
+
+    /// Casts that leave a string as it is are values (SQLAlchemy's asyncpg dialect writes
+    /// `$1::VARCHAR`); casts that can cut or pad it are expressions.
+    #[test]
+    fn casts_that_keep_the_string_are_values() {
+        let one = |sql: &str| plan(sql).unwrap().remove(0).unwrap();
+        let sql = "INSERT INTO people (id, name, ssn) VALUES (1, 'a', $1::VARCHAR)";
+        assert_eq!(
+            one(sql).params.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [1]
+        );
+        let sql = "UPDATE people SET ssn = ('123'::text) WHERE ssn = CAST($2 AS bpchar)";
+        let p = one(sql);
+        let texts: Vec<&str> = p.literals.iter().map(|(r, _)| &sql[r.clone()]).collect();
+        assert_eq!(texts, ["'123'"]);
+        assert_eq!(p.params.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2]);
+        for sql in [
+            "UPDATE people SET ssn = '123'::varchar(2)",
+            "UPDATE people SET ssn = $1::char(11)",
+            "UPDATE people SET ssn = $1::int::text",
+            "INSERT INTO people (id, name, ssn) VALUES (1, 'a', '1'::people_ssn)",
+        ] {
+            assert!(plan(sql).is_err(), "{sql}");
+        }
     }
 
     #[test]

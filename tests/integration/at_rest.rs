@@ -1428,3 +1428,45 @@ async fn sql_execute_of_a_statement_tokenized_at_bind_is_refused() {
     assert!(left.is_empty(), "nothing stored");
     assert_eq!(admin.simple_query("SELECT 1").await.unwrap().len(), 3);
 }
+
+/// Casts that leave a string as it is are values: SQLAlchemy's asyncpg dialect writes
+/// `$1::VARCHAR`, ORMs write `'...'::text`. The stored value is exactly the token of the
+/// plaintext, and a lookup through such a cast finds it. A cast that can cut or pad the value
+/// (`varchar(5)`) stays refused (TG182): the stored token would not be the token of the
+/// stored value.
+#[tokio::test]
+async fn casts_that_keep_the_string_are_tokenized() {
+    let proxy = at_proxy().await;
+    let admin = via(&proxy, "at_admin").await;
+    admin
+        .execute(
+            "INSERT INTO people (id, ssn, card) VALUES ($1, $2::VARCHAR, CAST($3 AS text))",
+            &[&1501i32, &"150-15-0150", &"4000000000001501"],
+        )
+        .await
+        .unwrap();
+    admin
+        .simple_query(
+            "INSERT INTO people (id, ssn, card) VALUES (1502, '150-15-0250'::text, ('4000000000001502'::varchar))",
+        )
+        .await
+        .unwrap();
+    for (id, ssn, card) in [
+        (1501, "150-15-0150", "4000000000001501"),
+        (1502, "150-15-0250", "4000000000001502"),
+    ] {
+        let (s, c) = stored(id).await;
+        assert_eq!(s, stored_token("ssn", "digits", ssn), "{id}");
+        assert_eq!(c, stored_token("card", "card", card), "{id}");
+        let r = admin
+            .query_one("SELECT id FROM people WHERE ssn = $1::varchar", &[&ssn])
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, i32>(0), id);
+    }
+    let e = admin
+        .simple_query("UPDATE people SET ssn = '150-15-0150'::varchar(5) WHERE id = 1501")
+        .await
+        .unwrap_err();
+    assert!(code(&e).starts_with("tokengate TG182"), "{}", code(&e));
+}
