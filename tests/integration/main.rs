@@ -26,4 +26,5 @@ mod scram;
 mod serve;
 mod stalls;
 mod tls;
+mod transactions;
 mod usability;

@@ -300,7 +300,11 @@ impl ReadPath {
                     q.active = None;
                     q.errored = true;
                     if q.internal {
-                        self.names.failed_read();
+                        if q.created {
+                            self.created.failed_read();
+                        } else {
+                            self.names.failed_read();
+                        }
                         ServerVerdict::Drop
                     } else if let Some(r) = q.refusal.take() {
                         ServerVerdict::Replace(refusal_error(&r))
@@ -448,6 +452,9 @@ impl ReadPath {
         self.transaction_status = status;
         self.objects.ready(status);
         self.names.ready(status);
+        if self.created.ready(status) {
+            self.needs_refresh = true;
+        }
         let Some(q) = query else {
             return ServerVerdict::Forward;
         };
@@ -564,6 +571,21 @@ impl ReadPath {
     fn data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
         if let Some(Pending::Query(q)) = self.protocol.front_mut()
             && q.internal
+            && q.created
+        {
+            let mut r = crate::wire::Reader::new(body, "DataRow");
+            let fields: Vec<Option<&[u8]>> = match r.count16() {
+                Ok(n) if n <= 7 => (0..n)
+                    .map(|_| r.value())
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            self.created.read_row(&fields);
+            return ServerVerdict::Drop;
+        }
+        if let Some(Pending::Query(q)) = self.protocol.front_mut()
+            && q.internal
         {
             let mut r = crate::wire::Reader::new(body, "DataRow");
             let ok = match (r.count16(), r.value(), r.value()) {
@@ -675,6 +697,7 @@ impl ReadPath {
             .current()
             .map_or((true, true), |s| (s.changes_names, s.is_ddl));
         let internal = q.internal;
+        let created = q.created;
         let restricted = q.restricted;
         q.index = if t == tag::EMPTY_QUERY_RESPONSE {
             // The whole text was empty to the server (comments, semicolons).
@@ -685,7 +708,9 @@ impl ReadPath {
         q.active = None;
         let failed = q.failed.take();
         if t == tag::COMMAND_COMPLETE {
-            if internal {
+            if internal && created {
+                self.created.finish_read(&self.view);
+            } else if internal {
                 self.names.finish_read();
             } else {
                 self.confirm(body, effect.as_ref());
@@ -708,6 +733,12 @@ impl ReadPath {
         self.objects.command_complete(body, effect);
         if body.starts_with(b"ROLLBACK") && matches!(effect, Effect::RollbackTo(_)) {
             self.names.rolled_back_to_savepoint();
+            self.created.rolled_back_to_savepoint();
+        }
+        if let Effect::Created(parts) = effect
+            && matches!(body, b"CREATE TABLE\0" | b"CREATE VIEW\0")
+        {
+            self.created.created(parts);
         }
         if body.starts_with(b"DISCARD") || body.starts_with(b"RESET") || body.starts_with(b"SET") {
             self.names.dirty = true;
