@@ -95,11 +95,12 @@ impl Snapshot {
         s
     }
 
-    /// This snapshot without the `hidden` names, plus `extra` relations (each replacing any
-    /// relation of the same name):
+    /// This snapshot without the relations known under a `hidden` name but with another oid
+    /// (`(oid, schema, name)`: the name now belongs to another relation), plus `extra`
+    /// relations (each replacing any relation of the same name):
     /// what one session sees inside a transaction that created them (their catalog rows are
     /// not committed, so the metadata connection cannot see them).
-    pub fn with_relations(&self, extra: &[Relation], hidden: &[(String, String)]) -> Snapshot {
+    pub fn with_relations(&self, extra: &[Relation], hidden: &[(u32, String, String)]) -> Snapshot {
         let mut s = Snapshot {
             generation: self.generation,
             by_name: self.by_name.clone(),
@@ -108,8 +109,11 @@ impl Snapshot {
             routines: self.routines.clone(),
             inheritance: self.inheritance.clone(),
         };
-        for key in hidden {
-            if let Some(r) = s.by_name.remove(key) {
+        for (oid, schema, name) in hidden {
+            let key = (schema.clone(), name.clone());
+            if s.by_name.get(&key).is_some_and(|r| r.oid != *oid)
+                && let Some(r) = s.by_name.remove(&key)
+            {
                 s.by_oid.remove(&r.oid);
             }
         }

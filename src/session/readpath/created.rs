@@ -43,9 +43,10 @@ pub struct Created {
     names: Vec<String>,
     /// The usable relations the last read found.
     relations: Vec<Relation>,
-    /// `(schema, name)` of relations the last read found but cannot use (a view, a family
-    /// member, a labelled table): the snapshot's older relation of that name is hidden too.
-    hidden: Vec<(String, String)>,
+    /// Relations the last read found but cannot use (a view, a family member, a labelled
+    /// table), as `(oid, schema, name)`: a different relation the snapshot knows under that
+    /// name (dropped in this transaction) is hidden.
+    hidden: Vec<(u32, String, String)>,
     /// The snapshot the overlay was merged into, and the merged snapshot.
     merged: Option<(Arc<Snapshot>, Arc<Snapshot>)>,
     /// Must be read again before it is used.
@@ -221,7 +222,7 @@ impl Created {
         for row in rows {
             if !row.usable || row.schema == "tokengate" {
                 if unusable.insert(row.oid) {
-                    self.hidden.push((row.schema, row.name));
+                    self.hidden.push((row.oid, row.schema, row.name));
                 }
                 continue;
             }
@@ -253,7 +254,7 @@ impl Created {
             });
         self.relations = keep;
         self.hidden
-            .extend(labelled.into_iter().map(|r| (r.schema, r.name)));
+            .extend(labelled.into_iter().map(|r| (r.oid, r.schema, r.name)));
         self.stale = false;
     }
 

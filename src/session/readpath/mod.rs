@@ -167,6 +167,9 @@ pub struct ReadPath {
     pub names: SessionNames,
     /// Relations the session created in its open transaction, read on its own connection.
     created: created::Created,
+    /// The unnamed portal is suspended (an Execute with a row limit): a simple Query of
+    /// tokengate's would destroy it, so no internal read is sent meanwhile.
+    unnamed_suspended: bool,
     /// Set when an alert with `action: terminate` fires; the relay then ends the session.
     pub terminate: Option<Refusal>,
     /// Audit records were queued by the frame just handled: with `fsync: always` the relay
@@ -240,6 +243,7 @@ impl ReadPath {
             policy_generation: 0,
             names: SessionNames::default(),
             created: created::Created::default(),
+            unnamed_suspended: false,
             transaction_status: b'I',
             sensitive_ran: false,
             described: None,
@@ -304,6 +308,7 @@ impl ReadPath {
     pub fn wants_created_read(&self) -> bool {
         self.restricted()
             && self.created.wants_read()
+            && !self.unnamed_suspended
             && self.protocol.idle()
             && self.transaction_status == b'T'
     }

@@ -396,6 +396,9 @@ impl ReadPath {
                 formats,
                 restricted,
             } => {
+                if portal.is_empty() {
+                    self.unnamed_suspended = false;
+                }
                 let p = self.bound_portal(&statement, &formats, restricted);
                 self.objects.bound(portal, p);
                 ServerVerdict::Forward
@@ -423,6 +426,9 @@ impl ReadPath {
                 }
             }
             Pending::Execute(x) => {
+                if x.portal.is_empty() {
+                    self.unnamed_suspended = t == tag::PORTAL_SUSPENDED;
+                }
                 self.sensitive_ran |= x.restricted && x.sensitive;
                 let failed = self.execute_complete(t, body, &x);
                 self.finish_execute(*x);
@@ -452,6 +458,9 @@ impl ReadPath {
         self.transaction_status = status;
         self.objects.ready(status);
         self.names.ready(status);
+        if status == b'I' {
+            self.unnamed_suspended = false;
+        }
         if self.created.ready(status) {
             self.needs_refresh = true;
         }
