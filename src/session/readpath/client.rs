@@ -552,6 +552,10 @@ impl ReadPath {
                     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                     return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
                 }
+                if self.statement_may_change_catalog(b.statement) {
+                    // Executing it may drop or replace a relation created in the transaction.
+                    self.created.planned(true);
+                }
                 let rewritten = match self.tokenize_bind(&b).and_then(|r| {
                     self.bound(&b)?;
                     Ok(r)
@@ -728,6 +732,33 @@ impl ReadPath {
                 .get(name)
                 .is_some_and(|s| s.planned.is_some()),
             Found::Unsure => false,
+        }
+    }
+
+    /// Whether running the prepared statement may change the catalog or name resolution
+    /// (DDL, CALL, DO, settings), or it is not known.
+    fn statement_may_change_catalog(&self, name: &[u8]) -> bool {
+        let changes = |p: &Planned| p.changes_names || p.is_ddl;
+        let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
+            Pending::Parse { name: n, planned } if n == name => {
+                Some(planned.as_ref().is_none_or(changes))
+            }
+            // PREPARE takes only SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES.
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, Effect::Prepare { name: n, .. } if n.as_bytes() == name))
+                .then_some(false),
+            _ => None,
+        });
+        match pending {
+            Found::Yes(c) => c,
+            Found::No => self
+                .objects
+                .statements
+                .get(name)
+                .is_none_or(|s| s.planned.as_ref().is_none_or(changes)),
+            Found::Unsure => true,
         }
     }
 

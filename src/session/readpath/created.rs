@@ -15,8 +15,9 @@
 //!   triggers, outside the `tokengate` schema, and with no column the policy labels (a
 //!   labelled table needs the real catalog and, at rest, a migration): anything else stays
 //!   unknown, as before;
-//! - it is read again before the first batch of client messages after any statement ran, and
-//!   is not used by the statements that follow DDL, CALL/DO or a setting change in the same
+//! - it is read again before the first batch of client messages after any statement was
+//!   planned or completed, and is not used by the statements that follow DDL, CALL/DO, a
+//!   setting change, or the Bind of a prepared statement that is one of these, in the same
 //!   batch (they may have dropped, altered or replaced the relation), nor after ROLLBACK TO
 //!   SAVEPOINT until it is read again (the CREATE may be undone); a name that no longer
 //!   resolves to a usable table drops out;
@@ -99,6 +100,12 @@ impl Created {
             self.stale = true;
             self.ddl = true;
         }
+    }
+
+    /// A statement completed (the server's CommandComplete): whatever it did, the next batch
+    /// reads the relations again.
+    pub fn ran(&mut self) {
+        self.planned_since_read = true;
     }
 
     /// A new batch of client messages: statements run since the last read may have changed
@@ -385,11 +392,19 @@ mod tests {
         assert!(c.overlay(&base).is_some());
         c.batch_starts();
         assert!(c.overlay(&base).is_none() && c.wants_read());
+        // A statement completed (e.g. a prepared DROP executed): read again next batch.
+        c.begin_read();
+        c.finish_read(&view);
+        c.ran();
+        assert!(!c.wants_read());
+        c.batch_starts();
+        assert!(c.wants_read());
         // DDL in the batch: the rest of the batch gets no overlay.
         c.begin_read();
         c.finish_read(&view);
+        assert!(!c.wants_read());
         c.planned(true);
-        assert!(c.overlay(&base).is_none());
+        assert!(c.wants_read() && c.overlay(&base).is_none());
         assert!(c.ready(b'I'), "DDL ran in the transaction");
         assert!(!c.wants_read());
     }

@@ -740,6 +740,7 @@ impl ReadPath {
         let none = Effect::None;
         let effect = effect.unwrap_or(&none);
         self.objects.command_complete(body, effect);
+        self.created.ran();
         if body.starts_with(b"ROLLBACK") && matches!(effect, Effect::RollbackTo(_)) {
             self.names.rolled_back_to_savepoint();
             self.created.rolled_back_to_savepoint();
