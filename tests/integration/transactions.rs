@@ -252,6 +252,34 @@ async fn transactions_tables_created_in_the_transaction_are_usable_in_it() {
     );
     assert!(code == "TG180" || code == "TG141", "{code}");
     admin.batch_execute("ROLLBACK").await.unwrap();
+    // A learned table is still other stored data: copying at-rest tokens into it is refused
+    // as before (TG182), and a plaintext written to it stays in it (it is not labelled).
+    admin
+        .batch_execute("BEGIN; CREATE TEMP TABLE copy_t (id int, ssn text)")
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO copy_t SELECT id, ssn FROM customers",
+        "UPDATE copy_t SET ssn = c.ssn FROM customers c WHERE c.id = copy_t.id",
+        "INSERT INTO copy_t (id, ssn) SELECT id, ssn FROM customers WHERE ssn = '000-00-0000'",
+    ] {
+        let code = tg(sql, admin.batch_execute(sql).await);
+        assert!(code.starts_with("TG18"), "{sql}: {code}");
+        admin.batch_execute("ROLLBACK").await.unwrap();
+        admin
+            .batch_execute("BEGIN; CREATE TEMP TABLE copy_t (id int, ssn text)")
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute("INSERT INTO copy_t VALUES (1, '123-45-6789')")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&admin, "SELECT ssn FROM copy_t").await,
+        vec![vec![Some("123-45-6789".into())]]
+    );
+    admin.batch_execute("ROLLBACK").await.unwrap();
     // A view over customers cannot be created through tokengate (DDL naming an at-rest table).
     admin.batch_execute("BEGIN").await.unwrap();
     let code = tg(
