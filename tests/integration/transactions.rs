@@ -74,6 +74,17 @@ async fn pattern(c: &tokio_postgres::Client) -> Vec<Vec<Option<String>>> {
     c.execute("UPDATE t2 SET v = $1 WHERE id = $2", &[&"bb", &2i32])
         .await
         .unwrap();
+    // Pipelined (one batch of Bind/Execute messages, as pgjdbc's executeBatch sends).
+    let insert = c.prepare("INSERT INTO t2 VALUES ($1, $2)").await.unwrap();
+    let values: Vec<(i32, String)> = (10..14).map(|i| (i, format!("p{i}"))).collect();
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 2]> =
+        values.iter().map(|(i, v)| [i as _, v as _]).collect();
+    futures_util::future::try_join_all(params.iter().map(|p| c.execute(&insert, p)))
+        .await
+        .unwrap_or_else(|e| panic!("pipelined INSERTs into t2: {e:?}"));
+    c.execute("DELETE FROM t2 WHERE id >= $1", &[&10i32])
+        .await
+        .unwrap();
     out.extend(rows(c, "SELECT id, v FROM t2 ORDER BY id").await);
     for r in c
         .query("SELECT * FROM t2 WHERE id >= $1 ORDER BY id", &[&1i32])
