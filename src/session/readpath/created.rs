@@ -35,7 +35,7 @@ const MAX_NAMES: usize = 64;
 /// At most this many rows (columns) are read per batch; a read with more fails (unknown).
 const MAX_ROWS: usize = 16 * 1024;
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1): a longer name would be truncated, with a
-/// notice, and is not followed.
+/// notice, and is not followed (nor is a name with other than printable ASCII).
 const MAX_IDENT: usize = 63;
 
 #[derive(Debug, Default)]
@@ -78,7 +78,11 @@ impl Created {
             [name] => vec![name.as_str()],
             [] => return,
         };
-        if parts.iter().any(|p| p.is_empty() || p.len() > MAX_IDENT) {
+        // Only ASCII names without control characters are followed: the query text is read
+        // in the client's encoding (SJIS can hide a backslash in a multibyte character).
+        if parts.iter().any(|p| {
+            p.is_empty() || p.len() > MAX_IDENT || !p.bytes().all(|b| (0x20..0x7f).contains(&b))
+        }) {
             return;
         }
         let name = parts
@@ -315,11 +319,12 @@ mod tests {
         c.created(&["db".into(), "pg_temp".into(), "t\"2".into()]);
         c.created(&["it's".into()]);
         c.created(&["x".repeat(64)]);
+        c.created(&["tä".into()]);
         assert!(c.wants_read());
         let sql = c.read_sql();
         assert!(sql.contains(r#"E'"pg_temp"."t""2"'"#), "{sql}");
         assert!(sql.contains(r#"E'"it''s"'"#), "{sql}");
-        assert!(!sql.contains("xxxx"));
+        assert!(!sql.contains("xxxx") && !sql.contains('ä'));
         let view = view();
         c.begin_read();
         c.read_row(&row([
