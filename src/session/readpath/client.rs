@@ -234,7 +234,7 @@ impl ReadPath {
                 }
             }
             let changes_names = super::names::may_change_names(a, text);
-            self.created.planned(changes_names || plan.is_ddl);
+            self.created.planned(changes_names, plan.is_ddl);
             self.names.planned(a, text);
             if self.names.dirty {
                 stale = true;
@@ -552,9 +552,9 @@ impl ReadPath {
                     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                     return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
                 }
-                if self.statement_may_change_catalog(b.statement) {
+                if restricted && self.statement_may_change_catalog(b.statement) {
                     // Executing it may drop or replace a relation created in the transaction.
-                    self.created.planned(true);
+                    self.created.invalidate();
                 }
                 let rewritten = match self.tokenize_bind(&b).and_then(|r| {
                     self.bound(&b)?;

@@ -56,8 +56,7 @@ pub struct Created {
     planned_since_read: bool,
     reading: Vec<Row>,
     read_failed: bool,
-    /// DDL (or anything that may change the catalog) was planned since the last
-    /// ReadyForQuery 'I'.
+    /// DDL was planned since the last ReadyForQuery 'I'.
     ddl: bool,
 }
 
@@ -97,12 +96,19 @@ impl Created {
     }
 
     /// A statement was planned; `changes` says it may change the catalog or names (DDL,
-    /// CALL/DO, settings): the statements after it in the same batch get no overlay.
-    pub fn planned(&mut self, changes: bool) {
+    /// CALL/DO, settings): the statements after it in the same batch get no overlay. `ddl`:
+    /// it is DDL (the catalog is read again when its transaction ends).
+    pub fn planned(&mut self, changes: bool, ddl: bool) {
         self.planned_since_read = true;
-        if changes {
+        self.stale |= changes || ddl;
+        self.ddl |= ddl;
+    }
+
+    /// A prepared statement that may change the catalog is bound: the statements after it in
+    /// the same batch get no overlay.
+    pub fn invalidate(&mut self) {
+        if !self.names.is_empty() {
             self.stale = true;
-            self.ddl = true;
         }
     }
 
@@ -393,7 +399,7 @@ mod tests {
                 .is_none()
         );
         // Planned in the batch: still current; a new batch must read again first.
-        c.planned(false);
+        c.planned(false, false);
         assert!(c.overlay(&base).is_some());
         c.batch_starts();
         assert!(c.overlay(&base).is_none() && c.wants_read());
@@ -408,7 +414,7 @@ mod tests {
         c.begin_read();
         c.finish_read(&view);
         assert!(!c.wants_read());
-        c.planned(true);
+        c.planned(true, true);
         assert!(c.wants_read() && c.overlay(&base).is_none());
         assert!(c.ready(b'I'), "DDL ran in the transaction");
         assert!(!c.wants_read());
