@@ -95,6 +95,36 @@ impl Snapshot {
         s
     }
 
+    /// This snapshot without the relations known under a `hidden` name but with another oid
+    /// (`(oid, schema, name)`: the name now belongs to another relation), plus `extra`
+    /// relations (each replacing any relation of the same name):
+    /// what one session sees inside a transaction that created them (their catalog rows are
+    /// not committed, so the metadata connection cannot see them).
+    pub fn with_relations(&self, extra: &[Relation], hidden: &[(u32, String, String)]) -> Snapshot {
+        let mut s = Snapshot {
+            generation: self.generation,
+            by_name: self.by_name.clone(),
+            by_oid: self.by_oid.clone(),
+            groups: self.groups.clone(),
+            routines: self.routines.clone(),
+            inheritance: self.inheritance.clone(),
+        };
+        for (oid, schema, name) in hidden {
+            let key = (schema.clone(), name.clone());
+            if s.by_name.get(&key).is_some_and(|r| r.oid != *oid)
+                && let Some(r) = s.by_name.remove(&key)
+            {
+                s.by_oid.remove(&r.oid);
+            }
+        }
+        for r in extra {
+            let r = Arc::new(r.clone());
+            s.by_oid.insert(r.oid, r.clone());
+            s.by_name.insert((r.schema.clone(), r.name.clone()), r);
+        }
+        s
+    }
+
     /// Records functions, operators and types defined outside pg_catalog: (schema, name).
     pub fn add_routines(&mut self, routines: impl Iterator<Item = (String, String)>) {
         for (schema, name) in routines {

@@ -668,13 +668,31 @@ async fn client_pump(
 /// are unknown or may have changed, and nothing is pending, sends tokengate's own query for
 /// them and waits until the upstream side has consumed its replies. False if the upstream
 /// could not be written.
+/// Then, the same way, the relations the session created in its open transaction.
 async fn read_session_names(shared: &Mutex<Shared>, wr: &mut ConnWrite) -> bool {
+    if let Some(rp) = lock(shared).readpath.as_mut() {
+        rp.batch_starts();
+    }
+    for _ in 0..2 {
+        if !read_session_state(shared, wr).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// One internal read: the session's names if due, else its created relations if due.
+async fn read_session_state(shared: &Mutex<Shared>, wr: &mut ConnWrite) -> bool {
     let (query, replies) = {
         let mut s = lock(shared);
         let replies = s.replies.clone();
         match s.readpath.as_mut() {
-            Some(rp) if rp.wants_names_read() => {
-                let query = rp.start_names_read();
+            Some(rp) if rp.wants_names_read() || rp.wants_created_read() => {
+                let query = if rp.wants_names_read() {
+                    rp.start_names_read()
+                } else {
+                    rp.start_created_read()
+                };
                 // Its ReadyForQuery stops a statement timer like any Query's.
                 if s.pending.len() < MAX_PENDING_TIMERS {
                     s.pending.push_back(Instant::now());

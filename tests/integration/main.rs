@@ -27,4 +27,5 @@ mod scram;
 mod serve;
 mod stalls;
 mod tls;
+mod transactions;
 mod usability;

@@ -117,6 +117,10 @@ impl ReadPath {
             ));
         };
         let path = self.names.current().cloned();
+        // Relations the session created in its open transaction (read on its connection).
+        let base = snapshot;
+        let overlay = path.as_ref().and_then(|_| self.created.overlay(&base));
+        let snapshot = overlay.clone().unwrap_or_else(|| base.clone());
         let catalog = SessionCatalog {
             snapshot: &snapshot,
             path: path.as_deref(),
@@ -134,6 +138,9 @@ impl ReadPath {
             standard_conforming_strings: self.names.standard_conforming_strings,
         };
         let analyses = match cache.get(sql, lex, snapshot.generation) {
+            // The shared cache is per database: an analysis that saw this session's own
+            // relations is neither taken from it nor put in it.
+            _ if overlay.is_some() => Arc::new(crate::sql::analyze_with(sql, &catalog, lex)),
             Some(a) => {
                 self.metrics.metrics.analysis_cache_hits_total.inc();
                 a
@@ -164,9 +171,15 @@ impl ReadPath {
         for (i, a) in analyses.iter().enumerate() {
             let text = texts.get(i).copied().unwrap_or(sql);
             let reanalysed;
+            // After a statement that may have changed names or the catalog, the relations
+            // read for this transaction may be gone or different: the base snapshot only.
+            let catalog = SessionCatalog {
+                snapshot: if stale { &base } else { &snapshot },
+                path: path.as_deref(),
+            };
             let a: &StatementAnalysis = if stale && path.is_some() {
                 let unknown = SessionCatalog {
-                    snapshot: &snapshot,
+                    snapshot: &base,
                     path: None,
                 };
                 reanalysed = crate::sql::analyze_with(text, &unknown, lex);
@@ -243,6 +256,7 @@ impl ReadPath {
                 }
             }
             let changes_names = super::names::may_change_names(a, text);
+            self.created.planned(changes_names, plan.is_ddl);
             self.names.planned(a, text);
             if self.names.dirty {
                 stale = true;
@@ -606,6 +620,10 @@ impl ReadPath {
                     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
                     return Ok(ClientVerdict::Replace(frame(frontend::BIND, &out)));
                 }
+                if restricted && self.statement_may_change_catalog(b.statement) {
+                    // Executing it may drop or replace a relation created in the transaction.
+                    self.created.invalidate();
+                }
                 let rewritten = match self.tokenize_bind(&b).and_then(|r| {
                     self.bound(&b)?;
                     Ok(r)
@@ -785,6 +803,33 @@ impl ReadPath {
         }
     }
 
+    /// Whether running the prepared statement may change the catalog or name resolution
+    /// (DDL, CALL, DO, settings), or it is not known.
+    fn statement_may_change_catalog(&self, name: &[u8]) -> bool {
+        let changes = |p: &Planned| p.changes_names || p.is_ddl;
+        let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
+            Pending::Parse { name: n, planned } if n == name => {
+                Some(planned.as_ref().is_none_or(changes))
+            }
+            // PREPARE takes only SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES.
+            Pending::Query(q) => q
+                .statements
+                .iter()
+                .any(|s| matches!(&s.effect, Effect::Prepare { name: n, .. } if n.as_bytes() == name))
+                .then_some(false),
+            _ => None,
+        });
+        match pending {
+            Found::Yes(c) => c,
+            Found::No => self
+                .objects
+                .statements
+                .get(name)
+                .is_none_or(|s| s.planned.as_ref().is_none_or(changes)),
+            Found::Unsure => true,
+        }
+    }
+
     /// The portal is confirmed with a plan, or a Bind or DECLARE of it is on its way.
     fn portal_may_be_known(&self, name: &[u8]) -> bool {
         let pending = self.protocol.find_recent(SCAN_LIMIT, |p| match p {
@@ -826,8 +871,32 @@ fn effect_of(a: &StatementAnalysis, text: &str, plan: &crate::plan::StatementPla
         StatementKind::Fetch => Effect::Fetch(name()),
         StatementKind::Execute => Effect::Execute(name()),
         StatementKind::Utility => utility_effect(a, text),
+        StatementKind::Ddl => created_effect(text),
         _ => Effect::None,
     }
+}
+
+/// CREATE TABLE (without AS) and CREATE VIEW: the name created, its parts folded as
+/// PostgreSQL folds them in UTF-8 (unquoted ASCII letters only).
+fn created_effect(text: &str) -> Effect {
+    use sqlparser::ast::Statement;
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let name = match sqlparser::parser::Parser::parse_sql(&dialect, text).as_deref() {
+        Ok([Statement::CreateTable(c)]) if c.query.is_none() => c.name.clone(),
+        Ok([Statement::CreateView(v)]) if !v.materialized => v.name.clone(),
+        _ => return Effect::None,
+    };
+    let parts: Option<Vec<String>> = name
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident().map(|i| match i.quote_style {
+                Some(_) => i.value.clone(),
+                None => i.value.to_ascii_lowercase(),
+            })
+        })
+        .collect();
+    parts.map_or(Effect::None, Effect::Created)
 }
 
 /// WITH HOLD and BINARY of a DECLARE (parsed; unparseable means neither, and the cursor's

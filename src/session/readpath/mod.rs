@@ -9,6 +9,7 @@
 //! - [`describe`]: RowDescriptions checked against plans (TG110).
 //! - [`objects`]: statements, portals, cursors and savepoints as the server confirmed them.
 //! - [`names`]: the session's search path and temp schema, read from the server.
+//! - [`created`]: tables the session created in its open transaction, read on its connection.
 //! - [`transform`]: prepared column transforms and the row rewriters.
 //! - [`scrub`]: errors, notices and notifications for restricted roles.
 //! - [`observe`]: audit records, metrics and alerts.
@@ -23,6 +24,7 @@
 //! reload mid-session can never attribute one statement's rows to another's plan.
 mod client;
 mod copy_binary;
+mod created;
 mod describe;
 pub mod names;
 pub mod objects;
@@ -83,6 +85,8 @@ struct QueryReply {
     audit: Option<Arc<PendingAudit>>,
     /// tokengate's own query (the session's names): its replies are consumed.
     internal: bool,
+    /// The internal query reads the relations created in the transaction ([`created`]).
+    created: bool,
     /// Analysed for a restricted role (otherwise nothing is rewritten or checked).
     restricted: bool,
     /// Its plans are enforced: the server must run exactly the statements analysed.
@@ -163,6 +167,11 @@ pub struct ReadPath {
     pub keys: Arc<KeyRing>,
     /// The session's search path, temp schema and lexing settings.
     pub names: SessionNames,
+    /// Relations the session created in its open transaction, read on its own connection.
+    created: created::Created,
+    /// The unnamed portal is suspended (an Execute with a row limit): a simple Query of
+    /// tokengate's would destroy it, so no internal read is sent meanwhile.
+    unnamed_suspended: bool,
     /// Set when an alert with `action: terminate` fires; the relay then ends the session.
     pub terminate: Option<Refusal>,
     /// Audit records were queued by the frame just handled: with `fsync: always` the relay
@@ -238,6 +247,8 @@ impl ReadPath {
             needs_refresh: true,
             policy_generation: 0,
             names: SessionNames::default(),
+            created: created::Created::default(),
+            unnamed_suspended: false,
             transaction_status: b'I',
             sensitive_ran: false,
             described: None,
@@ -288,6 +299,38 @@ impl ReadPath {
             })),
         );
         let mut body = names::READ_NAMES_SQL.as_bytes().to_vec();
+        body.push(0);
+        frame(crate::wire::frontend::QUERY, &body)
+    }
+
+    /// A new batch of client messages is about to be analysed (before the internal reads).
+    pub fn batch_starts(&mut self) {
+        self.created.batch_starts();
+    }
+
+    /// Whether tokengate must read the relations the session created in its open transaction
+    /// before analysing the next statement, and can do so now (nothing pending, inside a
+    /// transaction block that has not failed).
+    pub fn wants_created_read(&self) -> bool {
+        self.restricted()
+            && self.created.wants_read()
+            && !self.unnamed_suspended
+            && self.protocol.idle()
+            && self.transaction_status == b'T'
+    }
+
+    /// The internal query that reads those relations; its replies are consumed.
+    pub fn start_created_read(&mut self) -> Vec<u8> {
+        self.created.begin_read();
+        self.protocol.sent(
+            super::protocol::Request::Query,
+            Pending::Query(Box::new(QueryReply {
+                internal: true,
+                created: true,
+                ..QueryReply::default()
+            })),
+        );
+        let mut body = self.created.read_sql().into_bytes();
         body.push(0);
         frame(crate::wire::frontend::QUERY, &body)
     }

@@ -70,6 +70,9 @@ pub enum Effect {
     Savepoint(String),
     Release(String),
     RollbackTo(String),
+    /// CREATE TABLE / CREATE VIEW of this name (its parts as PostgreSQL folds them): inside a
+    /// transaction block, its definition is read on the session's connection.
+    Created(Vec<String>),
 }
 
 /// A portal: protocol Bind or SQL cursor.

@@ -300,7 +300,11 @@ impl ReadPath {
                     q.active = None;
                     q.errored = true;
                     if q.internal {
-                        self.names.failed_read();
+                        if q.created {
+                            self.created.failed_read();
+                        } else {
+                            self.names.failed_read();
+                        }
                         ServerVerdict::Drop
                     } else if let Some(r) = q.refusal.take() {
                         ServerVerdict::Replace(refusal_error(&r))
@@ -392,6 +396,9 @@ impl ReadPath {
                 formats,
                 restricted,
             } => {
+                if portal.is_empty() {
+                    self.unnamed_suspended = false;
+                }
                 let p = self.bound_portal(&statement, &formats, restricted);
                 self.objects.bound(portal, p);
                 ServerVerdict::Forward
@@ -419,6 +426,9 @@ impl ReadPath {
                 }
             }
             Pending::Execute(x) => {
+                if x.portal.is_empty() {
+                    self.unnamed_suspended = t == tag::PORTAL_SUSPENDED;
+                }
                 self.sensitive_ran |= x.restricted && x.sensitive;
                 let failed = self.execute_complete(t, body, &x);
                 self.finish_execute(*x);
@@ -451,6 +461,12 @@ impl ReadPath {
             .ready(status, self.protocol.front_seq(), boundary);
         self.objects.ready(status);
         self.names.ready(status);
+        if status == b'I' {
+            self.unnamed_suspended = false;
+        }
+        if self.created.ready(status) {
+            self.needs_refresh = true;
+        }
         let Some(q) = query else {
             return ServerVerdict::Forward;
         };
@@ -567,6 +583,21 @@ impl ReadPath {
     fn data_row(&mut self, body: &[u8], out: &mut Vec<u8>) -> ServerVerdict {
         if let Some(Pending::Query(q)) = self.protocol.front_mut()
             && q.internal
+            && q.created
+        {
+            let mut r = crate::wire::Reader::new(body, "DataRow");
+            let fields: Vec<Option<&[u8]>> = match r.count16() {
+                Ok(n) if n <= 7 => (0..n)
+                    .map(|_| r.value())
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            self.created.read_row(&fields);
+            return ServerVerdict::Drop;
+        }
+        if let Some(Pending::Query(q)) = self.protocol.front_mut()
+            && q.internal
         {
             let mut r = crate::wire::Reader::new(body, "DataRow");
             let ok = match (r.count16(), r.value(), r.value()) {
@@ -678,6 +709,7 @@ impl ReadPath {
             .current()
             .map_or((true, true), |s| (s.changes_names, s.is_ddl));
         let internal = q.internal;
+        let created = q.created;
         let restricted = q.restricted;
         q.index = if t == tag::EMPTY_QUERY_RESPONSE {
             // The whole text was empty to the server (comments, semicolons).
@@ -688,7 +720,9 @@ impl ReadPath {
         q.active = None;
         let failed = q.failed.take();
         if t == tag::COMMAND_COMPLETE {
-            if internal {
+            if internal && created {
+                self.created.finish_read(&self.view);
+            } else if internal {
                 self.names.finish_read();
             } else {
                 self.confirm(body, effect.as_ref());
@@ -709,8 +743,15 @@ impl ReadPath {
         let none = Effect::None;
         let effect = effect.unwrap_or(&none);
         self.objects.command_complete(body, effect);
+        self.created.ran();
         if body.starts_with(b"ROLLBACK") && matches!(effect, Effect::RollbackTo(_)) {
             self.names.rolled_back_to_savepoint();
+            self.created.rolled_back_to_savepoint();
+        }
+        if let Effect::Created(parts) = effect
+            && matches!(body, b"CREATE TABLE\0" | b"CREATE VIEW\0")
+        {
+            self.created.created(parts);
         }
         if body.starts_with(b"DISCARD") || body.starts_with(b"RESET") || body.starts_with(b"SET") {
             self.names.dirty = true;
