@@ -22,6 +22,7 @@
 //! reload mid-session can never attribute one statement's rows to another's plan.
 mod client;
 mod copy_binary;
+mod copy_in;
 mod describe;
 pub mod names;
 pub mod objects;
@@ -184,7 +185,7 @@ pub struct ReadPath {
     /// The analysis cache for the current names (and its key), looked up when they change.
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
     /// A COPY FROM STDIN into columns stored as tokens (issue 14): its rows are tokenized.
-    copy_in: Option<write::CopyInState>,
+    copy_in: Option<copy_in::CopyInState>,
     /// Portals bound to a COPY FROM STDIN into columns stored as tokens (extended protocol):
     /// their Execute starts tokenizing the client's CopyData.
     copy_portals: HashMap<Vec<u8>, crate::plan::write::CopyIn>,
