@@ -151,6 +151,7 @@ impl ReadPath {
             ));
         }
         let texts = crate::sql::split_statements(sql, lex);
+        let at_rest_index = self.at_rest_index(&snapshot);
         let mut local = NamedPlans::default();
         let mut planned = Vec::with_capacity(analyses.len());
         // Set once a statement may have changed name resolution: the later ones of this
@@ -189,7 +190,7 @@ impl ReadPath {
             let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
             let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
             let at_rest =
-                crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?;
+                crate::plan::write::plan_at_rest(text, offset, lex, a, &at_rest_index, &catalog)?;
             // With at-rest labels every statement carries a plan (maybe empty), so a Bind
             // can tell "nothing to tokenize" from "planned before at-rest applied".
             let at_rest = match at_rest {

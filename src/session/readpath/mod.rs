@@ -191,6 +191,8 @@ pub struct ReadPath {
     copy_portals: HashMap<Vec<u8>, crate::plan::write::CopyIn>,
     /// FF1 tokenizers for Bind parameters of columns stored as tokens, kept for the session.
     bind_tokenizers: write::Tokenizers,
+    /// The at-rest planning index of the current role view and catalog snapshot.
+    at_rest_index: write::CachedIndex,
     /// The server backend's pid: notifications this session sent itself name it.
     pub server_pid: Option<u32>,
     /// The state of the database's columns stored as tokens (their key versions), refreshed
@@ -225,6 +227,7 @@ impl ReadPath {
             copy_in: None,
             copy_portals: HashMap::new(),
             bind_tokenizers: write::Tokenizers::default(),
+            at_rest_index: None,
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,

@@ -4,9 +4,11 @@
 //! [`crate::plan::write::plan_at_rest`]; anything it could not plan was refused there.
 use super::objects::Planned;
 use super::{Pending, ReadPath, cstr};
+use crate::catalog::Snapshot;
 use crate::errors::Code;
 use crate::plan::Refusal;
-use crate::plan::write::{AtRest, AtRestPlan};
+use crate::plan::write::{AtRest, AtRestIndex, AtRestPlan};
+use crate::policy::RoleView;
 use crate::protect::keys::DEFAULT_KEY_NAME;
 use crate::protect::{Output, Tokenizer};
 use crate::session::protocol::Found;
@@ -148,6 +150,25 @@ fn array_refusal(how: &AtRest, e: crate::wire::array::ArrayError) -> Refusal {
             how.label
         ),
     )
+}
+
+/// The at-rest planning index with the role view and catalog snapshot it was built from.
+pub(super) type CachedIndex = Option<(Arc<RoleView>, Arc<Snapshot>, Arc<AtRestIndex>)>;
+
+impl ReadPath {
+    /// The at-rest planning index for the session's current role view and `snapshot`: built
+    /// when either changed (a policy reload, a catalog refresh), else the one kept.
+    pub(super) fn at_rest_index(&mut self, snapshot: &Arc<Snapshot>) -> Arc<AtRestIndex> {
+        if let Some((view, snap, index)) = &self.at_rest_index
+            && Arc::ptr_eq(view, &self.view)
+            && Arc::ptr_eq(snap, snapshot)
+        {
+            return index.clone();
+        }
+        let index = Arc::new(AtRestIndex::new(&self.view, snapshot));
+        self.at_rest_index = Some((self.view.clone(), snapshot.clone(), index.clone()));
+        index
+    }
 }
 
 /// Replaces each planned literal of `sql` by the quoted token of its value.
