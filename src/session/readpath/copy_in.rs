@@ -541,3 +541,200 @@ impl CopyInState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protect::keys::{DEFAULT_KEY_NAME, Key, KeyRing};
+    use crate::protect::{Output, Tokenizer};
+    use std::sync::Arc;
+
+    fn keys() -> KeyRing {
+        let mut ring = KeyRing::default();
+        ring.insert(DEFAULT_KEY_NAME, 3, Key::from_bytes([9; 32]));
+        ring
+    }
+
+    fn at(label: &str, format: &str) -> AtRest {
+        AtRest {
+            label: Arc::from(label),
+            format: Arc::from(format),
+            speaks_tokens: false,
+            column: Arc::from(format!("public.t.{label}")),
+            key_version: 3,
+        }
+    }
+
+    fn token(label: &str, format: &str, plain: &str) -> String {
+        let key = keys();
+        let t = Tokenizer::new(
+            key.get(DEFAULT_KEY_NAME, Some(3)).unwrap(),
+            label,
+            format.parse().unwrap(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            t.tokenize(plain.as_bytes(), &mut out).unwrap(),
+            Output::Value
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    fn copy_in(kind: CopyKind, header: bool) -> CopyInState {
+        let csv = kind == CopyKind::Csv;
+        CopyInState::new(crate::plan::write::CopyIn {
+            format: crate::sql::CopyFormat {
+                kind,
+                delimiter: if csv { b',' } else { b'\t' },
+                quote: b'"',
+                escape: b'"',
+                null: if csv { String::new() } else { "\\N".into() },
+                header,
+                force_not_null: false,
+            },
+            width: 4,
+            fields: vec![
+                (1, at("ssn", "digits")),
+                (2, at("card", "card")),
+                (3, at("mail", "email")),
+            ],
+        })
+    }
+
+    /// The rewritten stream: every chunking gives exactly the one-value-at-a-time tokens.
+    fn run(state: &mut CopyInState, input: &[u8], chunk: usize) -> Result<Vec<u8>, Refusal> {
+        let keys = keys();
+        let mut out = Vec::new();
+        for c in input.chunks(chunk) {
+            state.text(&keys, c, &mut out)?;
+        }
+        if !state.partial.is_empty() {
+            let mut last = std::mem::take(&mut state.partial);
+            last.push(b'\n');
+            state.text_lines(&keys, &last, &mut out)?;
+            out.pop();
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn text_and_csv_rows_are_tokenized_alike_whatever_the_chunking() {
+        let rows: Vec<(String, Option<&str>, Option<&str>, Option<&str>)> = (0..40)
+            .map(|i| {
+                let ssn = ["123-45-6789", "987 65 4321", "555-01-0001"][i % 3];
+                let card = [
+                    "4111111111111111",
+                    "4111 1111 1111 1111",
+                    "5500000000000004",
+                ][i % 3];
+                let mail = [
+                    "jane.doe@example.com",
+                    "x123456@y.co.uk",
+                    "Bobby.Tables@Example.org",
+                ][i % 3];
+                (
+                    i.to_string(),
+                    (i % 5 != 1).then_some(ssn),
+                    (i % 7 != 2).then_some(card),
+                    (i % 4 != 3).then_some(mail),
+                )
+            })
+            .collect();
+        for kind in [CopyKind::Text, CopyKind::Csv] {
+            let csv = kind == CopyKind::Csv;
+            let (sep, null) = if csv { (",", "") } else { ("\t", "\\N") };
+            let mut input = String::from(if csv { "id,ssn,card,mail\n" } else { "" });
+            let mut want = input.clone();
+            for (n, (id, ssn, card, mail)) in rows.iter().enumerate() {
+                let quoted = csv && n % 2 == 0;
+                let field = |v: Option<&str>| match v {
+                    Some(v) if quoted => format!("\"{v}\""),
+                    Some(v) => v.to_string(),
+                    None => null.to_string(),
+                };
+                let tok = |label: &str, format: &str, v: Option<&str>| {
+                    field(v.map(|v| token(label, format, v)).as_deref())
+                };
+                let end = if n % 3 == 0 { "\r\n" } else { "\n" };
+                input.push_str(&[id.clone(), field(*ssn), field(*card), field(*mail)].join(sep));
+                input.push_str(end);
+                want.push_str(
+                    &[
+                        id.clone(),
+                        tok("ssn", "digits", *ssn),
+                        tok("card", "card", *card),
+                        tok("mail", "email", *mail),
+                    ]
+                    .join(sep),
+                );
+                want.push_str(end);
+            }
+            // The last line without its newline (flushed at CopyDone).
+            input.pop();
+            want.pop();
+            for chunk in [1, 2, 7, 64, 1000, input.len()] {
+                let mut state = copy_in(kind, csv);
+                let out = run(&mut state, input.as_bytes(), chunk).unwrap();
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    want,
+                    "{kind:?} in chunks of {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_that_cannot_be_tokenized_or_split_alike_are_refused() {
+        for (kind, row) in [
+            (
+                CopyKind::Text,
+                "1\t123-45-6789\t4111111111111111\ta@b\\tc.org\n",
+            ),
+            (CopyKind::Text, "1\t123-45-6789\t4111111111111111\n"),
+            (
+                CopyKind::Text,
+                "1\t1234\t4111111111111111\tjane@example.com\n",
+            ),
+            (
+                CopyKind::Text,
+                "1\t123-45-6789\t4111111111111111\tno-at-sign\n",
+            ),
+            (
+                CopyKind::Csv,
+                "1,\"12\"\"3-45-6789\",4111111111111111,jane@example.com\n",
+            ),
+            (
+                CopyKind::Csv,
+                "1,123-45-6789,4111111111111111,\"jane@exa\nmple.com\"\n",
+            ),
+        ] {
+            // Preceded by good rows in the same message and in an earlier one.
+            let good = if kind == CopyKind::Csv {
+                "2,123-45-6789,4111111111111111,jane@example.com\n"
+            } else {
+                "2\t123-45-6789\t4111111111111111\tjane@example.com\n"
+            };
+            let input = format!("{good}{good}{row}");
+            let mut state = copy_in(kind, false);
+            let result = run(&mut state, input.as_bytes(), good.len() + 3);
+            assert!(result.is_err(), "{kind:?} {row:?}");
+        }
+        // A row longer than the bound, in small messages.
+        let mut state = copy_in(CopyKind::Text, false);
+        let keys = keys();
+        let big = vec![b'x'; 1 << 20];
+        let mut out = Vec::new();
+        let mut refused = false;
+        for _ in 0..=(MAX_COPY_LINE >> 20) {
+            if let Err(r) = state.text(&keys, &big, &mut out) {
+                assert!(r.message.contains("longer than 16 MiB"), "{}", r.message);
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+        assert!(out.is_empty(), "nothing of the row was forwarded");
+    }
+}

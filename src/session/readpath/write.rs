@@ -13,6 +13,7 @@ use crate::protect::keys::DEFAULT_KEY_NAME;
 use crate::protect::{Output, Tokenizer};
 use crate::session::protocol::Found;
 use crate::wire::frontend;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -389,8 +390,9 @@ impl ReadPath {
         if plan.params.is_empty() && plan.array_params.is_empty() {
             return Ok(None);
         }
-        let mut params: Vec<Option<Vec<u8>>> =
-            b.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
+        // Parameters not stored as tokens are written back from the message as they are.
+        let mut params: Vec<Option<Cow<[u8]>>> =
+            b.params.iter().map(|p| p.map(Cow::Borrowed)).collect();
         let arrays = plan.array_params.iter().map(|(n, h)| (n, h, true));
         for (n, how, array) in plan.params.iter().map(|(n, h)| (n, h, false)).chain(arrays) {
             let i = n - 1;
@@ -413,7 +415,7 @@ impl ReadPath {
                 } else {
                     tokenizers.tokenize_binary_array(&self.keys, how, v)?
                 };
-                params[i] = Some(token);
+                params[i] = Some(Cow::Owned(token));
             } else if let Some(Some(v)) = params.get(i) {
                 if std::str::from_utf8(v).is_err() {
                     return Err(Refusal::new(
@@ -422,10 +424,11 @@ impl ReadPath {
                     ));
                 }
                 let token = tokenizers.tokenize(&self.keys, how, v)?;
-                params[i] = Some(token);
+                params[i] = Some(Cow::Owned(token));
             }
         }
-        let mut out = Vec::new();
+        let size: usize = params.iter().flatten().map(|p| p.len() + 4).sum();
+        let mut out = Vec::with_capacity(b.portal.len() + b.statement.len() + size + 64);
         cstr(&mut out, b.portal);
         cstr(&mut out, b.statement);
         out.extend_from_slice(&(b.param_formats.len() as i16).to_be_bytes());
