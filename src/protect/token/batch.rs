@@ -123,7 +123,7 @@ impl Tokenizer {
                     out.truncate(start);
                     let result = self
                         .crypt_text(value, out, direction)
-                        .map(|o| (o == Output::Value).then(|| start..out.len()));
+                        .map(|o| (o == Output::Value).then_some(start..out.len()));
                     results.push(result);
                     jobs.push(None);
                     continue;
@@ -178,7 +178,7 @@ impl Tokenizer {
     }
 
     /// The one-value path for the value whose copy starts at `start` in `out`.
-    fn one(&self, value: &[u8], start: usize, out: &mut Vec<u8>, direction: Direction) -> Crypted {
+    fn one(&self, value: &[u8], start: usize, out: &mut [u8], direction: Direction) -> Crypted {
         let mut token = Vec::with_capacity(value.len());
         let output = self.crypt_text(value, &mut token, direction)?;
         let end = start + value.len();

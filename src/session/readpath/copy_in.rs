@@ -620,7 +620,8 @@ mod tests {
 
     #[test]
     fn text_and_csv_rows_are_tokenized_alike_whatever_the_chunking() {
-        let rows: Vec<(String, Option<&str>, Option<&str>, Option<&str>)> = (0..40)
+        type Row<'a> = (String, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let rows: Vec<Row> = (0..40)
             .map(|i| {
                 let ssn = ["123-45-6789", "987 65 4321", "555-01-0001"][i % 3];
                 let card = [
