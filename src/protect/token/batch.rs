@@ -24,11 +24,10 @@ pub type Crypted = Result<Option<Range<usize>>, ProtectError>;
 
 /// A value whose FF1 work is batched: where its input copy sits in `out`, and its scheme.
 enum Job {
-    Digits,
+    /// The number of digits, all encrypted.
+    Digits { count: usize },
     /// The number of leading digits FF1 encrypts (the rest: the adjuster and kept digits).
-    Card {
-        encrypted: usize,
-    },
+    Card { encrypted: usize },
     /// The class-preserving positions of `ranges`, as one mixed-radix number below `size`.
     Classes {
         ranges: [Range<usize>; 2],
@@ -84,28 +83,17 @@ impl Tokenizer {
         for (i, &value) in values.iter().enumerate() {
             let start = out.len();
             out.extend_from_slice(value);
-            let job = self.plan(value);
+            let mut digits = [0u8; 64];
+            let job = self.plan(value, &mut digits);
             match &job {
-                Some(Job::Digits) => {
-                    let count = value.iter().filter(|c| c.is_ascii_digit()).count();
-                    let g = group(&mut numerals, count);
-                    g.items.extend(
-                        value
-                            .iter()
-                            .filter(|c| c.is_ascii_digit())
-                            .map(|c| c - b'0'),
-                    );
+                Some(Job::Digits { count }) => {
+                    let g = group(&mut numerals, *count);
+                    g.items.extend_from_slice(&digits[..*count]);
                     g.members.push((i, start));
                 }
                 Some(Job::Card { encrypted }) => {
                     let g = group(&mut numerals, *encrypted);
-                    g.items.extend(
-                        value
-                            .iter()
-                            .filter(|c| c.is_ascii_digit())
-                            .take(*encrypted)
-                            .map(|c| c - b'0'),
-                    );
+                    g.items.extend_from_slice(&digits[..*encrypted]);
                     g.members.push((i, start));
                 }
                 Some(Job::Classes { ranges, size }) => {
@@ -193,16 +181,29 @@ impl Tokenizer {
         Ok(Some(start..end))
     }
 
-    /// Whether `value` takes the batched path, and how.
-    fn plan(&self, value: &[u8]) -> Option<Job> {
+    /// Whether `value` takes the batched path, and how. For `digits` and `card`, `digits`
+    /// receives the values of its first 64 ASCII digits.
+    fn plan(&self, value: &[u8], digits: &mut [u8; 64]) -> Option<Job> {
+        let mut gather = || {
+            let mut count = 0;
+            for &c in value {
+                if c.is_ascii_digit() {
+                    if let Some(slot) = digits.get_mut(count) {
+                        *slot = c - b'0';
+                    }
+                    count += 1;
+                }
+            }
+            count
+        };
         match self.format.kind {
             FormatKind::Digits => {
-                let count = value.iter().filter(|c| c.is_ascii_digit()).count();
+                let count = gather();
                 (count >= self.ff1.min_len() && self.ff1.int_len_supported(count))
-                    .then_some(Job::Digits)
+                    .then_some(Job::Digits { count })
             }
             FormatKind::Card { keep_last4 } => {
-                let digits = value.iter().filter(|c| c.is_ascii_digit()).count();
+                let digits = gather();
                 let kept = if keep_last4 { 4 } else { 0 };
                 if digits > 64 || digits < kept + 1 {
                     return None;
