@@ -3,7 +3,7 @@
 use super::{AtRestError, Column, Options, Progress, state_error};
 use crate::catalog::at_rest::Phase;
 use crate::policy::detect::quote_ident;
-use crate::protect::{Output, ProtectError};
+use crate::protect::token::Crypted;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
@@ -315,8 +315,9 @@ pub(super) async fn barrier(
     })
 }
 
-/// One value's new form.
-pub(super) type Convert<'a> = dyn Fn(&[u8], &mut Vec<u8>) -> Result<Output, ProtectError> + 'a;
+/// A batch of values' new forms, appended to the buffer: one outcome per value, in order
+/// (see [`crate::protect::Tokenizer::tokenize_many`]).
+pub(super) type Convert<'a> = dyn Fn(&[&[u8]], &mut Vec<u8>) -> Vec<Crypted> + 'a;
 
 /// Walks the table in batches after the recorded cursor until none is left; returns the rows
 /// changed by this run. Each batch commits its rows and the new cursor together.
@@ -374,45 +375,40 @@ pub(super) async fn run(
             }
             let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(rows.len()); k];
             let mut values = Vec::with_capacity(rows.len());
+            // The batch's values (NULL stays NULL), converted in one call.
+            let mut plain: Vec<(usize, String)> = Vec::with_capacity(rows.len());
+            for (n, row) in rows.iter().enumerate() {
+                if let Some(value) = row.try_get::<_, Option<String>>(k)? {
+                    plain.push((n, value));
+                }
+            }
+            let inputs: Vec<&[u8]> = plain.iter().map(|(_, v)| v.as_bytes()).collect();
             let mut out = Vec::new();
-            for row in &rows {
-                let Some(value) = row.try_get::<_, Option<String>>(k)? else {
-                    continue; // NULL stays NULL
-                };
-                out.clear();
-                let converted = convert(value.as_bytes(), &mut out);
+            let converted = convert(&inputs, &mut out);
+            for ((n, _), result) in plain.iter().zip(converted) {
+                let row = &rows[*n];
                 let key = || {
                     let parts: Vec<String> = (0..k)
                         .filter_map(|i| row.try_get::<_, String>(i).ok())
                         .collect();
                     format!("({})", parts.join(", "))
                 };
-                match converted {
-                    Ok(Output::Value) => {}
-                    Ok(Output::Null) => {
-                        return Err(AtRestError::Value {
-                            column: c.qualified(),
-                            key: key(),
-                            reason: "it would become NULL".into(),
-                        });
-                    }
-                    Err(e) => {
-                        return Err(AtRestError::Value {
-                            column: c.qualified(),
-                            key: key(),
-                            reason: e.to_string(),
-                        });
-                    }
-                }
-                let token = String::from_utf8(out.clone()).map_err(|_| AtRestError::Value {
+                let bad = |reason: String| AtRestError::Value {
                     column: c.qualified(),
                     key: key(),
-                    reason: "the token is not UTF-8".into(),
-                })?;
+                    reason,
+                };
+                let range = match result {
+                    Ok(Some(range)) => range,
+                    Ok(None) => return Err(bad("it would become NULL".into())),
+                    Err(e) => return Err(bad(e.to_string())),
+                };
+                let token = std::str::from_utf8(out.get(range).unwrap_or(&[]))
+                    .map_err(|_| bad("the token is not UTF-8".into()))?;
                 for (i, ks) in keys.iter_mut().enumerate() {
                     ks.push(row.try_get::<_, String>(i)?);
                 }
-                values.push(token);
+                values.push(token.to_string());
             }
             if !values.is_empty() {
                 let mut params: Vec<&(dyn ToSql + Sync)> =

@@ -23,7 +23,7 @@ use crate::catalog::at_rest::{self, Phase};
 use crate::policy::Policy;
 use crate::policy::detect::quote_ident;
 use crate::protect::keys::DEFAULT_KEY_NAME;
-use crate::protect::{Action, ColumnTransform, KeyRing, Output, TokenFormat, TransformSpec};
+use crate::protect::{KeyRing, ProtectError, TokenFormat, Tokenizer};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -211,18 +211,15 @@ pub async fn migrate_all(
 }
 
 /// A tokenizer (or revealer) of one label, format and key version.
-fn transform(c: &Column, keys: &KeyRing, version: u32) -> Result<ColumnTransform, AtRestError> {
+fn tokenizer(c: &Column, keys: &KeyRing, version: u32) -> Result<Tokenizer, AtRestError> {
     let format: TokenFormat = c.format.parse().map_err(|_| AtRestError::State {
         column: c.qualified(),
         message: format!("the token format {:?} is not usable", c.format),
     })?;
-    let mut spec = TransformSpec::new(Action::Token(format), c.label.clone());
-    spec.key_version = Some(version);
-    ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys).map_err(|e| {
-        AtRestError::State {
-            column: c.qualified(),
-            message: e.to_string(),
-        }
+    let key = keys.get(DEFAULT_KEY_NAME, Some(version))?;
+    Tokenizer::new(key, &c.label, format).map_err(|e| AtRestError::State {
+        column: c.qualified(),
+        message: e.to_string(),
     })
 }
 
@@ -361,7 +358,7 @@ pub async fn migrate(
     };
     tx.commit().await?;
     keys.get(DEFAULT_KEY_NAME, Some(version))?;
-    let tokenizer = transform(c, keys, version)?;
+    let tokenizer = tokenizer(c, keys, version)?;
     let started = Instant::now();
     table.require_pk()?;
     let rows = batch::run(
@@ -371,7 +368,7 @@ pub async fn migrate(
         Phase::Migrating,
         options,
         progress,
-        &|plain, out| tokenizer.apply(plain, out),
+        &|plain, out| tokenizer.tokenize_many(plain, out),
     )
     .await?;
     batch::finish(client, c, Phase::Migrating).await?;
@@ -455,8 +452,8 @@ pub async fn rekey(
     tx.commit().await?;
     keys.get(DEFAULT_KEY_NAME, Some(from))?;
     keys.get(DEFAULT_KEY_NAME, Some(to))?;
-    let old = transform(c, keys, from)?;
-    let new = transform(c, keys, to)?;
+    let old = tokenizer(c, keys, from)?;
+    let new = tokenizer(c, keys, to)?;
     // Proxies may still be running statements under `tokenized, version N`: wait until none
     // can start one, then until the transactions that did have ended.
     progress.note(&format!(
@@ -474,12 +471,25 @@ pub async fn rekey(
         Phase::Rekeying,
         options,
         progress,
-        &|token, out| {
-            let mut plain = Vec::with_capacity(token.len());
-            match old.reveal(token, &mut plain)? {
-                Output::Value => new.apply(&plain, out),
-                Output::Null => Ok(Output::Null),
-            }
+        &|tokens, out| {
+            // Decrypted with N, then encrypted with M, both batched.
+            let mut plain = Vec::new();
+            let revealed = old.reveal_many(tokens, &mut plain);
+            let values: Vec<&[u8]> = revealed
+                .iter()
+                .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref))
+                .map(|r| &plain[r.clone()])
+                .collect();
+            let mut fresh = new.tokenize_many(&values, out).into_iter();
+            revealed
+                .into_iter()
+                .map(|r| match r {
+                    Ok(Some(_)) => fresh
+                        .next()
+                        .unwrap_or_else(|| Err(ProtectError::bad("token", "batch mismatch"))),
+                    other => other,
+                })
+                .collect()
         },
     )
     .await?;

@@ -175,26 +175,69 @@ fn refuse(code: Code, message: impl Into<String>) -> Refusal {
 /// The policy's at-rest columns for this role: `(schema, table)` → column → how it tokenizes.
 type AtRestColumns = HashMap<(String, String), HashMap<String, AtRest>>;
 
-fn at_rest_columns(view: &RoleView) -> AtRestColumns {
-    let mut out: AtRestColumns = HashMap::new();
-    for d in view.columns().filter(|d| d.at_rest) {
-        let Ok(name) = ColumnName::parse(&d.column) else {
-            continue;
-        };
-        let format: Arc<str> = Arc::from(d.token.as_ref().map_or("", |t| t.as_str()));
-        out.entry((name.schema, name.table)).or_default().insert(
-            name.column,
-            AtRest {
-                label: d.label.clone(),
-                format,
-                speaks_tokens: d.action == crate::policy::Action::Token,
-                column: d.column.clone(),
-                key_version: 0,
-                direction: Direction::Tokenize,
-            },
-        );
+/// What planning needs from a role's view of the policy and the catalog: its at-rest columns,
+/// their tables and names, and the views whose definitions name one of those tables. Built
+/// once per (role view, catalog snapshot) and kept by the session
+/// (`ReadPath::at_rest_index`), not per statement: a policy reload gives a new view and a
+/// catalog refresh a new snapshot, each of which builds a new index.
+#[derive(Debug, Default)]
+pub struct AtRestIndex {
+    columns: AtRestColumns,
+    tables: HashSet<String>,
+    names: HashSet<String>,
+    views: HashSet<String>,
+}
+
+impl AtRestIndex {
+    pub fn new(view: &RoleView, snapshot: &crate::catalog::Snapshot) -> Self {
+        let mut columns: AtRestColumns = HashMap::new();
+        for d in view.columns().filter(|d| d.at_rest) {
+            let Ok(name) = ColumnName::parse(&d.column) else {
+                continue;
+            };
+            let format: Arc<str> = Arc::from(d.token.as_ref().map_or("", |t| t.as_str()));
+            columns
+                .entry((name.schema, name.table))
+                .or_default()
+                .insert(
+                    name.column,
+                    AtRest {
+                        label: d.label.clone(),
+                        format,
+                        speaks_tokens: d.action == crate::policy::Action::Token,
+                        column: d.column.clone(),
+                        key_version: 0,
+                        direction: Direction::Tokenize,
+                    },
+                );
+        }
+        if columns.is_empty() {
+            return AtRestIndex::default();
+        }
+        let tables: HashSet<String> = columns.keys().map(|(_, t)| t.clone()).collect();
+        let names: HashSet<String> = columns.values().flat_map(|c| c.keys().cloned()).collect();
+        let views: HashSet<String> = snapshot
+            .relations()
+            .filter(|r| {
+                r.definition.as_deref().is_some_and(|d| {
+                    let d = d.to_lowercase();
+                    tables.iter().any(|t| d.contains(t.as_str()))
+                })
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        AtRestIndex {
+            columns,
+            tables,
+            names,
+            views,
+        }
     }
-    out
+
+    /// No column of the view is stored as tokens.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
 }
 
 /// The columns this role is shown as tokens, that store plaintext, and that it may filter on:
@@ -252,10 +295,15 @@ pub fn plan_at_rest(
     offset: usize,
     lex: LexSettings,
     analysis: &StatementAnalysis,
-    view: &RoleView,
+    index: &AtRestIndex,
     catalog: &SessionCatalog,
 ) -> Result<Option<AtRestPlan>, Refusal> {
-    let columns = at_rest_columns(view);
+    let AtRestIndex {
+        columns,
+        tables,
+        names,
+        views,
+    } = index;
     if columns.is_empty() {
         return Ok(None);
     }
@@ -279,22 +327,6 @@ pub fn plan_at_rest(
         }
     }
     let tokens = lexer::tokenize(text, lex);
-    // Tables holding at-rest columns, and views whose definition names one of them.
-    let tables: HashSet<&str> = columns.keys().map(|(_, t)| t.as_str()).collect();
-    let names: HashSet<&str> = columns
-        .values()
-        .flat_map(|c| c.keys().map(String::as_str))
-        .collect();
-    let views: HashSet<String> = catalog
-        .snapshot
-        .relations()
-        .filter(|r| {
-            r.definition
-                .as_deref()
-                .is_some_and(|d| tables.iter().any(|t| d.to_lowercase().contains(t)))
-        })
-        .map(|r| r.name.clone())
-        .collect();
     let mut names_table = false;
     let mut hit = false;
     for t in &tokens {
@@ -305,21 +337,21 @@ pub fn plan_at_rest(
             }
             continue;
         };
-        if tables.contains(name.as_str()) || views.contains(&name) {
+        if tables.contains(&name) || views.contains(&name) {
             hit = true;
             names_table = true;
-        } else if names.contains(name.as_str()) {
+        } else if names.contains(&name) {
             hit = true;
         }
     }
     let uses_at_rest = analysis
         .uses
         .iter()
-        .any(|u| is_at_rest_name(&columns, &u.column));
+        .any(|u| is_at_rest_name(columns, &u.column));
     let writes_at_rest = analysis
         .writes
         .iter()
-        .any(|w| is_at_rest_name(&columns, &w.column));
+        .any(|w| is_at_rest_name(columns, &w.column));
     if !hit && !uses_at_rest && !writes_at_rest {
         return Ok(None);
     }
@@ -337,10 +369,10 @@ pub fn plan_at_rest(
         text,
         offset,
         tokens: &tokens,
-        columns: &columns,
+        columns,
         catalog,
         scope: HashMap::new(),
-        views: &views,
+        views,
         allowed: HashSet::new(),
         plan: AtRestPlan::default(),
         param_labels: HashMap::new(),
@@ -425,7 +457,7 @@ pub fn plan_at_rest(
     // Tokens copied into stored data are fine only as ON CONFLICT's own EXCLUDED value: a
     // token copied elsewhere would later be read as plaintext.
     for w in &analysis.writes {
-        if let Some(name) = at_rest_name(&columns, &w.column)
+        if let Some(name) = at_rest_name(columns, &w.column)
             && !(matches!(statement, Statement::Insert(_)) && planner.excluded.contains(name))
         {
             return Err(refuse(
@@ -440,7 +472,7 @@ pub fn plan_at_rest(
     // Every at-rest column the analysis sees compared must have been compared by its own name
     // (a renamed column in a subquery or view would compare its tokens with plaintext).
     for u in &analysis.uses {
-        if let Some(name) = at_rest_name(&columns, &u.column) {
+        if let Some(name) = at_rest_name(columns, &u.column) {
             // GROUP BY, DISTINCT and HAVING reach here only in the forms Pass1 allows (the
             // column itself, count(col), equality); anything else was refused by Pass2.
             if !matches!(
@@ -1884,7 +1916,14 @@ roles:
             .zip(texts)
             .map(|(a, text)| {
                 let offset = text.as_ptr() as usize - sql.as_ptr() as usize;
-                plan_at_rest(text, offset, lex, a, &view, &catalog)
+                plan_at_rest(
+                    text,
+                    offset,
+                    lex,
+                    a,
+                    &AtRestIndex::new(&view, &snap),
+                    &catalog,
+                )
             })
             .collect()
     }

@@ -139,6 +139,20 @@ where
     /// (`encrypt_blocks`), which keeps the AES-NI pipeline full instead of waiting on one
     /// chained block at a time. Same output as calling [`Self::encrypt`] on each value.
     pub fn encrypt_many(&self, len: usize, values: &mut [u8]) -> Result<(), Ff1Error> {
+        self.crypt_many(len, values, Direction::Encrypt)
+    }
+
+    /// Decrypts like [`Self::encrypt_many`]: same output as [`Self::decrypt`] on each value.
+    pub fn decrypt_many(&self, len: usize, values: &mut [u8]) -> Result<(), Ff1Error> {
+        self.crypt_many(len, values, Direction::Decrypt)
+    }
+
+    fn crypt_many(
+        &self,
+        len: usize,
+        values: &mut [u8],
+        direction: Direction,
+    ) -> Result<(), Ff1Error> {
         if len == 0 || values.len() % len != 0 {
             return Err(Ff1Error::DomainTooSmall {
                 radix: self.radix,
@@ -148,7 +162,7 @@ where
         let Some(params) = self.cached_params(len) else {
             return values
                 .chunks_mut(len)
-                .try_for_each(|value| self.encrypt(value));
+                .try_for_each(|value| self.crypt(None, value, direction));
         };
         if let Some(&numeral) = values.iter().find(|&&d| u32::from(d) >= self.radix) {
             return Err(Ff1Error::InvalidNumeral {
@@ -166,32 +180,7 @@ where
                 a[k] = num(&value[..u], radix);
                 b[k] = num(&value[u..], radix);
             }
-            let mut blocks = [Array::<u8, U16>::default(); BATCH];
-            for round in 0..ROUNDS {
-                let modulus = if round % 2 == 0 {
-                    params.modulus_u
-                } else {
-                    params.modulus_v
-                };
-                for k in 0..count {
-                    let input =
-                        params.base ^ (u128::from(round) << params.round_shift) ^ u128::from(b[k]);
-                    blocks[k] = Array::from(input.to_be_bytes());
-                }
-                self.cipher.encrypt_blocks(&mut blocks[..count]);
-                for k in 0..count {
-                    let y = u128::from_be_bytes(blocks[k].into()) >> params.s_shift;
-                    let y = reduce_y(params, round, y);
-                    let (sum, overflowed) = a[k].overflowing_add(y);
-                    let c = if overflowed || sum >= modulus {
-                        sum.wrapping_sub(modulus)
-                    } else {
-                        sum
-                    };
-                    a[k] = b[k];
-                    b[k] = c;
-                }
-            }
+            self.rounds_many(params, direction, &mut a[..count], &mut b[..count]);
             for (k, value) in group.chunks_mut(len).enumerate() {
                 let (left, right) = value.split_at_mut(u);
                 write_numerals(a[k], self.radix, left);
@@ -199,6 +188,95 @@ where
             }
         }
         Ok(())
+    }
+
+    /// [`Self::encrypt_int`] on each of `values` (all of `len` numerals), batched like
+    /// [`Self::encrypt_many`]. `None` (and `values` unchanged) when `len` is outside the
+    /// fixed-width path or a value is not below `radix^len`.
+    pub fn encrypt_int_many(&self, len: usize, values: &mut [u128]) -> Option<()> {
+        self.crypt_int_many(len, values, Direction::Encrypt)
+    }
+
+    /// [`Self::decrypt_int`] on each of `values`, batched.
+    pub fn decrypt_int_many(&self, len: usize, values: &mut [u128]) -> Option<()> {
+        self.crypt_int_many(len, values, Direction::Decrypt)
+    }
+
+    fn crypt_int_many(&self, len: usize, values: &mut [u128], direction: Direction) -> Option<()> {
+        let params = self.cached_params(len)?;
+        let mut halves = Vec::with_capacity(values.len());
+        for &x in values.iter() {
+            halves.push(split_int(x, params)?);
+        }
+        for (group, split) in values.chunks_mut(BATCH).zip(halves.chunks(BATCH)) {
+            let count = group.len();
+            let mut a = [0u64; BATCH];
+            let mut b = [0u64; BATCH];
+            for (k, &(x, y)) in split.iter().enumerate() {
+                a[k] = x;
+                b[k] = y;
+            }
+            self.rounds_many(params, direction, &mut a[..count], &mut b[..count]);
+            for (k, slot) in group.iter_mut().enumerate() {
+                *slot = a[k] as u128 * params.modulus_v as u128 + b[k] as u128;
+            }
+        }
+        Some(())
+    }
+
+    /// The ten Feistel rounds on up to [`BATCH`] values at once (`a`, `b`: their halves), one
+    /// `encrypt_blocks` call per round for all of them. The same arithmetic as
+    /// [`Self::rounds_encrypt`] and [`Self::rounds_decrypt`].
+    fn rounds_many(&self, params: &LenParams, direction: Direction, a: &mut [u64], b: &mut [u64]) {
+        let count = a.len().min(b.len()).min(BATCH);
+        let mut blocks = [Array::<u8, U16>::default(); BATCH];
+        for step in 0..ROUNDS {
+            let round = match direction {
+                Direction::Encrypt => step,
+                Direction::Decrypt => ROUNDS - 1 - step,
+            };
+            let modulus = if round % 2 == 0 {
+                params.modulus_u
+            } else {
+                params.modulus_v
+            };
+            // Encryption feeds the right half to the round function, decryption the left.
+            let fed: &[u64] = match direction {
+                Direction::Encrypt => b,
+                Direction::Decrypt => a,
+            };
+            for k in 0..count {
+                let input =
+                    params.base ^ (u128::from(round) << params.round_shift) ^ u128::from(fed[k]);
+                blocks[k] = Array::from(input.to_be_bytes());
+            }
+            self.cipher.encrypt_blocks(&mut blocks[..count]);
+            for k in 0..count {
+                let y = u128::from_be_bytes(blocks[k].into()) >> params.s_shift;
+                let y = reduce_y(params, round, y);
+                match direction {
+                    Direction::Encrypt => {
+                        let (sum, overflowed) = a[k].overflowing_add(y);
+                        let c = if overflowed || sum >= modulus {
+                            sum.wrapping_sub(modulus)
+                        } else {
+                            sum
+                        };
+                        a[k] = b[k];
+                        b[k] = c;
+                    }
+                    Direction::Decrypt => {
+                        let c = if b[k] >= y {
+                            b[k] - y
+                        } else {
+                            b[k] + (modulus - y)
+                        };
+                        b[k] = a[k];
+                        a[k] = c;
+                    }
+                }
+            }
+        }
     }
 
     /// Encrypts under another tweak (no per-length cache: a few extra AES calls).
@@ -731,6 +809,50 @@ mod tests {
                 assert_eq!(single, expected);
             }
         }
+    }
+
+    #[test]
+    fn batched_forms_match_one_at_a_time_in_both_directions() {
+        for radix in [10u32, 26, 62] {
+            let ff1 = Ff1Aes256::new(&KEY256, radix, b"batch").unwrap();
+            let min = ff1.min_len();
+            for (len, count) in [(min, 1usize), (min + 3, 9), (16, 17), (30, 8), (60, 3)] {
+                let values: Vec<u8> = (0..len * count)
+                    .map(|i| ((i * 7 + i / 3) % radix as usize) as u8)
+                    .collect();
+                let mut batched = values.clone();
+                ff1.decrypt_many(len, &mut batched).unwrap();
+                for (one, expected) in values.chunks(len).zip(batched.chunks(len)) {
+                    let mut single = one.to_vec();
+                    ff1.decrypt(&mut single).unwrap();
+                    assert_eq!(single, expected, "radix {radix} len {len}");
+                }
+                ff1.encrypt_many(len, &mut batched).unwrap();
+                assert_eq!(batched, values);
+                if !ff1.int_len_supported(len) {
+                    assert_eq!(ff1.encrypt_int_many(len, &mut [0]), None);
+                    continue;
+                }
+                let ints: Vec<u128> = values
+                    .chunks(len)
+                    .map(|v| {
+                        v.iter()
+                            .fold(0u128, |a, &d| a * u128::from(radix) + u128::from(d))
+                    })
+                    .collect();
+                let mut many = ints.clone();
+                ff1.encrypt_int_many(len, &mut many).unwrap();
+                for (x, y) in ints.iter().zip(&many) {
+                    assert_eq!(ff1.encrypt_int(*x, len), Some(*y));
+                }
+                ff1.decrypt_int_many(len, &mut many).unwrap();
+                assert_eq!(many, ints);
+            }
+        }
+        let ff1 = Ff1Aes256::new(&KEY256, 10, b"batch").unwrap();
+        let mut out_of_range = [10u128.pow(6)];
+        assert_eq!(ff1.encrypt_int_many(6, &mut out_of_range), None);
+        assert_eq!(out_of_range, [10u128.pow(6)]);
     }
 
     proptest! {

@@ -164,8 +164,14 @@ impl CopyFormat {
     /// with a newline spans lines: the caller refuses it).
     pub fn split(&self, line: &[u8]) -> Option<Vec<Field>> {
         let mut fields = Vec::new();
+        self.split_into(line, &mut fields).then_some(fields)
+    }
+
+    /// [`Self::split`] appending to `fields` (kept across lines by bulk callers); `false`
+    /// where `split` gives `None` (`fields` may then hold a part of the line's fields).
+    pub fn split_into(&self, line: &[u8], fields: &mut Vec<Field>) -> bool {
         match self.kind {
-            CopyKind::Binary => return None,
+            CopyKind::Binary => return false,
             CopyKind::Text => {
                 let mut start = 0;
                 for (i, &b) in line.iter().enumerate() {
@@ -218,7 +224,7 @@ impl CopyFormat {
                         i += 1;
                     }
                     if in_quotes {
-                        return None;
+                        return false;
                     }
                     fields.push(Field {
                         range: start..i,
@@ -231,7 +237,7 @@ impl CopyFormat {
                 }
             }
         }
-        Some(fields)
+        true
     }
 }
 

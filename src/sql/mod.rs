@@ -29,7 +29,7 @@ mod tests;
 
 pub use cache::AnalysisCache;
 pub use catalog::{Catalog, Relation, RelationKind, SearchPath, StaticCatalog};
-pub use copy::{CopyFormat, CopyKind};
+pub use copy::{CopyFormat, CopyKind, Field};
 pub use fingerprint::{fingerprint, normalize, split_statements};
 pub use lexer::LexSettings;
 pub use types::{

@@ -1130,6 +1130,134 @@ async fn binary_copy_in_a_simple_query_is_tokenized_whatever_the_chunking() {
     assert_eq!(r.get::<_, String>(0), "812-00-0012");
 }
 
+/// A row sent in many tiny CopyData messages (a long row in 1-byte messages, text and
+/// binary) is held and scanned once per byte, not rescanned from its start per message (which
+/// took minutes for a row of a few hundred KiB): it is stored with its at-rest value
+/// tokenized. A row longer than tokengate holds (16 MiB) fails the COPY with TG182: nothing
+/// is stored, and the session goes on.
+#[tokio::test]
+async fn long_rows_in_tiny_copy_data_messages_are_tokenized_and_oversized_rows_refused() {
+    let proxy = at_proxy().await;
+    let (mut raw, _) = Raw::login(proxy.addr, "trust_user", &[("database", AT_DB)]).await;
+    let long = 512 << 10;
+    let copy = |sql: &str| {
+        let mut q = sql.as_bytes().to_vec();
+        q.push(0);
+        frame(b'Q', &q)
+    };
+    // Text: one CopyData message per byte of a 512 KiB row, sent in large socket writes.
+    raw.send(&copy("COPY people (id, name, ssn, card) FROM STDIN"))
+        .await;
+    let m = raw.recv().await.expect("CopyInResponse");
+    assert_eq!(m.tag, b'G', "{:?}", m.field(b'M'));
+    let row = format!("821\t{}\t821-00-0021\t\\N\n", "x".repeat(long));
+    let mut wire = Vec::with_capacity(row.len() * 6);
+    for b in row.as_bytes() {
+        wire.extend_from_slice(&frame(b'd', &[*b]));
+    }
+    for chunk in wire.chunks(1 << 20) {
+        raw.send(chunk).await;
+    }
+    raw.send(&frame(b'c', &[])).await;
+    let replies = raw.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().map(|m| m.field(b'M')).collect::<Vec<_>>()
+    );
+    // Binary: a 512 KiB field and an at-rest field, one CopyData message per byte.
+    raw.send(&copy(
+        "COPY people (id, name, ssn, card) FROM STDIN (FORMAT binary)",
+    ))
+    .await;
+    let m = raw.recv().await.expect("CopyInResponse");
+    assert_eq!(m.tag, b'G', "{:?}", m.field(b'M'));
+    let mut stream = b"PGCOPY\n\xff\r\n\0".to_vec();
+    stream.extend_from_slice(&[0; 8]);
+    stream.extend_from_slice(&4i16.to_be_bytes());
+    stream.extend_from_slice(&4i32.to_be_bytes());
+    stream.extend_from_slice(&822i32.to_be_bytes());
+    stream.extend_from_slice(&(long as i32).to_be_bytes());
+    stream.extend_from_slice("y".repeat(long).as_bytes());
+    stream.extend_from_slice(&11i32.to_be_bytes());
+    stream.extend_from_slice(b"822-00-0022");
+    stream.extend_from_slice(&(-1i32).to_be_bytes());
+    stream.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut wire = Vec::with_capacity(stream.len() * 6);
+    for b in &stream {
+        wire.extend_from_slice(&frame(b'd', &[*b]));
+    }
+    for chunk in wire.chunks(1 << 20) {
+        raw.send(chunk).await;
+    }
+    raw.send(&frame(b'c', &[])).await;
+    let replies = raw.until_ready().await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        replies.iter().map(|m| m.field(b'M')).collect::<Vec<_>>()
+    );
+    let held = direct()
+        .await
+        .query(
+            "SELECT id, ssn::text, length(name) FROM people WHERE id IN (821, 822) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let held: Vec<(i32, String, i32)> = held
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            (
+                821,
+                stored_token("ssn", "digits", "821-00-0021"),
+                long as i32
+            ),
+            (
+                822,
+                stored_token("ssn", "digits", "822-00-0022"),
+                long as i32
+            ),
+        ]
+    );
+
+    // A row over 16 MiB (64 KiB messages without a newline): TG182, nothing stored.
+    raw.send(&copy("COPY people (id, name, ssn, card) FROM STDIN"))
+        .await;
+    let m = raw.recv().await.expect("CopyInResponse");
+    assert_eq!(m.tag, b'G', "{:?}", m.field(b'M'));
+    raw.send(&frame(b'd', b"830\t")).await;
+    let filler = frame(b'd', &[b'z'; 64 << 10]);
+    for _ in 0..(17 << 4) {
+        raw.send(&filler).await;
+    }
+    raw.send(&frame(b'd', b"\t830-00-0030\t\\N\n")).await;
+    raw.send(&frame(b'c', &[])).await;
+    let replies = raw.until_ready().await;
+    let error = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .and_then(|m| m.field(b'M'))
+        .unwrap_or_default();
+    assert!(
+        error.contains("TG182") && error.contains("longer than 16 MiB"),
+        "{error:?}"
+    );
+    let n = direct()
+        .await
+        .query("SELECT 1 FROM people WHERE id = 830", &[])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 0);
+    let replies = raw.query("SELECT 1").await;
+    assert!(replies.iter().any(|m| m.tag == b'D'), "the session goes on");
+}
+
 /// The FF1 token of `plain` under the test key (version 1), as PostgreSQL must store it.
 fn stored_token(label: &str, format: &str, plain: &str) -> String {
     use tokengate::protect::{Action, ColumnTransform, Output, TransformSpec};

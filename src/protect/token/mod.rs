@@ -13,6 +13,8 @@
 //!   1,000,000 days uses a keyed table permutation instead ([`permutation`]).
 //!
 //! Every value must have at least 1,000,000 possible tokens; otherwise [`SmallDomain`] decides.
+mod batch;
+pub use batch::Crypted;
 pub mod date;
 pub mod permutation;
 
@@ -226,24 +228,8 @@ impl Tokenizer {
                 self.crypt_classes(&mut out[start..], std::slice::from_ref(&all), direction)
             }
             FormatKind::Email { tokenize_domain } => {
-                let at = value
-                    .iter()
-                    .rposition(|&c| c == b'@')
-                    .ok_or(ProtectError::bad(name, "no @"))?;
-                if at == 0 || at + 1 == value.len() {
-                    return Err(ProtectError::bad(name, "empty local part or domain"));
-                }
+                let ranges = email_ranges(value, tokenize_domain)?;
                 out.extend_from_slice(value);
-                let domain_end = if tokenize_domain {
-                    // The top-level domain stays, so the address keeps a plausible domain.
-                    value[at + 1..]
-                        .iter()
-                        .rposition(|&c| c == b'.')
-                        .map_or(value.len(), |dot| at + 1 + dot)
-                } else {
-                    at + 1
-                };
-                let ranges = [0..at, at + 1..domain_end];
                 self.crypt_classes(&mut out[start..], &ranges, direction)
             }
         };
@@ -332,15 +318,7 @@ impl Tokenizer {
         gather_digits(bytes, &mut numerals);
         let residue = luhn_residue(&numerals[..digits]);
         self.ff1_digits(&mut numerals[..encrypted], direction)?;
-        // Solve for the adjuster digit that restores the residue.
-        let adjuster = encrypted;
-        let doubled = (digits - 1 - adjuster) % 2 == 1;
-        numerals[adjuster] = 0;
-        let rest = luhn_residue(&numerals[..digits]);
-        let wanted = (residue + 10 - rest) % 10;
-        numerals[adjuster] = (0..10)
-            .find(|&d| luhn_contribution(d, doubled) == wanted)
-            .unwrap_or(0);
+        set_card_adjuster(&mut numerals[..digits], encrypted, residue);
         scatter_digits(&numerals, bytes);
         Ok(())
     }
@@ -568,6 +546,42 @@ impl Tokenizer {
             }),
         }
     }
+}
+
+/// The parts of an email address whose letters and digits are tokenized: the local part, and
+/// with `tokenize_domain` the domain up to its top-level domain (which stays, so the address
+/// keeps a plausible domain).
+fn email_ranges(value: &[u8], tokenize_domain: bool) -> Result<[Range<usize>; 2], ProtectError> {
+    let at = value
+        .iter()
+        .rposition(|&c| c == b'@')
+        .ok_or(ProtectError::bad("email", "no @"))?;
+    if at == 0 || at + 1 == value.len() {
+        return Err(ProtectError::bad("email", "empty local part or domain"));
+    }
+    let domain_end = if tokenize_domain {
+        value[at + 1..]
+            .iter()
+            .rposition(|&c| c == b'.')
+            .map_or(value.len(), |dot| at + 1 + dot)
+    } else {
+        at + 1
+    };
+    Ok([0..at, at + 1..domain_end])
+}
+
+/// Card numbers: sets the adjuster digit (the one right after the `encrypted` ones) so the
+/// Luhn sum mod 10 of `numerals` (all the card's digits) equals `residue`, the input's.
+fn set_card_adjuster(numerals: &mut [u8], encrypted: usize, residue: u8) {
+    let digits = numerals.len();
+    let adjuster = encrypted;
+    let doubled = (digits - 1 - adjuster) % 2 == 1;
+    numerals[adjuster] = 0;
+    let rest = luhn_residue(numerals);
+    let wanted = (residue + 10 - rest) % 10;
+    numerals[adjuster] = (0..10)
+        .find(|&d| luhn_contribution(d, doubled) == wanted)
+        .unwrap_or(0);
 }
 
 /// Copies the values of the ASCII digits of `bytes`, in order, into `numerals`.

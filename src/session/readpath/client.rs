@@ -159,6 +159,7 @@ impl ReadPath {
             ));
         }
         let texts = crate::sql::split_statements(sql, lex);
+        let at_rest_index = self.at_rest_index(&snapshot);
         let mut local = NamedPlans::default();
         let mut planned = Vec::with_capacity(analyses.len());
         // Lookups by token that put a decrypted value into the text PostgreSQL runs, and
@@ -208,7 +209,7 @@ impl ReadPath {
             let mut plan = plan_statement(a, &self.view, &catalog, &named)?;
             let offset = (text.as_ptr() as usize).saturating_sub(sql.as_ptr() as usize);
             let mut at_rest =
-                crate::plan::write::plan_at_rest(text, offset, lex, a, &self.view, &catalog)?;
+                crate::plan::write::plan_at_rest(text, offset, lex, a, &at_rest_index, &catalog)?;
             if let Some(lookups) =
                 crate::plan::write::plan_lookups(text, offset, lex, a, &self.view, &catalog)?
             {

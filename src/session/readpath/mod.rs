@@ -24,6 +24,7 @@
 //! reload mid-session can never attribute one statement's rows to another's plan.
 mod client;
 mod copy_binary;
+mod copy_in;
 mod created;
 mod describe;
 pub mod names;
@@ -195,12 +196,14 @@ pub struct ReadPath {
     /// The analysis cache for the current names (and its key), looked up when they change.
     cache: Option<(String, Arc<crate::sql::AnalysisCache>)>,
     /// A COPY FROM STDIN into columns stored as tokens (issue 14): its rows are tokenized.
-    copy_in: Option<write::CopyInState>,
+    copy_in: Option<copy_in::CopyInState>,
     /// Portals bound to a COPY FROM STDIN into columns stored as tokens (extended protocol):
     /// their Execute starts tokenizing the client's CopyData.
     copy_portals: HashMap<Vec<u8>, crate::plan::write::CopyIn>,
     /// FF1 tokenizers for Bind parameters of columns stored as tokens, kept for the session.
     bind_tokenizers: write::Tokenizers,
+    /// The at-rest planning index of the current role view and catalog snapshot.
+    at_rest_index: write::CachedIndex,
     /// The server backend's pid: notifications this session sent itself name it.
     pub server_pid: Option<u32>,
     /// The state of the database's columns stored as tokens (their key versions), refreshed
@@ -238,6 +241,7 @@ impl ReadPath {
             copy_in: None,
             copy_portals: HashMap::new(),
             bind_tokenizers: write::Tokenizers::default(),
+            at_rest_index: None,
             metrics: SessionMetrics::new(metrics, &login),
             database,
             login,

@@ -4,13 +4,18 @@
 //! [`crate::plan::write::plan_at_rest`]; anything it could not plan was refused there.
 use super::objects::Planned;
 use super::{Pending, ReadPath, cstr};
+use crate::catalog::Snapshot;
 use crate::errors::Code;
 use crate::plan::Refusal;
-use crate::plan::write::{AtRest, AtRestPlan, Direction};
-use crate::protect::{Action, ColumnTransform, Output, TransformSpec};
+use crate::plan::write::{AtRest, AtRestIndex, AtRestPlan, Direction};
+use crate::policy::RoleView;
+use crate::protect::keys::DEFAULT_KEY_NAME;
+use crate::protect::{Action, ColumnTransform, Output, Tokenizer, TransformSpec};
 use crate::session::protocol::Found;
 use crate::wire::frontend;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 /// Text-like type OIDs a parameter of an at-rest column may be declared as (0: unspecified).
@@ -22,11 +27,34 @@ const ARRAY_PARAM_TYPES: [u32; 4] = [0, 1009, 1015, 1014];
 /// Element types of a binary array parameter: text, varchar, bpchar (UTF-8 bytes).
 const ELEMENT_TYPES: [u32; 3] = [25, 1043, 1042];
 
-/// FF1 tokenizers per label, format, key version and direction: for one message, one COPY,
-/// or (Bind) the session. The key version is part of the key: after a rekey the session's
-/// cached tokenizers of the old version are never used for the new one.
+/// FF1 transforms for one message, one COPY, or (Bind) the session:
+/// - at rest, tokenizers per label, format and key version (the key version is part of the
+///   key: after a rekey the session's cached tokenizers of the old version are never used
+///   for the new one);
+/// - lookups by token, the read path's own transform per label and format (the key file's
+///   active version, which the read path shows tokens under).
 #[derive(Default)]
-pub(super) struct Tokenizers(HashMap<(Arc<str>, Arc<str>, u32, Direction), ColumnTransform>);
+pub(super) struct Tokenizers {
+    at_rest: HashMap<(Arc<str>, Arc<str>, u32), Tokenizer>,
+    reveal: HashMap<(Arc<str>, Arc<str>), ColumnTransform>,
+}
+
+fn value_refusal(how: &AtRest, e: impl std::fmt::Display) -> Refusal {
+    match how.direction {
+        Direction::Tokenize => Refusal::new(
+            Code::AtRestParameter,
+            format!("a value for label {} cannot be tokenized: {e}", how.label),
+        ),
+        // The message never quotes the value (nor what it decrypts to).
+        Direction::Reveal => Refusal::new(
+            Code::NotAToken,
+            format!(
+                "a value compared with a column shown as tokens of label {} is not a token of its format ({e})",
+                how.label
+            ),
+        ),
+    }
+}
 
 impl AtRest {
     /// The code of a value that cannot be transformed: TG184 at rest, TG124 (not a token)
@@ -48,6 +76,56 @@ impl AtRest {
 }
 
 impl Tokenizers {
+    /// The at-rest tokenizer of `how`'s label and format under its column's recorded key
+    /// version, never the key file's active one (a plan without one has version 0, which no
+    /// key file holds: refused).
+    pub(super) fn get(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+    ) -> Result<&Tokenizer, Refusal> {
+        let key = (how.label.clone(), how.format.clone(), how.key_version);
+        match self.at_rest.entry(key) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => {
+                let format = how
+                    .format
+                    .parse()
+                    .map_err(|_| value_refusal(how, "the token format is not usable"))?;
+                let key = keys
+                    .get(DEFAULT_KEY_NAME, Some(how.key_version))
+                    .map_err(|e| value_refusal(how, e))?;
+                let t =
+                    Tokenizer::new(key, &how.label, format).map_err(|e| value_refusal(how, e))?;
+                Ok(v.insert(t))
+            }
+        }
+    }
+
+    /// Lookups by token: the transform the read path shows `how`'s label with.
+    fn shown(
+        &mut self,
+        keys: &crate::protect::KeyRing,
+        how: &AtRest,
+    ) -> Result<&ColumnTransform, Refusal> {
+        match self.reveal.entry((how.label.clone(), how.format.clone())) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => {
+                let format = how
+                    .format
+                    .parse()
+                    .map_err(|_| value_refusal(how, "the token format is not usable"))?;
+                // The active key version, as `transform_spec` in transform.rs uses.
+                let spec = TransformSpec::new(Action::Token(format), how.label.to_string());
+                let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
+                    .map_err(|e| value_refusal(how, e))?;
+                Ok(v.insert(t))
+            }
+        }
+    }
+
+    /// The value to send for `plain`: its token at rest, the plaintext a shown token stands
+    /// for in a lookup by token.
     fn tokenize(
         &mut self,
         keys: &crate::protect::KeyRing,
@@ -55,65 +133,15 @@ impl Tokenizers {
         plain: &[u8],
     ) -> Result<Vec<u8>, Refusal> {
         let mut out = Vec::with_capacity(plain.len());
-        self.tokenize_into(keys, how, plain, &mut out)?;
-        Ok(out)
-    }
-
-    /// Appends the token of `plain` to `out`.
-    fn tokenize_into(
-        &mut self,
-        keys: &crate::protect::KeyRing,
-        how: &AtRest,
-        plain: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), Refusal> {
-        let bad = |e: String| match how.direction {
-            Direction::Tokenize => Refusal::new(
-                Code::AtRestParameter,
-                format!("a value for label {} cannot be tokenized: {e}", how.label),
-            ),
-            // The message never quotes the value (nor what it decrypts to).
-            Direction::Reveal => Refusal::new(
-                Code::NotAToken,
-                format!(
-                    "a value compared with a column shown as tokens of label {} is not a token of its format ({e})",
-                    how.label
-                ),
-            ),
-        };
-        let key = (
-            how.label.clone(),
-            how.format.clone(),
-            how.key_version,
-            how.direction,
-        );
-        let t = match self.0.entry(key) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let format = how
-                    .format
-                    .parse()
-                    .map_err(|_| bad("the token format is not usable".into()))?;
-                let mut spec = TransformSpec::new(Action::Token(format), how.label.to_string());
-                // At rest: the column's recorded key version, never the key file's active
-                // one (a plan without one has version 0, which no key file holds: refused).
-                // Lookups by token: the active version, which the read path shows tokens
-                // under (see `transform_spec` in transform.rs).
-                if how.direction == Direction::Tokenize {
-                    spec.key_version = Some(how.key_version);
-                }
-                let t = ColumnTransform::new(&spec, crate::protect::column::oid::TEXT, 0, keys)
-                    .map_err(|e| bad(e.to_string()))?;
-                v.insert(t)
-            }
-        };
         if how.direction == Direction::Reveal {
-            return reveal_into(t, plain, out).map_err(bad);
+            let t = self.shown(keys, how)?;
+            reveal_into(t, plain, &mut out).map_err(|e| value_refusal(how, e))?;
+            return Ok(out);
         }
-        match t.apply(plain, out) {
-            Ok(Output::Value) => Ok(()),
-            Ok(Output::Null) => Err(bad("it would become NULL".into())),
-            Err(e) => Err(bad(e.to_string())),
+        match self.get(keys, how)?.tokenize(plain, &mut out) {
+            Ok(Output::Value) => Ok(out),
+            Ok(Output::Null) => Err(value_refusal(how, "it would become NULL")),
+            Err(e) => Err(value_refusal(how, e)),
         }
     }
 }
@@ -212,6 +240,25 @@ fn array_refusal(how: &AtRest, e: crate::wire::array::ArrayError) -> Refusal {
     )
 }
 
+/// The at-rest planning index with the role view and catalog snapshot it was built from.
+pub(super) type CachedIndex = Option<(Arc<RoleView>, Arc<Snapshot>, Arc<AtRestIndex>)>;
+
+impl ReadPath {
+    /// The at-rest planning index for the session's current role view and `snapshot`: built
+    /// when either changed (a policy reload, a catalog refresh), else the one kept.
+    pub(super) fn at_rest_index(&mut self, snapshot: &Arc<Snapshot>) -> Arc<AtRestIndex> {
+        if let Some((view, snap, index)) = &self.at_rest_index
+            && Arc::ptr_eq(view, &self.view)
+            && Arc::ptr_eq(snap, snapshot)
+        {
+            return index.clone();
+        }
+        let index = Arc::new(AtRestIndex::new(&self.view, snapshot));
+        self.at_rest_index = Some((self.view.clone(), snapshot.clone(), index.clone()));
+        index
+    }
+}
+
 /// Replaces each planned literal of `sql` by the quoted token of its value.
 fn rewrite_sql(
     keys: &crate::protect::KeyRing,
@@ -295,26 +342,6 @@ impl ReadPath {
             .filter_map(|s| s.at_rest.as_deref())
             .collect();
         rewrite_sql(&self.keys, sql, &plans)
-    }
-
-    /// The COPY FROM STDIN of a Query whose rows must be tokenized: only as the Query's only
-    /// statement.
-    pub(super) fn copy_in_of(
-        &self,
-        statements: &[Planned],
-    ) -> Result<Option<CopyInState>, Refusal> {
-        let copies: Vec<_> = statements
-            .iter()
-            .filter_map(|s| s.at_rest.as_ref().and_then(|a| a.copy.clone()))
-            .collect();
-        match copies.as_slice() {
-            [] => Ok(None),
-            [one] if statements.len() == 1 => Ok(Some(CopyInState::new(one.clone()))),
-            _ => Err(Refusal::new(
-                Code::AtRestUnsupported,
-                "a COPY FROM into columns stored as tokens must be the only statement of its query",
-            )),
-        }
     }
 
     /// The Parse body with its at-rest literals tokenized (`None`: unchanged). Parameters
@@ -453,14 +480,6 @@ impl ReadPath {
         Ok(())
     }
 
-    /// An Execute: the COPY FROM STDIN it starts, if its portal is one.
-    pub(super) fn executed(&mut self, portal: &[u8]) {
-        self.copy_in = self
-            .copy_portals
-            .get(portal)
-            .map(|c| CopyInState::new(c.clone()));
-    }
-
     /// The Bind body with its at-rest parameters tokenized (`None`: unchanged). Text and
     /// binary formats carry the same UTF-8 bytes for the text types at-rest columns have.
     /// The tokenizers (FF1 key schedules) are kept for the session.
@@ -507,8 +526,9 @@ impl ReadPath {
         if plan.params.is_empty() && plan.array_params.is_empty() {
             return Ok(None);
         }
-        let mut params: Vec<Option<Vec<u8>>> =
-            b.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
+        // Parameters not stored as tokens are written back from the message as they are.
+        let mut params: Vec<Option<Cow<[u8]>>> =
+            b.params.iter().map(|p| p.map(Cow::Borrowed)).collect();
         let arrays = plan.array_params.iter().map(|(n, h)| (n, h, true));
         for (n, how, array) in plan.params.iter().map(|(n, h)| (n, h, false)).chain(arrays) {
             let i = n - 1;
@@ -531,7 +551,7 @@ impl ReadPath {
                 } else {
                     tokenizers.tokenize_binary_array(&self.keys, how, v)?
                 };
-                params[i] = Some(token);
+                params[i] = Some(Cow::Owned(token));
             } else if let Some(Some(v)) = params.get(i) {
                 if std::str::from_utf8(v).is_err() {
                     return Err(Refusal::new(
@@ -540,10 +560,11 @@ impl ReadPath {
                     ));
                 }
                 let token = tokenizers.tokenize(&self.keys, how, v)?;
-                params[i] = Some(token);
+                params[i] = Some(Cow::Owned(token));
             }
         }
-        let mut out = Vec::new();
+        let size: usize = params.iter().flatten().map(|p| p.len() + 4).sum();
+        let mut out = Vec::with_capacity(b.portal.len() + b.statement.len() + size + 64);
         cstr(&mut out, b.portal);
         cstr(&mut out, b.statement);
         out.extend_from_slice(&(b.param_formats.len() as i16).to_be_bytes());
@@ -568,300 +589,5 @@ impl ReadPath {
     }
 }
 
-/// Tokenized COPY rows are sent on once this many bytes are held (and at CopyDone).
-const COPY_FLUSH: usize = 64 << 10;
-
 /// Bound on the COPY portals a session has bound at once.
 const MAX_COPY_PORTALS: usize = 64;
-
-/// Bound on a COPY line tokengate holds while waiting for its end.
-const MAX_COPY_LINE: usize = 16 << 20;
-
-/// A COPY ... FROM STDIN whose rows are being tokenized.
-pub(super) struct CopyInState {
-    plan: crate::plan::write::CopyIn,
-    /// The start of a line whose end has not arrived yet.
-    partial: Vec<u8>,
-    lines: u64,
-    /// The first row that could not be tokenized: the rest is dropped and the COPY fails.
-    failed: Option<Refusal>,
-    tokenizers: Tokenizers,
-    /// FORMAT binary: the PGCOPY stream's state.
-    binary: Option<super::copy_binary::BinaryRows>,
-    /// Text and CSV: tokenized rows not yet sent, as one CopyData frame being built (the
-    /// server gets a few large messages instead of one per line; COPY FROM has no reply
-    /// before CopyDone, so holding them back changes nothing the client sees).
-    held: Vec<u8>,
-}
-
-impl std::fmt::Debug for CopyInState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CopyInState")
-            .field("lines", &self.lines)
-            .finish_non_exhaustive()
-    }
-}
-
-fn copy_refusal(why: impl Into<String>) -> Refusal {
-    Refusal::new(
-        Code::AtRestValue,
-        format!("COPY row for a column stored as tokens: {}", why.into()),
-    )
-}
-
-impl CopyInState {
-    pub(super) fn new(plan: crate::plan::write::CopyIn) -> Self {
-        let binary = (plan.format.kind == crate::sql::CopyKind::Binary)
-            .then(|| super::copy_binary::BinaryRows::new(plan.width, MAX_COPY_LINE));
-        CopyInState {
-            binary,
-            held: Vec::new(),
-            plan,
-            partial: Vec::new(),
-            lines: 0,
-            failed: None,
-            tokenizers: Tokenizers::default(),
-        }
-    }
-
-    /// Rewrites the complete tuples of a binary COPY chunk into `out`.
-    fn binary(
-        &mut self,
-        keys: &crate::protect::KeyRing,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), Refusal> {
-        let Some(rows) = self.binary.as_mut() else {
-            return Err(copy_refusal("not a binary COPY"));
-        };
-        let (fields, tokenizers) = (&self.plan.fields, &mut self.tokenizers);
-        let result = rows.feed(data, out, |i, value| {
-            let Some((_, how)) = fields.iter().find(|(p, _)| *p == i) else {
-                return Ok(None);
-            };
-            // text, varchar and bpchar travel as their UTF-8 bytes in binary COPY too.
-            if std::str::from_utf8(value).is_err() {
-                return Err(copy_refusal("a value is not valid UTF-8 text"));
-            }
-            tokenizers.tokenize(keys, how, value).map(Some)
-        });
-        result.map_err(|e| match e {
-            super::copy_binary::BinaryError::Malformed(why) => copy_refusal(why),
-            super::copy_binary::BinaryError::Field(r) => r,
-        })
-    }
-
-    /// Rewrites one line (without its `\n`) into `out`.
-    fn line(
-        &mut self,
-        keys: &crate::protect::KeyRing,
-        line: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), Refusal> {
-        self.lines += 1;
-        let format = &self.plan.format;
-        let (content, cr) = match line.strip_suffix(b"\r") {
-            Some(c) => (c, true),
-            None => (line, false),
-        };
-        let text = format.kind == crate::sql::CopyKind::Text;
-        if (self.lines == 1 && format.header) || (text && content == b"\\.") {
-            out.extend_from_slice(line);
-            return Ok(());
-        }
-        let fields = format
-            .split(content)
-            .ok_or_else(|| copy_refusal("a CSV value spanning lines"))?;
-        if fields.len() != self.plan.width {
-            return Err(copy_refusal(format!(
-                "line {} has {} fields where the COPY lists {}",
-                self.lines,
-                fields.len(),
-                self.plan.width
-            )));
-        }
-        let null = format.null.as_bytes();
-        // Text format: a backslash anywhere but in the NULL marker is an escape PostgreSQL
-        // reads (`\` + tab is a tab in the value, `\` + newline continues the row), so its
-        // fields may not be the ones tokengate split: refused, whichever field holds it.
-        if text
-            && fields.iter().any(|f| {
-                let raw = &content[f.range.clone()];
-                raw.contains(&b'\\') && raw != null
-            })
-        {
-            return Err(copy_refusal("a backslash escape in a row"));
-        }
-        let (sep, quote) = (format.delimiter, format.quote);
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(sep);
-            }
-            let raw = &content[field.range.clone()];
-            let Some((_, how)) = self.plan.fields.iter().find(|(p, _)| *p == i) else {
-                out.extend_from_slice(raw);
-                continue;
-            };
-            if !field.quoted && raw == null {
-                out.extend_from_slice(raw);
-                continue;
-            }
-            let value = if field.quoted {
-                let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or(&[]);
-                if inner.contains(&quote) || inner.contains(&format.escape) {
-                    return Err(copy_refusal("an escaped quote in a value"));
-                }
-                inner
-            } else {
-                raw
-            };
-            if value.contains(&b'\\') && text {
-                return Err(copy_refusal("a backslash escape in a value"));
-            }
-            if !text && value.contains(&quote) {
-                return Err(copy_refusal("a quote inside an unquoted value"));
-            }
-            if field.quoted {
-                out.push(quote);
-            }
-            let at = out.len();
-            self.tokenizers.tokenize_into(keys, how, value, out)?;
-            let token = &out[at..];
-            if token
-                .iter()
-                .any(|&b| b == sep || b == b'\\' || b == b'\n' || b == b'\r' || b == quote)
-                || token == null
-            {
-                return Err(copy_refusal("a token would need escaping"));
-            }
-            if field.quoted {
-                out.push(quote);
-            }
-        }
-        if cr {
-            out.push(b'\r');
-        }
-        Ok(())
-    }
-}
-
-impl ReadPath {
-    /// A COPY FROM STDIN into at-rest columns is in progress: the relay hands its CopyData
-    /// and CopyDone bodies here.
-    pub fn rewrites_copy_in(&self) -> bool {
-        self.copy_in.is_some()
-    }
-
-    /// Rewrites the complete lines of one CopyData message (a partial last line waits for
-    /// the next). After a row that cannot be tokenized, the rest is dropped.
-    pub(super) fn client_copy_data(&mut self, body: &[u8]) -> super::ClientVerdict {
-        use super::ClientVerdict;
-        let keys = self.keys.clone();
-        let Some(state) = self.copy_in.as_mut() else {
-            return ClientVerdict::Forward;
-        };
-        if state.failed.is_some() {
-            return ClientVerdict::Replace(Vec::new());
-        }
-        if state.binary.is_some() {
-            let mut out = Vec::with_capacity(body.len() + 64);
-            if let Err(r) = state.binary(&keys, body, &mut out) {
-                state.failed = Some(r);
-                return ClientVerdict::Replace(Vec::new());
-            }
-            if out.is_empty() {
-                return ClientVerdict::Replace(Vec::new());
-            }
-            return ClientVerdict::Replace(super::frame(frontend::COPY_DATA, &out));
-        }
-        // Without a pending partial line, the message is read where it is.
-        let joined;
-        let buffered: &[u8] = if state.partial.is_empty() {
-            body
-        } else {
-            let mut p = std::mem::take(&mut state.partial);
-            p.extend_from_slice(body);
-            joined = p;
-            &joined
-        };
-        let mut out = std::mem::take(&mut state.held);
-        if out.is_empty() {
-            out.reserve(COPY_FLUSH + COPY_FLUSH / 4);
-            crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
-        }
-        let mut start = 0;
-        while let Some(n) = buffered[start..].iter().position(|&b| b == b'\n') {
-            if let Err(r) = state.line(&keys, &buffered[start..start + n], &mut out) {
-                state.failed = Some(r);
-                return ClientVerdict::Replace(Vec::new());
-            }
-            out.push(b'\n');
-            start += n + 1;
-        }
-        if buffered.len() - start > MAX_COPY_LINE {
-            state.failed = Some(copy_refusal("a line is longer than 16 MiB"));
-            return ClientVerdict::Replace(Vec::new());
-        }
-        state.partial = buffered[start..].to_vec();
-        if out.len() < COPY_FLUSH {
-            state.held = out;
-            return ClientVerdict::Replace(Vec::new());
-        }
-        crate::wire::frame::end_message(&mut out, 0);
-        ClientVerdict::Replace(out)
-    }
-
-    /// CopyDone: the last line without a newline is flushed; a failed COPY becomes a
-    /// CopyFail, so PostgreSQL stores none of it.
-    pub(super) fn client_copy_done(&mut self, frame_bytes: &[u8]) -> super::ClientVerdict {
-        use super::ClientVerdict;
-        let keys = self.keys.clone();
-        let Some(mut state) = self.copy_in.take() else {
-            return ClientVerdict::Forward;
-        };
-        let mut out = std::mem::take(&mut state.held);
-        if out.is_empty() {
-            crate::wire::frame::begin_message(&mut out, frontend::COPY_DATA);
-        }
-        if state.failed.is_none()
-            && let Some(Err(why)) = state.binary.as_ref().map(|b| b.finish())
-        {
-            state.failed = Some(copy_refusal(why));
-        }
-        if state.failed.is_none() && !state.partial.is_empty() {
-            let last = std::mem::take(&mut state.partial);
-            if let Err(r) = state.line(&keys, &last, &mut out) {
-                state.failed = Some(r);
-            }
-        }
-        if let Some(r) = state.failed {
-            self.refused(&r, None);
-            // The server's error to this CopyFail (part of the COPY's Query reply) is replaced
-            // by the refusal.
-            match self.protocol.front_mut() {
-                Some(Pending::Query(q)) => q.refusal = Some(r.clone()),
-                // A COPY run through Bind/Execute (tokio-postgres' copy_in): the same.
-                Some(Pending::Execute(x)) => x.failed = Some(r.clone()),
-                _ => {}
-            }
-            self.protocol.sent(
-                crate::session::protocol::Request::CopyFail,
-                Pending::Refused(r.clone()),
-            );
-            let mut body = Vec::new();
-            cstr(&mut body, r.code.error(&r.message).message.as_bytes());
-            return ClientVerdict::Replace(super::frame(frontend::COPY_FAIL, &body));
-        }
-        self.protocol.sent(
-            crate::session::protocol::Request::CopyDone,
-            Pending::CopyEnd,
-        );
-        // The held rows and the last line without a newline, then the CopyDone.
-        if out.len() <= 5 {
-            return ClientVerdict::Forward;
-        }
-        crate::wire::frame::end_message(&mut out, 0);
-        out.extend_from_slice(frame_bytes);
-        ClientVerdict::Replace(out)
-    }
-}
