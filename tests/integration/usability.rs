@@ -625,3 +625,47 @@ async fn usability_a_refused_unicode_string_does_not_poison_the_plain_statement(
     let sql = "SELECT id, city FROM customers WHERE city <> 'Q-poison' ORDER BY id";
     assert!(!rows(&victim, sql).await.is_empty());
 }
+
+/// tokengate's own reads on a session's connection (its search path and temp schema, before a
+/// restricted statement after a SET) send the client none of their notices: with
+/// `debug_print_plan` and `client_min_messages = log` a client gets one plan dump per statement
+/// it ran, the same count as directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usability_internal_reads_send_the_client_no_notices() {
+    crm();
+    let proxy = crm_proxy().await;
+    let mut counts = Vec::new();
+    for mut s in [direct("support").await, via(&proxy, "support").await] {
+        rows(&s, "SET client_min_messages = log").await;
+        rows(&s, "SET debug_print_plan = on").await;
+        rows(&s, "SELECT id FROM customers WHERE id = 1").await;
+        rows(&s, "SET search_path = public").await;
+        rows(&s, "SELECT count(*) FROM customers").await;
+        // The notices arrive on the connection task: wait for the last statement's plan.
+        let mut seen = Seen::default();
+        for _ in 0..50 {
+            s.drain_notices(&mut seen);
+            let plans = seen
+                .values
+                .iter()
+                .filter(|(_, v)| v.starts_with(b"plan:"))
+                .count();
+            if plans >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        s.drain_notices(&mut seen);
+        counts.push(
+            seen.values
+                .iter()
+                .filter(|(_, v)| v.starts_with(b"plan:"))
+                .count(),
+        );
+    }
+    assert_eq!(
+        counts,
+        [2, 2],
+        "plan dumps directly, then through tokengate"
+    );
+}

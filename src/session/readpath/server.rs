@@ -71,6 +71,12 @@ impl ReadPath {
         match t {
             tag::NOTICE_RESPONSE => {
                 self.protocol.reply(t, false).map_err(mismatch)?;
+                // tokengate's own reads (the session's names, tables created in its open
+                // transaction): the client asked for none of their notices (a plan dump under
+                // `debug_print_plan`, `client_min_messages = debug` traces).
+                if matches!(self.protocol.front_mut(), Some(Pending::Query(q)) if q.internal) {
+                    return Ok(ServerVerdict::Drop);
+                }
                 Ok(
                     if self.restricted()
                         && (self.front_sensitive() || self.sensitive_ran || self.past_analysed())
