@@ -767,11 +767,8 @@ fn unnest(e: &Expr) -> &Expr {
     e
 }
 
-/// Lookups by token: a value inside parentheses and casts to the built-in text types
-/// (`'tok'::text`, `CAST($1 AS varchar)`): the value is decrypted, then cast as PostgreSQL
-/// casts it. A cast to any other type (a domain, a user type) is an expression.
-fn unwrap_text(e: &Expr) -> &Expr {
-    use sqlparser::ast::DataType;
+/// A value inside parentheses and the casts `keeps` accepts (the data type of each).
+fn unwrap_casts(e: &Expr, keeps: fn(&sqlparser::ast::DataType) -> bool) -> &Expr {
     let mut e = e;
     for _ in 0..16 {
         e = match e {
@@ -782,25 +779,34 @@ fn unwrap_text(e: &Expr) -> &Expr {
                 data_type,
                 format: None,
                 ..
-            } if match data_type {
-                DataType::Text
-                | DataType::Varchar(_)
-                | DataType::CharacterVarying(_)
-                | DataType::Char(_)
-                | DataType::Character(_) => true,
-                DataType::Custom(name, modifiers) => {
-                    modifiers.is_empty()
-                        && matches!(parts(name).as_slice(), [t] if t == "bpchar" || t == "name")
-                }
-                _ => false,
-            } =>
-            {
-                expr
-            }
+            } if keeps(data_type) => expr,
             _ => return e,
         };
     }
     e
+}
+
+/// A custom type name without modifiers that is one of `names` (`bpchar`, `name`).
+fn custom_type(t: &sqlparser::ast::DataType, names: &[&str]) -> bool {
+    matches!(t, sqlparser::ast::DataType::Custom(name, modifiers)
+        if modifiers.is_empty() && matches!(parts(name).as_slice(), [n] if names.contains(&n.as_str())))
+}
+
+/// Lookups by token: a value inside parentheses and casts to the built-in text types
+/// (`'tok'::text`, `CAST($1 AS varchar)`): the value is decrypted, then cast as PostgreSQL
+/// casts it. A cast to any other type (a domain, a user type) is an expression.
+fn unwrap_text(e: &Expr) -> &Expr {
+    use sqlparser::ast::DataType;
+    unwrap_casts(e, |t| {
+        matches!(
+            t,
+            DataType::Text
+                | DataType::Varchar(_)
+                | DataType::CharacterVarying(_)
+                | DataType::Char(_)
+                | DataType::Character(_)
+        ) || custom_type(t, &["bpchar", "name"])
+    })
 }
 
 /// At rest: a value inside parentheses and casts that leave a string as it is (`$1::varchar`,
@@ -810,30 +816,12 @@ fn unwrap_text(e: &Expr) -> &Expr {
 /// token of the stored value: they stay expressions (refused).
 fn unwrap_same_text(e: &Expr) -> &Expr {
     use sqlparser::ast::DataType;
-    let mut e = e;
-    for _ in 0..16 {
-        e = match e {
-            Expr::Nested(inner) => inner,
-            Expr::Cast {
-                kind: sqlparser::ast::CastKind::DoubleColon | sqlparser::ast::CastKind::Cast,
-                expr,
-                data_type,
-                format: None,
-                ..
-            } if match data_type {
-                DataType::Text | DataType::Varchar(None) | DataType::CharacterVarying(None) => true,
-                DataType::Custom(name, modifiers) => {
-                    modifiers.is_empty() && matches!(parts(name).as_slice(), [t] if t == "bpchar")
-                }
-                _ => false,
-            } =>
-            {
-                expr
-            }
-            _ => return e,
-        };
-    }
-    e
+    unwrap_casts(e, |t| {
+        matches!(
+            t,
+            DataType::Text | DataType::Varchar(None) | DataType::CharacterVarying(None)
+        ) || custom_type(t, &["bpchar"])
+    })
 }
 
 /// A string literal other than a plain `'...'` (E'', U&'', $$...$$, N'', B'', X'').

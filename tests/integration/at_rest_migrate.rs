@@ -184,16 +184,7 @@ async fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     .await
     .unwrap();
     let direct = pg.connect_admin(MIG_DB).await.unwrap();
-    let ids: Vec<i32> = (1..=ROWS).collect();
-    let regions: Vec<&str> = ids.iter().map(|&i| region(i)).collect();
-    let plains: Vec<Option<String>> = ids.iter().map(|&i| plaintext(i)).collect();
-    direct
-        .execute(
-            "INSERT INTO accounts SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
-            &[&regions, &ids, &plains],
-        )
-        .await
-        .unwrap();
+    fill_accounts(&direct, ROWS).await;
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let keys = dir.join("keys.json");
@@ -765,16 +756,7 @@ async fn old_snapshots_spanning_a_migrate_or_rekey_are_refused() {
         )
         .await
         .unwrap();
-    let ids: Vec<i32> = (1..=40).collect();
-    let regions: Vec<&str> = ids.iter().map(|&i| region(i)).collect();
-    let plains: Vec<Option<String>> = ids.iter().map(|&i| plaintext(i)).collect();
-    direct
-        .execute(
-            "INSERT INTO accounts SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
-            &[&regions, &ids, &plains],
-        )
-        .await
-        .unwrap();
+    fill_accounts(&direct, 40).await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
@@ -1186,4 +1168,18 @@ fn extended(sql: &str, sync: bool) -> Vec<u8> {
 fn first_value(body: &[u8]) -> String {
     let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
     String::from_utf8_lossy(&body[6..6 + len.max(0) as usize]).into_owned()
+}
+
+/// Rows 1..=n of `accounts`, with their region and plaintext (every 10th NULL).
+async fn fill_accounts(direct: &tokio_postgres::Client, n: i32) {
+    let ids: Vec<i32> = (1..=n).collect();
+    let regions: Vec<&str> = ids.iter().map(|&i| region(i)).collect();
+    let plains: Vec<Option<String>> = ids.iter().map(|&i| plaintext(i)).collect();
+    direct
+        .execute(
+            "INSERT INTO accounts SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
+            &[&regions, &ids, &plains],
+        )
+        .await
+        .unwrap();
 }

@@ -10,18 +10,7 @@ use crate::harness::frame;
 type Rows = Vec<Vec<Option<String>>>;
 
 async fn rows(s: &Session, sql: &str) -> Rows {
-    s.client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
+    crate::harness::simple_rows(&s.client, sql).await
 }
 
 /// Ids of an extended-protocol query (binary results).

@@ -6,7 +6,6 @@
 //! `policies/demo.yaml`, ssn and card stored as tokens).
 use std::net::SocketAddr;
 use tokengate::demo;
-use tokio_postgres::SimpleQueryMessage;
 
 async fn connect(port: u16, role: &str) -> tokio_postgres::Client {
     let password = demo::ROLES
@@ -26,19 +25,7 @@ async fn connect(port: u16, role: &str) -> tokio_postgres::Client {
     client
 }
 
-async fn rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
+use crate::harness::simple_rows as rows;
 
 /// The tokengate code of a refusal (TGnnn), without printing what came back otherwise.
 fn tg<T>(what: &str, r: Result<T, tokio_postgres::Error>) -> String {

@@ -7,18 +7,7 @@ use tokengate::demo::data::luhn_valid;
 
 /// All values of a simple-protocol query (NULL as None), failing on any error.
 async fn rows(s: &Session, sql: &str) -> Vec<Vec<Option<String>>> {
-    s.client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
+    crate::harness::simple_rows(&s.client, sql).await
 }
 
 /// The refusal's SQLSTATE, without ever printing what came back instead (it may be plaintext).
