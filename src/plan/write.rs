@@ -1013,42 +1013,13 @@ impl<'a> Planner<'a> {
         }
         match value(e) {
             Some(Val::Null) => Ok(()),
-            Some(Val::Param(n)) => {
-                if self.plan.array_params.iter().any(|(p, _)| *p == n) {
-                    return Err(refuse(
-                        self.code(Code::AtRestParameter),
-                        format!("${n} is used both as an array for = ANY and otherwise"),
-                    ));
-                }
-                if let Some(l) = self.param_labels.get(&n)
-                    && *l != how.label
-                {
-                    return Err(refuse(
-                        self.code(Code::AtRestParameter),
-                        format!("${n} is used for two labels"),
-                    ));
-                }
-                self.param_labels.insert(n, how.label.clone());
-                *self.param_counts.entry(n).or_default() += 1;
-                if !self.plan.params.iter().any(|(p, _)| *p == n) {
-                    self.plan.params.push((n, how.clone()));
-                }
-                Ok(())
-            }
-            Some(Val::Literal(at)) => {
-                let range = self.literal_range(at).ok_or_else(|| {
-                    refuse(
-                        self.code(Code::AtRestValue),
-                        format!(
-                            "{what} must be a plain quoted literal ('...') without backslashes"
-                        ),
-                    )
-                })?;
-                let start = range.start + self.offset;
-                let end = range.end + self.offset;
-                self.plan.literals.push((start..end, how.clone()));
-                Ok(())
-            }
+            Some(Val::Param(n)) => self.record_param(n, how, false),
+            Some(Val::Literal(at)) => self.record_literal(
+                at,
+                how,
+                &format!("{what} must be a plain quoted literal ('...') without backslashes"),
+                false,
+            ),
             None if self.lookup && other_string(e) => Err(refuse(
                 Code::TokenLookupUnsupported,
                 format!("{what} is a string literal other than '...' (E'', U&'', $$...$$)"),
@@ -1062,6 +1033,61 @@ impl<'a> Planner<'a> {
                 ),
             )),
         }
+    }
+
+    /// Records `$n` as a value of `how`: a scalar, or (`array`) an `= ANY` array whose
+    /// elements are transformed. One parameter serves one label and one of the two uses.
+    fn record_param(&mut self, n: usize, how: &AtRest, array: bool) -> Result<(), Refusal> {
+        let (same, other) = if array {
+            (&self.plan.array_params, &self.plan.params)
+        } else {
+            (&self.plan.params, &self.plan.array_params)
+        };
+        if other.iter().any(|(p, _)| *p == n) {
+            return Err(refuse(
+                self.code(Code::AtRestParameter),
+                format!("${n} is used both as an array for = ANY and otherwise"),
+            ));
+        }
+        if self.param_labels.get(&n).is_some_and(|l| *l != how.label) {
+            return Err(refuse(
+                self.code(Code::AtRestParameter),
+                format!("${n} is used for two labels"),
+            ));
+        }
+        let known = same.iter().any(|(p, _)| *p == n);
+        self.param_labels.insert(n, how.label.clone());
+        *self.param_counts.entry(n).or_default() += 1;
+        if !known {
+            let list = if array {
+                &mut self.plan.array_params
+            } else {
+                &mut self.plan.params
+            };
+            list.push((n, how.clone()));
+        }
+        Ok(())
+    }
+
+    /// Records the literal at `at` (its byte range in the message) as a value of `how`: a
+    /// scalar, or (`array`) a `'{...}'` literal whose elements are transformed.
+    fn record_literal(
+        &mut self,
+        at: sqlparser::tokenizer::Location,
+        how: &AtRest,
+        unreadable: &str,
+        array: bool,
+    ) -> Result<(), Refusal> {
+        let range = self
+            .literal_range(at)
+            .ok_or_else(|| refuse(self.code(Code::AtRestValue), unreadable.to_string()))?;
+        let range = range.start + self.offset..range.end + self.offset;
+        if array {
+            self.plan.array_literals.push((range, how.clone()));
+        } else {
+            self.plan.literals.push((range, how.clone()));
+        }
+        Ok(())
     }
 
     /// The array of `col = ANY(array)`: a parameter or a `'{...}'` literal (each element is
@@ -1109,35 +1135,13 @@ impl<'a> Planner<'a> {
         }
         match value(e) {
             Some(Val::Null) => Ok(()),
-            Some(Val::Param(n)) => {
-                if self.plan.params.iter().any(|(p, _)| *p == n)
-                    || self.param_labels.get(&n).is_some_and(|l| *l != how.label)
-                {
-                    return Err(refuse(
-                        self.code(Code::AtRestParameter),
-                        format!("${n} is used both as an array for = ANY and otherwise"),
-                    ));
-                }
-                self.param_labels.insert(n, how.label.clone());
-                *self.param_counts.entry(n).or_default() += 1;
-                if !self.plan.array_params.iter().any(|(p, _)| *p == n) {
-                    self.plan.array_params.push((n, how.clone()));
-                }
-                Ok(())
-            }
-            Some(Val::Literal(at)) => {
-                let range = self.literal_range(at).ok_or_else(|| {
-                    refuse(
-                        self.code(Code::AtRestValue),
-                        format!(
-                            "{what} must be a plain quoted literal ('{{...}}') without backslashes"
-                        ),
-                    )
-                })?;
-                let (start, end) = (range.start + self.offset, range.end + self.offset);
-                self.plan.array_literals.push((start..end, how.clone()));
-                Ok(())
-            }
+            Some(Val::Param(n)) => self.record_param(n, how, true),
+            Some(Val::Literal(at)) => self.record_literal(
+                at,
+                how,
+                &format!("{what} must be a plain quoted literal ('{{...}}') without backslashes"),
+                true,
+            ),
             None if self.lookup && other_string(e) => Err(refuse(
                 Code::TokenLookupUnsupported,
                 format!("{what} is a string literal other than '{{...}}'"),
