@@ -254,8 +254,8 @@ codes! {
     TokenLookupUnsupported {
         id: "TG125",
         sqlstate: "42501",
-        meaning: "An equality lookup by token on a column the role is shown as tokens is in a form where tokengate cannot decrypt the value PostgreSQL will compare, or where the decrypted value could reach the role: SQL PREPARE/EXECUTE or EXPLAIN of such a lookup, a comparison with a column of a view, subquery or CTE, a name that means two columns, a string literal other than '...', a parameter also used elsewhere or declared with a non-text type, a literal lookup in a message that also writes or calls current_query(), or a role with `see_activity: true` (statement texts carry the decrypted value).",
-        hint: "Compare the table's own column with a plain '...' literal or a parameter ($1, bound as text) in a SELECT, through the extended protocol's Parse/Bind or a simple query of its own.",
+        meaning: "An equality lookup by token on a column the role is shown as tokens is in a form where tokengate cannot decrypt the value PostgreSQL will compare, or where the decrypted value could reach the role: SQL PREPARE/EXECUTE or EXPLAIN of such a lookup, a comparison with a column of a view, subquery or CTE, a name that means two columns, a string literal other than '...', a parameter also used elsewhere or declared with a non-text type, a literal lookup in a message that also writes or calls current_query(), a role with `see_activity: true` (statement texts carry the decrypted value), or a session search_path that puts a schema before pg_catalog (a type or operator created there since tokengate read the catalog would see the decrypted value).",
+        hint: "Compare the table's own column with a plain '...' literal or a parameter ($1, bound as text) in a SELECT, through the extended protocol's Parse/Bind or a simple query of its own, with pg_catalog first on the search_path.",
     }
     MessageWithheld {
         id: "TG140",

@@ -175,6 +175,36 @@ fn refuse(code: Code, message: impl Into<String>) -> Refusal {
 /// The policy's at-rest columns for this role: `(schema, table)` → column → how it tokenizes.
 type AtRestColumns = HashMap<(String, String), HashMap<String, AtRest>>;
 
+/// Lookups by token put the decrypted value into the statement PostgreSQL runs, where the
+/// session's search path resolves its casts and the `=` it is compared with. The check for
+/// user functions, operators and types that shadow built-ins knows only the catalog as last
+/// read; a domain or operator created since (directly against PostgreSQL) in a schema the
+/// session put before `pg_catalog` would see the plaintext (a domain CHECK that records its
+/// value). So lookups need `pg_catalog` searched before every schema but the session's own
+/// temporary one, whose objects only come through this session.
+fn user_schemas_before_pg_catalog(catalog: &SessionCatalog) -> Result<(), Refusal> {
+    let Some(path) = catalog.path else {
+        return Err(refuse(
+            Code::TokenLookupUnsupported,
+            "the session's search path is not known, so the value compared with a column shown as tokens could reach a user type or operator",
+        ));
+    };
+    let temp = path.temp();
+    if let Some(schema) = path
+        .relations()
+        .take_while(|s| *s != "pg_catalog")
+        .find(|s| Some(*s) != temp)
+    {
+        return Err(refuse(
+            Code::TokenLookupUnsupported,
+            format!(
+                "the session's search_path puts schema {schema} before pg_catalog, so the value compared with a column shown as tokens could reach a user type or operator there"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What planning needs from a role's view of the policy and the catalog: its at-rest columns,
 /// their tables and names, and the views whose definitions name one of those tables. Built
 /// once per (role view, catalog snapshot) and kept by the session
@@ -543,6 +573,7 @@ pub fn plan_lookups(
     {
         return Ok(None);
     }
+    user_schemas_before_pg_catalog(catalog)?;
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
     let statement = match sqlparser::parser::Parser::parse_sql(&dialect, text) {
         Ok(mut s) if s.len() == 1 => s.remove(0),

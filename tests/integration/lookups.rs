@@ -5,7 +5,7 @@
 //! PostgreSQL compares it with the plaintext), and the decrypted value never comes back to it
 //! (errors, notices, current_query(), statement texts).
 use crate::crm::*;
-use crate::harness::frame;
+use crate::harness::{cluster, frame};
 
 type Rows = Vec<Vec<Option<String>>>;
 
@@ -341,4 +341,79 @@ async fn psql_looks_rows_up_by_shown_tokens() {
     assert_eq!(out, *id, "{err}");
     let (out, err) = psql("SELECT id FROM customers WHERE email = 'nope'".into());
     assert!(out.is_empty() && err.contains("TG124"), "{err}");
+}
+
+/// The decrypted value of a lookup is in the statement PostgreSQL runs, so whatever resolves
+/// its cast or its `=` sees the plaintext. tokengate refuses user types and operators that
+/// shadow built-ins on the session's search path, but only those in the catalog it last read.
+/// An attacker who gets a domain named `text` created after that (directly against PostgreSQL,
+/// with a CHECK that records its value) and puts its schema before pg_catalog would read every
+/// plaintext it looks up by token. Lookups therefore need pg_catalog first (TG125); with the
+/// default path they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_refuse_a_search_path_a_new_user_type_could_shadow() {
+    crm();
+    let proxy = crm_proxy().await;
+    // The proxy reads its catalog now, before the domain exists.
+    let s = via(&proxy, "analyst").await;
+    let admin = direct("app_admin").await;
+    let sample = samples(&s, &admin, "email", 1).await;
+    let (id, plain, token) = &sample[0];
+    let superuser = cluster().pg.connect_admin(CRM_DB).await.unwrap();
+    superuser
+        .batch_execute(
+            "CREATE SCHEMA lookup_shadow;
+             GRANT USAGE ON SCHEMA lookup_shadow TO analyst, app_admin;
+             CREATE TABLE lookup_shadow.seen (v pg_catalog.text);
+             GRANT INSERT ON lookup_shadow.seen TO analyst, app_admin;
+             CREATE FUNCTION lookup_shadow.record(v pg_catalog.text) RETURNS bool
+               LANGUAGE plpgsql AS $$ BEGIN INSERT INTO lookup_shadow.seen VALUES (v); RETURN true; END $$;
+             CREATE DOMAIN lookup_shadow.text AS pg_catalog.text CHECK (lookup_shadow.record(VALUE));",
+        )
+        .await
+        .unwrap();
+    let seen = async || -> Vec<String> {
+        superuser
+            .query("SELECT v FROM lookup_shadow.seen", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let path = "SET search_path = lookup_shadow, pg_catalog, public";
+    let sql = |v: &str| format!("SELECT id FROM customers WHERE email = '{v}'::text");
+    // Directly, the domain records what is compared.
+    rows(&admin, path).await;
+    assert_eq!(rows(&admin, &sql(plain)).await.len(), 1);
+    assert!(seen().await.contains(plain), "the domain records the value");
+    superuser
+        .batch_execute("TRUNCATE lookup_shadow.seen")
+        .await
+        .unwrap();
+    // Through tokengate, with the domain unknown to its catalog: refused, nothing recorded.
+    rows(&s, path).await;
+    let (code, _) = refusal(
+        "lookup under a shadowing path",
+        s.client.simple_query(&sql(token)).await,
+    );
+    assert_eq!(code, "TG125");
+    let (code, _) = refusal(
+        "parameter lookup under a shadowing path",
+        s.client
+            .query("SELECT id FROM customers WHERE email = $1", &[token])
+            .await,
+    );
+    assert_eq!(code, "TG125");
+    assert!(
+        !seen().await.contains(plain),
+        "the plaintext reached the domain"
+    );
+    // The default path: the lookup works.
+    rows(&s, "RESET search_path").await;
+    assert_eq!(rows(&s, &sql(token)).await, [[Some(id.clone())]]);
+    superuser
+        .batch_execute("DROP SCHEMA lookup_shadow CASCADE")
+        .await
+        .unwrap();
 }
